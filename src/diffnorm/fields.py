@@ -1,0 +1,333 @@
+"""The fields that define a diffusion operator on a 2-D grid (DESIGN §1) and their NetCDF form.
+
+Grid of ``ny × nx`` cells indexed ``[j, i]`` (``j`` northward, ``i`` eastward):
+
+- ``mask[j, i]``: 1 ocean, 0 land;
+- ``area[j, i]``: cell area W = e1t·e2t (m²);
+- ``alpha_x[j, i]``: scaled diffusivity κ₁₁·e2u/e1u on the east face of (j, i) (m²);
+- ``alpha_y[j, i]``: scaled diffusivity κ₂₂·e1v/e2v on the north face of (j, i) (m²);
+- ``steps``: number M of implicit diffusion steps (even, ≥ 4);
+- ``periodic_x``: east–west wrap (face ``alpha_x[:, nx-1]`` couples to column 0).
+
+A face is open when both its cells are ocean; open faces must carry a finite ``alpha > 0``.
+Values on land cells and closed faces are ignored (they may be NaN in a file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FIELD_NAMES: tuple[str, ...] = ("mask", "area", "alpha_x", "alpha_y")
+FILE_LAYOUT_HINT = (
+    "a diffnorm fields file holds the variables mask, area, alpha_x, alpha_y on dims (y, x) "
+    "and the attributes steps (even integer >= 4) and periodic_x (0 or 1); "
+    "`diffnorm grid` writes one"
+)
+
+
+class FieldsError(ValueError):
+    """Invalid operator fields; the message names the field and the fix."""
+
+
+def _first_index(bad: np.ndarray) -> str:
+    j, i = np.argwhere(bad)[0]
+    return f"j={j}, i={i}"
+
+
+@dataclass(frozen=True, eq=False)
+class Fields:
+    """Validated inputs of the diffusion operator (see module docstring for the contract)."""
+
+    mask: np.ndarray
+    area: np.ndarray
+    alpha_x: np.ndarray
+    alpha_y: np.ndarray
+    steps: int
+    periodic_x: bool = False
+    lat: np.ndarray | None = None
+    lon: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        arrays = {}
+        for name in FIELD_NAMES:
+            value = getattr(self, name)
+            if value is None:
+                raise FieldsError(f"{name} is missing; {FILE_LAYOUT_HINT}")
+            arr = np.asarray(value)
+            if arr.ndim != 2:
+                raise FieldsError(f"{name} must be a 2-D (y, x) array, got shape {arr.shape}")
+            arrays[name] = arr
+        shape = arrays["mask"].shape
+        if min(shape) < 1:
+            raise FieldsError(f"mask has an empty shape {shape}; the grid needs ny, nx >= 1")
+        for name in FIELD_NAMES[1:]:
+            if arrays[name].shape != shape:
+                raise FieldsError(
+                    f"{name} has shape {arrays[name].shape} but mask has shape {shape}; "
+                    "all fields must share the (y, x) grid"
+                )
+        raw_mask = arrays["mask"].astype(np.float64)
+        bad = ~np.isin(raw_mask, (0.0, 1.0))
+        if bad.any():
+            raise FieldsError(
+                f"mask must hold only 0 (land) and 1 (ocean); found {raw_mask[bad][0]!r} at "
+                f"{_first_index(bad)}"
+            )
+        mask = raw_mask.astype(bool)
+        if not mask.any():
+            raise FieldsError("mask has no ocean cell (all land): there is nothing to normalize")
+        steps = self.steps
+        if isinstance(steps, (bool, np.bool_)) or not float(steps).is_integer():
+            raise FieldsError(f"steps must be an even integer >= 4, got {steps!r}")
+        steps = int(steps)
+        if steps < 4 or steps % 2:
+            raise FieldsError(
+                f"steps must be an even integer >= 4 (L^(1/2) = S^(M/2)), got {steps}"
+            )
+        if self.periodic_x not in (0, 1, True, False):
+            raise FieldsError(f"periodic_x must be 0 or 1, got {self.periodic_x!r}")
+        periodic = bool(self.periodic_x)
+
+        area = arrays["area"].astype(np.float64)
+        bad = mask & ~(np.isfinite(area) & (area > 0))
+        if bad.any():
+            raise FieldsError(
+                f"area: {int(bad.sum())} ocean cell(s) have a non-finite or non-positive area "
+                f"(first at {_first_index(bad)}); cell areas must be finite and > 0 m², "
+                "or the cell must be masked as land"
+            )
+        open_x, open_y = open_faces(mask, periodic)
+        alphas = {}
+        for name, opened in (("alpha_x", open_x), ("alpha_y", open_y)):
+            alpha = arrays[name].astype(np.float64)
+            bad = opened & ~(np.isfinite(alpha) & (alpha > 0))
+            if bad.any():
+                raise FieldsError(
+                    f"{name}: {int(bad.sum())} open face(s) have a missing, non-finite or "
+                    f"non-positive diffusivity (first at {_first_index(bad)}, value "
+                    f"{alpha[bad][0]!r}); every face between two ocean cells needs alpha > 0 — "
+                    "give it a positive diffusivity or mask one of its cells as land"
+                )
+            alphas[name] = np.where(opened, alpha, 0.0)
+        area = np.where(mask, area, np.where(np.isfinite(area), area, 0.0))
+
+        for name in ("lat", "lon"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=np.float64)
+                if value.shape != shape:
+                    raise FieldsError(f"{name} has shape {value.shape}, expected {shape}")
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "area", area)
+        object.__setattr__(self, "alpha_x", alphas["alpha_x"])
+        object.__setattr__(self, "alpha_y", alphas["alpha_y"])
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "periodic_x", periodic)
+        object.__setattr__(self, "attrs", dict(self.attrs))
+        for name in ("mask", "area", "alpha_x", "alpha_y"):
+            getattr(self, name).flags.writeable = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape  # type: ignore[return-value]
+
+    @property
+    def n_ocean(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def open_x(self) -> np.ndarray:
+        """Open east faces (both cells ocean)."""
+        return open_faces(self.mask, self.periodic_x)[0]
+
+    @property
+    def open_y(self) -> np.ndarray:
+        """Open north faces (both cells ocean; the last row is closed)."""
+        return open_faces(self.mask, self.periodic_x)[1]
+
+    def replace(self, **changes: Any) -> Fields:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def grid_diffusivity(self) -> tuple[np.ndarray, np.ndarray]:
+        """Face diffusivities in grid units, κ₁₁/e1² ≈ alpha_x/area (dimensionless).
+
+        Uses the smaller of the two adjacent cell areas, so it bounds the local
+        length scale in cells from above. Zero on closed faces.
+        """
+        area = np.where(self.mask, self.area, np.inf)
+        east = np.roll(area, -1, axis=1)
+        north = np.vstack([area[1:], np.full((1, area.shape[1]), np.inf)])
+        kx = np.where(self.open_x, self.alpha_x / np.minimum(area, east), 0.0)
+        ky = np.where(self.open_y, self.alpha_y / np.minimum(area, north), 0.0)
+        return kx, ky
+
+
+def open_faces(mask: np.ndarray, periodic_x: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean arrays of open east faces and open north faces."""
+    open_x = mask & np.roll(mask, -1, axis=1)
+    if not periodic_x:
+        open_x[:, -1] = False
+    open_y = np.zeros_like(mask)
+    open_y[:-1] = mask[:-1] & mask[1:]
+    return open_x, open_y
+
+
+# ---------------------------------------------------------------------------------------------
+# NetCDF
+
+
+def to_dataset(
+    fields: Fields, gamma: np.ndarray | None = None, attrs: dict[str, Any] | None = None
+):
+    """The CF-style xarray Dataset of a sample (fields, optional ``gamma``, attributes)."""
+    import xarray as xr
+
+    from diffnorm import __version__
+
+    dims = ("y", "x")
+    data_vars: dict[str, Any] = {
+        "mask": (dims, fields.mask.astype(np.int8), {"long_name": "ocean mask (1 ocean, 0 land)"}),
+        "area": (dims, fields.area, {"long_name": "cell area e1t*e2t", "units": "m2"}),
+        "alpha_x": (
+            dims,
+            fields.alpha_x,
+            {"long_name": "scaled diffusivity kappa11*e2u/e1u on the east face", "units": "m2"},
+        ),
+        "alpha_y": (
+            dims,
+            fields.alpha_y,
+            {"long_name": "scaled diffusivity kappa22*e1v/e2v on the north face", "units": "m2"},
+        ),
+    }
+    if gamma is not None:
+        gamma = np.asarray(gamma, dtype=np.float64)
+        if gamma.shape != fields.shape:
+            raise FieldsError(f"gamma has shape {gamma.shape}, expected {fields.shape}")
+        data_vars["gamma"] = (
+            dims,
+            np.where(fields.mask, gamma, np.nan),
+            {"long_name": "normalization coefficient gamma = diag(L W^-1)^(-1/2)", "units": "m"},
+        )
+    coords = {}
+    if fields.lat is not None:
+        coords["lat"] = (dims, fields.lat, {"units": "degrees_north", "standard_name": "latitude"})
+    if fields.lon is not None:
+        coords["lon"] = (dims, fields.lon, {"units": "degrees_east", "standard_name": "longitude"})
+    all_attrs: dict[str, Any] = {"Conventions": "CF-1.10", "diffnorm_version": __version__}
+    all_attrs.update(_netcdf_attrs(fields.attrs))
+    all_attrs.update(_netcdf_attrs(attrs or {}))
+    all_attrs["steps"] = np.int32(fields.steps)
+    all_attrs["periodic_x"] = np.int32(int(fields.periodic_x))
+    return xr.Dataset(data_vars, coords=coords, attrs=all_attrs)
+
+
+def _netcdf_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """NetCDF attributes accept numbers, strings and 1-D arrays: render the rest as strings."""
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, bool | np.bool_):
+            out[key] = np.int32(value)
+        elif isinstance(value, str | int | float | np.integer | np.floating):
+            out[key] = value
+        else:
+            out[key] = str(value)
+    return out
+
+
+def write_fields(
+    path: str | os.PathLike,
+    fields: Fields,
+    gamma: np.ndarray | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> Path:
+    """Write a sample atomically (temporary file in the same folder, then rename)."""
+    ds = to_dataset(fields, gamma, attrs)
+    return atomic_to_netcdf(ds, path)
+
+
+def atomic_to_netcdf(ds, path: str | os.PathLike) -> Path:
+    """``ds.to_netcdf(path)`` such that a killed writer never leaves a partial ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        encoding = {name: {"zlib": True, "complevel": 4} for name in ds.data_vars}
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_fields(path: str | os.PathLike) -> tuple[Fields, np.ndarray | None]:
+    """Read a sample file: the fields and ``gamma`` (None when the file has none)."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise FieldsError(f"{path}: no such file; {FILE_LAYOUT_HINT}")
+    try:
+        ds = xr.open_dataset(path, engine="netcdf4", mask_and_scale=True)
+    except Exception as exc:  # netCDF4 raises OSError, xarray ValueError: one message for both
+        raise FieldsError(f"{path}: not a readable NetCDF file ({exc})") from exc
+    with ds:
+        return fields_from_dataset(ds, source=str(path))
+
+
+def fields_from_dataset(ds, source: str = "dataset") -> tuple[Fields, np.ndarray | None]:
+    """Fields (and gamma if present) from an xarray Dataset in the diffnorm layout."""
+    missing = [name for name in FIELD_NAMES if name not in ds.variables]
+    if missing:
+        raise FieldsError(f"{source}: missing variable(s) {', '.join(missing)}; {FILE_LAYOUT_HINT}")
+    for attr in ("steps", "periodic_x"):
+        if attr not in ds.attrs:
+            raise FieldsError(f"{source}: missing attribute {attr!r}; {FILE_LAYOUT_HINT}")
+    arrays = {}
+    for name in FIELD_NAMES + ("lat", "lon", "gamma"):
+        if name in ds.variables:
+            var = ds[name]
+            if var.ndim != 2:
+                raise FieldsError(
+                    f"{source}: variable {name} has dims {var.dims}; expected 2-D (y, x)"
+                )
+            arrays[name] = np.asarray(var.values, dtype=np.float64)
+    mask = arrays["mask"]
+    mask = np.where(np.isfinite(mask), mask, 0.0)
+    reserved = {"steps", "periodic_x", "Conventions"}
+    attrs = {k: v for k, v in ds.attrs.items() if k not in reserved}
+    fields = Fields(
+        mask=mask,
+        area=arrays["area"],
+        alpha_x=arrays["alpha_x"],
+        alpha_y=arrays["alpha_y"],
+        steps=_scalar(ds.attrs["steps"], "steps", source),
+        periodic_x=_scalar(ds.attrs["periodic_x"], "periodic_x", source),
+        lat=arrays.get("lat"),
+        lon=arrays.get("lon"),
+        attrs=attrs,
+    )
+    return fields, arrays.get("gamma")
+
+
+def _scalar(value: Any, name: str, source: str) -> Any:
+    arr = np.asarray(value)
+    if arr.size != 1:
+        raise FieldsError(f"{source}: attribute {name} must be a single number, got {value!r}")
+    item = arr.reshape(()).item()
+    if isinstance(item, float) and item.is_integer():
+        return int(item)
+    return item

@@ -1,0 +1,191 @@
+"""The implicit diffusion operator of DESIGN §1 on the ocean cells of a grid.
+
+With ``W = diag(area)`` and the stiffness ``K`` (``φᵀKφ = Σ_open faces α_f (φ_a − φ_b)²``),
+one implicit step is ``S = (W + K)⁻¹ W``, ``L = S^M`` and ``L^{1/2} = S^{M/2}``.
+All methods work with the symmetric step
+
+    Ŝ = W^{1/2} (W + K)⁻¹ W^{1/2} = W^{1/2} S W^{-1/2},
+
+for which ``L W⁻¹ = W^{-1/2} Ŝ^M W^{-1/2}``, so the variance before normalization is
+``v_i = (Ŝ^M)_ii / w_i = ‖Ŝ^{M/2} e_i‖² / w_i`` and ``γ = v^{-1/2}``.
+
+Vectors live on ocean cells only, in row-major (``j``, then ``i``) order; blocks of
+right-hand sides are ``(n, k)`` arrays.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+
+from diffnorm.fields import Fields
+
+log = logging.getLogger(__name__)
+
+BLOCK_BYTES = 96 * 2**20
+
+
+class DiffusionOperator(abc.ABC):
+    """Applies ``(W + K)⁻¹`` and the derived operators to blocks of ocean vectors."""
+
+    backend: str = "abstract"
+
+    def __init__(self, fields: Fields):
+        self.fields = fields
+        self.ocean = np.flatnonzero(fields.mask.ravel())
+        self.n = self.ocean.size
+        self.weights = fields.area.ravel()[self.ocean].astype(np.float64)
+        self.sqrt_w = np.sqrt(self.weights)
+
+    # -- primitives ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """``(W + K)⁻¹ b`` for ``b`` of shape ``(n,)`` or ``(n, k)``."""
+
+    def sym_power(self, x: np.ndarray, power: int) -> np.ndarray:
+        """``Ŝ^p x``; backends may override to keep data on a device between steps."""
+        y = np.array(x, dtype=np.float64, copy=True)
+        scale = self.sqrt_w if y.ndim == 1 else self.sqrt_w[:, None]
+        for _ in range(power):
+            y = scale * self.solve(scale * y)
+        return y
+
+    # -- derived operators --------------------------------------------------------------------
+    def apply_s(self, x: np.ndarray) -> np.ndarray:
+        """One implicit step ``S x = (W + K)⁻¹ W x``."""
+        return self.solve(self._w(x) * x)
+
+    def apply_st(self, x: np.ndarray) -> np.ndarray:
+        """Adjoint step ``Sᵀ x = W (W + K)⁻¹ x``."""
+        return self._w(x) * self.solve(x)
+
+    def apply_sqrt(self, x: np.ndarray) -> np.ndarray:
+        """``L^{1/2} x = S^{M/2} x``."""
+        s = self._sqrt_w(x)
+        return self.sym_power(s * x, self.fields.steps // 2) / s
+
+    def apply_sqrt_adjoint(self, x: np.ndarray) -> np.ndarray:
+        """``(L^{1/2})ᵀ x = (Sᵀ)^{M/2} x``."""
+        s = self._sqrt_w(x)
+        return s * self.sym_power(x / s, self.fields.steps // 2)
+
+    def apply_correlation(self, x: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+        """``C x = Γ L^{1/2} W⁻¹ (L^{1/2})ᵀ Γ x`` with ``gamma`` on ocean cells."""
+        g = gamma if x.ndim == 1 else gamma[:, None]
+        y = self.apply_sqrt_adjoint(g * x)
+        return g * self.apply_sqrt(y / self._w(x))
+
+    # -- grid <-> ocean vectors --------------------------------------------------------------
+    def to_grid(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
+        """Scatter an ocean vector onto the ``(ny, nx)`` grid, ``fill`` on land."""
+        out = np.full(self.fields.mask.size, fill, dtype=np.float64)
+        out[self.ocean] = values
+        return out.reshape(self.fields.shape)
+
+    def from_grid(self, grid: np.ndarray) -> np.ndarray:
+        """The ocean values of a ``(ny, nx)`` array."""
+        return np.asarray(grid, dtype=np.float64).ravel()[self.ocean]
+
+    def block_size(self, requested: int | None = None) -> int:
+        """Right-hand sides per block: the request, else what fits ``BLOCK_BYTES``."""
+        if requested is not None:
+            if requested < 1:
+                raise ValueError(f"block_size must be >= 1, got {requested}")
+            return int(requested)
+        return int(np.clip(BLOCK_BYTES // (8 * 3 * max(self.n, 1)), 8, 512))
+
+    def _w(self, x: np.ndarray) -> np.ndarray:
+        return self.weights if x.ndim == 1 else self.weights[:, None]
+
+    def _sqrt_w(self, x: np.ndarray) -> np.ndarray:
+        return self.sqrt_w if x.ndim == 1 else self.sqrt_w[:, None]
+
+
+def system_matrix(fields: Fields) -> sp.csr_matrix:
+    """``W + K`` on ocean cells (symmetric positive definite, an M-matrix)."""
+    ny, nx = fields.shape
+    index = np.full(ny * nx, -1, dtype=np.int64)
+    ocean = np.flatnonzero(fields.mask.ravel())
+    index[ocean] = np.arange(ocean.size)
+    index = index.reshape(ny, nx)
+    rows, cols, vals = [], [], []
+    diag = fields.area.ravel()[ocean].astype(np.float64).copy()
+    jx, ix = np.nonzero(fields.open_x)
+    jy, iy = np.nonzero(fields.open_y)
+    for a, b, alpha in (
+        (index[jx, ix], index[jx, (ix + 1) % nx], fields.alpha_x[jx, ix]),
+        (index[jy, iy], index[jy + 1, iy], fields.alpha_y[jy, iy]),
+    ):
+        np.add.at(diag, a, alpha)
+        np.add.at(diag, b, alpha)
+        rows += [a, b]
+        cols += [b, a]
+        vals += [-alpha, -alpha]
+    n = ocean.size
+    rows.append(np.arange(n))
+    cols.append(np.arange(n))
+    vals.append(diag)
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
+
+
+class SparseOperator(DiffusionOperator):
+    """``W + K`` factorized once (CHOLMOD through cholespy, else SciPy's SuperLU)."""
+
+    backend = "sparse"
+
+    def __init__(self, fields: Fields, solver: str = "auto"):
+        super().__init__(fields)
+        self.matrix = system_matrix(fields)
+        if solver not in ("auto", "cholmod", "superlu"):
+            raise ValueError(f"solver must be 'auto', 'cholmod' or 'superlu', got {solver!r}")
+        self._chol = None
+        self._lu = None
+        if solver in ("auto", "cholmod"):
+            try:
+                import cholespy
+
+                coo = self.matrix.tocoo()
+                self._chol = cholespy.CholeskySolverD(
+                    self.n,
+                    coo.row.astype(np.int32),
+                    coo.col.astype(np.int32),
+                    coo.data.astype(np.float64),
+                    cholespy.MatrixType.COO,
+                )
+                self.solver = "cholmod"
+            except ImportError:
+                if solver == "cholmod":
+                    raise
+                log.info("cholespy is not installed; using SciPy SuperLU")
+        if self._chol is None:
+            from scipy.sparse.linalg import splu
+
+            self._lu = splu(self.matrix.tocsc())
+            self.solver = "superlu"
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        if self._chol is not None:
+            x = np.empty_like(b)
+            self._chol.solve(b, x)
+            return x
+        return self._lu.solve(b)
+
+
+def make_operator(fields: Fields, backend: str = "sparse", **options) -> DiffusionOperator:
+    """The operator for ``fields`` on a backend: ``sparse`` (CPU, direct) or ``torch``
+    (matrix-free conjugate gradients, CPU or GPU)."""
+    if isinstance(fields, DiffusionOperator):
+        return fields
+    if backend == "sparse":
+        return SparseOperator(fields, **options)
+    if backend == "torch":
+        from diffnorm.torch_operator import TorchStencilOperator
+
+        return TorchStencilOperator(fields, **options)
+    raise ValueError(f"backend must be 'sparse' or 'torch', got {backend!r}")
