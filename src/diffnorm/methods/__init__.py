@@ -1,0 +1,96 @@
+"""Every way to compute γ behind one call: :func:`estimate`."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+
+from diffnorm.fields import Fields
+from diffnorm.methods import analytic, brute, probing, randomization  # noqa: F401  (register)
+from diffnorm.methods.base import METHODS, GammaResult, Progress, Timer
+from diffnorm.methods.probing import ProbingCertificateError
+from diffnorm.operator import DiffusionOperator, make_operator
+
+__all__ = ["METHODS", "GammaResult", "ProbingCertificateError", "estimate", "method_options"]
+
+
+def method_options(method: str) -> dict[str, Any]:
+    """Options a method accepts, with their defaults."""
+    fn = _method(method).fn
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name != "progress"
+    }
+
+
+def _method(method: str):
+    try:
+        return METHODS[method]
+    except KeyError:
+        raise ValueError(
+            f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}"
+        ) from None
+
+
+def estimate(
+    fields: Fields | DiffusionOperator,
+    method: str = "probing",
+    *,
+    backend: str = "sparse",
+    operator: DiffusionOperator | None = None,
+    progress: Progress | None = None,
+    **options: Any,
+) -> GammaResult:
+    """γ = diag(L W⁻¹)^{-1/2} on ocean cells by ``method`` (NaN on land).
+
+    ``fields`` may be an operator already built (its factorization is then reused);
+    ``options`` are the method's own (see :func:`method_options`). The wall time includes
+    building the operator when it is built here.
+    """
+    spec = _method(method)
+    allowed = method_options(method)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"method {method!r} got unknown option(s) {', '.join(unknown)}; "
+            f"it accepts {', '.join(allowed) or 'none'}"
+        )
+    if isinstance(fields, DiffusionOperator):
+        operator, fields = fields, fields.fields
+    with Timer() as timer:
+        if spec.needs_operator:
+            op = operator if operator is not None else make_operator(fields, backend)
+            out = spec.fn(op, progress=progress, **options)
+        else:
+            op = None
+            out = spec.fn(fields, progress=progress, **options)
+        variance = np.asarray(out.variance, dtype=np.float64)
+        gamma_ocean = np.where(variance > 0, variance, np.nan) ** -0.5
+        ocean = np.flatnonzero(fields.mask.ravel())
+        gamma = np.full(fields.mask.size, np.nan)
+        gamma[ocean] = gamma_ocean
+        error = None
+        if out.error_estimate is not None:
+            error = np.full(fields.mask.size, np.nan)
+            error[ocean] = out.error_estimate
+            error = error.reshape(fields.shape)
+    info = dict(out.info)
+    if op is not None:
+        info.setdefault("backend", op.backend)
+        if hasattr(op, "solver"):
+            info.setdefault("solver", op.solver)
+    used = {**allowed, **options}
+    used.pop("block_size", None)
+    used.pop("columns", None)
+    return GammaResult(
+        gamma=gamma.reshape(fields.shape),
+        method=method,
+        options=used,
+        wall_time=timer.elapsed,
+        tolerance=out.tolerance,
+        error_estimate=error,
+        info=info,
+    )

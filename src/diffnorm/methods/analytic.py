@@ -1,0 +1,52 @@
+"""The local infinite-plane estimate ``γ² = 4π(M − 1)√(κ₁₁κ₂₂)``.
+
+With ``alpha_x = κ₁₁·e2u/e1u`` and ``alpha_y = κ₂₂·e1v/e2v``, ``κ₁₁κ₂₂ = alpha_x·alpha_y``, so
+the formula needs the cell-centred scaled diffusivities only (mean of the cell's open faces in
+each direction). A cell open in one direction only uses that direction's value for both; an
+isolated cell has ``L W⁻¹ = 1/w`` exactly, so ``γ² = area`` there. No boundary or lattice
+effects: about 20 % off on average, a factor of 2 at coasts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from diffnorm.fields import Fields
+from diffnorm.methods.base import MethodOutput, register
+
+
+def cell_mean_alpha(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``alpha`` over each cell's open faces along x and along y (NaN where none)."""
+
+    def mean_of(alpha: np.ndarray, opened: np.ndarray, axis: int) -> np.ndarray:
+        a = np.where(opened, alpha, 0.0)
+        o = opened.astype(np.float64)
+        if axis == 1:
+            prev_a, prev_o = np.roll(a, 1, axis=1), np.roll(o, 1, axis=1)
+        else:
+            prev_a = np.vstack([np.zeros((1, a.shape[1])), a[:-1]])
+            prev_o = np.vstack([np.zeros((1, o.shape[1])), o[:-1]])
+        count = o + prev_o
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, (a + prev_a) / count, np.nan)
+
+    # roll(.., 1) brings the west face of column 0 from column nx-1, open only if periodic
+    return mean_of(fields.alpha_x, fields.open_x, 1), mean_of(fields.alpha_y, fields.open_y, 0)
+
+
+def analytic_gamma_squared(fields: Fields) -> np.ndarray:
+    """``4π(M − 1)√(ᾱx ᾱy)`` on ocean cells (NaN on land)."""
+    ax, ay = cell_mean_alpha(fields)
+    ax_f = np.where(np.isnan(ax), ay, ax)
+    ay_f = np.where(np.isnan(ay), ax, ay)
+    g2 = 4.0 * math.pi * (fields.steps - 1) * np.sqrt(ax_f * ay_f)
+    g2 = np.where(np.isnan(g2), fields.area, g2)
+    return np.where(fields.mask, g2, np.nan)
+
+
+@register("analytic", "local infinite-plane formula 4 pi (M-1) sqrt(k11 k22), O(n)", False)
+def analytic(fields: Fields, *, progress=None) -> MethodOutput:
+    g2 = analytic_gamma_squared(fields).ravel()[np.flatnonzero(fields.mask.ravel())]
+    return MethodOutput(1.0 / g2, tolerance=None, info={"solves": 0})

@@ -1,0 +1,91 @@
+"""Error metrics of DESIGN §5, the same for every method.
+
+Per sample, on ocean cells, ``ε_i = (γ̂_i² − γ_i²)/γ_i²``: mean |ε|, RMSE, the 99.99 %
+quantile of |ε| and max |ε|; and mean |ε| by distance to the coast (1, 2, 3, … cells). Over
+samples: mean ± std of each per-sample metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from scipy import ndimage
+
+METRIC_NAMES: tuple[str, ...] = ("mean_abs", "rmse", "q9999", "max_abs")
+METRIC_LABELS = {
+    "mean_abs": "mean |ε|",
+    "rmse": "RMSE",
+    "q9999": "Q99.99 |ε|",
+    "max_abs": "max |ε|",
+}
+
+
+def relative_error(gamma_hat: np.ndarray, gamma: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``ε = (γ̂² − γ²)/γ²`` on the ocean cells of ``mask`` (1-D array)."""
+    g_hat = np.asarray(gamma_hat, dtype=np.float64)[mask]
+    g = np.asarray(gamma, dtype=np.float64)[mask]
+    if not np.all(np.isfinite(g)) or np.any(g <= 0):
+        raise ValueError("reference gamma must be finite and > 0 on every ocean cell")
+    return (g_hat**2 - g**2) / g**2
+
+
+def error_metrics(eps: np.ndarray) -> dict[str, float]:
+    """The four summary metrics of one sample's errors (NaN errors count as failures: inf)."""
+    a = np.abs(np.where(np.isfinite(eps), eps, np.inf))
+    return {
+        "mean_abs": float(a.mean()),
+        "rmse": float(np.sqrt(np.mean(a**2))),
+        "q9999": float(np.quantile(a, 0.9999)),
+        "max_abs": float(a.max()),
+    }
+
+
+def sample_metrics(gamma_hat: np.ndarray, gamma: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    return error_metrics(relative_error(gamma_hat, gamma, mask))
+
+
+def aggregate(per_sample: Iterable[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation over samples of each metric."""
+    rows = list(per_sample)
+    return {
+        name: (float(np.mean([r[name] for r in rows])), float(np.std([r[name] for r in rows])))
+        for name in METRIC_NAMES
+    }
+
+
+def distance_to_coast(mask: np.ndarray, periodic_x: bool, metric: str = "euclidean") -> np.ndarray:
+    """Distance in cells from each ocean cell to the nearest land cell (≥ 1 on ocean), and
+    minus the distance to the nearest ocean cell on land (≤ −1): a signed distance map.
+
+    Closed grid edges count as coast (land just outside the grid); with ``periodic_x`` the
+    map wraps east–west. ``metric`` is ``euclidean`` or ``manhattan``.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    ny, nx = mask.shape
+    pad_x = nx if periodic_x else 1
+    padded = np.zeros((ny + 2, nx + 2 * pad_x), dtype=bool)
+    if periodic_x:
+        padded[1:-1] = np.tile(mask, (1, 3))
+    else:
+        padded[1:-1, 1:-1] = mask
+    if metric == "euclidean":
+        inside = ndimage.distance_transform_edt(padded)
+        outside = ndimage.distance_transform_edt(~padded)
+    elif metric == "manhattan":
+        inside = ndimage.distance_transform_cdt(padded, metric="taxicab").astype(np.float64)
+        outside = ndimage.distance_transform_cdt(~padded, metric="taxicab").astype(np.float64)
+    else:
+        raise ValueError(f"metric must be 'euclidean' or 'manhattan', got {metric!r}")
+    signed = np.where(padded, inside, -outside)
+    return signed[1:-1, pad_x : pad_x + nx]
+
+
+def error_by_distance(
+    eps_grid: np.ndarray, distance: np.ndarray, mask: np.ndarray, max_distance: int = 10
+) -> dict[int, float]:
+    """Mean |ε| over ocean cells at each rounded distance 1 … ``max_distance`` to the coast
+    (the last bin holds everything farther)."""
+    d = np.minimum(np.rint(distance[mask]).astype(int), max_distance)
+    e = np.abs(eps_grid[mask])
+    return {int(k): float(e[d == k].mean()) for k in range(1, max_distance + 1) if np.any(d == k)}

@@ -1,0 +1,105 @@
+"""Validation of the fields and the NetCDF round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import random_fields
+
+from diffnorm.fields import Fields, FieldsError, read_fields, write_fields
+
+
+def base(**changes):
+    ny, nx = 6, 7
+    arrays = dict(
+        mask=np.ones((ny, nx)),
+        area=np.ones((ny, nx)),
+        alpha_x=np.ones((ny, nx)),
+        alpha_y=np.ones((ny, nx)),
+        steps=4,
+        periodic_x=False,
+    )
+    arrays.update(changes)
+    return Fields(**arrays)
+
+
+@pytest.mark.parametrize(
+    "changes, pattern",
+    [
+        ({"area": np.ones((6, 8))}, "area has shape"),
+        ({"alpha_x": np.ones((6,))}, "alpha_x must be a 2-D"),
+        ({"area": np.where(np.eye(6, 7) > 0, np.nan, 1.0)}, "area: 6 ocean cell"),
+        ({"alpha_y": -np.ones((6, 7))}, "alpha_y: .* open face"),
+        ({"alpha_x": np.full((6, 7), np.inf)}, "alpha_x: .*open face"),
+        ({"mask": np.zeros((6, 7))}, "all land"),
+        ({"mask": np.full((6, 7), 0.5)}, "mask must hold only 0"),
+        ({"steps": 5}, "steps must be an even integer"),
+        ({"steps": 2}, "steps must be an even integer"),
+        ({"steps": 4.5}, "steps must be an even integer"),
+        ({"periodic_x": 2}, "periodic_x must be 0 or 1"),
+        ({"alpha_y": None}, "alpha_y is missing"),
+    ],
+)
+def test_bad_input_names_the_field(changes, pattern):
+    with pytest.raises(FieldsError, match=pattern):
+        base(**changes)
+
+
+def test_land_and_closed_faces_may_hold_anything():
+    mask = np.ones((6, 7))
+    mask[2, 3] = 0
+    alpha_x = np.ones((6, 7))
+    alpha_x[2, 2:4] = np.nan  # both faces of the land cell
+    alpha_x[:, -1] = -5.0  # closed east edge when not periodic
+    alpha_y = np.ones((6, 7))
+    alpha_y[-1] = np.nan  # the last row's north faces are closed
+    area = np.ones((6, 7))
+    area[2, 3] = np.nan
+    f = base(mask=mask, alpha_x=alpha_x, alpha_y=alpha_y, area=area)
+    assert f.alpha_x[2, 2] == 0 and f.alpha_x[0, -1] == 0 and f.alpha_y[-1, 0] == 0
+    with pytest.raises(FieldsError, match="alpha_x"):
+        base(mask=mask, alpha_x=alpha_x, alpha_y=alpha_y, area=area, periodic_x=True)
+
+
+def test_open_faces_follow_the_wrap():
+    f = base(periodic_x=True)
+    assert f.open_x[:, -1].all()
+    assert not base().open_x[:, -1].any()
+    assert not f.open_y[-1].any()
+
+
+def test_netcdf_round_trip(tmp_path):
+    fields = random_fields(seed=3)
+    gamma = np.where(fields.mask, 2.0, np.nan)
+    path = write_fields(tmp_path / "s.nc", fields, gamma, attrs={"method": "brute", "tol": 0.0})
+    back, g = read_fields(path)
+    for name in ("mask", "area", "alpha_x", "alpha_y"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(fields, name))
+    assert back.steps == fields.steps and back.periodic_x == fields.periodic_x
+    np.testing.assert_array_equal(g, gamma)
+    assert back.attrs["method"] == "brute"
+    with xr.open_dataset(path) as ds:
+        assert ds["gamma"].attrs["units"] == "m"
+        assert ds.attrs["periodic_x"] == 1
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_reading_bad_files(tmp_path):
+    with pytest.raises(FieldsError, match="no such file"):
+        read_fields(tmp_path / "missing.nc")
+    (tmp_path / "junk.nc").write_text("not netcdf")
+    with pytest.raises(FieldsError, match="not a readable NetCDF"):
+        read_fields(tmp_path / "junk.nc")
+    ds = xr.Dataset({"mask": (("y", "x"), np.ones((3, 3)))}, attrs={"steps": 4, "periodic_x": 0})
+    ds.to_netcdf(tmp_path / "partial.nc")
+    with pytest.raises(FieldsError, match="missing variable.*area, alpha_x, alpha_y"):
+        read_fields(tmp_path / "partial.nc")
+    fields = random_fields()
+    path = write_fields(tmp_path / "ok.nc", fields)
+    with xr.open_dataset(path) as ds:
+        broken = ds.load()
+    del broken.attrs["steps"]
+    broken.to_netcdf(tmp_path / "nosteps.nc")
+    with pytest.raises(FieldsError, match="missing attribute 'steps'"):
+        read_fields(tmp_path / "nosteps.nc")

@@ -1,0 +1,132 @@
+"""Every γ method against dense linear algebra or against the exact methods."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import dense_variance, random_fields
+
+from diffnorm.fields import Fields
+from diffnorm.methods import ProbingCertificateError, estimate, method_options
+from diffnorm.methods.brute import brute_variance
+from diffnorm.operator import make_operator
+
+
+def rel_err_g2(gamma_hat: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(gamma)
+    return (gamma_hat[ok] ** 2 - gamma[ok] ** 2) / gamma[ok] ** 2
+
+
+@pytest.mark.parametrize(
+    "periodic_x, steps, anisotropy, seed",
+    [(True, 6, 1.0, 0), (False, 4, 2.0, 1), (True, 8, 0.5, 2), (False, 10, 1.0, 3)],
+)
+def test_brute_matches_dense(periodic_x, steps, anisotropy, seed):
+    fields = random_fields(steps=steps, periodic_x=periodic_x, anisotropy=anisotropy, seed=seed)
+    exact = dense_variance(fields)
+    result = estimate(fields, "brute", block_size=7)
+    gamma = result.gamma[fields.mask]
+    assert np.all(np.isnan(result.gamma[~fields.mask]))
+    assert np.max(np.abs(gamma**-2 / exact - 1)) <= 1e-10
+    assert result.tolerance == 0.0
+
+
+def test_probing_small_grid_is_exact(small_fields):
+    # a stride as large as the grid: probing falls back to (or equals) the exact answer
+    exact = dense_variance(small_fields)
+    result = estimate(small_fields, "probing", tolerance=1e-8)
+    gamma = result.gamma[small_fields.mask]
+    assert np.max(np.abs(gamma**-2 / exact - 1)) <= 1e-8
+
+
+def _medium(periodic_x: bool, seed: int = 4) -> Fields:
+    return random_fields(ny=44, nx=62, steps=8, periodic_x=periodic_x, seed=seed, kappa=0.12)
+
+
+@pytest.mark.parametrize("periodic_x", [True, False])
+@pytest.mark.parametrize("tolerance", [1e-4, 1e-8])
+def test_probing_within_tolerance_of_brute(periodic_x, tolerance):
+    fields = _medium(periodic_x)
+    op = make_operator(fields)
+    exact = estimate(op, "brute")
+    result = estimate(op, "probing", tolerance=tolerance)
+    assert "fallback" not in result.info, "the grid should be large enough to probe"
+    assert result.info["colours"] < op.n / 4
+    err = np.abs(rel_err_g2(result.gamma, exact.gamma))
+    assert err.max() <= tolerance
+    # the certificate bounds the actual error cell by cell
+    est = result.error_estimate[fields.mask]
+    assert np.all(err <= est * (1 + 1e-6) + 1e-13)
+    assert result.tolerance == tolerance
+
+
+def test_probing_too_small_stride_is_caught():
+    fields = _medium(True)
+    with pytest.raises(ProbingCertificateError, match="not certified"):
+        estimate(fields, "probing", tolerance=1e-6, stride=3)
+
+
+def test_probing_stride_compatible_with_wrap():
+    # 62 columns are not a multiple of the stride: the wrap must not alias close cells
+    fields = _medium(True, seed=5)
+    op = make_operator(fields)
+    exact = estimate(op, "brute")
+    result = estimate(op, "probing", tolerance=1e-6, stride=(20, 15))
+    assert np.abs(rel_err_g2(result.gamma, exact.gamma)).max() <= 1e-6
+
+
+def test_randomization_error_matches_theory():
+    fields = random_fields(ny=60, nx=80, steps=6, seed=6, kappa=0.3, islands=False)
+    op = make_operator(fields)
+    exact = estimate(op, "brute")
+    n_samples = 100
+    result = estimate(op, "randomization", samples=n_samples, seed=11)
+    mean_abs = np.abs(rel_err_g2(result.gamma, exact.gamma)).mean()
+    expected = 2 / math.sqrt(math.pi * n_samples)
+    assert abs(mean_abs / expected - 1) <= 0.15
+    assert result.info["expected_mean_abs_error"] == pytest.approx(expected)
+
+
+def test_randomization_is_seeded_and_block_independent(small_fields):
+    a = estimate(small_fields, "randomization", samples=37, seed=3, block_size=8)
+    b = estimate(small_fields, "randomization", samples=37, seed=3, block_size=37)
+    c = estimate(small_fields, "randomization", samples=37, seed=4)
+    np.testing.assert_allclose(a.gamma, b.gamma, rtol=1e-12)
+    assert not np.allclose(a.gamma[small_fields.mask], c.gamma[small_fields.mask])
+
+
+def test_analytic_far_from_walls_and_at_walls():
+    ny, nx, steps = 40, 48, 10
+    d = 6.0  # length scale in cells
+    kappa = d**2 / (2 * steps - 4)
+    area = np.full((ny, nx), 1e8)
+    fields = Fields(np.ones((ny, nx)), area, kappa * area, kappa * area, steps, True)
+    op = make_operator(fields)
+    interior = np.flatnonzero((np.arange(op.n) // nx) == ny // 2)[:4]
+    wall = np.flatnonzero((np.arange(op.n) // nx) == 0)[:4]
+    v = brute_variance(op, np.concatenate([interior, wall]))
+    g2 = 1 / v
+    analytic = estimate(fields, "analytic").gamma.ravel() ** 2
+    assert analytic[0] == pytest.approx(4 * math.pi * (steps - 1) * kappa * 1e8)
+    # lattice effect at D = 6 cells is below 1 %
+    assert g2[:4] / analytic[interior] == pytest.approx(np.ones(4), abs=0.01)
+    # at a straight wall the exact γ² is about half the local formula
+    assert g2[4:] / analytic[wall] == pytest.approx(np.full(4, 0.5), abs=0.03)
+
+
+def test_estimate_rejects_unknown_method_and_option(small_fields):
+    with pytest.raises(ValueError, match="unknown method 'exact'"):
+        estimate(small_fields, "exact")
+    with pytest.raises(TypeError, match="unknown option"):
+        estimate(small_fields, "brute", samples=3)
+    assert set(method_options("randomization")) == {"samples", "seed", "block_size"}
+
+
+def test_result_metadata(small_fields):
+    result = estimate(small_fields, "randomization", samples=10, seed=1)
+    attrs = result.attrs()
+    assert attrs["method"] == "randomization"
+    assert attrs["option_samples"] == 10
+    assert result.wall_time > 0
