@@ -1,0 +1,297 @@
+"""The ``diffnorm`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from diffnorm import __version__
+
+app = typer.Typer(
+    help="Normalization coefficients γ of diffusion-based correlation operators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+class MethodName(StrEnum):
+    brute = "brute"
+    probing = "probing"
+    randomization = "randomization"
+    analytic = "analytic"
+
+
+class Backend(StrEnum):
+    sparse = "sparse"
+    torch = "torch"
+
+
+class GridName(StrEnum):
+    toy = "toy"
+    orca1 = "orca1"
+    latlon = "latlon"
+    mesh = "mesh"
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn the library's input errors into one red line and exit status 2."""
+    from diffnorm.fields import FieldsError
+    from diffnorm.methods import ProbingCertificateError
+
+    try:
+        yield
+    except (FieldsError, ValueError, TypeError, ProbingCertificateError, OSError) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True):
+    """``factory(label) -> progress(done, total)`` backed by rich bars with ETA."""
+    if not enabled:
+        yield lambda _label: None
+        return
+    bars = Progress(
+        TextColumn("{task.description:<26}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+    def factory(label: str):
+        task = bars.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bars.update(task, completed=done, total=total)
+
+        return update
+
+    with bars:
+        yield factory
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"diffnorm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True)
+    ] = False,
+) -> None:
+    """diffnorm: exact, fast-exact, randomized, analytic and learned γ."""
+
+
+@app.command()
+def estimate(
+    input: Annotated[Path, typer.Argument(help="fields file (NetCDF, DESIGN layout)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write fields + gamma")],
+    method: Annotated[MethodName, typer.Option(help="how to compute γ")] = MethodName.probing,
+    samples: Annotated[int, typer.Option(help="randomization: number of samples N")] = 1000,
+    seed: Annotated[int, typer.Option(help="randomization: random seed")] = 0,
+    tolerance: Annotated[
+        float, typer.Option(help="probing: certified relative error on γ²")
+    ] = 1e-6,
+    stride: Annotated[
+        int | None, typer.Option(help="probing: force this stride (else chosen and certified)")
+    ] = None,
+    backend: Annotated[Backend, typer.Option(help="linear algebra backend")] = Backend.sparse,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Compute γ for a fields file and write it (NaN on land) with the method's metadata."""
+    from diffnorm.fields import read_fields, write_fields
+    from diffnorm.methods import estimate as run_estimate
+
+    options: dict = {}
+    if method is MethodName.randomization:
+        options = {"samples": samples, "seed": seed}
+    elif method is MethodName.probing:
+        options = {"tolerance": tolerance, "stride": stride}
+    with user_errors():
+        fields, _ = read_fields(input)
+        with progress_bars(not quiet) as bars:
+            result = run_estimate(
+                fields,
+                method.value,
+                backend=backend.value,
+                progress=bars(method.value),
+                **options,
+            )
+        write_fields(output, fields, result.gamma, attrs=result.attrs())
+    g = result.gamma[fields.mask]
+    summary = f"{method.value}: γ in [{g.min() / 1e3:.4g}, {g.max() / 1e3:.4g}] km"
+    summary += f" on {fields.n_ocean} ocean cells in {result.wall_time:.3g} s"
+    if result.tolerance:
+        summary += f", certified |ε| ≤ {result.tolerance:.1e}"
+    console.print(summary)
+    console.print(f"wrote {output}")
+
+
+@app.command()
+def grid(
+    name: Annotated[GridName, typer.Argument(help="built-in grid, or 'mesh' with --mesh")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="fields file to write")],
+    steps: Annotated[int, typer.Option(help="number M of implicit diffusion steps")] = 10,
+    d_min: Annotated[float, typer.Option(help="smallest length scale D, in grid cells")] = 1.5,
+    d_max: Annotated[float, typer.Option(help="largest length scale D, in grid cells")] = 4.0,
+    constant: Annotated[
+        float | None, typer.Option(help="one length scale D (cells) everywhere, isotropic")
+    ] = None,
+    anisotropy: Annotated[
+        float, typer.Option(help="largest κ₁₁/κ₂₂ ratio (its inverse is the smallest)")
+    ] = 3.0,
+    correlation: Annotated[
+        float, typer.Option(help="correlation length of the random D field, in cells")
+    ] = 10.0,
+    seed: Annotated[int, typer.Option(help="seed of the random length scales")] = 0,
+    resolution: Annotated[float, typer.Option(help="latlon: resolution in degrees")] = 4.0,
+    polar_cap: Annotated[
+        float | None, typer.Option(help="latlon: land poleward of ±this latitude")
+    ] = None,
+    mesh: Annotated[Path | None, typer.Option(help="mesh: a NEMO mesh_mask.nc")] = None,
+) -> None:
+    """Write a fields file for a built-in grid (or a NEMO mesh) with chosen length scales."""
+    from diffnorm.fields import write_fields
+    from diffnorm.grid import built_in_grid, fields_from_cell_length_scales, mesh_mask_grid
+    from diffnorm.lengthscales import random_cell_length_scales
+
+    with user_errors():
+        if name is GridName.mesh:
+            if mesh is None:
+                raise ValueError("grid 'mesh' needs --mesh PATH to a NEMO mesh_mask.nc")
+            metrics = mesh_mask_grid(mesh)
+        else:
+            kw = {}
+            if name is GridName.latlon:
+                kw = {"resolution": resolution, "polar_cap": polar_cap}
+            metrics = built_in_grid(name.value, **kw)
+        shape = metrics.mask.shape
+        if constant is not None:
+            if constant <= 0:
+                raise ValueError(f"--constant must be > 0 cells, got {constant}")
+            d1 = d2 = np.full(shape, constant)
+            params = {"length_scale_cells": constant}
+        else:
+            if not 0 < d_min <= d_max:
+                raise ValueError(f"need 0 < --d-min <= --d-max, got {d_min}, {d_max}")
+            if anisotropy < 1:
+                raise ValueError(f"--anisotropy is the largest ratio, >= 1; got {anisotropy}")
+            d1, d2 = random_cell_length_scales(
+                shape,
+                np.random.default_rng(seed),
+                d_min=d_min,
+                d_max=d_max,
+                anisotropy=(1 / anisotropy, anisotropy),
+                correlation_cells=correlation,
+                periodic_x=metrics.periodic_x,
+            )
+            params = {
+                "d_min_cells": d_min,
+                "d_max_cells": d_max,
+                "anisotropy_max": anisotropy,
+                "correlation_cells": correlation,
+                "seed": seed,
+            }
+        fields = fields_from_cell_length_scales(metrics, d1, d2, steps)
+        write_fields(output, fields, attrs={"grid": metrics.name, **params})
+    console.print(
+        f"{metrics.name}: {shape[0]}×{shape[1]} cells, {fields.n_ocean} ocean, M={steps}; "
+        f"wrote {output}"
+    )
+
+
+@app.command()
+def compare(
+    input: Annotated[Path, typer.Argument(help="fields file (NetCDF)")],
+    reference: Annotated[str, typer.Option(help="exact reference: probing or brute")] = "probing",
+    methods: Annotated[
+        str,
+        typer.Option(help="comma-separated: analytic, randomization:N, brute, probing"),
+    ] = "analytic,randomization:100,randomization:1000,randomization:10000",
+    tolerance: Annotated[float, typer.Option(help="probing reference tolerance")] = 1e-6,
+    seed: Annotated[int, typer.Option(help="randomization seed")] = 0,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder for the table (md, csv) and PNG maps")
+    ] = Path("compare_out"),
+    backend: Annotated[Backend, typer.Option(help="linear algebra backend")] = Backend.sparse,
+    plots: Annotated[bool, typer.Option(help="write PNG maps")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """All methods against an exact reference: mean |ε|, RMSE, Q99.99, max |ε|, wall time."""
+    from diffnorm.compare import compare as run_compare
+    from diffnorm.compare import parse_method
+    from diffnorm.fields import read_fields
+    from diffnorm.metrics import relative_error
+    from diffnorm.plots import plot_error_maps, plot_gamma
+
+    with user_errors():
+        specs = [parse_method(m) for m in methods.split(",") if m.strip()]
+        fields, _ = read_fields(input)
+        with progress_bars(not quiet) as bars:
+            result = run_compare(
+                fields,
+                specs,
+                reference=reference,
+                tolerance=tolerance,
+                seed=seed,
+                backend=backend.value,
+                progress_for=bars,
+            )
+    table = result.markdown()
+    out.print(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.md").write_text(table + "\n")
+    result.write_csv(out_dir / "comparison.csv")
+    result.write_distance_csv(out_dir / "error_by_distance.csv")
+    written = ["comparison.md", "comparison.csv", "error_by_distance.csv"]
+    if plots:
+        plot_gamma(fields, result.reference.gamma, out_dir / "gamma.png", f"γ ({reference})")
+        errors = {}
+        for row in result.rows:
+            eps = np.full(fields.shape, np.nan)
+            eps[fields.mask] = relative_error(row.result.gamma, result.reference.gamma, fields.mask)
+            errors[row.label] = eps
+        plot_error_maps(fields, errors, out_dir / "errors.png", f"|ε| against {reference}")
+        written += ["gamma.png", "errors.png"]
+    console.print(f"wrote {', '.join(written)} in {out_dir}")
+
+
+@app.command("methods")
+def list_methods(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """List the γ methods and their options."""
+    from diffnorm.methods import METHODS, method_options
+
+    rows = {
+        name: {"summary": m.summary, "options": method_options(name)}
+        for name, m in sorted(METHODS.items())
+    }
+    if as_json:
+        out.print(json.dumps(rows, default=str))
+        return
+    for name, row in rows.items():
+        opts = ", ".join(f"{k}={v}" for k, v in row["options"].items() if k != "block_size")
+        out.print(f"[bold]{name}[/]: {row['summary']}" + (f"  ({opts})" if opts else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,146 @@
+"""Every method against an exact reference on one grid: errors (DESIGN §5) and wall times."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffnorm.fields import Fields
+from diffnorm.methods import GammaResult, Progress, estimate
+from diffnorm.metrics import (
+    METRIC_LABELS,
+    METRIC_NAMES,
+    distance_to_coast,
+    error_by_distance,
+    relative_error,
+    sample_metrics,
+)
+from diffnorm.operator import make_operator
+
+MethodSpec = tuple[str, dict[str, Any]]
+
+DEFAULT_METHODS: tuple[MethodSpec, ...] = (
+    ("analytic", {}),
+    ("randomization", {"samples": 100}),
+    ("randomization", {"samples": 1000}),
+    ("randomization", {"samples": 10000}),
+)
+
+
+def parse_method(text: str) -> MethodSpec:
+    """``name`` or ``name:N`` (randomization samples), e.g. ``randomization:1000``."""
+    name, _, arg = text.partition(":")
+    name = name.strip()
+    if not arg:
+        return name, {}
+    if name != "randomization":
+        raise ValueError(f"only randomization takes ':N' (samples), got {text!r}")
+    try:
+        samples = int(float(arg))
+    except ValueError:
+        raise ValueError(f"samples in {text!r} must be a number, e.g. randomization:1000") from None
+    return name, {"samples": samples}
+
+
+def label(spec: MethodSpec) -> str:
+    name, options = spec
+    if name == "randomization":
+        return f"randomization N={options.get('samples', 1000):g}"
+    return name
+
+
+@dataclass
+class Row:
+    label: str
+    result: GammaResult
+    metrics: dict[str, float]
+    by_distance: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    fields: Fields
+    reference: GammaResult
+    rows: list[Row]
+
+    def markdown(self) -> str:
+        ref_time = self.reference.wall_time
+        head = ["method", *(METRIC_LABELS[m] for m in METRIC_NAMES), "wall time (s)", "× ref time"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        ref_label = f"{self.reference.method} (reference)"
+        lines.append(
+            f"| {ref_label} | " + " | ".join("–" for _ in METRIC_NAMES) + f" | {ref_time:.3g} | 1 |"
+        )
+        for row in self.rows:
+            cells = [f"{row.metrics[m]:.2e}" for m in METRIC_NAMES]
+            ratio = row.result.wall_time / ref_time if ref_time > 0 else float("nan")
+            lines.append(
+                f"| {row.label} | "
+                + " | ".join(cells)
+                + f" | {row.result.wall_time:.3g} | {ratio:.3g} |"
+            )
+        return "\n".join(lines)
+
+    def write_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["method", *METRIC_NAMES, "wall_time_s", "reference"])
+            for row in self.rows:
+                writer.writerow(
+                    [row.label, *(row.metrics[m] for m in METRIC_NAMES), row.result.wall_time]
+                    + [self.reference.method]
+                )
+        return path
+
+    def write_distance_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        distances = sorted({d for row in self.rows for d in row.by_distance})
+        with path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["method", *(f"d{d}" for d in distances)])
+            for row in self.rows:
+                writer.writerow([row.label, *(row.by_distance.get(d, "") for d in distances)])
+        return path
+
+
+def compare(
+    fields: Fields,
+    methods: Sequence[MethodSpec] = DEFAULT_METHODS,
+    reference: str = "probing",
+    tolerance: float = 1e-6,
+    seed: int = 0,
+    backend: str = "sparse",
+    progress_for: Callable[[str], Progress | None] | None = None,
+) -> Comparison:
+    """Run ``reference`` (``probing`` or ``brute``) and each method on the same operator."""
+    if reference not in ("probing", "brute"):
+        raise ValueError(f"reference must be 'probing' or 'brute', got {reference!r}")
+    op = make_operator(fields, backend)
+    progress_for = progress_for or (lambda _: None)
+    ref_options = {"tolerance": tolerance} if reference == "probing" else {}
+    ref = estimate(op, reference, progress=progress_for(reference), **ref_options)
+    distance = distance_to_coast(fields.mask, fields.periodic_x)
+    rows = []
+    for spec in methods:
+        name, options = spec
+        if name == "randomization":
+            options = {"seed": seed, **options}
+        result = estimate(op, name, progress=progress_for(label(spec)), **options)
+        eps = np.full(fields.shape, np.nan)
+        eps[fields.mask] = relative_error(result.gamma, ref.gamma, fields.mask)
+        rows.append(
+            Row(
+                label(spec),
+                result,
+                sample_metrics(result.gamma, ref.gamma, fields.mask),
+                error_by_distance(eps, distance, fields.mask),
+            )
+        )
+    return Comparison(fields, ref, rows)
