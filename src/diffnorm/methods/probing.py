@@ -1,23 +1,30 @@
 """Exact-to-tolerance γ by probing with a distance colouring of the grid.
 
-Cells are coloured on a lattice of strides ``(s_y, s_x)``; one probe ``p_c = Σ_{j∈c} e_j`` per
-colour gives ``(Ŝ^M p_c)_i = (Ŝ^M)_ii + Σ_{j∈c, j≠i} (Ŝ^M)_ij`` for every ``i`` of colour ``c``.
-All entries of ``Ŝ^M`` are ≥ 0 (``W + K`` is an M-matrix), so the probe value is an upper
-bound of ``v_i w_i`` and its relative error is the *aliasing sum* of the correlation over the
-lattice, which decays exponentially with the stride.
+Cells are coloured on a lattice of strides ``(s_y, s_x)``, one probe ``p_c = Σ_{j∈c} e_j`` per
+colour. Two estimators share the colouring and the certificate:
 
-Stride choice. On a homogeneous lattice with grid diffusivities ``κx, κy`` (``alpha/area``)
-the kernel of ``Ŝ^M`` is the inverse FFT of ``(1 + κx(2 − 2cos kx) + κy(2 − 2cos ky))^{-M}``.
-The strides are the cheapest pair whose aliasing sum, for the largest ``κx``, ``κy`` found on
-the grid, is below ``tolerance / safety``.
+- ``split`` (default, ``M/2`` solves per colour): ``u = Ŝ^{M/2} p_c = Σ_{j∈c} g_j`` with
+  ``g_j = Ŝ^{M/2} e_j``, and ``v_i w_i = ‖g_i‖² ≈ Σ_{k∈R_i} u_k²`` over the cells ``R_i``
+  nearest to ``i`` among the lattice points of its colour;
+- ``full`` (``M`` solves per colour): ``(Ŝ^M p_c)_i = (Ŝ^M)_ii + Σ_{j∈c, j≠i} (Ŝ^M)_ij``. All
+  entries of ``Ŝ^M`` are ≥ 0 (``W + K`` is an M-matrix), so this is an upper bound of
+  ``v_i w_i``.
 
-Certificate. The same probes also give, at every cell, the aliased kernel at the half-stride
-midpoints between the cell and its aliases (the probe of the colour shifted by half a
-stride). By log-concavity of the kernel along rays, the aliasing error grows at most like the
-square of the ratio between that measured midpoint value and the model's. The per-cell
-estimate ``ε̂_i = E_model · max(1, r_i)²`` must be ≤ ``tolerance`` everywhere; otherwise the
-stride grows and the probes are redone, and brute force is used when probing cannot be
-cheaper. A stride fixed by the caller that fails the certificate raises
+On a homogeneous lattice both errors equal the *aliasing sum* ``Σ_{m≠0} ρ(s·m)`` of the
+correlation over the lattice, which decays exponentially with the stride.
+
+Stride choice. With grid diffusivities ``κx, κy`` (``alpha/area``) the kernel of ``Ŝ^p`` is
+the inverse FFT of ``(1 + κx(2 − 2cos kx) + κy(2 − 2cos ky))^{-p}``. The strides are the
+cheapest pair whose aliasing sum, for the largest ``κx``, ``κy`` on the grid, is below
+``tolerance / SAFETY``.
+
+Certificate. The same probes give, at every cell, the response at the half-stride midpoints
+between the cell and its aliases (the probe of the colour shifted by half a stride). By
+log-concavity of the kernel along rays, the aliasing error grows at most like the square of
+the ratio between that measured midpoint response and the model's. The estimate
+``ε̂_i = E_model · max(1, r_i)²`` must be ≤ ``tolerance`` everywhere; otherwise the stride
+grows and the probes are redone, and brute force is used when probing cannot be cheaper. A
+stride fixed by the caller that fails the certificate raises
 :class:`ProbingCertificateError`. Cells of different connected basins never interact, so
 basins smaller than the stride are exact by construction.
 """
@@ -33,7 +40,7 @@ from diffnorm.methods.base import MethodOutput, Progress, register
 from diffnorm.methods.brute import brute_variance
 from diffnorm.operator import DiffusionOperator
 
-SAFETY = 4.0
+SAFETY = 2.0
 MAX_ATTEMPTS = 3
 
 
@@ -50,11 +57,11 @@ def _decay_rate(kappa: float) -> float:
     return math.acosh(1.0 + 1.0 / (2.0 * kappa)) if kappa > 0 else math.inf
 
 
-def lattice_kernel(kx: float, ky: float, steps: int) -> np.ndarray:
-    """Normalized kernel ``K(δ)/K(0)`` of ``Ŝ^M`` on the infinite homogeneous lattice.
+def lattice_kernel(kx: float, ky: float, power: int) -> np.ndarray:
+    """Kernel of ``Ŝ^power`` (unit cell area) on the infinite homogeneous lattice.
 
     Indexed ``[δy mod Ny, δx mod Nx]`` on a periodic box large enough for the kernel to
-    vanish (below 1e-30) before it wraps.
+    vanish (below 1e-30 of its peak) before it wraps.
     """
     sizes = []
     for kappa in (ky, kx):
@@ -62,15 +69,23 @@ def lattice_kernel(kx: float, ky: float, steps: int) -> np.ndarray:
         if math.isinf(rate):
             sizes.append(1)
             continue
-        # tail ~ r^(M-1) e^(-rate r): ask for e^(-rate r) r^M < 1e-30 at half the box
-        half = 80.0 / rate + 4.0 * steps / rate
+        # tail ~ r^(power-1) e^(-rate r): ask for e^(-rate r) r^power < 1e-30 at half the box
+        half = 80.0 / rate + 4.0 * power / rate
         sizes.append(int(2 ** math.ceil(math.log2(max(32.0, 2.0 * half)))))
     ny, nx = (min(s, 4096) for s in sizes)
     fy = np.fft.fftfreq(ny)[:, None]
     fx = np.fft.rfftfreq(nx)[None, :]
     symbol = 1.0 + ky * (2 - 2 * np.cos(2 * np.pi * fy)) + kx * (2 - 2 * np.cos(2 * np.pi * fx))
-    kernel = np.fft.irfft2(symbol ** (-float(steps)), s=(ny, nx))
-    return kernel / kernel[0, 0]
+    return np.fft.irfft2(symbol ** (-float(power)), s=(ny, nx))
+
+
+def _axis_points(s: int | None, n: int, off: int) -> np.ndarray:
+    """Offsets ``off + s m`` within half the box (one point when there is no aliasing)."""
+    if s is None or s >= n:
+        return np.array([off])
+    m = np.arange(-(n // (2 * s)) - 1, n // (2 * s) + 2)
+    d = off + m * s
+    return d[np.abs(d) <= n // 2]
 
 
 def _lattice_sum(
@@ -79,16 +94,8 @@ def _lattice_sum(
     """``Σ_m K(offset + s m)`` over the lattice (``m = 0`` excluded when offset is 0);
     ``None`` stride means no aliasing along that axis."""
     ny, nx = kernel.shape
-
-    def points(s: int | None, n: int, off: int) -> np.ndarray:
-        if s is None or s >= n:
-            return np.array([off])
-        m = np.arange(-(n // (2 * s)) - 1, n // (2 * s) + 2)
-        d = off + m * s
-        return d[np.abs(d) <= n // 2]
-
-    py = points(sy, ny, offset[0])
-    px = points(sx, nx, offset[1])
+    py = _axis_points(sy, ny, offset[0])
+    px = _axis_points(sx, nx, offset[1])
     total = kernel[np.ix_(py % ny, px % nx)].sum()
     if offset == (0, 0):
         total -= kernel[0, 0]
@@ -96,14 +103,63 @@ def _lattice_sum(
 
 
 @dataclass(frozen=True)
+class LatticeModel:
+    """Aliasing error and midpoint ratios of probing on the homogeneous lattice."""
+
+    error: float
+    mid: np.ndarray  # model response at the three half-stride shifts, relative to the peak
+
+
+def lattice_model(kx: float, ky: float, steps: int, col: Colouring, estimator: str) -> LatticeModel:
+    shifts = col.mid_shifts()
+    if estimator == "full":
+        k = lattice_kernel(kx, ky, steps)
+        k = k / k[0, 0]
+        error = _lattice_sum(k, col.alias_sy, col.alias_sx)
+        mid = [_lattice_sum(k, col.alias_sy, col.alias_sx, sh) if any(sh) else 0.0 for sh in shifts]
+        return LatticeModel(error, np.array(mid))
+    # split: u = Σ_m g(δ + s m) folded onto one lattice cell, v̂ = Σ_cell u², v = Σ g²
+    g = lattice_kernel(kx, ky, steps // 2)
+    ny, nx = g.shape
+    sy = col.alias_sy if col.alias_sy is not None else ny
+    sx = col.alias_sx if col.alias_sx is not None else nx
+    dy = np.arange(-(min(sy, ny) // 2), min(sy, ny) - min(sy, ny) // 2)
+    dx = np.arange(-(min(sx, nx) // 2), min(sx, nx) - min(sx, nx) // 2)
+    my = _axis_points(col.alias_sy, ny, 0)
+    mx = _axis_points(col.alias_sx, nx, 0)
+    yy = dy[:, None] + my[None, :]
+    xx = dx[:, None] + mx[None, :]
+    vy = np.abs(yy) <= ny // 2
+    vx = np.abs(xx) <= nx // 2
+    gathered = g[(yy % ny)[:, :, None, None], (xx % nx)[None, None, :, :]]
+    gathered = gathered * (vy[:, :, None, None] & vx[None, None, :, :])
+    u = gathered.sum(axis=(1, 3))
+    error = float((u**2).sum() / (g**2).sum() - 1.0)
+    y0, x0 = int(np.argmin(np.abs(dy))), int(np.argmin(np.abs(dx)))
+    mid = []
+    for sh in shifts:
+        if not any(sh):
+            mid.append(0.0)
+            continue
+        mid.append(_lattice_sum(g, col.alias_sy, col.alias_sx, sh) / u[y0, x0])
+    return LatticeModel(abs(error), np.array(mid))
+
+
+@dataclass(frozen=True)
 class Colouring:
-    """Lattice colouring: ``colour = cy · ncx + cx`` for each ocean cell."""
+    """Lattice colouring: ``colour = cy · ncx + cx`` for each ocean cell.
+
+    ``owner_y[cy, j]`` and ``owner_x[cx, i]`` give the row and column of the lattice point of
+    colour ``(cy, cx)`` nearest to grid row ``j`` / column ``i`` (the split estimator's cells).
+    """
 
     colour: np.ndarray  # (n,) colour per ocean cell
     ncy: int
     ncx: int
     alias_sy: int | None  # distance between same-colour cells along y (None: no alias)
     alias_sx: int | None
+    owner_y: np.ndarray
+    owner_x: np.ndarray
 
     @property
     def count(self) -> int:
@@ -113,6 +169,19 @@ class Colouring:
         """Colour of each cell after shifting its lattice position by ``(dy, dx)`` colours."""
         cy, cx = np.divmod(self.colour, self.ncx)
         return ((cy + dy) % self.ncy) * self.ncx + (cx + dx) % self.ncx
+
+    def mid_shifts(self) -> list[tuple[int, int]]:
+        """Colour shifts to the half-stride midpoints between a cell and its aliases."""
+        hy, hx = self.ncy // 2, self.ncx // 2
+        return [(hy, 0), (0, hx), (hy, hx)]
+
+
+def _nearest(positions: np.ndarray, n: int, periodic: bool) -> np.ndarray:
+    """For each index 0..n-1, the nearest of ``positions`` (circular distance if periodic)."""
+    d = np.abs(np.arange(n)[None, :] - positions[:, None])
+    if periodic:
+        d = np.minimum(d, n - d)
+    return positions[np.argmin(d, axis=0)]
 
 
 def make_colouring(op: DiffusionOperator, sy: int, sx: int) -> Colouring:
@@ -127,6 +196,7 @@ def make_colouring(op: DiffusionOperator, sy: int, sx: int) -> Colouring:
     sy = max(1, min(sy, ny))
     alias_sy = sy if sy < ny else None
     cy = j % sy
+    owner_y = np.stack([_nearest(np.arange(c, ny, sy), ny, False) for c in range(sy)])
     if op.fields.periodic_x:
         blocks = max(1, nx // max(1, sx))
         starts = (np.arange(blocks + 1) * nx) // blocks
@@ -134,17 +204,25 @@ def make_colouring(op: DiffusionOperator, sy: int, sx: int) -> Colouring:
         cx = i - starts[block_of]
         ncx = int(np.diff(starts).max())
         alias_sx = int(np.diff(starts).min()) if blocks > 1 else None
+        owner_x = []
+        for c in range(ncx):
+            pos = starts[:-1] + c
+            pos = pos[pos < starts[1:]]
+            owner_x.append(_nearest(pos, nx, True) if pos.size else np.full(nx, -1))
+        owner_x = np.stack(owner_x)
     else:
         sx = max(1, min(sx, nx))
         cx = i % sx
         ncx = sx
         alias_sx = sx if sx < nx else None
-    return Colouring(cy * ncx + cx, sy, ncx, alias_sy, alias_sx)
+        owner_x = np.stack([_nearest(np.arange(c, nx, sx), nx, False) for c in range(sx)])
+    return Colouring(cy * ncx + cx, sy, ncx, alias_sy, alias_sx, owner_y, owner_x)
 
 
 def choose_strides(kx: float, ky: float, steps: int, target: float, limit: int) -> tuple[int, int]:
     """Cheapest ``(sy, sx)`` (fewest colours) whose model aliasing sum is ≤ ``target``."""
     kernel = lattice_kernel(kx, ky, steps)
+    kernel = kernel / kernel[0, 0]
     best: tuple[int, int] | None = None
     for sy in range(1, limit + 1):
         if best is not None and sy > best[0] * best[1]:
@@ -166,88 +244,119 @@ def choose_strides(kx: float, ky: float, steps: int, target: float, limit: int) 
 def _probe(
     op: DiffusionOperator,
     col: Colouring,
+    estimator: str,
     block_size: int | None,
     progress: Progress | None,
     done0: int,
     total: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probe values ``(Ŝ^M p_{c(i)})_i`` and, per midpoint shift, ``(Ŝ^M p_{c(i)+shift})_i``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Variance estimates ``v̂·w``, the probe response at each cell's own lattice point and at
+    its three half-stride midpoints (for the certificate)."""
     steps = op.fields.steps
-    shifts = [(col.ncy // 2, 0), (0, col.ncx // 2), (col.ncy // 2, col.ncx // 2)]
-    shifted = [col.shifted(*s) for s in shifts]
+    power = steps if estimator == "full" else steps // 2
+    ny, nx = op.fields.shape
+    j, i = np.divmod(op.ocean, nx)
+    grid_to_ocean = np.full(ny * nx, -1, dtype=np.int64)
+    grid_to_ocean[op.ocean] = np.arange(op.n)
+    shifted = [col.shifted(*s) for s in col.mid_shifts()]
     members = np.argsort(col.colour, kind="stable")
     bounds = np.searchsorted(col.colour[members], np.arange(col.count + 1))
-    own = np.zeros(op.n)
-    mid = np.zeros((len(shifts), op.n))
+    estimate = np.zeros(op.n)
+    peak = np.zeros(op.n)
+    mid = np.zeros((len(shifted), op.n))
     k = op.block_size(block_size)
     for start in range(0, col.count, k):
         colours = np.arange(start, min(start + k, col.count))
         probes = np.zeros((op.n, colours.size))
         for local, c in enumerate(colours):
             probes[members[bounds[c] : bounds[c + 1]], local] = 1.0
-        response = op.sym_power(probes, steps)
+        response = op.sym_power(probes, power)
         in_block = (col.colour >= start) & (col.colour < start + colours.size)
-        own[in_block] = response[in_block, col.colour[in_block] - start]
+        peak[in_block] = response[in_block, col.colour[in_block] - start]
         for s, sc in enumerate(shifted):
             sel = (sc >= start) & (sc < start + colours.size)
             mid[s, sel] = response[sel, sc[sel] - start]
+        if estimator == "split":
+            # v_i w_i = ‖Ŝ^{M/2} e_i‖²: sum the squared response over the cells nearest to i
+            for local, c in enumerate(colours):
+                cy, cx = divmod(int(c), col.ncx)
+                ox = col.owner_x[cx, i]
+                owner = np.where(ox >= 0, grid_to_ocean[col.owner_y[cy, j] * nx + ox], -1)
+                ok = owner >= 0
+                sums = np.bincount(owner[ok], weights=response[ok, local] ** 2, minlength=op.n)
+                cells = members[bounds[c] : bounds[c + 1]]
+                estimate[cells] = sums[cells]
         if progress is not None:
             progress(done0 + int(colours[-1]) + 1, total)
-    return own, mid
+    if estimator == "full":
+        estimate = peak
+    return estimate, peak, mid
 
 
-@register("probing", "exact to a certified tolerance: one probe per colour (s^2 x M solves)")
+@register("probing", "exact to a certified tolerance: one probe per colour (s^2 x M/2 solves)")
 def probing(
     op: DiffusionOperator,
     *,
     tolerance: float = 1e-6,
     stride: int | tuple[int, int] | None = None,
+    estimator: str = "split",
     block_size: int | None = None,
     progress: Progress | None = None,
 ) -> MethodOutput:
-    """Certified probing; ``stride`` (``s`` or ``(s_y, s_x)``) overrides the automatic choice."""
+    """Certified probing; ``stride`` (``s`` or ``(s_y, s_x)``) overrides the automatic choice.
+
+    ``estimator="split"`` applies ``Ŝ^{M/2}`` to each probe and sums the squared response over
+    the cells nearest to each probed cell (M/2 solves per colour); ``"full"`` applies ``Ŝ^M``
+    and reads the response at the cell (M solves per colour, an upper bound of ``v``).
+    """
     if not (0 < tolerance < 1):
         raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
+    if estimator not in ("split", "full"):
+        raise ValueError(f"estimator must be 'split' or 'full', got {estimator!r}")
     fields = op.fields
     steps = fields.steps
+    power = steps if estimator == "full" else steps // 2
     gx, gy = fields.grid_diffusivity()
     kx, ky = float(gx.max()), float(gy.max())
     ny, nx = fields.shape
     limit = max(ny, nx)
-    kernel = lattice_kernel(kx, ky, steps)
     fixed = stride is not None
     if fixed:
         sy, sx = (stride, stride) if isinstance(stride, int) else tuple(stride)
         if sy < 1 or sx < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
+        target = tolerance / SAFETY
     else:
-        sy, sx = choose_strides(kx, ky, steps, tolerance / SAFETY, limit)
+        target = tolerance / SAFETY
+        sy, sx = choose_strides(kx, ky, steps, target, limit)
 
-    info: dict = {"kappa_grid_max": (ky, kx), "attempts": 0, "solves": 0}
+    info: dict = {"kappa_grid_max": (ky, kx), "estimator": estimator, "attempts": 0, "solves": 0}
     for attempt in range(1, MAX_ATTEMPTS + 1):
         col = make_colouring(op, sy, sx)
+        model = lattice_model(kx, ky, steps, col, estimator)
+        while not fixed and model.error > target and col.count * power < op.n * (steps // 2):
+            sy, sx = sy + 1, sx + 1
+            col = make_colouring(op, sy, sx)
+            model = lattice_model(kx, ky, steps, col, estimator)
         info.update(attempts=attempt, stride=(sy, sx), colours=col.count)
-        if not fixed and col.count * steps >= op.n * (steps // 2):
+        if not fixed and col.count * power >= op.n * (steps // 2):
             # probing cannot be cheaper than brute force here: do the exact thing
             variance = brute_variance(op, None, block_size, progress)
             info.update(fallback="brute", solves=info["solves"] + op.n * (steps // 2))
             return MethodOutput(variance, tolerance=tolerance, info=info)
-        model_err = _lattice_sum(kernel, col.alias_sy, col.alias_sx)
-        shifts = [(col.ncy // 2, 0), (0, col.ncx // 2), (col.ncy // 2, col.ncx // 2)]
-        model_mid = np.array(
-            [_lattice_sum(kernel, col.alias_sy, col.alias_sx, s) if any(s) else 0.0 for s in shifts]
-        )
         total = col.count * (MAX_ATTEMPTS if not fixed else 1)
-        own, mid = _probe(op, col, block_size, progress, (attempt - 1) * col.count, total)
-        info["solves"] += col.count * steps
+        estimate, peak, mid = _probe(
+            op, col, estimator, block_size, progress, (attempt - 1) * col.count, total
+        )
+        info["solves"] += col.count * power
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(model_mid[:, None] > 0, mid / own / model_mid[:, None], 0.0)
+            ratio = np.where(model.mid[:, None] > 0, mid / peak / model.mid[:, None], 0.0)
         growth = np.maximum(1.0, ratio.max(axis=0))
-        estimate = model_err * growth**2
-        worst = float(estimate.max())
-        info.update(model_error=model_err, certificate_max=worst)
+        error_estimate = model.error * growth**2
+        worst = float(error_estimate.max())
+        info.update(model_error=model.error, certificate_max=worst)
         if worst <= tolerance:
-            return MethodOutput(own / op.weights, tolerance, estimate, info)
+            return MethodOutput(estimate / op.weights, tolerance, error_estimate, info)
         if fixed:
             raise ProbingCertificateError(
                 f"probing with stride {(sy, sx)} is not certified: estimated relative error on "
