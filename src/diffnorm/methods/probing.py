@@ -241,6 +241,11 @@ def choose_strides(kx: float, ky: float, steps: int, target: float, limit: int) 
 # ---------------------------------------------------------------------------------------------
 
 
+def _brute_is_cheaper(op: DiffusionOperator, col: Colouring, power: int) -> bool:
+    """Probing pays per-colour bookkeeping on top of its solves: ask it to save 4×."""
+    return 4 * col.count * power >= op.n * (op.fields.steps // 2)
+
+
 def _probe(
     op: DiffusionOperator,
     col: Colouring,
@@ -334,12 +339,12 @@ def probing(
     for attempt in range(1, MAX_ATTEMPTS + 1):
         col = make_colouring(op, sy, sx)
         model = lattice_model(kx, ky, steps, col, estimator)
-        while not fixed and model.error > target and col.count * power < op.n * (steps // 2):
+        while not fixed and model.error > target and not _brute_is_cheaper(op, col, power):
             sy, sx = sy + 1, sx + 1
             col = make_colouring(op, sy, sx)
             model = lattice_model(kx, ky, steps, col, estimator)
         info.update(attempts=attempt, stride=(sy, sx), colours=col.count)
-        if not fixed and col.count * power >= op.n * (steps // 2):
+        if not fixed and _brute_is_cheaper(op, col, power):
             # probing cannot be cheaper than brute force here: do the exact thing
             variance = brute_variance(op, None, block_size, progress)
             info.update(fallback="brute", solves=info["solves"] + op.n * (steps // 2))

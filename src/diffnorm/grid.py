@@ -1,0 +1,369 @@
+"""Grids (metrics and masks) and their diffusion fields.
+
+NEMO conventions: ``e1`` is the zonal (x) length of a cell, ``e2`` the meridional (y) length;
+``u`` points sit on the east face of cell ``(j, i)`` and ``v`` points on its north face. From
+diffusivities ``κ₁₁, κ₂₂`` at cell centres the face values are the mean of the two adjacent
+cells and
+
+    alpha_x = κ₁₁ᵘ · e2u / e1u,    alpha_y = κ₂₂ᵛ · e1v / e2v,    area = e1t · e2t.
+
+A Daley length scale ``D`` and ``M`` steps give ``κ = D² / (2M − 4)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffnorm.coast import land_mask, remove_small_basins
+from diffnorm.fields import Fields, FieldsError
+
+EARTH_RADIUS = 6378.137e3  # m, as in the seed study
+BUILT_IN_GRIDS = ("toy", "orca1", "latlon")
+
+
+@dataclass
+class GridMetrics:
+    """A grid's mask and NEMO-style metrics (metres), all ``(ny, nx)``."""
+
+    mask: np.ndarray
+    e1t: np.ndarray
+    e2t: np.ndarray
+    e1u: np.ndarray
+    e2u: np.ndarray
+    e1v: np.ndarray
+    e2v: np.ndarray
+    periodic_x: bool
+    name: str
+    lat: np.ndarray | None = None
+    lon: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.mask = np.asarray(self.mask, dtype=bool)
+        shape = self.mask.shape
+        for name in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v"):
+            value = np.asarray(getattr(self, name), dtype=np.float64)
+            if value.shape != shape:
+                raise FieldsError(f"{name} has shape {value.shape}, but the mask has {shape}")
+            setattr(self, name, value)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.mask.shape  # type: ignore[return-value]
+
+    @property
+    def area(self) -> np.ndarray:
+        return self.e1t * self.e2t
+
+
+def kappa_from_length_scale(length: np.ndarray | float, steps: int) -> np.ndarray | float:
+    """``κ = D² / (2M − 4)`` (m²) for a Daley length scale ``D`` (m)."""
+    return np.square(length) / (2 * steps - 4)
+
+
+def length_scale_from_kappa(kappa: np.ndarray | float, steps: int) -> np.ndarray | float:
+    """``D = √(κ (2M − 4))``."""
+    return np.sqrt(np.asarray(kappa) * (2 * steps - 4))
+
+
+def _face_mean(values: np.ndarray, mask: np.ndarray, axis: int, periodic: bool) -> np.ndarray:
+    """Mean of the two cells on each east (axis 1) or north (axis 0) face."""
+    if axis == 1:
+        nxt = np.roll(values, -1, axis=1)
+        if not periodic:
+            nxt[:, -1] = values[:, -1]
+    else:
+        nxt = np.vstack([values[1:], values[-1:]])
+    return 0.5 * (values + nxt)
+
+
+def fields_from_metrics(
+    metrics: GridMetrics,
+    kappa11: np.ndarray | float,
+    kappa22: np.ndarray | float,
+    steps: int,
+    attrs: dict[str, Any] | None = None,
+) -> Fields:
+    """Fields from cell-centre diffusivities ``κ₁₁`` (along x) and ``κ₂₂`` (along y), m²."""
+    shape = metrics.shape
+    k11 = np.broadcast_to(np.asarray(kappa11, dtype=np.float64), shape)
+    k22 = np.broadcast_to(np.asarray(kappa22, dtype=np.float64), shape)
+    for name, k in (("kappa11", k11), ("kappa22", k22)):
+        bad = metrics.mask & ~(np.isfinite(k) & (k > 0))
+        if bad.any():
+            raise FieldsError(f"{name} must be finite and > 0 on ocean cells ({bad.sum()} are not)")
+    k11u = _face_mean(np.where(metrics.mask, k11, 0.0), metrics.mask, 1, metrics.periodic_x)
+    k22v = _face_mean(np.where(metrics.mask, k22, 0.0), metrics.mask, 0, False)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha_x = k11u * metrics.e2u / metrics.e1u
+        alpha_y = k22v * metrics.e1v / metrics.e2v
+    all_attrs = {"grid": metrics.name, **metrics.attrs, **(attrs or {})}
+    fields = Fields(
+        mask=metrics.mask.astype(np.int8),
+        area=metrics.area,
+        alpha_x=np.nan_to_num(alpha_x),
+        alpha_y=np.nan_to_num(alpha_y),
+        steps=steps,
+        periodic_x=metrics.periodic_x,
+        lat=metrics.lat,
+        lon=metrics.lon,
+        attrs=all_attrs,
+    )
+    return fields
+
+
+def fields_from_length_scales(
+    metrics: GridMetrics, d1: np.ndarray | float, d2: np.ndarray | float, steps: int
+) -> Fields:
+    """Fields from Daley length scales ``D₁`` (along x) and ``D₂`` (along y) in metres."""
+    for name, d in (("D1", d1), ("D2", d2)):
+        d = np.broadcast_to(np.asarray(d, dtype=np.float64), metrics.shape)
+        bad = metrics.mask & ~(np.isfinite(d) & (d > 0))
+        if bad.any():
+            raise FieldsError(
+                f"length scale {name} must be finite and > 0 on ocean cells ({bad.sum()} are not)"
+            )
+    return fields_from_metrics(
+        metrics, kappa_from_length_scale(d1, steps), kappa_from_length_scale(d2, steps), steps
+    )
+
+
+def fields_from_cell_length_scales(
+    metrics: GridMetrics, d1: np.ndarray | float, d2: np.ndarray | float, steps: int
+) -> Fields:
+    """Fields from length scales in grid cells: ``D₁ = d₁·e1t``, ``D₂ = d₂·e2t``.
+
+    In grid units the diffusivity is then ``d²/(2M − 4)`` whatever the cell size.
+    """
+    return fields_from_length_scales(
+        metrics, np.asarray(d1) * metrics.e1t, np.asarray(d2) * metrics.e2t, steps
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# spherical grids
+
+
+def spherical_grid(
+    lat_edges: np.ndarray,
+    resolution_lon: float,
+    name: str,
+    polar_cap: float | None = None,
+    min_basin: int = 4,
+) -> GridMetrics:
+    """A grid of ``360/Δλ`` columns and rows between ``lat_edges`` (degrees), east–west
+    periodic, with real coastlines. Cell centres sit half-way between edges."""
+    lat_edges = np.asarray(lat_edges, dtype=np.float64)
+    nx = int(round(360.0 / resolution_lon))
+    if not math.isclose(nx * resolution_lon, 360.0):
+        raise ValueError(f"resolution {resolution_lon}° must divide 360°")
+    dlam = math.radians(resolution_lon)
+    lat_c = 0.5 * (lat_edges[1:] + lat_edges[:-1])
+    dphi = np.radians(np.diff(lat_edges))
+    lon_c = -180.0 + resolution_lon * (np.arange(nx) + 0.5)
+    ny = lat_c.size
+    lat2, lon2 = np.meshgrid(lat_c, lon_c, indexing="ij")
+    cos_c = np.cos(np.radians(lat2))
+    e1t = EARTH_RADIUS * cos_c * dlam
+    e2t = np.broadcast_to((EARTH_RADIUS * dphi)[:, None], (ny, nx)).copy()
+    # v points: on the northern edge of each cell, centre-to-centre meridional distance
+    lat_v = lat_edges[1:]
+    e1v = np.broadcast_to((EARTH_RADIUS * np.cos(np.radians(lat_v)) * dlam)[:, None], (ny, nx))
+    dist_v = np.append(np.diff(lat_c), np.diff(lat_c)[-1:] if ny > 1 else dphi[-1:])
+    e2v = np.broadcast_to((EARTH_RADIUS * np.radians(dist_v))[:, None], (ny, nx))
+    land = land_mask(
+        lat2,
+        lon2,
+        np.broadcast_to(np.diff(lat_edges)[:, None], (ny, nx)),
+        np.full((ny, nx), resolution_lon),
+    )
+    ocean = ~land
+    if polar_cap is not None:
+        ocean &= np.abs(lat2) < polar_cap
+    ocean = remove_small_basins(ocean, min_basin, periodic_x=True)
+    return GridMetrics(
+        mask=ocean,
+        e1t=e1t,
+        e2t=e2t,
+        e1u=e1t,
+        e2u=e2t,
+        e1v=np.maximum(e1v, 1e-3 * e1t.max()),
+        e2v=e2v,
+        periodic_x=True,
+        name=name,
+        lat=lat2,
+        lon=lon2,
+        attrs={"resolution_lon_deg": resolution_lon},
+    )
+
+
+def latlon_grid(
+    resolution: float = 1.0,
+    lat_min: float = -90.0,
+    lat_max: float = 90.0,
+    polar_cap: float | None = 80.0,
+) -> GridMetrics:
+    """Regular latitude–longitude grid; cell area ``R² cosφ Δφ Δλ`` (R = 6378.137 km).
+
+    Land poleward of ±``polar_cap`` (default 80°): the cells that meet at a pole are
+    degenerate (zero-length faces); ``polar_cap=None`` keeps them.
+    """
+    if resolution <= 0:
+        raise ValueError(f"resolution must be > 0 degrees, got {resolution}")
+    ny = int(round((lat_max - lat_min) / resolution))
+    edges = lat_min + resolution * np.arange(ny + 1)
+    return spherical_grid(edges, resolution, f"latlon{resolution:g}", polar_cap)
+
+
+def toy_grid() -> GridMetrics:
+    """The seed study's toy grid: 1°, 180×360, land poleward of ±70° plus real coastlines."""
+    metrics = latlon_grid(1.0, polar_cap=70.0)
+    metrics.name = "toy"
+    return metrics
+
+
+def orca1_latitudes(rows: int = 292, south: float = -78.0, north: float = 89.5) -> np.ndarray:
+    """Row edges of an ORCA1-like grid: Mercator-like ``Δφ ∝ cosφ`` at low and middle
+    latitudes, refined to about ⅓° at the equator, no finer than a quarter of the zonal
+    spacing at high latitudes; scaled so that ``rows`` rows span ``[south, north]``."""
+
+    def spacing(phi: float) -> float:
+        refine = 1.0 - (2.0 / 3.0) * math.exp(-((phi / 10.0) ** 2))
+        return max(math.cos(math.radians(phi)) * refine, 0.25)
+
+    def march(scale: float) -> np.ndarray:
+        edges = [south]
+        for _ in range(rows):
+            phi = edges[-1]
+            mid = phi + 0.5 * scale * spacing(phi)
+            edges.append(phi + scale * spacing(mid))
+        return np.array(edges)
+
+    lo, hi = 0.1, 3.0
+    for _ in range(80):
+        scale = 0.5 * (lo + hi)
+        if march(scale)[-1] > north:
+            hi = scale
+        else:
+            lo = scale
+    edges = march(0.5 * (lo + hi))
+    edges[-1] = north
+    return edges
+
+
+def orca1_like_grid() -> GridMetrics:
+    """ORCA1-like 292×360 global grid: 1° in longitude, refined rows near the equator,
+    east–west periodic, real coastlines."""
+    metrics = spherical_grid(orca1_latitudes(), 1.0, "orca1")
+    return metrics
+
+
+def box_grid(
+    ny: int,
+    nx: int,
+    dx: float = 1.0e4,
+    dy: float = 1.0e4,
+    periodic_x: bool = False,
+    mask: np.ndarray | None = None,
+) -> GridMetrics:
+    """A uniform Cartesian grid (no coastline package): for tests and idealized studies."""
+    full = np.ones((ny, nx))
+    return GridMetrics(
+        mask=np.ones((ny, nx), dtype=bool) if mask is None else mask,
+        e1t=dx * full,
+        e2t=dy * full,
+        e1u=dx * full,
+        e2u=dy * full,
+        e1v=dx * full,
+        e2v=dy * full,
+        periodic_x=periodic_x,
+        name=f"box{ny}x{nx}",
+    )
+
+
+def built_in_grid(name: str, **kw: Any) -> GridMetrics:
+    """``toy``, ``orca1`` or ``latlon`` (keywords ``resolution``, ``polar_cap``)."""
+    if name == "toy":
+        return toy_grid()
+    if name == "orca1":
+        return orca1_like_grid()
+    if name == "latlon":
+        kw = {k: v for k, v in kw.items() if v is not None}
+        return latlon_grid(**kw)
+    raise ValueError(f"unknown grid {name!r}; built-in grids are {', '.join(BUILT_IN_GRIDS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# NEMO mesh_mask.nc
+
+MESH_VARIABLES = ("tmask", "e1t", "e2t", "e1u", "e2u", "e1v", "e2v")
+
+
+def _surface(var: Any, name: str, source: str) -> np.ndarray:
+    """A 2-D ``(y, x)`` slice: leading singleton/time dims dropped, first depth level."""
+    data = np.asarray(var.values)
+    while data.ndim > 2:
+        data = data[0]
+    if data.ndim != 2:
+        raise FieldsError(f"{source}: {name} must have (y, x) as its last two dims")
+    return data.astype(np.float64)
+
+
+def mesh_mask_grid(
+    path: str | Path, periodic_x: bool | None = None, drop_halo: bool = False
+) -> GridMetrics:
+    """A user's NEMO grid from ``mesh_mask.nc`` (``tmask, e1t, e2t, e1u, e2u, e1v, e2v``).
+
+    ``periodic_x=None`` detects NEMO's cyclic halo (columns 0 and nx−1 repeat nx−2 and 1);
+    ``drop_halo=True`` removes those two columns so that the wrap is explicit.
+    """
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise FieldsError(f"{path}: no such mesh_mask file")
+    with xr.open_dataset(path) as ds:
+        missing = [v for v in MESH_VARIABLES if v not in ds.variables]
+        if missing:
+            raise FieldsError(
+                f"{path}: missing variable(s) {', '.join(missing)}; a NEMO mesh_mask.nc needs "
+                f"{', '.join(MESH_VARIABLES)}"
+            )
+        arrays = {v: _surface(ds[v], v, str(path)) for v in MESH_VARIABLES}
+        lat = lon = None
+        for la, lo in (("gphit", "glamt"), ("nav_lat", "nav_lon")):
+            if la in ds.variables and lo in ds.variables:
+                lat, lon = _surface(ds[la], la, str(path)), _surface(ds[lo], lo, str(path))
+                break
+    cyclic = arrays["e1t"].shape[1] > 3 and all(
+        np.array_equal(arrays[v][:, 0], arrays[v][:, -2])
+        and np.array_equal(arrays[v][:, -1], arrays[v][:, 1])
+        for v in ("tmask", "e1t", "e2t")
+    )
+    if drop_halo:
+        if not cyclic:
+            raise FieldsError(f"{path}: drop_halo=True but the columns hold no cyclic halo")
+        arrays = {k: v[:, 1:-1] for k, v in arrays.items()}
+        lat = lat[:, 1:-1] if lat is not None else None
+        lon = lon[:, 1:-1] if lon is not None else None
+        periodic = True
+    else:
+        periodic = cyclic if periodic_x is None else bool(periodic_x)
+    return GridMetrics(
+        mask=arrays["tmask"] > 0.5,
+        e1t=arrays["e1t"],
+        e2t=arrays["e2t"],
+        e1u=arrays["e1u"],
+        e2u=arrays["e2u"],
+        e1v=arrays["e1v"],
+        e2v=arrays["e2v"],
+        periodic_x=periodic,
+        name=f"mesh:{path.name}",
+        lat=lat,
+        lon=lon,
+    )

@@ -1,0 +1,59 @@
+"""Smooth random parameter fields: length scales and anisotropy (DESIGN §3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage, special
+
+
+def smooth_random_field(
+    shape: tuple[int, int], correlation_cells: float, rng: np.random.Generator, periodic_x: bool
+) -> np.ndarray:
+    """White noise through a Gaussian filter of ``correlation_cells``, then zero mean and unit
+    standard deviation; wraps east–west when ``periodic_x``."""
+    noise = rng.standard_normal(shape)
+    mode = ("reflect", "wrap" if periodic_x else "reflect")
+    field = ndimage.gaussian_filter(noise, sigma=correlation_cells, mode=mode)
+    std = field.std()
+    return (field - field.mean()) / (std if std > 0 else 1.0)
+
+
+def _to_range(z: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Standard-normal values mapped monotonically and log-uniformly into ``[lo, hi]``."""
+    u = 0.5 * (1.0 + special.erf(z / math.sqrt(2.0)))
+    return np.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+
+def random_cell_length_scales(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    d_min: float = 1.5,
+    d_max: float = 6.0,
+    anisotropy: tuple[float, float] = (1 / 3, 3.0),
+    correlation_cells: float = 10.0,
+    periodic_x: bool = True,
+    lat: np.ndarray | None = None,
+    lat_amplitude: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Length scales ``(d₁, d₂)`` in grid cells along x and y.
+
+    A smooth field sets the geometric mean ``d`` (log-uniform in ``[d_min, d_max]`` through
+    the normal CDF), an independent one the ratio ``a = κ₁₁/κ₂₂ = (d₁/d₂)²`` (log-uniform in
+    ``anisotropy``): ``d₁ = d·a^{1/4}``, ``d₂ = d·a^{-1/4}``. With ``lat`` and
+    ``lat_amplitude`` the mean is multiplied by ``exp(lat_amplitude·(|lat|/90 − ½))``. Both
+    are finally clipped into ``[d_min, d_max]``, which limits the anisotropy at the extremes.
+    """
+    if not 0 < d_min <= d_max:
+        raise ValueError(f"need 0 < d_min <= d_max, got {d_min}, {d_max}")
+    a_lo, a_hi = anisotropy
+    if not 0 < a_lo <= a_hi:
+        raise ValueError(f"anisotropy range must be positive and ordered, got {anisotropy}")
+    d = _to_range(smooth_random_field(shape, correlation_cells, rng, periodic_x), d_min, d_max)
+    ratio = _to_range(smooth_random_field(shape, correlation_cells, rng, periodic_x), a_lo, a_hi)
+    if lat is not None and lat_amplitude:
+        d = d * np.exp(lat_amplitude * (np.abs(lat) / 90.0 - 0.5))
+    d1 = np.clip(d * ratio**0.25, d_min, d_max)
+    d2 = np.clip(d * ratio**-0.25, d_min, d_max)
+    return d1, d2

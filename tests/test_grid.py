@@ -1,0 +1,159 @@
+"""Grid builders, length-scale helpers and coastline caching."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from diffnorm.fields import FieldsError
+from diffnorm.grid import (
+    EARTH_RADIUS,
+    box_grid,
+    built_in_grid,
+    fields_from_cell_length_scales,
+    fields_from_length_scales,
+    kappa_from_length_scale,
+    length_scale_from_kappa,
+    mesh_mask_grid,
+    orca1_latitudes,
+)
+from diffnorm.lengthscales import random_cell_length_scales
+
+
+@pytest.fixture(scope="module")
+def coarse():
+    return built_in_grid("latlon", resolution=4.0)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return built_in_grid("toy")
+
+
+def test_latlon_area_formula(coarse):
+    dphi = dlam = math.radians(4.0)
+    expected = EARTH_RADIUS**2 * np.cos(np.radians(coarse.lat)) * dphi * dlam
+    np.testing.assert_allclose(coarse.area, expected, rtol=1e-12)
+    assert coarse.periodic_x and coarse.shape == (45, 90)
+    assert not coarse.mask[np.abs(coarse.lat) > 80].any()
+
+
+def test_toy_grid_matches_the_study(toy):
+    assert toy.shape == (180, 360)
+    assert not toy.mask[np.abs(toy.lat) > 70].any()
+    j = int(np.argmin(np.abs(toy.lat[:, 0] - 23.5)))
+    i = int(np.argmin(np.abs(toy.lon[0] - 10.5)))
+    assert not toy.mask[j, i]  # Sahara
+    j = int(np.argmin(np.abs(toy.lat[:, 0] - 0.5)))
+    i = int(np.argmin(np.abs(toy.lon[0] + 150.5)))
+    assert toy.mask[j, i]  # central Pacific
+    assert 0.5 < toy.mask.mean() < 0.7
+
+
+def test_orca1_like_rows():
+    edges = orca1_latitudes()
+    d = np.diff(edges)
+    assert edges.size == 293 and np.all(d > 0)
+    assert edges[0] == pytest.approx(-78.0) and edges[-1] == pytest.approx(89.5)
+    equator = d[np.argmin(np.abs(edges[:-1]))]
+    assert 0.3 <= equator <= 0.45 and d.max() > 2 * equator
+
+
+def test_fields_faces_and_length_scales():
+    mask = np.ones((12, 15), dtype=bool)
+    mask[4:6, 5:8] = False
+    grid = box_grid(12, 15, dx=2e4, dy=1e4, mask=mask)
+    steps, d = 10, 3.0
+    f = fields_from_cell_length_scales(grid, d, d, steps)
+    interior = f.open_x & np.roll(f.open_x, 1, axis=1)
+    np.testing.assert_allclose((f.alpha_x / f.area)[interior], d**2 / (2 * steps - 4), rtol=1e-12)
+    assert np.all(f.alpha_x[~f.open_x] == 0) and np.all(f.alpha_x[f.open_x] > 0)
+    assert np.all(f.alpha_y[~f.open_y] == 0) and np.all(f.alpha_y[f.open_y] > 0)
+    # metres in, same fields out
+    g = fields_from_length_scales(grid, d * 2e4, d * 1e4, steps)
+    np.testing.assert_allclose(g.alpha_x, f.alpha_x)
+    assert length_scale_from_kappa(kappa_from_length_scale(5e4, steps), steps) == 5e4
+    with pytest.raises(FieldsError, match="length scale D1"):
+        fields_from_length_scales(grid, -1.0, 1.0, steps)
+
+
+def test_random_length_scales_are_bounded_and_seeded():
+    shape = (40, 60)
+    d1, d2 = random_cell_length_scales(shape, np.random.default_rng(1), d_min=1.5, d_max=6)
+    e1, _ = random_cell_length_scales(shape, np.random.default_rng(1), d_min=1.5, d_max=6)
+    f1, _ = random_cell_length_scales(shape, np.random.default_rng(2), d_min=1.5, d_max=6)
+    for d in (d1, d2):
+        assert d.min() >= 1.5 and d.max() <= 6.0
+    np.testing.assert_array_equal(d1, e1)
+    assert not np.allclose(d1, f1)
+    ratio = (d1 / d2) ** 2
+    assert ratio.min() >= 1 / 3 - 1e-12 and ratio.max() <= 3 + 1e-12
+    assert d1.std() > 0.1  # really random, not constant
+
+
+def test_mesh_mask_round_trip(tmp_path):
+    ny, nx = 6, 10
+    rng = np.random.default_rng(0)
+    core = {
+        v: rng.uniform(5e4, 1e5, (ny, nx - 2)) for v in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v")
+    }
+    tmask = np.ones((ny, nx - 2))
+    tmask[2, 3] = 0
+    core["tmask"] = tmask
+
+    def cyclic(a):
+        return np.concatenate([a[:, -1:], a, a[:, :1]], axis=1)
+
+    ds = xr.Dataset(
+        {
+            "tmask": (("t", "z", "y", "x"), cyclic(core["tmask"])[None, None].repeat(3, 1)),
+            **{
+                v: (("t", "y", "x"), cyclic(core[v])[None])
+                for v in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v")
+            },
+        }
+    )
+    path = tmp_path / "mesh_mask.nc"
+    ds.to_netcdf(path)
+    g = mesh_mask_grid(path)
+    assert g.periodic_x and g.shape == (ny, nx)
+    h = mesh_mask_grid(path, drop_halo=True)
+    assert h.periodic_x and h.shape == (ny, nx - 2)
+    np.testing.assert_array_equal(h.e1t, core["e1t"])
+    assert not h.mask[2, 3]
+    f = fields_from_cell_length_scales(h, 2.0, 2.0, 6)
+    assert f.n_ocean == ny * (nx - 2) - 1
+    ds.drop_vars("e2v").to_netcdf(tmp_path / "bad.nc")
+    with pytest.raises(FieldsError, match="missing variable.*e2v"):
+        mesh_mask_grid(tmp_path / "bad.nc")
+
+
+def test_coastline_cache_is_written_and_reused(tmp_path, monkeypatch):
+    from diffnorm import coast
+
+    monkeypatch.setenv("DIFFNORM_CACHE", str(tmp_path))
+    monkeypatch.setattr(coast, "_MEMORY", {})
+    lat = np.array([[0.5, 45.5]])
+    lon = np.array([[-150.5, 2.5]])  # central Pacific, France
+    size = np.ones((1, 2))
+    mask = coast.land_mask(lat, lon, size, size)
+    assert mask.tolist() == [[False, True]]
+    files = list(tmp_path.glob("land_*.npy"))
+    assert len(files) == 1
+    np.save(files[0], np.array([[True, True]]))  # a cached answer must be what is used
+    monkeypatch.setattr(coast, "_MEMORY", {})
+    assert coast.land_mask(lat, lon, size, size).tolist() == [[True, True]]
+
+
+def test_small_basins_are_removed_across_the_wrap():
+    from diffnorm.coast import remove_small_basins
+
+    ocean = np.zeros((5, 8), dtype=bool)
+    ocean[1, 0] = ocean[1, 7] = True  # one 2-cell basin through the east-west edge
+    ocean[3, 3] = True  # a 1-cell lake
+    kept = remove_small_basins(ocean, 2, periodic_x=True)
+    assert kept[1, 0] and kept[1, 7] and not kept[3, 3]
+    assert not remove_small_basins(ocean, 2, periodic_x=False)[1, 0]
