@@ -42,7 +42,7 @@ def test_probing_small_grid_is_exact(small_fields):
 
 
 def _medium(periodic_x: bool, seed: int = 4) -> Fields:
-    return random_fields(ny=44, nx=62, steps=8, periodic_x=periodic_x, seed=seed, kappa=0.12)
+    return random_fields(ny=48, nx=64, steps=8, periodic_x=periodic_x, seed=seed, kappa=0.08)
 
 
 @pytest.mark.parametrize("estimator", ["split", "full"])

@@ -35,6 +35,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from diffnorm.methods.base import MethodOutput, Progress, register
 from diffnorm.methods.brute import brute_variance
@@ -241,6 +242,19 @@ def choose_strides(kx: float, ky: float, steps: int, target: float, limit: int) 
 # ---------------------------------------------------------------------------------------------
 
 
+def _heaviness(
+    op: DiffusionOperator, col: Colouring, peak: np.ndarray, mid: np.ndarray, model: LatticeModel
+) -> np.ndarray:
+    """``r_i``: measured midpoint response over the model's, at the heaviest cell within one
+    stride of ``i`` (the contamination of ``i`` by an alias ``j`` is judged from either end)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(model.mid[:, None] > 0, mid / peak / model.mid[:, None], 0.0)
+    r = op.to_grid(ratio.max(axis=0), fill=0.0)
+    size = (2 * col.ncy + 1, 2 * col.ncx + 1)
+    modes = ("constant", "wrap" if op.fields.periodic_x else "constant")
+    return op.from_grid(ndimage.maximum_filter(r, size=size, mode=modes))
+
+
 def _brute_is_cheaper(op: DiffusionOperator, col: Colouring, power: int) -> bool:
     """Probing pays per-colour bookkeeping on top of its solves: ask it to save 4×."""
     return 4 * col.count * power >= op.n * (op.fields.steps // 2)
@@ -322,6 +336,7 @@ def probing(
     steps = fields.steps
     power = steps if estimator == "full" else steps // 2
     gx, gy = fields.grid_diffusivity()
+    # the largest diffusivities set the stride and calibrate the certificate
     kx, ky = float(gx.max()), float(gy.max())
     ny, nx = fields.shape
     limit = max(ny, nx)
@@ -330,34 +345,22 @@ def probing(
         sy, sx = (stride, stride) if isinstance(stride, int) else tuple(stride)
         if sy < 1 or sx < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        target = tolerance / SAFETY
     else:
-        target = tolerance / SAFETY
-        sy, sx = choose_strides(kx, ky, steps, target, limit)
+        sy, sx = choose_strides(kx, ky, steps, tolerance / SAFETY, limit)
 
     info: dict = {"kappa_grid_max": (ky, kx), "estimator": estimator, "attempts": 0, "solves": 0}
     for attempt in range(1, MAX_ATTEMPTS + 1):
         col = make_colouring(op, sy, sx)
-        model = lattice_model(kx, ky, steps, col, estimator)
-        while not fixed and model.error > target and not _brute_is_cheaper(op, col, power):
-            sy, sx = sy + 1, sx + 1
-            col = make_colouring(op, sy, sx)
-            model = lattice_model(kx, ky, steps, col, estimator)
         info.update(attempts=attempt, stride=(sy, sx), colours=col.count)
         if not fixed and _brute_is_cheaper(op, col, power):
-            # probing cannot be cheaper than brute force here: do the exact thing
-            variance = brute_variance(op, None, block_size, progress)
-            info.update(fallback="brute", solves=info["solves"] + op.n * (steps // 2))
-            return MethodOutput(variance, tolerance=tolerance, info=info)
+            break
+        model = lattice_model(kx, ky, steps, col, estimator)
         total = col.count * (MAX_ATTEMPTS if not fixed else 1)
         estimate, peak, mid = _probe(
             op, col, estimator, block_size, progress, (attempt - 1) * col.count, total
         )
         info["solves"] += col.count * power
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(model.mid[:, None] > 0, mid / peak / model.mid[:, None], 0.0)
-        growth = np.maximum(1.0, ratio.max(axis=0))
-        error_estimate = model.error * growth**2
+        error_estimate = model.error * _heaviness(op, col, peak, mid, model) ** 2
         worst = float(error_estimate.max())
         info.update(model_error=model.error, certificate_max=worst)
         if worst <= tolerance:
@@ -368,9 +371,8 @@ def probing(
                 f"gamma^2 up to {worst:.2e} > tolerance {tolerance:.1e}; use a larger stride "
                 "or leave it unset so that it is chosen from the length scales"
             )
-        # the kernel is heavier than the model somewhere: ask the model for proportionally less
-        target = tolerance / SAFETY / float(growth.max()) ** 2
-        new = choose_strides(kx, ky, steps, target, limit)
+        # assume the measured heaviness stays: ask the model for proportionally less error
+        new = choose_strides(kx, ky, steps, tolerance / SAFETY * model.error / worst, limit)
         sy, sx = max(new[0], sy + 1), max(new[1], sx + 1)
     variance = brute_variance(op, None, block_size, progress)
     info.update(fallback="brute", solves=info["solves"] + op.n * (steps // 2))
