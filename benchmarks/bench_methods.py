@@ -16,9 +16,9 @@ import platform
 import time
 
 import numpy as np
+
 from diffnorm.grid import built_in_grid, fields_from_cell_length_scales
 from diffnorm.lengthscales import random_cell_length_scales
-
 from diffnorm.methods import estimate
 from diffnorm.methods.brute import brute_variance
 from diffnorm.metrics import sample_metrics

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_fields
 from typer.testing import CliRunner
 
+from conftest import random_fields
 from diffnorm.cli import app
 from diffnorm.fields import read_fields, write_fields
 from diffnorm.methods import estimate

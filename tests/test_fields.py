@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import random_fields
 
+from conftest import random_fields
 from diffnorm.fields import Fields, FieldsError, read_fields, write_fields
 
 

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import dense_variance, random_fields
 
+from conftest import dense_variance, random_fields
 from diffnorm.fields import Fields
 from diffnorm.methods import ProbingCertificateError, estimate, method_options
 from diffnorm.methods.brute import brute_variance

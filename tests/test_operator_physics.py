@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import random_fields
 
+from conftest import random_fields
 from diffnorm.fields import Fields
 from diffnorm.methods import estimate
 from diffnorm.methods.brute import brute_variance

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_fields
 
+from conftest import random_fields
 from diffnorm.fields import Fields
 from diffnorm.methods import estimate
 from diffnorm.operator import SparseOperator, system_matrix
