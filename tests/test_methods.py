@@ -132,3 +132,15 @@ def test_result_metadata(small_fields):
     assert attrs["method"] == "randomization"
     assert attrs["option_samples"] == 10
     assert result.wall_time > 0
+
+
+def test_analytic_is_capped_by_the_basin_area():
+    mask = np.zeros((8, 9))
+    mask[2, 3:5] = 1  # a two-cell lake
+    mask[5:8, :] = 1  # and a strip of open water
+    area = np.full((8, 9), 1e8)
+    fields = Fields(mask, area, 4e8 * np.ones((8, 9)), 4e8 * np.ones((8, 9)), 10, True)
+    analytic = estimate(fields, "analytic").gamma ** 2
+    exact = estimate(fields, "brute").gamma ** 2
+    assert analytic[2, 3] == pytest.approx(2e8)
+    assert abs(analytic[2, 3] / exact[2, 3] - 1) < 0.05

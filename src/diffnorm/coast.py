@@ -81,25 +81,32 @@ def _save(path: Path, mask: np.ndarray) -> None:
         pass
 
 
-def remove_small_basins(ocean: np.ndarray, min_cells: int, periodic_x: bool) -> np.ndarray:
-    """Ocean mask without connected basins (4-neighbour, wrapping in x) under ``min_cells``."""
+def basin_labels(ocean: np.ndarray, periodic_x: bool) -> np.ndarray:
+    """Connected ocean basins (4-neighbour, wrapping east–west when ``periodic_x``): label
+    ``k ≥ 1`` per ocean cell, 0 on land, labels consecutive."""
     ocean = np.asarray(ocean, dtype=bool)
     labels, count = ndimage.label(ocean)
-    if periodic_x and count:
-        # merge labels that touch across the east-west edge
-        parent = np.arange(count + 1)
+    if not (periodic_x and count):
+        return labels
+    parent = np.arange(count + 1)
 
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
 
-        for a, b in zip(labels[:, 0], labels[:, -1], strict=True):
-            if a and b:
-                parent[find(a)] = find(b)
-        roots = np.array([find(a) for a in range(count + 1)])
-        labels = roots[labels]
+    for a, b in zip(labels[:, 0], labels[:, -1], strict=True):
+        if a and b:
+            parent[find(a)] = find(b)
+    roots = np.array([find(a) for a in range(count + 1)])
+    _, consecutive = np.unique(roots, return_inverse=True)
+    return consecutive[labels]
+
+
+def remove_small_basins(ocean: np.ndarray, min_cells: int, periodic_x: bool) -> np.ndarray:
+    """Ocean mask without connected basins (4-neighbour, wrapping in x) under ``min_cells``."""
+    labels = basin_labels(ocean, periodic_x)
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_cells
     keep[0] = False

@@ -13,11 +13,12 @@ import numpy as np
 from scipy import ndimage
 
 METRIC_NAMES: tuple[str, ...] = ("mean_abs", "rmse", "q9999", "max_abs")
+# no '|' in labels: they head Markdown tables
 METRIC_LABELS = {
-    "mean_abs": "mean |ε|",
-    "rmse": "RMSE",
-    "q9999": "Q99.99 |ε|",
-    "max_abs": "max |ε|",
+    "mean_abs": "mean abs(ε)",
+    "rmse": "RMSE(ε)",
+    "q9999": "Q99.99 abs(ε)",
+    "max_abs": "max abs(ε)",
 }
 
 

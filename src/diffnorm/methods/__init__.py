@@ -67,6 +67,8 @@ def estimate(
         else:
             op = None
             out = spec.fn(fields, progress=progress, **options)
+        if progress is not None and not out.info.get("solves"):
+            progress(1, 1)  # methods without solves report nothing while running
         variance = np.asarray(out.variance, dtype=np.float64)
         gamma_ocean = np.where(variance > 0, variance, np.nan) ** -0.5
         ocean = np.flatnonzero(fields.mask.ravel())

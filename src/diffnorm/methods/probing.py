@@ -355,10 +355,7 @@ def probing(
         if not fixed and _brute_is_cheaper(op, col, power):
             break
         model = lattice_model(kx, ky, steps, col, estimator)
-        total = col.count * (MAX_ATTEMPTS if not fixed else 1)
-        estimate, peak, mid = _probe(
-            op, col, estimator, block_size, progress, (attempt - 1) * col.count, total
-        )
+        estimate, peak, mid = _probe(op, col, estimator, block_size, progress, 0, col.count)
         info["solves"] += col.count * power
         error_estimate = model.error * _heaviness(op, col, peak, mid, model) ** 2
         worst = float(error_estimate.max())
