@@ -274,6 +274,39 @@ def compare(
     console.print(f"wrote {', '.join(written)} in {out_dir}")
 
 
+@app.command()
+def generate(
+    config: Annotated[Path, typer.Option("--config", "-c", help="dataset config (YAML)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="dataset folder (created/resumed)")],
+    workers: Annotated[
+        int | None, typer.Option(help="local Dask workers (default: one per core; 1: no Dask)")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="address of a running Dask scheduler (many machines)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Generate (or resume) a dataset of samples with exact γ, one NetCDF file each."""
+    from diffnorm.data import generate as run_generate
+    from diffnorm.data import load_config
+    from diffnorm.data.generate import DatasetError
+
+    with user_errors():
+        try:
+            cfg = load_config(config)
+            if workers is not None and workers < 1:
+                raise ValueError(f"--workers must be >= 1, got {workers}")
+            with progress_bars(not quiet) as bars:
+                manifest = run_generate(
+                    cfg, out, workers=workers, scheduler=scheduler, progress=bars("samples")
+                )
+        except DatasetError as exc:
+            raise ValueError(str(exc)) from None
+    made = sum(not r["reused"] for r in manifest["samples"])
+    sizes = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
+    console.print(f"{out}: {sizes} ({made} made now, {len(manifest['samples']) - made} kept)")
+
+
 @app.command("methods")
 def list_methods(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,

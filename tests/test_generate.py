@@ -1,0 +1,138 @@
+"""Dataset generation: determinism, provenance, resume after a kill, Dask parity."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from diffnorm.data import ConfigError, DatasetError, generate, load_config
+from diffnorm.data.config import config_from_dict
+from diffnorm.data.generate import sample_fields, sample_path
+from diffnorm.fields import read_fields
+from diffnorm.methods import estimate
+
+BOX = {
+    "grid": {"name": "box", "ny": 18, "nx": 24, "periodic_x": True},
+    "steps": 6,
+    "parameters": {"d_min": 1.2, "d_max": 2.5, "correlation_cells": 4.0},
+    "splits": {"train": 3, "val": 1, "test": 1},
+    "method": "probing",
+    "tolerance": 1e-8,
+    "seed": 7,
+}
+
+
+def data_of(path: Path) -> dict[str, np.ndarray]:
+    with xr.open_dataset(path) as ds:
+        return {k: ds[k].values.copy() for k in ds.data_vars}
+
+
+def test_same_seed_same_data_and_different_samples(tmp_path):
+    cfg = config_from_dict(BOX)
+    a = generate(cfg, tmp_path / "a", workers=1)
+    generate(cfg, tmp_path / "b", workers=1)
+    assert a["splits"] == {"train": 3, "val": 1, "test": 1}
+    for rec in a["samples"]:
+        da, db = data_of(tmp_path / "a" / rec["file"]), data_of(tmp_path / "b" / rec["file"])
+        for name in da:
+            np.testing.assert_array_equal(da[name], db[name])
+    f0, f1 = (read_fields(sample_path(tmp_path / "a", "train", i))[0] for i in (0, 1))
+    assert not np.allclose(f0.alpha_x, f1.alpha_x)
+    fields, _ = read_fields(sample_path(tmp_path / "a", "val", 0))
+    assert fields.attrs["config_digest"] == cfg.digest()
+    assert fields.attrs["method"] == "probing" and fields.attrs["split"] == "val"
+
+
+def test_sample_gamma_is_exact(tmp_path):
+    cfg = config_from_dict(BOX)
+    generate(cfg, tmp_path, workers=1)
+    fields, gamma = read_fields(sample_path(tmp_path, "test", 0))
+    exact = estimate(sample_fields(cfg, "test", 0), "brute").gamma
+    m = fields.mask
+    np.testing.assert_allclose(gamma[m] ** 2, exact[m] ** 2, rtol=1e-8)
+
+
+def test_resume_keeps_finished_samples_and_refuses_foreign_ones(tmp_path):
+    cfg = config_from_dict(BOX)
+    generate(cfg, tmp_path, workers=1)
+    victim = sample_path(tmp_path, "train", 1)
+    victim.unlink()
+    mtime = sample_path(tmp_path, "train", 0).stat().st_mtime_ns
+    manifest = generate(cfg, tmp_path, workers=1)
+    assert victim.exists()
+    assert sample_path(tmp_path, "train", 0).stat().st_mtime_ns == mtime
+    assert sum(not r["reused"] for r in manifest["samples"]) == 1
+    other = config_from_dict({**BOX, "seed": 8})
+    with pytest.raises(DatasetError, match="another config"):
+        generate(other, tmp_path, workers=1)
+    # a foreign file in a folder of the right config is refused too
+    (tmp_path / "dataset.yaml").unlink()
+    with pytest.raises(DatasetError, match="does not match this config"):
+        generate(other, tmp_path, workers=1)
+
+
+def test_kill_and_resume(tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg = {**BOX, "splits": {"train": 12}, "grid": {**BOX["grid"], "ny": 30, "nx": 40}}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "diffnorm.cli", "generate", "-c", str(cfg_path), "-o", str(out)]
+    proc = subprocess.Popen([*cmd, "--workers", "1", "-q"], start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "train").glob("*.nc"))) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list((out / "train").glob("*.nc"))) < 12, "killed too late to test a resume"
+    done = subprocess.run([*cmd, "--workers", "1", "-q"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    files = sorted((out / "train").glob("*.nc"))
+    assert len(files) == 12 and not list((out / "train").glob(".*"))
+    for f in files:
+        fields, gamma = read_fields(f)
+        assert np.all(np.isfinite(gamma[fields.mask]))
+
+
+def test_dask_two_workers_match_one(tmp_path):
+    cfg = config_from_dict({**BOX, "splits": {"train": 4}})
+    generate(cfg, tmp_path / "one", workers=1)
+    manifest = generate(cfg, tmp_path / "two", workers=2)
+    assert len(manifest["samples"]) == 4
+    for i in range(4):
+        a = data_of(sample_path(tmp_path / "one", "train", i))
+        b = data_of(sample_path(tmp_path / "two", "train", i))
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        ({"steps": 5}, "steps must be an even"),
+        ({"grid": {"name": "moon"}}, "grid.name must be one of"),
+        ({"parameters": {"d_min": 3, "d_max": 2}}, "d_min <= d_max"),
+        ({"method": "randomization"}, "exact one"),
+        ({"splits": {"train": -1}}, "splits.train"),
+        ({"colour": 1}, "unknown key"),
+    ],
+)
+def test_bad_configs_name_the_key(change, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        config_from_dict({**BOX, **change})
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).parents[1] / "configs" / "data"
+    names = {p.stem for p in root.glob("*.yaml")}
+    assert {"small", "toy", "orca1"} <= names
+    for path in root.glob("*.yaml"):
+        assert load_config(path).sample_count() > 0
