@@ -1,0 +1,140 @@
+"""The dataset configuration (YAML): grid, M, parameter distribution, splits, exact method."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+GRID_NAMES = ("toy", "orca1", "latlon", "mesh", "box")
+
+
+class ConfigError(ValueError):
+    """A dataset configuration that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    name: str = "latlon"
+    resolution: float | None = None  # latlon: degrees
+    polar_cap: float | None = None  # latlon: land poleward of ±this latitude
+    mesh: str | None = None  # mesh: path to a NEMO mesh_mask.nc
+    ny: int | None = None  # box
+    nx: int | None = None  # box
+    periodic_x: bool = True  # box
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """Smooth random length scales in grid cells (see ``random_cell_length_scales``)."""
+
+    d_min: float = 1.5
+    d_max: float = 6.0
+    anisotropy: tuple[float, float] = (1 / 3, 3.0)
+    correlation_cells: float = 10.0
+    lat_amplitude: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    grid: GridSpec = field(default_factory=GridSpec)
+    steps: int = 10
+    parameters: ParameterSpec = field(default_factory=ParameterSpec)
+    splits: dict[str, int] = field(default_factory=lambda: {"train": 40, "val": 8, "test": 8})
+    method: str = "probing"
+    tolerance: float = 1e-6
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["parameters"]["anisotropy"] = list(d["parameters"]["anisotropy"])
+        return d
+
+    def digest(self) -> str:
+        """Hash of everything that determines the samples (provenance and resume check)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def sample_count(self) -> int:
+        return sum(self.splits.values())
+
+
+def _section(raw: dict, key: str, cls: type, where: str):
+    value = raw.get(key, {}) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}{key} must be a mapping, got {value!r}")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"{where}{key}: unknown key(s) {', '.join(unknown)}; known: {sorted(known)}")
+    return cls(**value)
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "") -> DataConfig:
+    """Validated config from a mapping (a parsed YAML file)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}the config must be a mapping, got {type(raw).__name__}")
+    known = set(DataConfig.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}unknown key(s) {', '.join(unknown)}; known: {sorted(known)}")
+    grid = _section(raw, "grid", GridSpec, where)
+    params = _section(raw, "parameters", ParameterSpec, where)
+    params = ParameterSpec(**{**asdict(params), "anisotropy": tuple(params.anisotropy)})
+    splits = raw.get("splits", {"train": 40, "val": 8, "test": 8})
+    if not isinstance(splits, dict) or set(splits) - set(SPLITS):
+        raise ConfigError(f"{where}splits must map some of {SPLITS} to counts, got {splits!r}")
+    for name, count in splits.items():
+        if not isinstance(count, int) or count < 0:
+            raise ConfigError(f"{where}splits.{name} must be a count >= 0, got {count!r}")
+    cfg = DataConfig(
+        grid=grid,
+        steps=raw.get("steps", 10),
+        parameters=params,
+        splits={s: int(splits[s]) for s in SPLITS if s in splits},
+        method=raw.get("method", "probing"),
+        tolerance=float(raw.get("tolerance", 1e-6)),
+        seed=raw.get("seed", 0),
+    )
+    _check(cfg, where)
+    return cfg
+
+
+def _check(cfg: DataConfig, where: str) -> None:
+    g, p = cfg.grid, cfg.parameters
+    if g.name not in GRID_NAMES:
+        raise ConfigError(f"{where}grid.name must be one of {GRID_NAMES}, got {g.name!r}")
+    if g.name == "mesh" and not g.mesh:
+        raise ConfigError(f"{where}grid.mesh must give the path of a mesh_mask.nc for grid 'mesh'")
+    if g.name == "box" and not (g.ny and g.nx and g.ny > 1 and g.nx > 1):
+        raise ConfigError(f"{where}grid.ny and grid.nx (> 1) are needed for grid 'box'")
+    if not isinstance(cfg.steps, int) or cfg.steps < 4 or cfg.steps % 2:
+        raise ConfigError(f"{where}steps must be an even integer >= 4, got {cfg.steps!r}")
+    if not 0 < p.d_min <= p.d_max:
+        raise ConfigError(f"{where}parameters: need 0 < d_min <= d_max, got {p.d_min}, {p.d_max}")
+    if len(p.anisotropy) != 2 or not 0 < p.anisotropy[0] <= p.anisotropy[1]:
+        raise ConfigError(f"{where}parameters.anisotropy must be [low, high], got {p.anisotropy}")
+    if cfg.method not in ("probing", "brute"):
+        raise ConfigError(f"{where}method must be an exact one, probing or brute: {cfg.method!r}")
+    if not 0 < cfg.tolerance < 1:
+        raise ConfigError(f"{where}tolerance must be in (0, 1), got {cfg.tolerance}")
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"{where}seed must be an integer >= 0, got {cfg.seed!r}")
+    if cfg.sample_count() == 0:
+        raise ConfigError(f"{where}splits ask for no sample at all")
+
+
+def load_config(path: str | Path) -> DataConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    return config_from_dict(raw or {}, where=f"{path}: ")

@@ -1,0 +1,245 @@
+"""Dataset generation: one NetCDF file per sample with exact γ, resumable, on Dask.
+
+Sample ``k`` of split ``s`` draws its length scales from
+``SeedSequence([seed, split_id(s), k])``: the same config gives the same data whatever the
+order, the number of workers or how often the run was interrupted. Files are written
+atomically; a file that exists is kept only when its provenance matches the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from diffnorm import __version__
+from diffnorm.data.config import SPLITS, ConfigError, DataConfig, GridSpec, config_from_dict
+from diffnorm.fields import Fields, write_fields
+
+CONFIG_FILE = "dataset.yaml"
+MANIFEST_FILE = "manifest.json"
+
+
+class DatasetError(RuntimeError):
+    """An output folder that does not match the config (never silently reused)."""
+
+
+@lru_cache(maxsize=4)
+def grid_metrics(spec: GridSpec):
+    """The grid of a spec, built once per process (each Dask worker keeps its own)."""
+    from diffnorm.grid import box_grid, built_in_grid, mesh_mask_grid
+
+    if spec.name == "mesh":
+        return mesh_mask_grid(spec.mesh)
+    if spec.name == "box":
+        return box_grid(spec.ny, spec.nx, periodic_x=spec.periodic_x)
+    return built_in_grid(spec.name, resolution=spec.resolution, polar_cap=spec.polar_cap)
+
+
+def sample_seed(config: DataConfig, split: str, index: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([config.seed, SPLITS.index(split), index])
+
+
+def sample_fields(config: DataConfig, split: str, index: int) -> Fields:
+    """The fields of one sample (deterministic in config, split and index)."""
+    from diffnorm.grid import fields_from_cell_length_scales
+    from diffnorm.lengthscales import random_cell_length_scales
+
+    metrics = grid_metrics(config.grid)
+    p = config.parameters
+    rng = np.random.default_rng(sample_seed(config, split, index))
+    d1, d2 = random_cell_length_scales(
+        metrics.shape,
+        rng,
+        d_min=p.d_min,
+        d_max=p.d_max,
+        anisotropy=tuple(p.anisotropy),
+        correlation_cells=p.correlation_cells,
+        periodic_x=metrics.periodic_x,
+        lat=metrics.lat,
+        lat_amplitude=p.lat_amplitude,
+    )
+    return fields_from_cell_length_scales(metrics, d1, d2, config.steps)
+
+
+def sample_path(out: Path, split: str, index: int) -> Path:
+    return Path(out) / split / f"{split}_{index:05d}.nc"
+
+
+def _provenance(config: DataConfig, split: str, index: int) -> dict[str, Any]:
+    return {
+        "generator": "diffnorm.data.generate",
+        "generator_version": __version__,
+        "config_digest": config.digest(),
+        "split": split,
+        "index": index,
+        "seed": config.seed,
+        "sample_seed": str(sample_seed(config, split, index).entropy),
+        "parameters": json.dumps(asdict(config.parameters)),
+        "grid_spec": json.dumps(asdict(config.grid)),
+    }
+
+
+def check_existing(path: Path, config: DataConfig, split: str, index: int) -> dict | None:
+    """The provenance of a finished sample file, or None if there is none. A file that is
+    unreadable or from another config raises :class:`DatasetError`."""
+    if not path.exists():
+        return None
+    import netCDF4
+
+    try:
+        with netCDF4.Dataset(path) as ds:
+            attrs = {k: ds.getncattr(k) for k in ds.ncattrs()}
+            has_gamma = "gamma" in ds.variables
+    except OSError as exc:
+        raise DatasetError(f"{path}: unreadable sample file ({exc}); delete it and rerun") from exc
+    expected = _provenance(config, split, index)
+    for key in ("config_digest", "split", "index", "sample_seed"):
+        if str(attrs.get(key)) != str(expected[key]):
+            raise DatasetError(
+                f"{path}: exists but does not match this config ({key} is "
+                f"{attrs.get(key)!r}, expected {expected[key]!r}); use another output folder "
+                "or delete the file"
+            )
+    if not has_gamma:
+        raise DatasetError(f"{path}: has no gamma; delete it and rerun")
+    return attrs
+
+
+def run_sample(config_dict: dict, split: str, index: int, out: str) -> dict[str, Any]:
+    """Make (or find) one sample; returns its manifest record. Runs on a Dask worker."""
+    from diffnorm.methods import estimate
+
+    config = config_from_dict(config_dict)
+    path = sample_path(Path(out), split, index)
+    existing = check_existing(path, config, split, index)
+    if existing is not None:
+        return _record(path, split, index, existing, reused=True)
+    t0 = time.perf_counter()
+    fields = sample_fields(config, split, index)
+    options = {"tolerance": config.tolerance} if config.method == "probing" else {}
+    result = estimate(fields, config.method, **options)
+    attrs = {**_provenance(config, split, index), **result.attrs()}
+    attrs["sample_wall_time_s"] = round(time.perf_counter() - t0, 4)
+    write_fields(path, fields, result.gamma, attrs=attrs)
+    return _record(path, split, index, attrs, reused=False)
+
+
+def _record(path: Path, split: str, index: int, attrs: dict, reused: bool) -> dict[str, Any]:
+    return {
+        "split": split,
+        "index": index,
+        "file": f"{split}/{path.name}",
+        "sample_seed": str(attrs.get("sample_seed")),
+        "method": str(attrs.get("method")),
+        "certified_tolerance": float(attrs.get("certified_tolerance", 0.0)),
+        "wall_time_s": float(attrs.get("sample_wall_time_s", float("nan"))),
+        "reused": reused,
+    }
+
+
+def prepare_output(config: DataConfig, out: Path) -> None:
+    """Create the folder, or check that it belongs to this config; clear stale temp files."""
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / CONFIG_FILE
+    if saved.exists():
+        previous = config_from_dict(yaml.safe_load(saved.read_text()) or {})
+        if previous.digest() != config.digest():
+            raise DatasetError(
+                f"{out} holds a dataset of another config ({saved}); use another output folder"
+            )
+    else:
+        tmp = saved.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        os.replace(tmp, saved)
+    for split in SPLITS:
+        for stale in (out / split).glob(".*.tmp"):
+            stale.unlink(missing_ok=True)  # left by a killed writer: never a sample
+
+
+def tasks(config: DataConfig) -> list[tuple[str, int]]:
+    return [(s, i) for s in SPLITS for i in range(config.splits.get(s, 0))]
+
+
+def generate(
+    config: DataConfig,
+    out: str | Path,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Generate (or complete) the dataset in ``out``; returns the manifest.
+
+    ``scheduler`` is the address of a running Dask scheduler; otherwise a local cluster of
+    ``workers`` processes (default: one per core) runs the samples, or the current process
+    when ``workers == 1``.
+    """
+    if not isinstance(config, DataConfig):
+        raise ConfigError("config must be a DataConfig (see diffnorm.data.config.load_config)")
+    out = Path(out)
+    prepare_output(config, out)
+    todo = tasks(config)
+    for split, index in todo:  # fail fast, before any worker starts
+        check_existing(sample_path(out, split, index), config, split, index)
+    workers = workers or os.cpu_count() or 1
+    records = list(_run(config, out, todo, workers, scheduler, progress))
+    return write_manifest(config, out, records)
+
+
+def _run(config, out, todo, workers, scheduler, progress) -> Iterable[dict]:
+    total = len(todo)
+    done = 0
+    cfg = config.to_dict()
+    if scheduler is None and workers == 1:
+        for split, index in todo:
+            yield run_sample(cfg, split, index, str(out))
+            done += 1
+            if progress:
+                progress(done, total)
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    if scheduler is not None:
+        client, cluster = Client(scheduler), None
+    else:
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+    try:
+        futures = [
+            client.submit(run_sample, cfg, s, i, str(out), key=f"diffnorm-{s}-{i}-{config.digest()}")
+            for s, i in todo
+        ]
+        for future in as_completed(futures):
+            yield future.result()
+            done += 1
+            if progress:
+                progress(done, total)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def write_manifest(config: DataConfig, out: Path, records: list[dict]) -> dict[str, Any]:
+    records = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["index"]))
+    manifest = {
+        "generator_version": __version__,
+        "config_digest": config.digest(),
+        "config": config.to_dict(),
+        "splits": {s: sum(r["split"] == s for r in records) for s in SPLITS},
+        "samples": records,
+    }
+    tmp = out / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / MANIFEST_FILE)
+    return manifest
