@@ -136,3 +136,24 @@ def test_shipped_configs_load():
     assert {"small", "toy", "orca1"} <= names
     for path in root.glob("*.yaml"):
         assert load_config(path).sample_count() > 0
+
+
+def test_inspect_and_datamodule(tmp_path):
+    from typer.testing import CliRunner
+
+    from diffnorm.cli import app
+    from diffnorm.data.dataset import GammaDataModule
+
+    cfg = config_from_dict(BOX)
+    generate(cfg, tmp_path, workers=1)
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path), "--count", "2"])
+    assert res.exit_code == 0, res.output
+    assert "| train | 3 | 18×24 |" in res.output
+    assert (tmp_path / "inspect.png").stat().st_size > 0
+    dm = GammaDataModule(str(tmp_path), batch_size=2)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["fields"].shape == (2, 4, 18, 24) and batch["gamma"].shape == (2, 18, 24)
+    assert len(dm.splits["test"]) == 1
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "no such dataset folder" in res.output

@@ -307,6 +307,44 @@ def generate(
     console.print(f"{out}: {sizes} ({made} made now, {len(manifest['samples']) - made} kept)")
 
 
+@app.command()
+def inspect(
+    root: Annotated[Path, typer.Argument(help="dataset folder made by `diffnorm generate`")],
+    png: Annotated[
+        Path | None, typer.Option(help="picture of a few samples (default ROOT/inspect.png)")
+    ] = None,
+    count: Annotated[int, typer.Option(help="samples in the picture")] = 3,
+) -> None:
+    """Split sizes, ranges of D, γ and γ²/γ²_analytic, and a PNG of a few samples."""
+    from diffnorm.data.dataset import DatasetFolderError
+    from diffnorm.data.summary import plot_samples, summarize
+
+    with user_errors():
+        try:
+            summary = summarize(root)
+            if not summary:
+                raise ValueError(f"{root} holds no samples; `diffnorm generate` makes them")
+            split = "train" if "train" in summary else next(iter(summary))
+            picture = plot_samples(root, png or root / "inspect.png", count, split)
+        except DatasetFolderError as exc:
+            raise ValueError(str(exc)) from None
+    out.print(
+        "| split | samples | grid | D cells (min/med/max) | γ km (min/med/max) | "
+        "γ²/γ²_analytic (min/med/max) |"
+    )
+    out.print("|---|---|---|---|---|---|")
+    for split, s in summary.items():
+
+        def fmt(v):
+            return " / ".join(f"{x:.3g}" for x in v)
+
+        out.print(
+            f"| {split} | {s['samples']} | {s['shape'][0]}×{s['shape'][1]} | {fmt(s['D_cells'])} "
+            f"| {fmt(s['gamma_km'])} | {fmt(s['gamma2_over_analytic'])} |"
+        )
+    console.print(f"wrote {picture}")
+
+
 @app.command("methods")
 def list_methods(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,

@@ -71,7 +71,9 @@ def _section(raw: dict, key: str, cls: type, where: str):
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(value) - known)
     if unknown:
-        raise ConfigError(f"{where}{key}: unknown key(s) {', '.join(unknown)}; known: {sorted(known)}")
+        raise ConfigError(
+            f"{where}{key}: unknown key(s) {', '.join(unknown)}; known: {sorted(known)}"
+        )
     return cls(**value)
 
 

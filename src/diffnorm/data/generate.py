@@ -216,7 +216,9 @@ def _run(config, out, todo, workers, scheduler, progress) -> Iterable[dict]:
         client = Client(cluster)
     try:
         futures = [
-            client.submit(run_sample, cfg, s, i, str(out), key=f"diffnorm-{s}-{i}-{config.digest()}")
+            client.submit(
+                run_sample, cfg, s, i, str(out), key=f"diffnorm-{s}-{i}-{config.digest()}"
+            )
             for s, i in todo
         ]
         for future in as_completed(futures):

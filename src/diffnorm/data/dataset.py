@@ -1,0 +1,132 @@
+"""A generated dataset in memory: splits of samples as arrays, a PyTorch ``Dataset`` and a
+Lightning ``DataModule`` (features and targets are built by the model pipeline, not here)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from diffnorm.data.config import SPLITS
+from diffnorm.data.generate import MANIFEST_FILE
+from diffnorm.fields import Fields, read_fields
+
+
+class DatasetFolderError(ValueError):
+    """A folder that is not a generated dataset (or lacks the requested split)."""
+
+
+@dataclass
+class Sample:
+    """One sample: its fields and exact γ (NaN on land)."""
+
+    fields: Fields
+    gamma: np.ndarray
+    name: str
+
+
+def sample_files(root: str | Path, split: str) -> list[Path]:
+    """The split's files, from the manifest when there is one."""
+    root = Path(root)
+    if split not in SPLITS:
+        raise DatasetFolderError(f"split must be one of {SPLITS}, got {split!r}")
+    if not root.is_dir():
+        raise DatasetFolderError(f"{root}: no such dataset folder; `diffnorm generate` makes one")
+    manifest = root / MANIFEST_FILE
+    if manifest.exists():
+        records = json.loads(manifest.read_text())["samples"]
+        files = [root / r["file"] for r in records if r["split"] == split]
+    else:
+        files = sorted((root / split).glob(f"{split}_*.nc"))
+    return files
+
+
+def load_split(root: str | Path, split: str) -> list[Sample]:
+    """Every sample of a split, read into memory (datasets are small)."""
+    samples = []
+    for path in sample_files(root, split):
+        fields, gamma = read_fields(path)
+        if gamma is None:
+            raise DatasetFolderError(f"{path}: sample without gamma; regenerate it")
+        samples.append(Sample(fields, gamma, path.stem))
+    return samples
+
+
+class GammaDataset(Dataset):
+    """Samples as tensors: ``fields`` ``(4, ny, nx)`` = mask, area, alpha_x, alpha_y and
+    ``gamma`` ``(ny, nx)`` (0 on land), float64; ``transform`` maps a sample dict to another."""
+
+    def __init__(self, samples: list[Sample], transform=None):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s = self.samples[index]
+        f = s.fields
+        item = {
+            "fields": torch.from_numpy(
+                np.stack([f.mask.astype(np.float64), f.area, f.alpha_x, f.alpha_y])
+            ),
+            "gamma": torch.from_numpy(np.where(f.mask, s.gamma, 0.0)),
+            "steps": torch.tensor(f.steps),
+            "periodic_x": torch.tensor(f.periodic_x),
+        }
+        return self.transform(item) if self.transform else item
+
+
+def _lightning_base():
+    try:
+        import lightning
+
+        return lightning.LightningDataModule
+    except ImportError:  # pragma: no cover - lightning is a dependency; keep import errors clear
+        return object
+
+
+class GammaDataModule(_lightning_base()):
+    """Lightning ``DataModule`` over a dataset folder: train/val/test loaders."""
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        transform=None,
+    ):
+        super().__init__()
+        self.root = root
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.transform = transform
+        self.splits: dict[str, GammaDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            if split not in self.splits and sample_files(self.root, split):
+                self.splits[split] = GammaDataset(load_split(self.root, split), self.transform)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.splits:
+            raise DatasetFolderError(f"{self.root} has no {split!r} samples")
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
