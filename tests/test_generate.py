@@ -157,3 +157,14 @@ def test_inspect_and_datamodule(tmp_path):
     assert len(dm.splits["test"]) == 1
     res = CliRunner().invoke(app, ["inspect", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such dataset folder" in res.output
+
+
+def test_existing_scheduler(tmp_path):
+    from dask.distributed import LocalCluster
+
+    cfg = config_from_dict({**BOX, "splits": {"val": 2}})
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as c:
+        manifest = generate(cfg, tmp_path, scheduler=c.scheduler_address)
+    assert [r["file"] for r in manifest["samples"]] == ["val/val_00000.nc", "val/val_00001.nc"]
