@@ -1,0 +1,1 @@
+"""Learning γ: networks, features and training (kept apart from the physics)."""

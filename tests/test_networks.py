@@ -1,0 +1,61 @@
+"""The networks: the study's parameter count, variants, halo padding, equivariance, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffnorm.ml.halo import pad_halo
+from diffnorm.ml.networks import ResidualCNN, count_parameters
+
+
+def test_study_network_has_299521_parameters():
+    net = ResidualCNN(in_channels=4)
+    assert count_parameters(net) == 299_521
+    assert net.halo == 10
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 10
+
+
+@pytest.mark.parametrize("skip", ["add", "concat", "none"])
+@pytest.mark.parametrize("norm, act", [("batch", "elu"), ("group", "prelu"), ("none", "softplus")])
+def test_variants_keep_the_grid_size(skip, norm, act):
+    net = ResidualCNN(in_channels=5, width=8, blocks=2, skip=skip, norm=norm, activation=act)
+    x = torch.randn(2, 5, 7 + 2 * net.halo, 11 + 2 * net.halo)
+    assert net(x).shape == (2, 1, 7, 11)
+
+
+def test_dilation_widens_the_halo():
+    net = ResidualCNN(width=8, blocks=2, dilation=2)
+    assert net.halo == 2 + 2 * 2 * 2
+    x = torch.randn(1, 4, 5 + 2 * net.halo, 6 + 2 * net.halo)
+    assert net(x).shape == (1, 1, 5, 6)
+
+
+def test_periodic_halo_makes_the_network_translation_equivariant_in_x():
+    torch.manual_seed(0)
+    net = ResidualCNN(width=8, blocks=2).double().eval()
+    x = torch.randn(1, 4, 9, 16, dtype=torch.float64)
+    y = net(pad_halo(x, net.halo, periodic_x=True, fill=-1.0))
+    for k in (1, 5, 15):
+        yk = net(pad_halo(torch.roll(x, k, dims=-1), net.halo, periodic_x=True, fill=-1.0))
+        torch.testing.assert_close(yk, torch.roll(y, k, dims=-1), rtol=1e-12, atol=1e-12)
+
+
+def test_halo_padding_topology():
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    p = pad_halo(x, 2, periodic_x=True, fill=-9.0)
+    assert p.shape == (1, 1, 7, 8)
+    torch.testing.assert_close(p[0, 0, 2, :2], x[0, 0, 0, 2:])  # wrapped from the east edge
+    assert torch.all(p[0, 0, :2] == -9) and torch.all(p[0, 0, -2:] == -9)  # closed rows
+    q = pad_halo(x, 2, periodic_x=False, fill=torch.tensor([5.0]))
+    assert torch.all(q[0, 0, 2:5, :2] == 5)
+    wide = pad_halo(x, 9, periodic_x=True)  # a halo wider than the grid still wraps
+    torch.testing.assert_close(wide[0, 0, 9, 9 - 4 : 9], x[0, 0, 0])
+
+
+def test_refuses_wrong_layout_and_too_small_grids():
+    net = ResidualCNN(in_channels=4, width=8, blocks=1)
+    with pytest.raises(ValueError, match=r"expected input \(batch, 4, H, W\)"):
+        net(torch.randn(1, 3, 40, 40))
+    with pytest.raises(ValueError, match="halo"):
+        net(torch.randn(1, 4, 2 * net.halo, 40))
