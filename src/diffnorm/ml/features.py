@@ -1,0 +1,120 @@
+"""Network inputs and targets, built from the fields only.
+
+Inputs (per cell, all dimensionless so that scaling ``alpha`` and ``area`` together changes
+nothing): the grid diffusivities ``alpha_x/area`` and ``alpha_y/area`` on the east and north
+faces (0 on closed faces), the area relative to the sample's mean ocean area, the signed
+distance to the coast in cells (periodic in x; optional, Manhattan or Euclidean) and the mask.
+Each channel is standardized with statistics of the training split over *all* cells (the
+study found ocean-only statistics worse), stored with the model.
+
+Targets: ``log(γ²/γ²_analytic)`` (default: the network learns boundary and lattice effects
+only) or the study's standardized ``γ``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffnorm.fields import Fields
+from diffnorm.methods.analytic import analytic_gamma_squared
+from diffnorm.metrics import distance_to_coast
+
+DISTANCES = ("none", "manhattan", "euclidean")
+TARGETS = ("log_ratio", "gamma")
+DISTANCE_CLIP = 20.0  # cells: farther than this the coast no longer matters for γ
+
+
+def channel_names(distance: str) -> list[str]:
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    names = ["kappa_x", "kappa_y", "area_rel"]
+    if distance != "none":
+        names.append(f"distance_{distance}")
+    return names + ["mask"]
+
+
+def raw_features(fields: Fields, distance: str = "manhattan") -> np.ndarray:
+    """Unstandardized input channels ``(C, ny, nx)`` (see :func:`channel_names`)."""
+    names = channel_names(distance)
+    mask = fields.mask
+    area = np.where(mask, fields.area, 0.0)
+    mean_area = area[mask].mean()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kx = np.where(fields.open_x, fields.alpha_x / area, 0.0)
+        ky = np.where(fields.open_y, fields.alpha_y / area, 0.0)
+    channels = [kx, ky, area / mean_area]
+    if distance != "none":
+        d = distance_to_coast(mask, fields.periodic_x, distance)
+        channels.append(np.clip(d, -DISTANCE_CLIP, DISTANCE_CLIP))
+    channels.append(mask.astype(np.float64))
+    out = np.stack(channels)
+    assert out.shape[0] == len(names)
+    return out
+
+
+def land_features(distance: str) -> np.ndarray:
+    """The raw features of a land cell just beyond the grid (for closed halos)."""
+    values = [0.0, 0.0, 0.0] + ([-1.0] if distance != "none" else []) + [0.0]
+    return np.array(values)
+
+
+@dataclass
+class Standardizer:
+    """Per-channel mean and standard deviation of the training inputs and of the target."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    target_mean: float
+    target_std: float
+
+    @classmethod
+    def fit(cls, inputs: Iterable[np.ndarray], targets: Iterable[np.ndarray]) -> Standardizer:
+        """From raw feature arrays ``(C, ny, nx)`` (all cells) and targets (ocean cells)."""
+        x = np.concatenate([a.reshape(a.shape[0], -1) for a in inputs], axis=1)
+        t = np.concatenate([np.ravel(a) for a in targets])
+        std = x.std(axis=1)
+        t_std = float(t.std())
+        return cls(x.mean(axis=1), np.where(std > 0, std, 1.0), float(t.mean()), t_std or 1.0)
+
+    def inputs(self, raw: np.ndarray) -> np.ndarray:
+        return (raw - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def land(self, distance: str) -> np.ndarray:
+        return (land_features(distance) - self.mean) / self.std
+
+    def to_dict(self) -> dict:
+        return {
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Standardizer:
+        return cls(np.asarray(d["mean"]), np.asarray(d["std"]), d["target_mean"], d["target_std"])
+
+
+def raw_target(fields: Fields, gamma: np.ndarray, kind: str = "log_ratio") -> np.ndarray:
+    """The quantity the network predicts, on the grid (0 on land), before standardization."""
+    if kind == "log_ratio":
+        t = np.log(gamma**2 / analytic_gamma_squared(fields))
+    elif kind == "gamma":
+        t = gamma
+    else:
+        raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
+    return np.where(fields.mask, t, 0.0)
+
+
+def gamma_from_target(fields: Fields, target: np.ndarray, kind: str = "log_ratio") -> np.ndarray:
+    """Invert :func:`raw_target`: γ on the grid, NaN on land."""
+    if kind == "log_ratio":
+        g = np.sqrt(analytic_gamma_squared(fields) * np.exp(target))
+    elif kind == "gamma":
+        g = np.asarray(target, dtype=np.float64)
+    else:
+        raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
+    return np.where(fields.mask, g, np.nan)

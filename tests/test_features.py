@@ -1,0 +1,60 @@
+"""Inputs and targets for the networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import random_fields
+from diffnorm.methods import estimate
+from diffnorm.ml.features import (
+    Standardizer,
+    channel_names,
+    gamma_from_target,
+    raw_features,
+    raw_target,
+)
+
+
+@pytest.mark.parametrize("distance", ["none", "manhattan", "euclidean"])
+def test_features_are_dimensionless(small_fields, distance):
+    f = raw_features(small_fields, distance)
+    assert f.shape == (len(channel_names(distance)), *small_fields.shape)
+    c = 123.0
+    scaled = small_fields.replace(
+        area=small_fields.area * c,
+        alpha_x=small_fields.alpha_x * c,
+        alpha_y=small_fields.alpha_y * c,
+    )
+    np.testing.assert_allclose(raw_features(scaled, distance), f, rtol=1e-12)
+    assert np.all(f[:, ~small_fields.mask][:3] == 0)  # land carries no diffusivity or area
+
+
+def test_distance_channel_wraps_east_west():
+    fields = random_fields(ny=10, nx=12, islands=False, periodic_x=True)
+    d = raw_features(fields, "manhattan")[3]
+    # no land and a wrap: the nearest coast is the closed southern/northern edge
+    np.testing.assert_array_equal(d[:, 0], d[:, 6])
+    assert d[0, 0] == 1 and d[4, 3] == 5
+
+
+@pytest.mark.parametrize("kind", ["log_ratio", "gamma"])
+def test_target_round_trip(small_fields, kind):
+    gamma = estimate(small_fields, "brute").gamma
+    t = raw_target(small_fields, gamma, kind)
+    back = gamma_from_target(small_fields, t, kind)
+    m = small_fields.mask
+    np.testing.assert_allclose(back[m], gamma[m], rtol=1e-12)
+    assert np.all(np.isnan(back[~m]))
+
+
+def test_standardizer_round_trip(small_fields):
+    raw = [raw_features(small_fields), raw_features(small_fields.replace(periodic_x=False))]
+    s = Standardizer.fit(raw, [np.array([0.1, 0.3]), np.array([0.2])])
+    x = np.concatenate([s.inputs(r).reshape(r.shape[0], -1) for r in raw], axis=1)
+    np.testing.assert_allclose(x.mean(axis=1), 0, atol=1e-12)
+    np.testing.assert_allclose(x.std(axis=1), 1, rtol=1e-12)
+    assert s.target_mean == pytest.approx(0.2)
+    t = Standardizer.from_dict(s.to_dict())
+    np.testing.assert_allclose(t.inputs(raw[1]), s.inputs(raw[1]))
+    assert s.land("manhattan").shape == (5,)
