@@ -1,0 +1,118 @@
+"""Samples turned into network-ready tensors (features with halo, targets, masks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from diffnorm.data.dataset import DatasetFolderError, Sample, load_split, sample_files
+from diffnorm.methods.analytic import analytic_gamma_squared
+from diffnorm.ml.features import Standardizer, raw_features, raw_target
+from diffnorm.ml.halo import pad_halo
+
+
+@dataclass
+class Encoding:
+    """How fields become inputs and γ becomes a target (stored with every model)."""
+
+    distance: str = "manhattan"
+    target: str = "log_ratio"
+    halo: int = 10
+
+    def encode(self, sample: Sample, stats: Standardizer) -> dict[str, torch.Tensor]:
+        f = sample.fields
+        x = torch.from_numpy(stats.inputs(raw_features(f, self.distance))).float()[None]
+        land = torch.from_numpy(stats.land(self.distance)).float()
+        x = pad_halo(x, self.halo, f.periodic_x, fill=land)[0]
+        t = raw_target(f, np.where(f.mask, sample.gamma, 1.0), self.target)
+        t = (t - stats.target_mean) / stats.target_std
+        return {
+            "x": x,
+            "target": torch.from_numpy(np.where(f.mask, t, 0.0)).float(),
+            "mask": torch.from_numpy(f.mask.copy()),
+            "gamma": torch.from_numpy(np.where(f.mask, sample.gamma, 1.0)),
+            "analytic2": torch.from_numpy(np.where(f.mask, analytic_gamma_squared(f), 1.0)),
+        }
+
+
+def fit_standardizer(samples: list[Sample], enc: Encoding) -> Standardizer:
+    raw = [raw_features(s.fields, enc.distance) for s in samples]
+    targets = [
+        raw_target(s.fields, np.where(s.fields.mask, s.gamma, 1.0), enc.target)[s.fields.mask]
+        for s in samples
+    ]
+    return Standardizer.fit(raw, targets)
+
+
+class EncodedDataset(Dataset):
+    """Encoded samples, computed once (datasets are small)."""
+
+    def __init__(self, samples: list[Sample], enc: Encoding, stats: Standardizer):
+        self.items = [enc.encode(s, stats) for s in samples]
+        self.names = [s.name for s in samples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.items[i]
+
+
+def _datamodule_base():
+    import lightning
+
+    return lightning.LightningDataModule
+
+
+class TrainingDataModule(_datamodule_base()):
+    """A dataset folder for training: the standardizer is fitted on the training split only."""
+
+    def __init__(
+        self,
+        root: str,
+        distance: str = "manhattan",
+        target: str = "log_ratio",
+        halo: int = 10,
+        batch_size: int = 4,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.enc = Encoding(distance, target, halo)
+        self.stats: Standardizer | None = None
+        self.sets: dict[str, EncodedDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.stats is None:
+            train = load_split(self.hparams.root, "train")
+            if not train:
+                raise DatasetFolderError(f"{self.hparams.root} has no training samples")
+            self.stats = fit_standardizer(train, self.enc)
+            self.sets["train"] = EncodedDataset(train, self.enc, self.stats)
+        for split in ("val", "test"):
+            if split not in self.sets and sample_files(self.hparams.root, split):
+                self.sets[split] = EncodedDataset(
+                    load_split(self.hparams.root, split), self.enc, self.stats
+                )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.sets:
+            raise DatasetFolderError(f"{self.hparams.root} has no {split!r} samples")
+        return DataLoader(
+            self.sets[split],
+            batch_size=self.hparams.batch_size if split == "train" else 1,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -1,0 +1,117 @@
+"""Training with Lightning: the loss ``E[ε²]`` over ocean cells and the metrics of DESIGN §5.
+
+With the default target ``t = log(γ²/γ²_analytic)`` the relative error is simply
+``ε = exp(t̂ − t) − 1``; with the study's target (standardized γ) ``ε = γ̂²/γ² − 1``. The loss
+is the mean of ``ε²`` over ocean cells, exactly (no constant for land cells), or the MSE on
+the standardized target.
+"""
+
+from __future__ import annotations
+
+import lightning
+import torch
+
+from diffnorm.ml.features import Standardizer
+from diffnorm.ml.networks import ResidualCNN
+
+LOSSES = ("eps2", "mse")
+
+
+class GammaModel(lightning.LightningModule):
+    def __init__(
+        self,
+        distance: str = "manhattan",
+        target: str = "log_ratio",
+        loss: str = "eps2",
+        width: int = 64,
+        blocks: int = 4,
+        layers_per_block: int = 2,
+        activation: str = "elu",
+        norm: str = "batch",
+        skip: str = "add",
+        dilation: int = 1,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.save_hyperparameters()
+        in_channels = 4 + (distance != "none")
+        self.net = ResidualCNN(
+            in_channels, width, blocks, layers_per_block, activation, norm, skip, dilation
+        )
+        self.stats: Standardizer | None = None
+
+    @property
+    def halo(self) -> int:
+        return self.net.halo
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[:, 0]
+
+    # -- errors ------------------------------------------------------------------------------
+    def relative_error(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:
+        """``ε`` on every cell (meaningful on ocean cells only)."""
+        s = self.stats
+        t_hat = pred.double() * s.target_std + s.target_mean
+        if self.hparams.target == "log_ratio":
+            t = batch["target"].double() * s.target_std + s.target_mean
+            return torch.expm1(t_hat - t)
+        return (t_hat / batch["gamma"]) ** 2 - 1.0
+
+    def _loss(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:
+        mask = batch["mask"]
+        if self.hparams.loss == "eps2":
+            eps = self.relative_error(pred, batch)
+            return (eps[mask] ** 2).mean().float()
+        return ((pred - batch["target"])[mask] ** 2).mean()
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and getattr(dm, "stats", None) is not None:
+            enc = dm.enc
+            if (enc.distance, enc.target) != (self.hparams.distance, self.hparams.target):
+                raise ValueError(
+                    f"data encodes distance={enc.distance!r}, target={enc.target!r} but the "
+                    f"model expects {self.hparams.distance!r}, {self.hparams.target!r}"
+                )
+            if enc.halo != self.halo:
+                raise ValueError(f"data halo {enc.halo} != network halo {self.halo}")
+            self.stats = dm.stats
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(self(batch["x"]), batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["x"].shape[0])
+        return loss
+
+    def _eval_step(self, batch: dict, prefix: str) -> None:
+        pred = self(batch["x"])
+        eps = self.relative_error(pred, batch)[batch["mask"]].abs()
+        n = batch["x"].shape[0]
+        self.log(f"{prefix}_loss", self._loss(pred, batch), batch_size=n, sync_dist=True)
+        self.log(f"{prefix}_mean_abs", eps.mean().float(), batch_size=n, sync_dist=True)
+        self.log(f"{prefix}_rmse", eps.pow(2).mean().sqrt().float(), batch_size=n, sync_dist=True)
+        q = torch.quantile(eps.float(), 0.9999) if eps.numel() < 2**24 else eps.max()
+        self.log(f"{prefix}_q9999", q.float(), batch_size=n, sync_dist=True)
+        self.log(f"{prefix}_max_abs", eps.max().float(), batch_size=n, sync_dist=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.stats is not None:
+            checkpoint["diffnorm_standardizer"] = self.stats.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "diffnorm_standardizer" in checkpoint:
+            self.stats = Standardizer.from_dict(checkpoint["diffnorm_standardizer"])
