@@ -89,3 +89,41 @@ def test_model_refuses_data_of_another_encoding(dataset, tmp_path):
     dm = TrainingDataModule(str(dataset), distance="manhattan", halo=model.halo)
     with pytest.raises(ValueError, match="distance"):
         trainer(tmp_path, max_epochs=1).fit(model, dm)
+
+
+def test_train_cli_fits_from_a_config(dataset, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from diffnorm.cli import app
+
+    cfg = {
+        "model": {"width": 8, "blocks": 1, "lr": 0.003},
+        "data": {"root": str(dataset), "batch_size": 2},
+        "trainer": {
+            "max_epochs": 2,
+            "default_root_dir": str(tmp_path / "run"),
+            "enable_progress_bar": False,
+        },
+        "seed_everything": 1,
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["train", "fit", "--config", str(path)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert list((tmp_path / "run").rglob("last.ckpt"))
+    assert list((tmp_path / "run").rglob("metrics.csv"))
+
+
+def test_shipped_train_configs_parse(capsys):
+    from pathlib import Path
+
+    from diffnorm.ml.train import main
+
+    paths = list((Path(__file__).parents[1] / "configs" / "train").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        with pytest.raises(SystemExit) as done:
+            main(["fit", "--config", str(path), "--print_config"])
+        assert done.value.code == 0
+        assert "distance: manhattan" in capsys.readouterr().out

@@ -345,6 +345,25 @@ def inspect(
     console.print(f"wrote {picture}")
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def train(ctx: typer.Context) -> None:
+    """Train a network (LightningCLI): `diffnorm train fit --config configs/train/….yaml`."""
+    import sys
+
+    from diffnorm.ml.train import main as train_main
+
+    # LightningCLI reads sys.argv: show it only what follows `train`
+    saved = sys.argv
+    sys.argv = [f"{Path(saved[0]).name} train", *ctx.args]
+    try:
+        train_main()
+    finally:
+        sys.argv = saved
+
+
 @app.command("methods")
 def list_methods(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
