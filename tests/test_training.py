@@ -127,3 +127,41 @@ def test_shipped_train_configs_parse(capsys):
             main(["fit", "--config", str(path), "--print_config"])
         assert done.value.code == 0
         assert "distance: manhattan" in capsys.readouterr().out
+
+
+def test_evaluate_runs_in_eval_mode_and_writes_a_report(dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from diffnorm.cli import app
+    from diffnorm.ml.predict import load_model
+
+    torch.manual_seed(0)
+    model = small_model()
+    dm = TrainingDataModule(str(dataset), halo=model.halo, batch_size=2)
+    ckpt = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer(tmp_path, max_epochs=2, callbacks=[ckpt]).fit(model, dm)
+    loaded = load_model(ckpt.last_model_path)
+    assert not loaded.training and not any(m.training for m in loaded.modules())
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "-m",
+            ckpt.last_model_path,
+            "-d",
+            str(dataset),
+            "--split",
+            "val",
+            "--samples",
+            "20",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    table = (out / "evaluation.md").read_text()
+    assert "| cnn |" in table and "randomization N=20" in table and "analytic" in table
+    for name in ("evaluation_per_sample.csv", "error_by_distance.png", "cnn_error_map.png"):
+        assert (out / name).stat().st_size > 0

@@ -364,6 +364,32 @@ def train(ctx: typer.Context) -> None:
         sys.argv = saved
 
 
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="trained checkpoint (.ckpt)")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
+    split: Annotated[str, typer.Option(help="train, val or test")] = "test",
+    samples: Annotated[
+        str, typer.Option(help="randomization sample counts to compare with")
+    ] = "100,1000,10000",
+    seed: Annotated[int, typer.Option(help="randomization seed")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="report folder")] = Path("eval_out"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """A trained network vs randomization and analytic on the same samples (eval mode)."""
+    from diffnorm.ml.evaluate import evaluate as run_evaluate
+    from diffnorm.ml.evaluate import markdown_table
+
+    with user_errors():
+        counts = [int(float(n)) for n in samples.split(",") if n.strip()]
+        with progress_bars(not quiet) as bars:
+            report = run_evaluate(
+                model, data, split, counts, seed, out_dir, progress=bars("samples")
+            )
+    out.print(markdown_table(report))
+    console.print(f"wrote evaluation.md, CSVs and PNGs in {out_dir}")
+
+
 @app.command("methods")
 def list_methods(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diffnorm.data.dataset import DatasetFolderError, Sample, load_split, sample_files
+from diffnorm.fields import Fields
 from diffnorm.methods.analytic import analytic_gamma_squared
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
 from diffnorm.ml.halo import pad_halo
@@ -22,11 +23,15 @@ class Encoding:
     target: str = "log_ratio"
     halo: int = 10
 
+    def inputs(self, fields: Fields, stats: Standardizer) -> torch.Tensor:
+        """Standardized input channels with their halo: ``(C, ny + 2·halo, nx + 2·halo)``."""
+        x = torch.from_numpy(stats.inputs(raw_features(fields, self.distance))).float()[None]
+        land = torch.from_numpy(stats.land(self.distance)).float()
+        return pad_halo(x, self.halo, fields.periodic_x, fill=land)[0]
+
     def encode(self, sample: Sample, stats: Standardizer) -> dict[str, torch.Tensor]:
         f = sample.fields
-        x = torch.from_numpy(stats.inputs(raw_features(f, self.distance))).float()[None]
-        land = torch.from_numpy(stats.land(self.distance)).float()
-        x = pad_halo(x, self.halo, f.periodic_x, fill=land)[0]
+        x = self.inputs(f, stats)
         t = raw_target(f, np.where(f.mask, sample.gamma, 1.0), self.target)
         t = (t - stats.target_mean) / stats.target_std
         return {
