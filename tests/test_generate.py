@@ -154,7 +154,7 @@ def test_inspect_and_datamodule(tmp_path):
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch["fields"].shape == (2, 4, 18, 24) and batch["gamma"].shape == (2, 18, 24)
-    assert len(dm.splits["test"]) == 1
+    assert len(dm.sets["test"]) == 1
     res = CliRunner().invoke(app, ["inspect", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such dataset folder" in res.output
 

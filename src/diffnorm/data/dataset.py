@@ -81,43 +81,21 @@ class GammaDataset(Dataset):
         return self.transform(item) if self.transform else item
 
 
-def _lightning_base():
-    try:
-        import lightning
+class SplitLoaders:
+    """``train/val/test_dataloader`` over ``self.sets`` (a dict of datasets by split)."""
 
-        return lightning.LightningDataModule
-    except ImportError:  # pragma: no cover - lightning is a dependency; keep import errors clear
-        return object
-
-
-class GammaDataModule(_lightning_base()):
-    """Lightning ``DataModule`` over a dataset folder: train/val/test loaders."""
-
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 4,
-        num_workers: int = 0,
-        transform=None,
-    ):
-        super().__init__()
-        self.root = root
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.transform = transform
-        self.splits: dict[str, GammaDataset] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        for split in SPLITS:
-            if split not in self.splits and sample_files(self.root, split):
-                self.splits[split] = GammaDataset(load_split(self.root, split), self.transform)
+    sets: dict[str, Dataset]
+    root: str
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.splits:
+        if split not in self.sets:
             raise DatasetFolderError(f"{self.root} has no {split!r} samples")
         return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
+            self.sets[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
         )
@@ -130,3 +108,35 @@ class GammaDataModule(_lightning_base()):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
+
+
+def _lightning_base():
+    try:
+        import lightning
+
+        return lightning.LightningDataModule
+    except ImportError:  # pragma: no cover - lightning is a dependency; keep import errors clear
+        return object
+
+
+class GammaDataModule(SplitLoaders, _lightning_base()):
+    """Lightning ``DataModule`` over a dataset folder: train/val/test loaders."""
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 4,
+        num_workers: int = 0,
+        transform=None,
+    ):
+        super().__init__()
+        self.root = root
+        self.batch_size = self.eval_batch_size = batch_size
+        self.num_workers = num_workers
+        self.transform = transform
+        self.sets: dict[str, GammaDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            if split not in self.sets and sample_files(self.root, split):
+                self.sets[split] = GammaDataset(load_split(self.root, split), self.transform)

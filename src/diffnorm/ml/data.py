@@ -6,9 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from diffnorm.data.dataset import DatasetFolderError, Sample, load_split, sample_files
+from diffnorm.data.dataset import (
+    DatasetFolderError,
+    Sample,
+    SplitLoaders,
+    load_split,
+    sample_files,
+)
 from diffnorm.fields import Fields
 from diffnorm.methods.analytic import analytic_gamma_squared
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
@@ -72,7 +78,7 @@ def _datamodule_base():
     return lightning.LightningDataModule
 
 
-class TrainingDataModule(_datamodule_base()):
+class TrainingDataModule(SplitLoaders, _datamodule_base()):
     """A dataset folder for training: the standardizer is fitted on the training split only."""
 
     def __init__(
@@ -86,6 +92,8 @@ class TrainingDataModule(_datamodule_base()):
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
+        self.eval_batch_size = 1  # metrics are per sample
         self.enc = Encoding(distance, target, halo)
         self.stats: Standardizer | None = None
         self.sets: dict[str, EncodedDataset] = {}
@@ -102,22 +110,3 @@ class TrainingDataModule(_datamodule_base()):
                 self.sets[split] = EncodedDataset(
                     load_split(self.hparams.root, split), self.enc, self.stats
                 )
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.sets:
-            raise DatasetFolderError(f"{self.hparams.root} has no {split!r} samples")
-        return DataLoader(
-            self.sets[split],
-            batch_size=self.hparams.batch_size if split == "train" else 1,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
