@@ -59,3 +59,15 @@ def test_refuses_wrong_layout_and_too_small_grids():
         net(torch.randn(1, 3, 40, 40))
     with pytest.raises(ValueError, match="halo"):
         net(torch.randn(1, 4, 2 * net.halo, 40))
+
+
+@pytest.mark.parametrize("shape", [(7, 11), (16, 16), (13, 30)])
+def test_unet_keeps_any_grid_size(shape):
+    from diffnorm.ml.networks import build_network
+
+    net = build_network("unet", in_channels=5, width=4, levels=2, halo=3)
+    assert not net.exact_tiling
+    x = torch.randn(2, 5, shape[0] + 2 * net.halo, shape[1] + 2 * net.halo)
+    assert net(x).shape == (2, 1, *shape)
+    with pytest.raises(ValueError, match="arch must be one of"):
+        build_network("transformer")

@@ -6,7 +6,13 @@ size, so any grid size works and nothing is invented at the borders.
 
 The study's reference is ``ResidualCNN()``: 3×3 convolutions with 64 channels, BatchNorm and
 ELU; an input layer, 4 blocks of 2 layers with additive skips, an output layer: 10 layers and
-299 521 parameters with 4 input channels.
+299 521 parameters with 4 input channels. ``UNet`` is the encoder–decoder baseline: its
+receptive field is the whole grid, so its halo is a choice, and tiles do not reproduce a
+whole-grid prediction exactly (``exact_tiling`` is False).
+
+Every network has ``in_channels``, ``halo`` and ``exact_tiling`` and maps
+``(B, C, H + 2·halo, W + 2·halo)`` to ``(B, 1, H, W)``; :func:`build_network` makes one from a
+plain dict, which is how model files store the architecture.
 """
 
 from __future__ import annotations
@@ -98,19 +104,13 @@ class ResidualCNN(nn.Module):
             channels = 2 * width if skip == "concat" else width
         self.head = nn.Conv2d(channels, 1, 3)
         self.block_shrink = layers_per_block * dilation
-        self.halo = 2 + blocks * self.block_shrink
+        self.halo = residual_halo(blocks, layers_per_block, dilation)
+
+    exact_tiling = True  # valid convolutions: a tile with its halo sees all it needs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H + 2·halo, W + 2·halo)`` → ``(B, 1, H, W)``."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input (batch, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
-        if min(x.shape[-2:]) <= 2 * self.halo:
-            raise ValueError(
-                f"input {tuple(x.shape[-2:])} is not larger than twice the network's halo "
-                f"({self.halo} cells): pad the grid with its halo first"
-            )
+        check_input(x, self.in_channels, self.halo)
         y = self.stem(x)
         for block in self.blocks:
             z = block(y)
@@ -122,6 +122,94 @@ class ResidualCNN(nn.Module):
             else:
                 y = z
         return self.head(y)
+
+
+def residual_halo(blocks: int, layers_per_block: int, dilation: int = 1) -> int:
+    """Cells each side of the grid that :class:`ResidualCNN` consumes: stem, head, blocks."""
+    return 2 + blocks * layers_per_block * dilation
+
+
+def check_input(x: torch.Tensor, in_channels: int, halo: int) -> None:
+    if torch.jit.is_tracing():  # shapes are symbolic in an export; the caller checked them
+        return
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"expected input (batch, {in_channels}, H, W), got {tuple(x.shape)}")
+    if min(x.shape[-2:]) <= 2 * halo:
+        raise ValueError(
+            f"input {tuple(x.shape[-2:])} is not larger than twice the network's halo "
+            f"({halo} cells): pad the grid with its halo first"
+        )
+
+
+class UNet(nn.Module):
+    """Encoder–decoder baseline: ``levels`` 2× poolings, two same-padded 3×3 layers per level,
+    channels doubling with depth, concatenated skips. The padded input is extended to a
+    multiple of ``2**levels`` (replicating its last row/column) and the halo cropped at the end.
+    """
+
+    exact_tiling = False
+
+    def __init__(
+        self,
+        in_channels: int = 5,
+        width: int = 32,
+        levels: int = 3,
+        activation: str = "elu",
+        norm: str = "batch",
+        halo: int = 8,
+    ):
+        super().__init__()
+        if min(in_channels, width, levels) < 1 or halo < 1:
+            raise ValueError("in_channels, width, levels and halo must be >= 1")
+        self.in_channels, self.levels, self.halo = in_channels, levels, halo
+
+        def double(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1),
+                make_norm(norm, cout),
+                make_activation(activation),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                make_norm(norm, cout),
+                make_activation(activation),
+            )
+
+        widths = [width * 2**k for k in range(levels + 1)]
+        self.down = nn.ModuleList(
+            [double(in_channels, widths[0])]
+            + [double(widths[k], widths[k + 1]) for k in range(levels)]
+        )
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(widths[k + 1], widths[k], 2, stride=2) for k in range(levels)]
+        )
+        self.merge = nn.ModuleList([double(2 * widths[k], widths[k]) for k in range(levels)])
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_channels, self.halo)
+        h, w = x.shape[-2:]
+        m = 2**self.levels
+        x = nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="replicate")
+        skips = []
+        for k, block in enumerate(self.down):
+            x = block(x if k == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        y = skips.pop()
+        for k in reversed(range(self.levels)):
+            y = self.merge[k](torch.cat([skips.pop(), self.up[k](y)], dim=1))
+        y = self.head(y)[..., :h, :w]
+        return crop(y, self.halo)
+
+
+ARCHITECTURES = {"residual": ResidualCNN, "unet": UNet}
+
+
+def build_network(arch: str, **kwargs) -> nn.Module:
+    """``build_network("residual", in_channels=5, width=64, …)``; unknown keys are refused."""
+    try:
+        cls = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}") from None
+    return cls(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
