@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -48,3 +50,62 @@ def dense_variance(fields: Fields) -> np.ndarray:
 @pytest.fixture
 def small_fields() -> Fields:
     return random_fields()
+
+
+# -- a tiny generated dataset and a briefly trained model, shared by the ML tests -------------
+TINY = {
+    "grid": {"name": "box", "ny": 16, "nx": 20, "periodic_x": True},
+    "steps": 6,
+    "parameters": {"d_min": 1.2, "d_max": 2.5, "correlation_cells": 4.0},
+    "splits": {"train": 2, "val": 1},
+    "method": "brute",
+    "seed": 3,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    from diffnorm.data import generate
+    from diffnorm.data.config import config_from_dict
+
+    root = tmp_path_factory.mktemp("tiny")
+    generate(config_from_dict(TINY), root, workers=1)
+    return root
+
+
+def small_model(**kw):
+    from diffnorm.ml.lit import GammaModel
+
+    return GammaModel(width=16, blocks=1, layers_per_block=2, lr=3e-3, **kw)
+
+
+def trainer(tmp_path, **kw):
+    import lightning
+
+    return lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        deterministic=True,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_dataset, tmp_path_factory):
+    """A small residual network fitted for 2 epochs on :func:`tiny_dataset` (last.ckpt)."""
+    import lightning
+    import torch
+
+    from diffnorm.ml.data import TrainingDataModule
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("ckpt")
+    model = small_model()
+    dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, batch_size=2)
+    ckpt = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
+    trainer(out, max_epochs=2, callbacks=[ckpt]).fit(model, dm)
+    return Path(ckpt.last_model_path)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from diffnorm.augment import random_transform
 from diffnorm.data.dataset import (
+    MANIFEST_FILE,
     DatasetFolderError,
     Sample,
     SplitLoaders,
@@ -58,18 +62,56 @@ def fit_standardizer(samples: list[Sample], enc: Encoding) -> Standardizer:
     return Standardizer.fit(raw, targets)
 
 
-class EncodedDataset(Dataset):
-    """Encoded samples, computed once (datasets are small)."""
+def data_info(samples: list[Sample], root: str) -> dict:
+    """What a model trained on ``samples`` has seen: M, length scales D in cells (from the
+    grid diffusivities, ``D² = κ(2M − 4)``), cell sizes, grid shapes; stored with the model so
+    that predictions outside that range can warn."""
+    steps = sorted({s.fields.steps for s in samples})
+    d_cells, sizes = [], []
+    for s in samples:
+        f = s.fields
+        kx, ky = f.grid_diffusivity()
+        k = np.concatenate([kx[f.open_x], ky[f.open_y]])
+        d_cells.append(np.sqrt(k * (2 * f.steps - 4)))
+        sizes.append(np.sqrt(f.area[f.mask]))
+    d, dx = np.concatenate(d_cells), np.concatenate(sizes)
+    manifest = Path(root) / MANIFEST_FILE
+    digest = json.loads(manifest.read_text()).get("config_digest") if manifest.exists() else None
+    return {
+        "steps": steps,
+        "d_cells": [float(np.quantile(d, 0.001)), float(np.quantile(d, 0.999))],
+        "cell_size_km": [float(dx.min() / 1e3), float(dx.max() / 1e3)],
+        "shapes": sorted({"{}x{}".format(*s.fields.shape) for s in samples}),
+        "periodic_x": sorted({bool(s.fields.periodic_x) for s in samples}),
+        "train_samples": len(samples),
+        "dataset": str(root),
+        "dataset_config_digest": digest,
+    }
 
-    def __init__(self, samples: list[Sample], enc: Encoding, stats: Standardizer):
-        self.items = [enc.encode(s, stats) for s in samples]
+
+class EncodedDataset(Dataset):
+    """Encoded samples, computed once (datasets are small); with ``augment``, each item is a
+    random symmetry of its sample (flips, rotations of square grids, x shifts of periodic
+    ones), encoded on the fly and drawn from torch's seeded generator."""
+
+    def __init__(
+        self, samples: list[Sample], enc: Encoding, stats: Standardizer, augment: bool = False
+    ):
+        self.samples, self.enc, self.stats, self.augment = samples, enc, stats, augment
+        self.items = None if augment else [enc.encode(s, stats) for s in samples]
         self.names = [s.name for s in samples]
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.items[i]
+        if self.items is not None:
+            return self.items[i]
+        s = self.samples[i]
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))
+        t = random_transform(rng, s.fields.periodic_x, s.fields.shape)
+        fields, gamma = t.sample(s.fields, s.gamma)
+        return self.enc.encode(Sample(fields, gamma, s.name), self.stats)
 
 
 def _datamodule_base():
@@ -89,13 +131,17 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         halo: int = 10,
         batch_size: int = 4,
         num_workers: int = 0,
+        augment: bool = False,
     ):
+        """``augment``: random grid symmetries of the training samples (see
+        :mod:`diffnorm.augment`); validation and test samples are never transformed."""
         super().__init__()
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.eval_batch_size = 1  # metrics are per sample
         self.enc = Encoding(distance, target, halo)
         self.stats: Standardizer | None = None
+        self.info: dict = {}
         self.sets: dict[str, EncodedDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -104,7 +150,10 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
             if not train:
                 raise DatasetFolderError(f"{self.hparams.root} has no training samples")
             self.stats = fit_standardizer(train, self.enc)
-            self.sets["train"] = EncodedDataset(train, self.enc, self.stats)
+            self.info = data_info(train, self.hparams.root)
+            self.sets["train"] = EncodedDataset(
+                train, self.enc, self.stats, augment=self.hparams.augment
+            )
         for split in ("val", "test"):
             if split not in self.sets and sample_files(self.hparams.root, split):
                 self.sets[split] = EncodedDataset(

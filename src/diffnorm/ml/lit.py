@@ -12,9 +12,32 @@ import lightning
 import torch
 
 from diffnorm.ml.features import Standardizer
-from diffnorm.ml.networks import ResidualCNN
+from diffnorm.ml.networks import build_network
 
 LOSSES = ("eps2", "mse")
+SCHEDULES = ("cosine", "constant")
+
+
+def architecture(
+    arch: str,
+    in_channels: int,
+    width: int,
+    blocks: int,
+    layers_per_block: int,
+    activation: str,
+    norm: str,
+    skip: str,
+    dilation: int,
+    levels: int,
+    halo: int,
+) -> dict:
+    """The network's constructor arguments, as stored in checkpoints and model files."""
+    if arch == "unet":
+        kw = {"width": width, "levels": levels, "halo": halo}
+    else:
+        kw = {"width": width, "blocks": blocks, "layers_per_block": layers_per_block}
+        kw |= {"skip": skip, "dilation": dilation}
+    return {"arch": arch, "in_channels": in_channels, "activation": activation, "norm": norm, **kw}
 
 
 class GammaModel(lightning.LightningModule):
@@ -30,18 +53,39 @@ class GammaModel(lightning.LightningModule):
         norm: str = "batch",
         skip: str = "add",
         dilation: int = 1,
+        arch: str = "residual",
+        levels: int = 3,
+        unet_halo: int = 8,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        schedule: str = "cosine",
     ):
+        """``arch="residual"`` uses width/blocks/layers_per_block/skip/dilation;
+        ``arch="unet"`` uses width/levels/unet_halo. ``schedule="cosine"`` anneals the learning
+        rate to zero over the whole run (per optimizer step)."""
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.save_hyperparameters()
         in_channels = 4 + (distance != "none")
-        self.net = ResidualCNN(
-            in_channels, width, blocks, layers_per_block, activation, norm, skip, dilation
+        self.arch = architecture(
+            arch,
+            in_channels,
+            width,
+            blocks,
+            layers_per_block,
+            activation,
+            norm,
+            skip,
+            dilation,
+            levels,
+            unet_halo,
         )
+        self.net = build_network(**self.arch)
         self.stats: Standardizer | None = None
+        self.data_info: dict = {}
 
     @property
     def halo(self) -> int:
@@ -80,6 +124,7 @@ class GammaModel(lightning.LightningModule):
             if enc.halo != self.halo:
                 raise ValueError(f"data halo {enc.halo} != network halo {self.halo}")
             self.stats = dm.stats
+            self.data_info = dict(getattr(dm, "info", {}))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch["x"]), batch)
@@ -104,14 +149,21 @@ class GammaModel(lightning.LightningModule):
         self._eval_step(batch, "test")
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(
+        opt = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
+        if self.hparams.schedule == "constant":
+            return opt
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.stats is not None:
             checkpoint["diffnorm_standardizer"] = self.stats.to_dict()
+        checkpoint["diffnorm_data"] = self.data_info
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "diffnorm_standardizer" in checkpoint:
             self.stats = Standardizer.from_dict(checkpoint["diffnorm_standardizer"])
+        self.data_info = checkpoint.get("diffnorm_data", {})

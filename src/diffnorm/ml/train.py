@@ -17,10 +17,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from diffnorm.ml.data import TrainingDataModule
 from diffnorm.ml.lit import GammaModel
+from diffnorm.ml.networks import residual_halo
 
 
-def network_halo(blocks: int, layers_per_block: int, dilation: int) -> int:
-    return 2 + blocks * layers_per_block * dilation
+def network_halo(arch: str, blocks: int, layers_per_block: int, dilation: int, unet_halo: int):
+    return unet_halo if arch == "unet" else residual_halo(blocks, layers_per_block, dilation)
 
 
 class ChannelsLastOnGPU(Callback):
@@ -36,7 +37,13 @@ class DiffnormCLI(LightningCLI):
         parser.link_arguments("model.distance", "data.distance")
         parser.link_arguments("model.target", "data.target")
         parser.link_arguments(
-            ("model.blocks", "model.layers_per_block", "model.dilation"),
+            (
+                "model.arch",
+                "model.blocks",
+                "model.layers_per_block",
+                "model.dilation",
+                "model.unet_halo",
+            ),
             "data.halo",
             compute_fn=network_halo,
         )
