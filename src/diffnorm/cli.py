@@ -30,6 +30,7 @@ class MethodName(StrEnum):
     probing = "probing"
     randomization = "randomization"
     analytic = "analytic"
+    cnn = "cnn"
 
 
 class Backend(StrEnum):
@@ -46,12 +47,22 @@ class GridName(StrEnum):
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn the library's input errors into one red line and exit status 2."""
+    """Turn the library's input errors into one red line and exit status 2; warnings (a model
+    used outside its trained range) are shown in yellow."""
+    import warnings
+
     from diffnorm.fields import FieldsError
     from diffnorm.methods import ProbingCertificateError
 
     try:
-        yield
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            if w.category.__module__.startswith("diffnorm"):
+                console.print(f"[yellow]warning:[/] {w.message}")
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except (FieldsError, ValueError, TypeError, ProbingCertificateError, OSError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
@@ -114,6 +125,14 @@ def estimate(
         int | None, typer.Option(help="probing: force this stride (else chosen and certified)")
     ] = None,
     backend: Annotated[Backend, typer.Option(help="linear algebra backend")] = Backend.sparse,
+    model: Annotated[
+        str | None,
+        typer.Option(help="cnn: model file, checkpoint or shipped name (diffnorm models)"),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cnn: cpu, cuda or auto")] = "auto",
+    tile: Annotated[
+        int | None, typer.Option(help="cnn: predict in tiles of this many cells (memory)")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Compute γ for a fields file and write it (NaN on land) with the method's metadata."""
@@ -125,6 +144,10 @@ def estimate(
         options = {"samples": samples, "seed": seed}
     elif method is MethodName.probing:
         options = {"tolerance": tolerance, "stride": stride}
+    elif method is MethodName.cnn:
+        options = {"model": model, "device": device, "tile": tile}
+    elif model is not None:
+        raise typer.BadParameter("--model goes with --method cnn", param_hint="--model")
     with user_errors():
         fields, _ = read_fields(input)
         with progress_bars(not quiet) as bars:
@@ -388,6 +411,110 @@ def evaluate(
             )
     out.print(markdown_table(report))
     console.print(f"wrote evaluation.md, CSVs and PNGs in {out_dir}")
+
+
+@app.command()
+def predict(
+    input: Annotated[Path, typer.Argument(help="fields file (NetCDF, DESIGN layout)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write fields + gamma")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="model file, checkpoint or shipped name (default: the shipped one)"),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    tile: Annotated[
+        int | None, typer.Option(help="predict in tiles of this many cells (memory)")
+    ] = None,
+) -> None:
+    """γ from a trained network (same as `estimate --method cnn`)."""
+    estimate(input, output, method=MethodName.cnn, model=model, device=device, tile=tile)
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """List the pretrained models shipped with diffnorm and their measured errors."""
+    from diffnorm.ml.modelfile import GammaNetwork, describe
+    from diffnorm.models import DEFAULT, shipped_model_path, shipped_models
+
+    cards = [describe(GammaNetwork.load(shipped_model_path(n))) for n in shipped_models()]
+    if as_json:
+        out.print(json.dumps(cards, default=str))
+        return
+    if not cards:
+        out.print("no shipped models")
+    for c in cards:
+        star = " (default)" if c["name"] == DEFAULT else ""
+        d = c["d_cells"] or (float("nan"), float("nan"))
+        out.print(
+            f"[bold]{c['name']}[/]{star}: {c['arch']}, {c['parameters']:,} parameters, "
+            f"M={c['steps']}, target {c['target']}, trained on {c['trained_on']} "
+            f"({c['train_samples']} samples), D {d[0]:.2g}–{d[1]:.2g} cells"
+        )
+        for grid, m in (c["metrics"] or {}).items():
+            out.print(
+                f"    {grid}: mean abs(ε) {m['mean_abs']:.2e}, Q99.99 {m['q9999']:.2e}, "
+                f"max {m['max_abs']:.2e} over {m['samples']} test samples"
+            )
+
+
+class ExportFormat(StrEnum):
+    model = "model"
+    torchscript = "torchscript"
+    onnx = "onnx"
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Option("--model", "-m", help="checkpoint, model file or name")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
+    format: Annotated[
+        ExportFormat,
+        typer.Option(help="model: diffnorm model file; torchscript (FTorch); onnx"),
+    ] = ExportFormat.model,
+    periodic_x: Annotated[
+        bool, typer.Option(help="torchscript/onnx: grids that wrap east-west")
+    ] = True,
+    name: Annotated[str | None, typer.Option(help="model: the model's name")] = None,
+) -> None:
+    """Write a self-contained model file, or a TorchScript/ONNX graph + JSON card."""
+    from diffnorm.ml.modelfile import GammaNetwork, resolve_model
+
+    with user_errors():
+        if format is ExportFormat.model:
+            net = (
+                GammaNetwork.from_checkpoint(model, name=name)
+                if model.endswith(".ckpt")
+                else resolve_model(model)
+            )
+            if name:
+                net.name = name
+            written = [net.save(output)]
+        else:
+            from diffnorm.ml.export import export as run_export
+
+            written = list(run_export(resolve_model(model), output, format.value, periodic_x))
+    console.print(f"wrote {', '.join(map(str, written))}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("out/demo"),
+    quick: Annotated[
+        bool, typer.Option(help="a smaller grid and a short training (about 1-2 minutes)")
+    ] = False,
+    workers: Annotated[int | None, typer.Option(help="Dask workers for the data")] = None,
+) -> None:
+    """The whole pipeline on a small grid: exact data, training, evaluation against
+    randomization and analytic, a model file; tables and plots in --out."""
+    from diffnorm.demo import run_demo
+
+    with user_errors():
+        with progress_bars() as bars:
+            report = run_demo(out_dir, quick=quick, workers=workers, progress_for=bars)
+    out.print(report["table"])
+    console.print(f"results, plots and the trained model are in {out_dir.resolve()}")
 
 
 @app.command("methods")

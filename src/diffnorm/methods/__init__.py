@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from diffnorm.fields import Fields
-from diffnorm.methods import analytic, brute, probing, randomization  # noqa: F401  (register)
+from diffnorm.methods import (  # noqa: F401  (register)
+    analytic,
+    brute,
+    cnn,
+    probing,
+    randomization,
+)
 from diffnorm.methods.base import METHODS, GammaResult, Progress, Timer
 from diffnorm.methods.probing import ProbingCertificateError
 from diffnorm.operator import DiffusionOperator, make_operator

@@ -43,8 +43,10 @@ class GammaResult:
         if self.tolerance is not None:
             out["certified_tolerance"] = float(self.tolerance)
         for key, value in self.options.items():
-            if value is not None:
-                out[f"option_{key}"] = value if not isinstance(value, bool) else int(value)
+            if isinstance(value, bool):
+                out[f"option_{key}"] = int(value)
+            elif isinstance(value, int | float | str | np.integer | np.floating):
+                out[f"option_{key}"] = value  # objects (a loaded model) are named in info
         for key, value in self.info.items():
             if isinstance(value, int | float | str | np.integer | np.floating):
                 out[f"info_{key}"] = value

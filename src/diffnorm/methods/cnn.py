@@ -1,0 +1,65 @@
+"""γ from a trained network: one forward pass (the model code lives in :mod:`diffnorm.ml`).
+
+Basins of at most ``exact_basins`` cells (lakes, enclosed seas of a coarse grid) are solved
+exactly instead: their ``W + K`` block is tiny and dense, and they are where a local network is
+weakest (its input says nothing of a basin's total area, which bounds γ² there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diffnorm.coast import basin_labels
+from diffnorm.fields import Fields
+from diffnorm.methods.base import MethodOutput, register
+from diffnorm.operator import system_matrix
+
+
+def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of basins of ≤ ``max_cells`` cells,
+    by dense algebra per basin; returns (ocean indices, variances)."""
+    labels = basin_labels(fields.mask, fields.periodic_x).ravel()
+    ocean_labels = labels[np.flatnonzero(fields.mask.ravel())]
+    sizes = np.bincount(ocean_labels)
+    small = np.flatnonzero((sizes > 0) & (sizes <= max_cells))
+    if max_cells < 1 or small.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    a = system_matrix(fields).tocsr()
+    w = fields.area.ravel()[np.flatnonzero(fields.mask.ravel())]
+    idx_all, var_all = [], []
+    for b in small:
+        idx = np.flatnonzero(ocean_labels == b)
+        s = np.linalg.solve(a[idx][:, idx].toarray(), np.diag(w[idx]))
+        var_all.append(np.diag(np.linalg.matrix_power(s, fields.steps)) / w[idx])
+        idx_all.append(idx)
+    return np.concatenate(idx_all), np.concatenate(var_all)
+
+
+@register("cnn", "trained CNN, one forward pass (model=file, checkpoint or shipped name)", False)
+def cnn(
+    fields: Fields,
+    *,
+    model=None,
+    device: str = "auto",
+    tile: int | None = None,
+    exact_basins: int = 64,
+    progress=None,
+) -> MethodOutput:
+    """``model``: a model file, a Lightning checkpoint, a shipped model's name or a loaded
+    :class:`~diffnorm.ml.modelfile.GammaNetwork` (``None``: the shipped default); ``tile``:
+    predict in tiles of that many cells (with halos) to bound memory; ``exact_basins``: basins
+    of at most this many cells are computed exactly (0: the network everywhere)."""
+    from diffnorm.ml.modelfile import pick_device, resolve_model
+
+    net = resolve_model(model)
+    gamma = net.predict(fields, device=device, tile=tile)
+    variance = gamma.ravel()[np.flatnonzero(fields.mask.ravel())] ** -2.0
+    idx, exact = small_basin_variance(fields, exact_basins)
+    variance[idx] = exact
+    info = {
+        "model": net.name,
+        "device": str(pick_device(device)),
+        "exact_cells": int(idx.size),
+        "solves": 0,
+    }
+    return MethodOutput(variance, tolerance=None, info=info)

@@ -1,0 +1,122 @@
+"""Export a model for operational coupling: TorchScript (FTorch from Fortran) and ONNX.
+
+The exported graph holds everything between the raw features and the target, so a host
+program needs no Python: input the raw feature channels ``(B, C, ny, nx)`` of
+:func:`diffnorm.ml.features.raw_features` (float32; the mask and coast-distance channels are
+fixed for a grid and can be computed once with ``diffnorm export --features``); the graph
+standardizes them, pads the halo (east–west periodic or closed, fixed at export time),
+runs the network and returns the target ``(B, ny, nx)`` in physical units:
+``t = log(γ²/γ²_analytic)`` (then ``γ = sqrt(γ²_analytic · exp(t))``) or γ itself.
+A JSON card beside the file says which.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffnorm.ml.features import channel_names
+from diffnorm.ml.modelfile import GammaNetwork
+
+FORMATS = ("torchscript", "onnx")
+
+
+class ExportedGamma(nn.Module):
+    """Raw features → standardized, halo-padded → network → target in physical units."""
+
+    def __init__(self, model: GammaNetwork, periodic_x: bool):
+        super().__init__()
+        s = model.stats
+        self.net = model.net.eval()
+        self.halo = model.encoding.halo
+        self.periodic_x = bool(periodic_x)
+        self.register_buffer("mean", torch.tensor(s.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(s.std, dtype=torch.float32).view(1, -1, 1, 1))
+        land = s.land(model.encoding.distance)
+        self.register_buffer("land", torch.tensor(land, dtype=torch.float32).view(1, -1, 1, 1))
+        self.target_mean = float(s.target_mean)
+        self.target_std = float(s.target_std)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        x = (raw - self.mean) / self.std
+        h = self.halo
+        # slicing (not a tiled copy) keeps H and W symbolic for ONNX; needs nx >= halo
+        if self.periodic_x:
+            x = torch.cat([x[..., -h:], x, x[..., :h]], dim=-1)
+        else:
+            side = self.land.expand(x.shape[0], -1, x.shape[2], h)
+            x = torch.cat([side, x, side], dim=-1)
+        cap = self.land.expand(x.shape[0], -1, h, x.shape[3])
+        x = torch.cat([cap, x, cap], dim=-2)
+        return self.net(x)[:, 0] * self.target_std + self.target_mean
+
+
+def card(model: GammaNetwork, periodic_x: bool, fmt: str) -> dict:
+    return {
+        "model": model.name,
+        "format": fmt,
+        "input": {
+            "name": "raw_features",
+            "shape": ["batch", len(channel_names(model.encoding.distance)), "ny", "nx"],
+            "channels": channel_names(model.encoding.distance),
+            "dtype": "float32",
+            "min_nx": model.encoding.halo,
+        },
+        "output": {"name": "target", "shape": ["batch", "ny", "nx"], "means": model.target},
+        "periodic_x": bool(periodic_x),
+        "steps": model.steps,
+        "halo": model.encoding.halo,
+        "gamma": (
+            "gamma = sqrt(gamma2_analytic * exp(target)), gamma2_analytic = 4 pi (M-1) "
+            "sqrt(alpha_x_mean * alpha_y_mean) (diffnorm.methods.analytic)"
+            if model.target == "log_ratio"
+            else "gamma = target"
+        ),
+    }
+
+
+def export(
+    model: GammaNetwork,
+    path: str | Path,
+    fmt: str,
+    periodic_x: bool = True,
+    example_shape: tuple[int, int] = (48, 64),
+) -> tuple[Path, Path]:
+    """Write ``path`` in ``fmt`` and ``path.json`` (the card); returns both paths."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = ExportedGamma(model, periodic_x).eval()
+    c = len(channel_names(model.encoding.distance))
+    example = torch.randn(1, c, *example_shape)
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated in PyTorch but it is what FTorch loads from Fortran
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if fmt == "torchscript":
+            torch.jit.trace(module, example).save(str(path))
+        else:
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=["raw_features"],
+                output_names=["target"],
+                dynamic_axes={"raw_features": {0: "batch", 2: "ny", 3: "nx"}},
+                dynamo=False,
+            )
+    meta = path.with_name(path.name + ".json")
+    meta.write_text(json.dumps(card(model, periodic_x, fmt), indent=2) + "\n")
+    return path, meta
+
+
+def reference_target(model: GammaNetwork, raw: np.ndarray, periodic_x: bool) -> np.ndarray:
+    """What the exported graph computes, in PyTorch (for checks)."""
+    with torch.no_grad():
+        module = ExportedGamma(model, periodic_x).eval()
+        return module(torch.from_numpy(raw).float()).numpy()

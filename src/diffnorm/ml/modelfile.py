@@ -1,0 +1,296 @@
+"""One self-contained model file: a trained network and all it needs to predict γ.
+
+A model file (``torch.save`` of plain data, loaded with ``weights_only=True``) holds the
+architecture's constructor arguments, the weights, the input encoding (distance map, target,
+halo), the standardization statistics of the training split, the number of diffusion steps M
+and the range of length scales / cell sizes it was trained on, the training data's provenance,
+its measured errors when evaluated, and the package version that wrote it. A Lightning
+checkpoint of :class:`~diffnorm.ml.lit.GammaModel` loads the same way, so every command takes
+either.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffnorm import __version__
+from diffnorm.fields import Fields
+from diffnorm.ml.data import Encoding
+from diffnorm.ml.features import Standardizer, channel_names, gamma_from_target
+from diffnorm.ml.networks import build_network, count_parameters
+
+FORMAT = "diffnorm-model"
+FORMAT_VERSION = 1
+MODEL_SUFFIX = ".pt"
+
+
+class ModelFileError(ValueError):
+    """A file that is not a usable diffnorm model, or a model that does not fit the fields."""
+
+
+class OutOfRangeWarning(UserWarning):
+    """The fields lie outside what the model was trained on: expect larger errors."""
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class GammaNetwork:
+    """A trained network ready to predict γ for any grid (see :meth:`predict`)."""
+
+    net: nn.Module
+    arch: dict[str, Any]
+    encoding: Encoding
+    stats: Standardizer
+    steps: int
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: dict[str, Any] = field(default_factory=dict)
+    name: str = "model"
+
+    def __post_init__(self) -> None:
+        self.net.eval()
+        channels = channel_names(self.encoding.distance)
+        if self.arch.get("in_channels") != len(channels):
+            raise ModelFileError(
+                f"{self.name}: the network takes {self.arch.get('in_channels')} input channels "
+                f"but its encoding makes {len(channels)} ({', '.join(channels)}); the file is "
+                "inconsistent — export it again from its checkpoint"
+            )
+        if self.encoding.halo != self.net.halo:
+            raise ModelFileError(
+                f"{self.name}: encoding halo {self.encoding.halo} != network halo {self.net.halo}"
+            )
+
+    # -- checks --------------------------------------------------------------------------------
+    def check_fields(self, fields: Fields) -> list[str]:
+        """Refuse fields of another M; warn (and return the reasons) when they lie outside the
+        trained range of length scales in cells or of cell sizes."""
+        if fields.steps != self.steps:
+            raise ModelFileError(
+                f"steps: the fields have M={fields.steps} but model {self.name!r} was trained "
+                f"for M={self.steps}; use a model trained for M={fields.steps} (diffnorm "
+                "models lists them) or an exact method"
+            )
+        reasons = []
+        kx, ky = fields.grid_diffusivity()
+        k = np.concatenate([kx[fields.open_x], ky[fields.open_y]])
+        lo, hi = self.data.get("d_cells", (None, None))
+        if lo is not None and k.size:
+            d = np.sqrt(k * (2 * fields.steps - 4))
+            outside = np.mean((d < 0.9 * lo) | (d > 1.1 * hi))
+            if outside > 0.01:
+                reasons.append(
+                    f"{100 * outside:.1f} % of the faces have length scales outside the trained "
+                    f"{lo:.2g}–{hi:.2g} cells (D = {d.min():.2g}–{d.max():.2g} here)"
+                )
+        for reason in reasons:
+            warnings.warn(f"model {self.name!r}: {reason}", OutOfRangeWarning, stacklevel=3)
+        return reasons
+
+    # -- prediction ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_target(
+        self,
+        fields: Fields,
+        device: str | torch.device | None = "auto",
+        tile: int | None = None,
+    ) -> np.ndarray:
+        """The network's target (``log(γ²/γ²_analytic)`` or γ) on the grid, float64.
+
+        ``tile``: predict ``tile × tile`` blocks one at a time, each with its halo cut from the
+        padded grid, to bound memory on large grids; identical to one pass for networks with
+        ``exact_tiling``.
+        """
+        dev = pick_device(device)
+        self.net.to(dev)
+        x = self.encoding.inputs(fields, self.stats).to(dev)
+        ny, nx = fields.shape
+        h = self.encoding.halo
+        if tile is None or tile >= max(ny, nx):
+            pred = self.net(x[None])[0, 0]
+        else:
+            if tile < 1:
+                raise ValueError(f"tile must be >= 1 cell, got {tile}")
+            if not getattr(self.net, "exact_tiling", False):
+                raise ModelFileError(
+                    f"model {self.name!r} ({self.arch['arch']}) sees the whole grid; tiles "
+                    "would change its prediction: predict without --tile"
+                )
+            pred = torch.empty((ny, nx), dtype=torch.float32, device=dev)
+            for j in range(0, ny, tile):
+                for i in range(0, nx, tile):
+                    j1, i1 = min(j + tile, ny), min(i + tile, nx)
+                    patch = x[:, j : j1 + 2 * h, i : i1 + 2 * h]
+                    pred[j:j1, i:i1] = self.net(patch[None])[0, 0]
+        t = pred.double().cpu().numpy()
+        return t * self.stats.target_std + self.stats.target_mean
+
+    def predict(
+        self,
+        fields: Fields,
+        device: str | torch.device | None = "auto",
+        tile: int | None = None,
+    ) -> np.ndarray:
+        """γ on the grid (NaN on land) by one forward pass (or one per tile)."""
+        self.check_fields(fields)
+        return gamma_from_target(fields, self.predict_target(fields, device, tile), self.target)
+
+    @property
+    def target(self) -> str:
+        return self.encoding.target
+
+    @property
+    def parameters(self) -> int:
+        return count_parameters(self.net)
+
+    # -- files ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "arch": dict(self.arch),
+            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "encoding": {
+                "distance": self.encoding.distance,
+                "target": self.encoding.target,
+                "halo": self.encoding.halo,
+                "channels": channel_names(self.encoding.distance),
+            },
+            "standardizer": self.stats.to_dict(),
+            "steps": int(self.steps),
+            "data": self.data,
+            "metrics": self.metrics,
+            "created": self.created,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model file (atomically: a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.to_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "model") -> GammaNetwork:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ModelFileError(f"{source}: not a diffnorm model file")
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ModelFileError(
+                f"{source}: model file format {d.get('format_version')} but this diffnorm "
+                f"({__version__}) reads format {FORMAT_VERSION}; re-export it with this version"
+            )
+        enc = d["encoding"]
+        net = build_network(**d["arch"])
+        net.load_state_dict(d["state_dict"])
+        return cls(
+            net=net,
+            arch=d["arch"],
+            encoding=Encoding(enc["distance"], enc["target"], enc["halo"]),
+            stats=Standardizer.from_dict(d["standardizer"]),
+            steps=int(d["steps"]),
+            data=d.get("data", {}),
+            metrics=d.get("metrics", {}),
+            created=d.get("created", {}),
+            name=d.get("name", source),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, name: str | None = None) -> GammaNetwork:
+        from diffnorm.ml.lit import GammaModel
+
+        model = GammaModel.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        if model.stats is None:
+            raise ModelFileError(f"{path}: checkpoint holds no standardization statistics")
+        h = model.hparams
+        steps = model.data_info.get("steps") or []
+        if len(steps) != 1:
+            raise ModelFileError(
+                f"{path}: the checkpoint does not record one number of diffusion steps M "
+                f"(found {steps}); it was trained with an older diffnorm — train it again"
+            )
+        return cls(
+            net=model.net,
+            arch=model.arch,
+            encoding=Encoding(h.distance, h.target, model.halo),
+            stats=model.stats,
+            steps=steps[0],
+            data=dict(model.data_info),
+            created={
+                "package_version": __version__,
+                "from_checkpoint": Path(path).name,
+                "date": _dt.date.today().isoformat(),
+                "hyperparameters": {k: v for k, v in dict(h).items() if not k.startswith("_")},
+            },
+            name=name or Path(path).stem,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> GammaNetwork:
+        """A model file or a Lightning checkpoint (``.ckpt``)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path}: no such model; give a model file, a checkpoint, or the name of a "
+                "shipped model (diffnorm models)"
+            )
+        if path.suffix == ".ckpt":
+            return cls.from_checkpoint(path)
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated or foreign file
+            raise ModelFileError(f"{path}: not a readable diffnorm model file ({exc})") from None
+        return cls.from_dict(d, str(path))
+
+
+def describe(net: GammaNetwork) -> dict[str, Any]:
+    """A short card: what the model is, what it was trained on, how well it did."""
+    d = net.data
+    return {
+        "name": net.name,
+        "arch": net.arch["arch"],
+        "parameters": net.parameters,
+        "steps": net.steps,
+        "target": net.target,
+        "distance": net.encoding.distance,
+        "d_cells": d.get("d_cells"),
+        "trained_on": ", ".join(d.get("shapes", [])) or "?",
+        "train_samples": d.get("train_samples"),
+        "metrics": net.metrics,
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(path: str, mtime: float) -> GammaNetwork:
+    return GammaNetwork.load(path)
+
+
+def resolve_model(model: str | Path | GammaNetwork | None) -> GammaNetwork:
+    """A model given as an object, a path, or the name of a shipped model (``None``: the
+    package's default); files are loaded once and cached."""
+    if isinstance(model, GammaNetwork):
+        return model
+    from diffnorm.models import shipped_model_path
+
+    path = Path(model) if model is not None else None
+    if path is None or (not path.exists() and path.suffix == "" and len(path.parts) == 1):
+        path = shipped_model_path(None if model is None else str(model))
+    if not path.exists():
+        return GammaNetwork.load(path)  # raises with the hint
+    return _cached(str(path.resolve()), path.stat().st_mtime)

@@ -1,0 +1,28 @@
+"""Pretrained model files shipped with the package (``diffnorm models`` lists them).
+
+Each ``NAME.pt`` here is a self-contained model file (see :mod:`diffnorm.ml.modelfile`);
+``DEFAULT`` is used by ``estimate(fields, "cnn")`` when no model is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).parent
+DEFAULT = "latlon4-m10"
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.pt"))
+
+
+def shipped_model_path(name: str | None = None) -> Path:
+    """The file of a shipped model by name (``None``: :data:`DEFAULT`)."""
+    name = name or DEFAULT
+    path = HERE / f"{name}.pt"
+    if not path.exists():
+        names = ", ".join(shipped_models()) or "none"
+        raise FileNotFoundError(
+            f"model {name!r} is neither a file nor a shipped model (shipped: {names})"
+        )
+    return path

@@ -1,0 +1,161 @@
+"""Model files, the cnn method, tiling, exports and the user-facing commands around them."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import random_fields
+from diffnorm.cli import app
+from diffnorm.data.dataset import load_split
+from diffnorm.fields import write_fields
+from diffnorm.methods import estimate
+from diffnorm.ml.modelfile import GammaNetwork, ModelFileError, OutOfRangeWarning
+
+
+@pytest.fixture(scope="module")
+def network(tiny_checkpoint):
+    return GammaNetwork.from_checkpoint(tiny_checkpoint, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def sample(tiny_dataset):
+    return load_split(tiny_dataset, "val")[0]
+
+
+def test_model_file_round_trip_is_exact(network, sample, tmp_path):
+    path = network.save(tmp_path / "m.pt")
+    loaded = GammaNetwork.load(path)
+    assert not any(m.training for m in loaded.net.modules())  # eval mode: BatchNorm frozen
+    assert loaded.steps == 6 and loaded.data["train_samples"] == 2
+    assert loaded.created["package_version"]
+    np.testing.assert_array_equal(
+        loaded.predict(sample.fields, "cpu"), network.predict(sample.fields, "cpu")
+    )
+
+
+def test_tiles_with_halos_reproduce_one_pass(network, sample):
+    whole = network.predict(sample.fields, "cpu")
+    tiled = network.predict(sample.fields, "cpu", tile=7)
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, equal_nan=True)
+
+
+def test_cnn_method_and_exact_small_basins(network, sample):
+    r = estimate(sample.fields, "cnn", model=network, device="cpu")
+    assert r.method == "cnn" and r.info["model"] == "tiny"
+    assert np.all(np.isfinite(r.gamma[sample.fields.mask]))
+    assert "option_model" not in r.attrs()  # an object is named in info, not written
+
+
+def test_wrong_steps_is_refused_and_out_of_range_warns(network):
+    with pytest.raises(ModelFileError, match="steps: the fields have M=8"):
+        network.predict(random_fields(steps=8), "cpu")
+    wide = random_fields(steps=6, kappa=40.0)  # length scales far beyond the training data
+    with pytest.warns(OutOfRangeWarning, match="outside the trained"):
+        network.predict(wide, "cpu")
+
+
+def test_foreign_and_inconsistent_files_are_refused(network, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="not a readable diffnorm model"):
+        GammaNetwork.load(bad)
+    torch.save({"format": "something-else"}, bad)
+    with pytest.raises(ModelFileError, match="not a diffnorm model file"):
+        GammaNetwork.load(bad)
+    d = network.to_dict()
+    d["encoding"]["distance"] = "none"  # 4 channels for a 5-channel network
+    torch.save(d, bad)
+    with pytest.raises(ModelFileError, match="input channels"):
+        GammaNetwork.load(bad)
+    with pytest.raises(FileNotFoundError, match="shipped"):
+        estimate(random_fields(), "cnn", model="no-such-model")
+
+
+def test_exports_match_pytorch(network, sample, tmp_path):
+    import onnxruntime
+
+    from diffnorm.ml.export import export, reference_target
+    from diffnorm.ml.features import raw_features
+
+    raw = raw_features(sample.fields, network.encoding.distance)[None].astype(np.float32)
+    ref = reference_target(network, raw, periodic_x=True)
+    # the exported graph is what the model predicts (before γ is rebuilt from the target)
+    np.testing.assert_allclose(ref[0], network.predict_target(sample.fields, "cpu"), atol=1e-5)
+    ts, card = export(network, tmp_path / "m.ts", "torchscript")
+    out = torch.jit.load(str(ts))(torch.from_numpy(raw)).detach().numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert '"log_kappa_x"' in card.read_text()
+    onnx, _ = export(network, tmp_path / "m.onnx", "onnx")
+    session = onnxruntime.InferenceSession(str(onnx))
+    # another grid size than the export example: the axes are dynamic
+    for shape in ((16, 20), (23, 41)):
+        x = np.random.default_rng(0).normal(size=(2, raw.shape[1], *shape)).astype(np.float32)
+        got = session.run(None, {"raw_features": x})[0]
+        np.testing.assert_allclose(got, reference_target(network, x, True), atol=1e-4)
+
+
+def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
+    from diffnorm.fields import read_fields
+
+    runner = CliRunner()
+    model = tmp_path / "tiny.pt"
+    res = runner.invoke(app, ["export", "-m", str(tiny_checkpoint), "-o", str(model)])
+    assert res.exit_code == 0, res.output
+    inp = tmp_path / "in.nc"
+    write_fields(inp, sample.fields)
+    for args in (
+        ["predict", str(inp), "-o", str(tmp_path / "p.nc"), "--model", str(model)],
+        [
+            "estimate",
+            str(inp),
+            "-o",
+            str(tmp_path / "e.nc"),
+            "--method",
+            "cnn",
+            "--model",
+            str(model),
+            "--tile",
+            "8",
+            "-q",
+        ],
+    ):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output + repr(res.exception)
+    (_, g1), (_, g2) = read_fields(tmp_path / "p.nc"), read_fields(tmp_path / "e.nc")
+    np.testing.assert_allclose(g1, g2, rtol=1e-5, equal_nan=True)
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(inp),
+            "-o",
+            str(tmp_path / "x.nc"),
+            "--model",
+            str(tmp_path / "missing.pt"),
+        ],
+    )
+    assert res.exit_code == 2 and "missing.pt" in res.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrong = random_fields(steps=8)
+    write_fields(tmp_path / "m8.nc", wrong)
+    res = runner.invoke(
+        app,
+        ["predict", str(tmp_path / "m8.nc"), "-o", str(tmp_path / "y.nc"), "--model", str(model)],
+    )
+    assert res.exit_code == 2 and "M=8" in res.output
+
+
+def test_small_basins_are_exact_in_the_cnn_method(small_fields):
+    from diffnorm.methods.cnn import small_basin_variance
+
+    idx, var = small_basin_variance(small_fields, 4)
+    assert idx.size == 1  # the conftest grid's one-cell lake
+    brute = estimate(small_fields, "brute").variance[small_fields.mask]
+    np.testing.assert_allclose(var, brute[idx], rtol=1e-12)
+    assert small_basin_variance(small_fields, 0)[0].size == 0
