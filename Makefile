@@ -22,13 +22,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-# A built-in 1° grid with real coastlines, exact γ by certified probing, and every method
-# compared against it (table + PNG maps in $(OUT)).
+# The whole pipeline on a small grid (exact data, training, evaluation against randomization
+# and analytic, a model file); tables and plots in $(OUT). QUICK=1 for the 1-2 minute version.
 demo: $(STAMP)
-	$(BIN)/diffnorm grid toy -o $(OUT)/fields.nc --steps 10 --d-min 1.5 --d-max 4 --seed 0
-	$(BIN)/diffnorm estimate $(OUT)/fields.nc -o $(OUT)/gamma.nc --method probing --tolerance 1e-6
-	$(BIN)/diffnorm compare $(OUT)/fields.nc --out $(OUT) \
-		--methods analytic,randomization:100,randomization:1000,randomization:10000
+	$(BIN)/diffnorm demo --out $(OUT) $(if $(QUICK),--quick,)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_methods.py

@@ -128,3 +128,37 @@ def test_evaluate_runs_in_eval_mode_and_writes_a_report(tiny_dataset, tiny_check
     assert "| cnn |" in table and "randomization N=20" in table and "analytic" in table
     for name in ("evaluation_per_sample.csv", "error_by_distance.png", "cnn_error_map.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_ddp_with_two_cpu_processes(tiny_dataset, tmp_path):
+    """The LightningCLI entry point trains under DDP (2 CPU processes, gloo) and saves once."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = {
+        "model": {"width": 8, "blocks": 1, "lr": 0.003},
+        "data": {"root": str(tiny_dataset), "batch_size": 1},
+        "trainer": {
+            "max_epochs": 2,
+            "default_root_dir": str(tmp_path / "run"),
+            "enable_progress_bar": False,
+            "accelerator": "cpu",
+            "devices": 2,
+            "strategy": "ddp",
+        },
+        "seed_everything": 1,
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "diffnorm.cli", "train", "fit", "--config", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "world_size: 2" in done.stderr + done.stdout or "GLOBAL_RANK: 1" in done.stderr
+    ckpts = list((tmp_path / "run").rglob("last.ckpt"))
+    assert len(ckpts) == 1
+    state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2  # 2 samples / (2 processes × batch 1) × 2 epochs

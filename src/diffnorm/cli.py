@@ -374,17 +374,14 @@ def inspect(
 )
 def train(ctx: typer.Context) -> None:
     """Train a network (LightningCLI): `diffnorm train fit --config configs/train/….yaml`."""
-    import sys
+    import warnings
 
     from diffnorm.ml.train import main as train_main
 
-    # LightningCLI reads sys.argv: show it only what follows `train`
-    saved = sys.argv
-    sys.argv = [f"{Path(saved[0]).name} train", *ctx.args]
-    try:
-        train_main()
-    finally:
-        sys.argv = saved
+    # sys.argv stays whole: DDP relaunches this very command line in each process
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+        train_main(list(ctx.args))
 
 
 @app.command()
