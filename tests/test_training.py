@@ -162,3 +162,28 @@ def test_ddp_with_two_cpu_processes(tiny_dataset, tmp_path):
     assert len(ckpts) == 1
     state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
     assert state["global_step"] == 2  # 2 samples / (2 processes × batch 1) × 2 epochs
+
+
+def test_crops_are_windows_of_the_whole_grid_prediction(tiny_dataset):
+    """With valid convolutions a crop (with its halo) predicts what the whole grid does."""
+    torch.manual_seed(0)
+    model = small_model().eval()
+    dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, batch_size=1, crop=7)
+    dm.setup()
+    item = dm.sets["train"].items[0]
+    crop = dm.sets["train"][0]
+    assert crop["x"].shape[-2:] == (7 + 2 * model.halo,) * 2 and crop["mask"].shape == (7, 7)
+    with torch.no_grad():
+        whole = model(item["x"][None])[0]
+        part = model(crop["x"][None])[0]
+    # find the window by its target values and compare the predictions there
+    ny, nx = item["target"].shape
+    hits = [
+        (j, i)
+        for j in range(ny - 6)
+        for i in range(nx - 6)
+        if torch.equal(item["target"][j : j + 7, i : i + 7], crop["target"])
+    ]
+    assert hits
+    j, i = hits[0]
+    torch.testing.assert_close(part, whole[j : j + 7, i : i + 7], rtol=1e-5, atol=1e-5)

@@ -95,9 +95,15 @@ class EncodedDataset(Dataset):
     ones), encoded on the fly and drawn from torch's seeded generator."""
 
     def __init__(
-        self, samples: list[Sample], enc: Encoding, stats: Standardizer, augment: bool = False
+        self,
+        samples: list[Sample],
+        enc: Encoding,
+        stats: Standardizer,
+        augment: bool = False,
+        crop: int | None = None,
     ):
         self.samples, self.enc, self.stats, self.augment = samples, enc, stats, augment
+        self.crop = crop
         self.items = None if augment else [enc.encode(s, stats) for s in samples]
         self.names = [s.name for s in samples]
 
@@ -105,13 +111,32 @@ class EncodedDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self.items is not None:
-            return self.items[i]
-        s = self.samples[i]
         rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))
-        t = random_transform(rng, s.fields.periodic_x, s.fields.shape)
-        fields, gamma = t.sample(s.fields, s.gamma)
-        return self.enc.encode(Sample(fields, gamma, s.name), self.stats)
+        if self.items is not None:
+            item = self.items[i]
+        else:
+            s = self.samples[i]
+            t = random_transform(rng, s.fields.periodic_x, s.fields.shape)
+            fields, gamma = t.sample(s.fields, s.gamma)
+            item = self.enc.encode(Sample(fields, gamma, s.name), self.stats)
+        return random_crop(item, self.crop, self.enc.halo, rng) if self.crop else item
+
+
+def random_crop(item: dict, size: int, halo: int, rng: np.random.Generator) -> dict:
+    """A ``size × size`` window of an encoded sample (its inputs keep their halo), holding at
+    least one ocean cell: with valid convolutions the network's output there is exactly its
+    output on the whole grid, so large grids train on crops at a fraction of the cost."""
+    ny, nx = item["mask"].shape
+    if size >= ny and size >= nx:
+        return item
+    h, w = min(size, ny), min(size, nx)
+    for _ in range(20):
+        j, i = int(rng.integers(ny - h + 1)), int(rng.integers(nx - w + 1))
+        if item["mask"][j : j + h, i : i + w].any():
+            break
+    out = {k: v[j : j + h, i : i + w] for k, v in item.items() if k != "x"}
+    out["x"] = item["x"][:, j : j + h + 2 * halo, i : i + w + 2 * halo]
+    return out
 
 
 def _datamodule_base():
@@ -132,9 +157,11 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         batch_size: int = 4,
         num_workers: int = 0,
         augment: bool = False,
+        crop: int | None = None,
     ):
         """``augment``: random grid symmetries of the training samples (see
-        :mod:`diffnorm.augment`); validation and test samples are never transformed."""
+        :mod:`diffnorm.augment`); ``crop``: train on random ``crop × crop`` windows (large
+        grids on small machines). Validation and test samples are never transformed."""
         super().__init__()
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
@@ -152,7 +179,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
             self.stats = fit_standardizer(train, self.enc)
             self.info = data_info(train, self.hparams.root)
             self.sets["train"] = EncodedDataset(
-                train, self.enc, self.stats, augment=self.hparams.augment
+                train, self.enc, self.stats, self.hparams.augment, self.hparams.crop
             )
         for split in ("val", "test"):
             if split not in self.sets and sample_files(self.hparams.root, split):

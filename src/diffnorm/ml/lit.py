@@ -106,6 +106,8 @@ class GammaModel(lightning.LightningModule):
 
     def _loss(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:
         mask = batch["mask"]
+        if not mask.any():  # a batch of land-only crops: nothing to learn, no NaN
+            return pred.sum() * 0.0
         if self.hparams.loss == "eps2":
             eps = self.relative_error(pred, batch)
             return (eps[mask] ** 2).mean().float()

@@ -1,0 +1,143 @@
+"""CNN inference and training throughput against the exact and randomized methods, in one run.
+
+    python benchmarks/bench_cnn.py [--model NAME_OR_FILE] [--grid orca1] [--samples 10000]
+    python benchmarks/bench_cnn.py --quick        # 4° grid, N = 100: a smoke run
+
+On one sample of the grid (D between 1.5 and 6 cells, M = 10): wall time of the ``cnn``
+method (features, forward pass, γ; warm, median of repeats) on CPU and, when there is one, on
+the GPU; of ``probing`` (tolerance 1e-6, the reference) and ``randomization`` with N samples;
+the CNN's error against probing; the ratios. Then training throughput (samples/s, forward +
+backward + step, batch of 4) of the same network on CPU and GPU at the grid's size. The last
+line printed is one JSON object with all numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from diffnorm.grid import built_in_grid, fields_from_cell_length_scales
+from diffnorm.lengthscales import random_cell_length_scales
+from diffnorm.methods import estimate
+from diffnorm.metrics import sample_metrics
+from diffnorm.ml.modelfile import resolve_model
+from diffnorm.ml.networks import build_network
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: allocations, kernel selection, caches
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def train_throughput(net, x: torch.Tensor, device: str, steps: int) -> float:
+    """Samples per second of optimizer steps on a batch ``x`` (mixed precision on GPU)."""
+    net = net.to(device).train()
+    x = x.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    cuda = device == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
+            loss = net(x).float().pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * x.shape[0] / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model file or shipped name (default)")
+    parser.add_argument("--grid", default="orca1")
+    parser.add_argument("--samples", default="10000", help="randomization N list")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+
+    metrics = built_in_grid("latlon", resolution=4.0) if args.quick else built_in_grid(args.grid)
+    samples = [100] if args.quick else [int(float(s)) for s in args.samples.split(",") if s]
+    rng = np.random.default_rng(args.seed)
+    d1, d2 = random_cell_length_scales(
+        metrics.mask.shape, rng, d_min=1.5, d_max=6.0, periodic_x=metrics.periodic_x
+    )
+    fields = fields_from_cell_length_scales(metrics, d1, d2, 10)
+    model = resolve_model(args.model)
+    print(f"grid {metrics.name} {fields.shape}, {fields.n_ocean} ocean cells; model {model.name}")
+
+    exact = estimate(fields, "probing", tolerance=1e-6)
+    rows = {"probing": {"time_s": exact.wall_time}}
+    for n in samples:
+        r = estimate(fields, "randomization", samples=n, seed=args.seed)
+        rows[f"randomization N={n}"] = {
+            "time_s": r.wall_time,
+            **sample_metrics(r.gamma, exact.gamma, fields.mask),
+        }
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        result = {}
+
+        def run(dev=dev, result=result) -> None:
+            result["r"] = estimate(fields, "cnn", model=model, device=dev)
+
+        t = median_time(run, args.repeats)
+        forward = median_time(lambda dev=dev: model.predict_target(fields, dev), args.repeats)
+        rows[f"cnn ({dev})"] = {
+            "time_s": t,
+            "predict_target_s": forward,
+            **sample_metrics(result["r"].gamma, exact.gamma, fields.mask),
+        }
+    for row in rows.values():
+        row["x_probing_time"] = row["time_s"] / rows["probing"]["time_s"]
+    print("| method | wall time (s) | × probing | mean abs(ε) | max abs(ε) |")
+    print("|---|---|---|---|---|")
+    for name, row in rows.items():
+        errs = f"{row['mean_abs']:.2e} | {row['max_abs']:.2e}" if "mean_abs" in row else "– | –"
+        print(f"| {name} | {row['time_s']:.4g} | {row['x_probing_time']:.3g} | {errs} |")
+
+    h = model.encoding.halo
+    x = torch.randn(4, model.arch["in_channels"], fields.shape[0] + 2 * h, fields.shape[1] + 2 * h)
+
+    throughput = {}
+    for dev in devices:
+        net = build_network(**model.arch)
+        throughput[dev] = train_throughput(net, x, dev, args.train_steps)
+        print(f"training throughput on {dev}: {throughput[dev]:.3g} samples/s at {fields.shape}")
+    print(
+        json.dumps(
+            {
+                "grid": metrics.name,
+                "shape": list(fields.shape),
+                "ocean_cells": fields.n_ocean,
+                "model": model.name,
+                "methods": rows,
+                "train_samples_per_s": throughput,
+                "cpu": platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(),
+                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
