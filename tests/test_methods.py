@@ -144,3 +144,25 @@ def test_analytic_is_capped_by_the_basin_area():
     exact = estimate(fields, "brute").gamma ** 2
     assert analytic[2, 3] == pytest.approx(2e8)
     assert abs(analytic[2, 3] / exact[2, 3] - 1) < 0.05
+
+
+@pytest.mark.parametrize("periodic_x", [True, False])
+def test_probing_split_sums_over_the_cells_owned_by_each_lattice_point(periodic_x):
+    # the split estimate of a probed cell is Σ u² over the cells whose nearest lattice point of
+    # its colour (owner_y, owner_x; across the wrap when periodic) is that cell
+    from diffnorm.methods.probing import _probe, make_colouring
+
+    fields = random_fields(ny=21, nx=23, steps=4, periodic_x=periodic_x, seed=8, kappa=0.05)
+    op = make_operator(fields)
+    col = make_colouring(op, 5, 7)  # 23 columns: blocks of 7 and 8 across the wrap
+    estimate, _, _ = _probe(op, col, "split", 4, None, 0, col.count)
+    jj, ii = np.divmod(op.ocean, fields.shape[1])
+    probes = np.zeros((op.n, col.count))
+    probes[np.arange(op.n), col.colour] = 1.0
+    response = op.sym_power(probes, fields.steps // 2)
+    expected = np.empty(op.n)
+    for cell, c in enumerate(col.colour):
+        cy, cx = divmod(int(c), col.ncx)
+        owned = (col.owner_y[cy, jj] == jj[cell]) & (col.owner_x[cx, ii] == ii[cell])
+        expected[cell] = np.sum(response[owned, c] ** 2)
+    np.testing.assert_allclose(estimate, expected, rtol=1e-12, atol=0)

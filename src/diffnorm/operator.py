@@ -45,12 +45,27 @@ class DiffusionOperator(abc.ABC):
     def solve(self, b: np.ndarray) -> np.ndarray:
         """``(W + K)⁻¹ b`` for ``b`` of shape ``(n,)`` or ``(n, k)``."""
 
+    def solve_into(self, b: np.ndarray, out: np.ndarray) -> None:
+        """``out[...] = (W + K)⁻¹ b`` (C-contiguous float64 arrays of the same shape, distinct);
+        backends may override to avoid the temporary."""
+        out[...] = self.solve(b)
+
     def sym_power(self, x: np.ndarray, power: int) -> np.ndarray:
-        """``Ŝ^p x``; backends may override to keep data on a device between steps."""
-        y = np.array(x, dtype=np.float64, copy=True)
+        """``Ŝ^p x``; backends may override to keep data on a device between steps.
+
+        Works in place on two buffers: fresh arrays of a large block per step cost more than
+        the arithmetic (page faults).
+        """
+        y = np.array(x, dtype=np.float64, copy=True, order="C")
+        if power <= 0:
+            return y
         scale = self.sqrt_w if y.ndim == 1 else self.sqrt_w[:, None]
+        buf = np.empty_like(y)
         for _ in range(power):
-            y = scale * self.solve(scale * y)
+            y *= scale
+            self.solve_into(y, buf)
+            buf *= scale
+            y, buf = buf, y
         return y
 
     # -- derived operators --------------------------------------------------------------------
@@ -175,6 +190,12 @@ class SparseOperator(DiffusionOperator):
             self._chol.solve(b, x)
             return x
         return self._lu.solve(b)
+
+    def solve_into(self, b: np.ndarray, out: np.ndarray) -> None:
+        if self._chol is not None:
+            self._chol.solve(b, out)
+        else:
+            out[...] = self._lu.solve(b)
 
 
 def make_operator(fields: Fields, backend: str = "sparse", **options) -> DiffusionOperator:

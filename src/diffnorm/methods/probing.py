@@ -151,7 +151,9 @@ class Colouring:
     """Lattice colouring: ``colour = cy · ncx + cx`` for each ocean cell.
 
     ``owner_y[cy, j]`` and ``owner_x[cx, i]`` give the row and column of the lattice point of
-    colour ``(cy, cx)`` nearest to grid row ``j`` / column ``i`` (the split estimator's cells).
+    colour ``(cy, cx)`` nearest to grid row ``j`` / column ``i`` (the split estimator's cells);
+    the lattice point of a colour in grid row ``j`` / column ``i`` is the ``j // ncy``-th /
+    ``block_x[i]``-th of its colour along that axis.
     """
 
     colour: np.ndarray  # (n,) colour per ocean cell
@@ -161,6 +163,7 @@ class Colouring:
     alias_sx: int | None
     owner_y: np.ndarray
     owner_x: np.ndarray
+    block_x: np.ndarray  # (nx,) index of the lattice block of each grid column
 
     @property
     def count(self) -> int:
@@ -211,13 +214,15 @@ def make_colouring(op: DiffusionOperator, sy: int, sx: int) -> Colouring:
             pos = pos[pos < starts[1:]]
             owner_x.append(_nearest(pos, nx, True) if pos.size else np.full(nx, -1))
         owner_x = np.stack(owner_x)
+        block_x = np.searchsorted(starts, np.arange(nx), side="right") - 1
     else:
         sx = max(1, min(sx, nx))
         cx = i % sx
         ncx = sx
         alias_sx = sx if sx < nx else None
         owner_x = np.stack([_nearest(np.arange(c, nx, sx), nx, False) for c in range(sx)])
-    return Colouring(cy * ncx + cx, sy, ncx, alias_sy, alias_sx, owner_y, owner_x)
+        block_x = np.arange(nx) // sx
+    return Colouring(cy * ncx + cx, sy, ncx, alias_sy, alias_sx, owner_y, owner_x, block_x)
 
 
 def choose_strides(kx: float, ky: float, steps: int, target: float, limit: int) -> tuple[int, int]:
@@ -275,36 +280,49 @@ def _probe(
     power = steps if estimator == "full" else steps // 2
     ny, nx = op.fields.shape
     j, i = np.divmod(op.ocean, nx)
-    grid_to_ocean = np.full(ny * nx, -1, dtype=np.int64)
-    grid_to_ocean[op.ocean] = np.arange(op.n)
     shifted = [col.shifted(*s) for s in col.mid_shifts()]
     members = np.argsort(col.colour, kind="stable")
     bounds = np.searchsorted(col.colour[members], np.arange(col.count + 1))
     estimate = np.zeros(op.n)
     peak = np.zeros(op.n)
     mid = np.zeros((len(shifted), op.n))
+    if estimator == "split":
+        # Voronoi cells of the lattice points are rectangles: sum rows by runs of owner_y,
+        # then columns with a 0/1 matrix per colour column (lattice block of the owner)
+        row_starts = [np.flatnonzero(np.diff(o, prepend=-1)) for o in col.owner_y]
+        nbx = int(col.block_x.max()) + 1
+        to_block = np.zeros((col.ncx, nx, nbx))
+        for c, o in enumerate(col.owner_x):
+            ok = o >= 0
+            to_block[c, np.flatnonzero(ok), col.block_x[o[ok]]] = 1.0
+        cell_y, cell_x = j // col.ncy, col.block_x[i]
     k = op.block_size(block_size)
     for start in range(0, col.count, k):
         colours = np.arange(start, min(start + k, col.count))
         probes = np.zeros((op.n, colours.size))
-        for local, c in enumerate(colours):
-            probes[members[bounds[c] : bounds[c + 1]], local] = 1.0
-        response = op.sym_power(probes, power)
         in_block = (col.colour >= start) & (col.colour < start + colours.size)
+        probes[in_block, col.colour[in_block] - start] = 1.0
+        response = op.sym_power(probes, power)
+        del probes
         peak[in_block] = response[in_block, col.colour[in_block] - start]
         for s, sc in enumerate(shifted):
             sel = (sc >= start) & (sc < start + colours.size)
             mid[s, sel] = response[sel, sc[sel] - start]
         if estimator == "split":
             # v_i w_i = ‖Ŝ^{M/2} e_i‖²: sum the squared response over the cells nearest to i
-            for local, c in enumerate(colours):
-                cy, cx = divmod(int(c), col.ncx)
-                ox = col.owner_x[cx, i]
-                owner = np.where(ox >= 0, grid_to_ocean[col.owner_y[cy, j] * nx + ox], -1)
-                ok = owner >= 0
-                sums = np.bincount(owner[ok], weights=response[ok, local] ** 2, minlength=op.n)
-                cells = members[bounds[c] : bounds[c + 1]]
-                estimate[cells] = sums[cells]
+            squared = np.zeros((colours.size, ny * nx))
+            squared[:, op.ocean] = response.T
+            del response
+            np.square(squared, out=squared)
+            squared = squared.reshape(colours.size, ny, nx)
+            cys, cxs = np.divmod(colours, col.ncx)
+            for cy in np.unique(cys):
+                sel = np.flatnonzero(cys == cy)  # consecutive colours
+                rows = np.add.reduceat(squared[sel[0] : sel[-1] + 1], row_starts[cy], axis=1)
+                sums = np.matmul(rows, to_block[cxs[sel]])  # (colours, lattice rows, blocks)
+                for local, c in zip(sel, colours[sel], strict=True):
+                    cells = members[bounds[c] : bounds[c + 1]]
+                    estimate[cells] = sums[local - sel[0], cell_y[cells], cell_x[cells]]
         if progress is not None:
             progress(done0 + int(colours[-1]) + 1, total)
     if estimator == "full":
