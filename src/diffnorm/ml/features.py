@@ -1,12 +1,9 @@
 """Network inputs and targets, built from the fields only.
 
 Inputs (per cell, all dimensionless so that scaling ``alpha`` and ``area`` together changes
-nothing): the logarithms of the grid diffusivities ``κ = alpha/area`` (squared length scale in
-cells, up to ``2M − 4``) on the east and north faces, the log of the area relative to the
-sample's mean ocean area, the signed distance to the coast in cells (periodic in x; optional,
-Manhattan or Euclidean) and the mask. Logarithms because γ² scales like ``√(κ₁₁κ₂₂)``: the
-network's job becomes close to linear. A closed face is a face of vanishing diffusivity, so it
-gets ``log(KAPPA_CLOSED)`` — physically the limit the open values approach.
+nothing): the grid diffusivities ``alpha_x/area`` and ``alpha_y/area`` on the east and north
+faces (0 on closed faces), the area relative to the sample's mean ocean area, the signed
+distance to the coast in cells (periodic in x; optional, Manhattan or Euclidean) and the mask.
 Each channel is standardized with statistics of the training split over *all* cells (the
 study found ocean-only statistics worse), stored with the model.
 
@@ -28,13 +25,12 @@ from diffnorm.metrics import distance_to_coast
 DISTANCES = ("none", "manhattan", "euclidean")
 TARGETS = ("log_ratio", "gamma")
 DISTANCE_CLIP = 20.0  # cells: farther than this the coast no longer matters for γ
-KAPPA_CLOSED = 1e-2  # cells²: a face this weak is closed for practical purposes (D ≈ 0.4 cells)
 
 
 def channel_names(distance: str) -> list[str]:
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    names = ["log_kappa_x", "log_kappa_y", "log_area_rel"]
+    names = ["kappa_x", "kappa_y", "area_rel"]
     if distance != "none":
         names.append(f"distance_{distance}")
     return names + ["mask"]
@@ -47,11 +43,9 @@ def raw_features(fields: Fields, distance: str = "manhattan") -> np.ndarray:
     area = np.where(mask, fields.area, 0.0)
     mean_area = area[mask].mean()
     with np.errstate(divide="ignore", invalid="ignore"):
-        kx = np.where(fields.open_x, fields.alpha_x / area, KAPPA_CLOSED)
-        ky = np.where(fields.open_y, fields.alpha_y / area, KAPPA_CLOSED)
-        rel = np.where(mask, area / mean_area, 1.0)
-    logs = [np.log(np.maximum(k, KAPPA_CLOSED)) for k in (kx, ky)]
-    channels = [*logs, np.log(rel)]
+        kx = np.where(fields.open_x, fields.alpha_x / area, 0.0)
+        ky = np.where(fields.open_y, fields.alpha_y / area, 0.0)
+    channels = [kx, ky, area / mean_area]
     if distance != "none":
         d = distance_to_coast(mask, fields.periodic_x, distance)
         channels.append(np.clip(d, -DISTANCE_CLIP, DISTANCE_CLIP))
@@ -63,8 +57,7 @@ def raw_features(fields: Fields, distance: str = "manhattan") -> np.ndarray:
 
 def land_features(distance: str) -> np.ndarray:
     """The raw features of a land cell just beyond the grid (for closed halos)."""
-    closed = float(np.log(KAPPA_CLOSED))
-    values = [closed, closed, 0.0] + ([-1.0] if distance != "none" else []) + [0.0]
+    values = [0.0, 0.0, 0.0] + ([-1.0] if distance != "none" else []) + [0.0]
     return np.array(values)
 
 
