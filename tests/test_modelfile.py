@@ -89,7 +89,7 @@ def test_exports_match_pytorch(network, sample, tmp_path):
     ts, card = export(network, tmp_path / "m.ts", "torchscript")
     out = torch.jit.load(str(ts))(torch.from_numpy(raw)).detach().numpy()
     np.testing.assert_allclose(out, ref, atol=1e-5)
-    assert '"log_kappa_x"' in card.read_text()
+    assert '"kappa_x"' in card.read_text()
     onnx, _ = export(network, tmp_path / "m.onnx", "onnx")
     session = onnxruntime.InferenceSession(str(onnx))
     # another grid size than the export example: the axes are dynamic
@@ -159,3 +159,17 @@ def test_small_basins_are_exact_in_the_cnn_method(small_fields):
     brute = estimate(small_fields, "brute").variance[small_fields.mask]
     np.testing.assert_allclose(var, brute[idx], rtol=1e-12)
     assert small_basin_variance(small_fields, 0)[0].size == 0
+
+
+def test_demo_quick_runs_the_whole_pipeline(tmp_path):
+    """`diffnorm demo --quick`: exact data, training, evaluation, model file, plots."""
+    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--workers", "1"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "| cnn |" in res.output and "randomization N=1000" in res.output
+    model = GammaNetwork.load(tmp_path / "model.pt")
+    assert model.metrics["quick demo grid test split"]["samples"] == 4
+    for name in ("training.png", "evaluation/error_by_distance.png", "evaluation/evaluation.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    # a second run resumes: the data are kept and training continues from its last checkpoint
+    res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--workers", "1"])
+    assert res.exit_code == 0, res.output + repr(res.exception)

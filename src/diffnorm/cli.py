@@ -474,19 +474,29 @@ def export(
         bool, typer.Option(help="torchscript/onnx: grids that wrap east-west")
     ] = True,
     name: Annotated[str | None, typer.Option(help="model: the model's name")] = None,
+    metrics: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="model: LABEL=DIR/evaluation.json from `diffnorm evaluate`, stored in the "
+            "model's card (repeatable)"
+        ),
+    ] = None,
 ) -> None:
     """Write a self-contained model file, or a TorchScript/ONNX graph + JSON card."""
-    from diffnorm.ml.modelfile import GammaNetwork, resolve_model
+    from diffnorm.ml.modelfile import resolve_model
 
     with user_errors():
         if format is ExportFormat.model:
-            net = (
-                GammaNetwork.from_checkpoint(model, name=name)
-                if model.endswith(".ckpt")
-                else resolve_model(model)
-            )
+            from diffnorm.ml.evaluate import card_metrics
+
+            net = resolve_model(model)
             if name:
                 net.name = name
+            for item in metrics or []:
+                label, sep, path = item.partition("=")
+                if not sep:
+                    raise ValueError(f"--metrics wants LABEL=PATH, got {item!r}")
+                net.metrics[label] = card_metrics(path)
             written = [net.save(output)]
         else:
             from diffnorm.ml.export import export as run_export

@@ -78,7 +78,7 @@ def train(
         max_epochs=epochs,
         accelerator="auto",
         devices=1,
-        logger=CSVLogger(run_dir, name="csv", version=0),
+        logger=CSVLogger(run_dir, name="csv"),  # a resumed run logs into a new version
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -90,11 +90,14 @@ def train(
     return Path(ckpt.best_model_path or last)
 
 
-def plot_training_curve(metrics_csv: Path, path: Path) -> Path:
+def plot_training_curve(run_dir: Path, path: Path) -> Path:
+    """Training loss and validation errors against the step, over every (resumed) run."""
     from diffnorm.plots import _pyplot
 
-    with metrics_csv.open() as fh:
-        rows = list(csv.DictReader(fh))
+    rows = []
+    for metrics_csv in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with metrics_csv.open() as fh:
+            rows += list(csv.DictReader(fh))
     train = [(int(r["step"]), float(r["train_loss"])) for r in rows if r.get("train_loss")]
     val = [
         (int(r["step"]), float(r["val_mean_abs"]), float(r["val_max_abs"]))
@@ -123,7 +126,7 @@ def run_demo(
     progress_for=None,
 ) -> dict[str, Any]:
     """Run every stage into ``out``; returns the evaluation report plus ``table`` (Markdown)."""
-    from diffnorm.ml.evaluate import evaluate, markdown_table
+    from diffnorm.ml.evaluate import card_metrics, evaluate, markdown_table
     from diffnorm.ml.modelfile import GammaNetwork
 
     out = Path(out)
@@ -149,14 +152,10 @@ def run_demo(
         out_dir=out / "evaluation",
         progress=bar("evaluation"),
     )
-    model.metrics = {"demo test split": {"samples": report["samples"], **cnn_means(report)}}
+    label = "demo grid test split" if not quick else "quick demo grid test split"
+    model.metrics = {label: card_metrics(out / "evaluation" / "evaluation.json")}
     model.save(out / "model.pt")
-    plot_training_curve(out / "train" / "csv" / "version_0" / "metrics.csv", out / "training.png")
+    plot_training_curve(out / "train", out / "training.png")
     report["table"] = markdown_table(report)
     (out / "report.json").write_text(json.dumps(report["summary"], indent=2) + "\n")
     return report
-
-
-def cnn_means(report: dict) -> dict[str, float]:
-    """The network's mean over samples of each metric."""
-    return {k: v[0] for k, v in report["summary"]["cnn"].items() if isinstance(v, tuple | list)}

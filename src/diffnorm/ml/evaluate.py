@@ -4,6 +4,7 @@ samples of a split: per-sample metrics, mean ± std, error by distance to the co
 from __future__ import annotations
 
 import csv
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,8 @@ def write_report(report: dict, out: Path, fields, cnn_mean_abs: np.ndarray) -> N
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.md").write_text(markdown_table(report) + "\n")
+    summary = {"split": report["split"], "samples": report["samples"], **report["summary"]}
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
     with (out / "evaluation_per_sample.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["method", "sample", *METRIC_NAMES])
@@ -128,3 +131,11 @@ def write_report(report: dict, out: Path, fields, cnn_mean_abs: np.ndarray) -> N
     fig.savefig(out / "error_by_distance.png", dpi=110)
     plt.close(fig)
     plot_error_maps(fields, {"cnn: mean over samples": cnn_mean_abs}, out / "cnn_error_map.png")
+
+
+def card_metrics(path: str | Path) -> dict[str, float]:
+    """The network's mean metrics from an ``evaluation.json`` (for a model file's card)."""
+    summary = json.loads(Path(path).read_text())
+    cnn = summary["cnn"]
+    out = {k: float(v[0]) for k, v in cnn.items() if isinstance(v, list)}
+    return {"samples": summary["samples"], **out}
