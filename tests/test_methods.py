@@ -166,3 +166,27 @@ def test_probing_split_sums_over_the_cells_owned_by_each_lattice_point(periodic_
         owned = (col.owner_y[cy, jj] == jj[cell]) & (col.owner_x[cx, ii] == ii[cell])
         expected[cell] = np.sum(response[owned, c] ** 2)
     np.testing.assert_allclose(estimate, expected, rtol=1e-12, atol=0)
+
+
+def test_lattice_method_is_exact_for_constant_kappa_on_a_periodic_lattice():
+    from diffnorm.methods.lattice import lattice_point_variance, lattice_variance_unit_area
+    from diffnorm.methods.probing import lattice_kernel
+
+    for kx, ky in ((0.3, 0.3), (2.0, 0.5), (4.0, 1e-3)):
+        k0 = lattice_kernel(kx, ky, 10)[0, 0]
+        np.testing.assert_allclose(lattice_point_variance(kx, ky, 10), k0, rtol=1e-9)
+        np.testing.assert_allclose(lattice_variance_unit_area(kx, ky, 10), k0, rtol=1e-6)
+    # a doubly periodic box larger than the kernel: brute force sees the infinite lattice
+    ny = nx = 24
+    ones = np.ones((ny, nx))
+    f = random_fields(ny=ny, nx=nx, steps=6, islands=False).replace(
+        area=ones * 1e8, alpha_x=ones * 0.7e8, alpha_y=ones * 0.4e8
+    )
+    # the last row is closed (no fold): compare in the middle rows, far from it
+    exact = estimate(f, "brute").gamma[8:16]
+    np.testing.assert_allclose(estimate(f, "lattice").gamma[8:16], exact, rtol=1e-6)
+    # a one-cell-wide periodic channel is a 1-D lattice
+    chan = f.replace(mask=np.pad(np.ones((1, nx)), ((5, ny - 6), (0, 0))))
+    np.testing.assert_allclose(
+        estimate(chan, "lattice").gamma[5], estimate(chan, "brute").gamma[5], rtol=1e-6
+    )
