@@ -168,3 +168,15 @@ def test_existing_scheduler(tmp_path):
     ) as c:
         manifest = generate(cfg, tmp_path, scheduler=c.scheduler_address)
     assert [r["file"] for r in manifest["samples"]] == ["val/val_00000.nc", "val/val_00001.nc"]
+
+
+def test_a_dataset_grows_and_keeps_its_samples(tmp_path):
+    small = config_from_dict({**BOX, "splits": {"train": 1, "val": 1}})
+    generate(small, tmp_path, workers=1)
+    first = sample_path(tmp_path, "train", 0)
+    mtime = first.stat().st_mtime_ns
+    manifest = generate(config_from_dict(BOX), tmp_path, workers=1)
+    assert first.stat().st_mtime_ns == mtime
+    made = [r for r in manifest["samples"] if not r["reused"]]
+    assert len(made) == sum(BOX["splits"].values()) - 2
+    assert manifest["splits"]["train"] == BOX["splits"]["train"]

@@ -56,8 +56,13 @@ class DataConfig:
         return d
 
     def digest(self) -> str:
-        """Hash of everything that determines the samples (provenance and resume check)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Hash of everything that determines the samples (provenance and resume check).
+
+        Split sizes are left out: sample ``k`` of a split depends only on the seed, the split
+        and ``k``, so a dataset can grow (or shrink) and keep every sample it has."""
+        d = self.to_dict()
+        d.pop("splits")
+        text = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def sample_count(self) -> int:

@@ -156,10 +156,10 @@ def prepare_output(config: DataConfig, out: Path) -> None:
             raise DatasetError(
                 f"{out} holds a dataset of another config ({saved}); use another output folder"
             )
-    else:
-        tmp = saved.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        os.replace(tmp, saved)
+    # the saved config follows the split sizes asked for last (the samples do not depend on them)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(tmp, saved)
     for split in SPLITS:
         for stale in (out / split).glob(".*.tmp"):
             stale.unlink(missing_ok=True)  # left by a killed writer: never a sample
