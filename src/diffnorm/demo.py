@@ -137,7 +137,7 @@ def run_demo(
     )
     bar = progress_for or (lambda _label: None)
     generate(
-        config_from_dict(data_cfg, "demo"),
+        config_from_dict(data_cfg, "demo config: "),
         out / "data",
         workers=workers,
         progress=bar("exact γ (probing)"),

@@ -3,7 +3,7 @@
 The exported graph holds everything between the raw features and the target, so a host
 program needs no Python: input the raw feature channels ``(B, C, ny, nx)`` of
 :func:`diffnorm.ml.features.raw_features` (float32; the mask and coast-distance channels are
-fixed for a grid and can be computed once with ``diffnorm export --features``); the graph
+fixed for a grid, so a host computes them once); the graph
 standardizes them, pads the halo (east–west periodic or closed, fixed at export time),
 runs the network and returns the target ``(B, ny, nx)`` in physical units:
 ``t = log(γ²/γ²_analytic)`` (then ``γ = sqrt(γ²_analytic · exp(t))``) or γ itself.
@@ -72,8 +72,11 @@ def card(model: GammaNetwork, periodic_x: bool, fmt: str) -> dict:
         "steps": model.steps,
         "halo": model.encoding.halo,
         "gamma": (
-            "gamma = sqrt(gamma2_analytic * exp(target)), gamma2_analytic = 4 pi (M-1) "
-            "sqrt(alpha_x_mean * alpha_y_mean) (diffnorm.methods.analytic)"
+            "gamma = sqrt(gamma2_analytic * exp(target)) on ocean cells, with gamma2_analytic "
+            "exactly as diffnorm.methods.analytic.analytic_gamma_squared: 4 pi (M-1) "
+            "sqrt(ax * ay) with ax, ay the mean alpha over the cell's open x and y faces (one "
+            "direction's mean for both when the other has none; area for an isolated cell), "
+            "capped by the area of the cell's basin"
             if model.target == "log_ratio"
             else "gamma = target"
         ),

@@ -3,8 +3,10 @@
 A model file (``torch.save`` of plain data, loaded with ``weights_only=True``) holds the
 architecture's constructor arguments, the weights, the input encoding (distance map, target,
 halo), the standardization statistics of the training split, the number of diffusion steps M
-and the range of length scales / cell sizes it was trained on, the training data's provenance,
-its measured errors when evaluated, and the package version that wrote it. A Lightning
+and the range of length scales (in cells) and cell sizes it was trained on, the training
+data's provenance, its measured errors when evaluated, and the package version that wrote it.
+The inputs are dimensionless (κ in cells², relative areas), so what must match is M and the
+length scales in cells — those are checked; the cell sizes in km are recorded for information. A Lightning
 checkpoint of :class:`~diffnorm.ml.lit.GammaModel` loads the same way, so every command takes
 either.
 """
@@ -78,7 +80,7 @@ class GammaNetwork:
     # -- checks --------------------------------------------------------------------------------
     def check_fields(self, fields: Fields) -> list[str]:
         """Refuse fields of another M; warn (and return the reasons) when they lie outside the
-        trained range of length scales in cells or of cell sizes."""
+        trained range of length scales in cells."""
         if fields.steps != self.steps:
             raise ModelFileError(
                 f"steps: the fields have M={fields.steps} but model {self.name!r} was trained "
