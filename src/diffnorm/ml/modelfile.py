@@ -6,9 +6,9 @@ halo), the standardization statistics of the training split, the number of diffu
 and the range of length scales (in cells) and cell sizes it was trained on, the training
 data's provenance, its measured errors when evaluated, and the package version that wrote it.
 The inputs are dimensionless (κ in cells², relative areas), so what must match is M and the
-length scales in cells — those are checked; the cell sizes in km are recorded for information. A Lightning
-checkpoint of :class:`~diffnorm.ml.lit.GammaModel` loads the same way, so every command takes
-either.
+length scales in cells — those are checked; the cell sizes in km are recorded for information.
+A Lightning checkpoint of :class:`~diffnorm.ml.lit.GammaModel` loads the same way, so every
+command takes either.
 """
 
 from __future__ import annotations
