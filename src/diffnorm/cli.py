@@ -30,6 +30,7 @@ class MethodName(StrEnum):
     probing = "probing"
     randomization = "randomization"
     analytic = "analytic"
+    lattice = "lattice"
     cnn = "cnn"
 
 
@@ -247,7 +248,7 @@ def compare(
     reference: Annotated[str, typer.Option(help="exact reference: probing or brute")] = "probing",
     methods: Annotated[
         str,
-        typer.Option(help="comma-separated: analytic, randomization:N, brute, probing"),
+        typer.Option(help="comma-separated: analytic, lattice, randomization:N, brute, probing"),
     ] = "analytic,randomization:100,randomization:1000,randomization:10000",
     tolerance: Annotated[float, typer.Option(help="probing reference tolerance")] = 1e-6,
     seed: Annotated[int, typer.Option(help="randomization seed")] = 0,
@@ -386,7 +387,9 @@ def train(ctx: typer.Context) -> None:
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="trained checkpoint (.ckpt)")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="model file, checkpoint (.ckpt) or shipped name")
+    ],
     data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
     samples: Annotated[
@@ -394,6 +397,7 @@ def evaluate(
     ] = "100,1000,10000",
     seed: Annotated[int, typer.Option(help="randomization seed")] = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="report folder")] = Path("eval_out"),
+    device: Annotated[str, typer.Option(help="network device: cpu, cuda or auto")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """A trained network vs randomization and analytic on the same samples (eval mode)."""
@@ -404,7 +408,7 @@ def evaluate(
         counts = [int(float(n)) for n in samples.split(",") if n.strip()]
         with progress_bars(not quiet) as bars:
             report = run_evaluate(
-                model, data, split, counts, seed, out_dir, progress=bars("samples")
+                model, data, split, counts, seed, out_dir, bars("samples"), device
             )
     out.print(markdown_table(report))
     console.print(f"wrote evaluation.md, CSVs and PNGs in {out_dir}")
