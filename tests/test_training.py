@@ -9,6 +9,7 @@ import torch
 
 from conftest import small_model, trainer
 from diffnorm.ml.data import TrainingDataModule
+from diffnorm.ml.lit import GammaModel
 from diffnorm.ml.modelfile import GammaNetwork
 
 
@@ -187,3 +188,18 @@ def test_crops_are_windows_of_the_whole_grid_prediction(tiny_dataset):
     assert hits
     j, i = hits[0]
     torch.testing.assert_close(part, whole[j : j + 7, i : i + 7], rtol=1e-5, atol=1e-5)
+
+
+def test_fine_tuning_starts_from_the_pretrained_weights_and_statistics(
+    tiny_dataset, tiny_checkpoint, tmp_path
+):
+    pretrained = GammaNetwork.load(tiny_checkpoint)
+    model = small_model(init_from=str(tiny_checkpoint))
+    for key, value in pretrained.net.state_dict().items():
+        torch.testing.assert_close(model.net.state_dict()[key], value)
+    dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, stats_from=str(tiny_checkpoint))
+    trainer(tmp_path, max_epochs=1).fit(model, dm)
+    np.testing.assert_array_equal(dm.stats.mean, pretrained.stats.mean)
+    assert model.data_info["fine_tuned_from"] == str(tiny_checkpoint)
+    with pytest.raises(ValueError, match="not this model's"):
+        GammaModel(width=8, blocks=1, init_from=str(tiny_checkpoint))

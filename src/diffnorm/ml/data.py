@@ -158,10 +158,13 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         num_workers: int = 0,
         augment: bool = False,
         crop: int | None = None,
+        stats_from: str | None = None,
     ):
         """``augment``: random grid symmetries of the training samples (see
         :mod:`diffnorm.augment`); ``crop``: train on random ``crop × crop`` windows (large
-        grids on small machines). Validation and test samples are never transformed."""
+        grids on small machines). Validation and test samples are never transformed.
+        ``stats_from``: take the standardization statistics of this model file or checkpoint
+        (fine-tuning) instead of fitting them on the training split."""
         super().__init__()
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
@@ -176,7 +179,12 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
             train = load_split(self.hparams.root, "train")
             if not train:
                 raise DatasetFolderError(f"{self.hparams.root} has no training samples")
-            self.stats = fit_standardizer(train, self.enc)
+            if self.hparams.stats_from:
+                from diffnorm.ml.modelfile import GammaNetwork
+
+                self.stats = GammaNetwork.load(self.hparams.stats_from).stats
+            else:
+                self.stats = fit_standardizer(train, self.enc)
             self.info = data_info(train, self.hparams.root)
             self.sets["train"] = EncodedDataset(
                 train, self.enc, self.stats, self.hparams.augment, self.hparams.crop

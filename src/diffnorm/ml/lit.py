@@ -59,10 +59,13 @@ class GammaModel(lightning.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         schedule: str = "cosine",
+        init_from: str | None = None,
     ):
         """``arch="residual"`` uses width/blocks/layers_per_block/skip/dilation;
         ``arch="unet"`` uses width/levels/unet_halo. ``schedule="cosine"`` anneals the learning
-        rate to zero over the whole run (per optimizer step)."""
+        rate to zero over the whole run (per optimizer step). ``init_from``: a model file or
+        checkpoint of the same architecture to fine-tune (its weights; the data module takes
+        its standardization statistics, see ``TrainingDataModule(stats_from=…)``)."""
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -86,6 +89,19 @@ class GammaModel(lightning.LightningModule):
         self.net = build_network(**self.arch)
         self.stats: Standardizer | None = None
         self.data_info: dict = {}
+        if init_from:
+            self._init_from(init_from)
+
+    def _init_from(self, path: str) -> None:
+        from diffnorm.ml.modelfile import GammaNetwork
+
+        start = GammaNetwork.load(path)
+        if start.arch != self.arch:
+            raise ValueError(
+                f"init_from {path}: its network {start.arch} is not this model's {self.arch}; "
+                "set the model options to the pretrained ones"
+            )
+        self.net.load_state_dict(start.net.state_dict())
 
     @property
     def halo(self) -> int:
@@ -127,6 +143,8 @@ class GammaModel(lightning.LightningModule):
                 raise ValueError(f"data halo {enc.halo} != network halo {self.halo}")
             self.stats = dm.stats
             self.data_info = dict(getattr(dm, "info", {}))
+            if self.hparams.init_from:
+                self.data_info["fine_tuned_from"] = str(self.hparams.init_from)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch["x"]), batch)

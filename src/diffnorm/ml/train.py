@@ -36,6 +36,7 @@ class DiffnormCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.distance", "data.distance")
         parser.link_arguments("model.target", "data.target")
+        parser.link_arguments("model.init_from", "data.stats_from")
         parser.link_arguments(
             (
                 "model.arch",
