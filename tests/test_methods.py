@@ -146,26 +146,100 @@ def test_analytic_is_capped_by_the_basin_area():
     assert abs(analytic[2, 3] / exact[2, 3] - 1) < 0.05
 
 
+def _expected_owners(op, col) -> dict[tuple[int, int], int]:
+    """Brute force: the owner of (cell, colour) is the nearest lattice point of the colour
+    (owner_y, owner_x) when it is an ocean cell of the cell's basin, else the cell of that
+    colour in the basin when there is exactly one, else nobody."""
+    from diffnorm.coast import basin_labels
+
+    nx = op.fields.shape[1]
+    basin = basin_labels(op.fields.mask, op.fields.periodic_x).ravel()[op.ocean]
+    index = {int(g): k for k, g in enumerate(op.ocean)}
+    jj, ii = np.divmod(op.ocean, nx)
+    owners = {}
+    for c in np.unique(col.colour):
+        cy, cx = divmod(int(c), col.ncx)
+        points = np.flatnonzero(col.colour == c)
+        for k in range(op.n):
+            o = index.get(int(col.owner_y[cy, jj[k]] * nx + col.owner_x[cx, ii[k]]), -1)
+            mine = points[basin[points] == basin[k]]
+            if o >= 0 and basin[o] == basin[k]:
+                owners[k, int(c)] = o
+            elif mine.size == 1:
+                owners[k, int(c)] = int(mine[0])
+    return owners
+
+
 @pytest.mark.parametrize("periodic_x", [True, False])
 def test_probing_split_sums_over_the_cells_owned_by_each_lattice_point(periodic_x):
-    # the split estimate of a probed cell is Σ u² over the cells whose nearest lattice point of
-    # its colour (owner_y, owner_x; across the wrap when periodic) is that cell
+    # the split estimate of a probed cell is Σ u² over the cells it owns (see _expected_owners;
+    # across the wrap when periodic): never over cells of another basin, whose response comes
+    # from other probes (the grid has islands and a one-cell lake)
     from diffnorm.methods.probing import _probe, make_colouring
 
     fields = random_fields(ny=21, nx=23, steps=4, periodic_x=periodic_x, seed=8, kappa=0.05)
     op = make_operator(fields)
     col = make_colouring(op, 5, 7)  # 23 columns: blocks of 7 and 8 across the wrap
     estimate, _, _ = _probe(op, col, "split", 4, None, 0, col.count)
-    jj, ii = np.divmod(op.ocean, fields.shape[1])
     probes = np.zeros((op.n, col.count))
     probes[np.arange(op.n), col.colour] = 1.0
     response = op.sym_power(probes, fields.steps // 2)
-    expected = np.empty(op.n)
-    for cell, c in enumerate(col.colour):
-        cy, cx = divmod(int(c), col.ncx)
-        owned = (col.owner_y[cy, jj] == jj[cell]) & (col.owner_x[cx, ii] == ii[cell])
-        expected[cell] = np.sum(response[owned, c] ** 2)
+    expected = np.zeros(op.n)
+    for (k, c), o in _expected_owners(op, col).items():
+        expected[o] += response[k, c] ** 2
     np.testing.assert_allclose(estimate, expected, rtol=1e-12, atol=0)
+
+
+def _basins(periodic_x: bool, kappa: float = 0.1) -> Fields:
+    """Two seas and a two-row channel between one-cell land strips, a bay, and three lakes
+    smaller than the strides used below (one of 1 cell, 2 cells and a staircase over 5 rows)."""
+    mask = np.ones((40, 48))
+    mask[[17, 20], :] = 0
+    mask[22, 30:] = 0
+    mask[3:10, 5:10] = 0
+    for dy, dx in [(0, 0), (0, 1), (1, 1), (2, 1), (2, 2), (3, 2), (4, 2)]:
+        mask[4 + dy, 6 + dx] = 1
+    mask[3:6, 20:23] = 0
+    mask[4, 21] = 1
+    mask[30:33, 10:14] = 0
+    mask[31, 11:13] = 1
+    fields = random_fields(40, 48, 8, periodic_x, seed=7, kappa=kappa, islands=False)
+    return fields.replace(mask=mask)
+
+
+@pytest.mark.parametrize("periodic_x", [True, False])
+@pytest.mark.parametrize("stride", [(6, 6), (5, 8)])
+def test_probing_basins_do_not_interact(periodic_x, stride):
+    # γ in a basin is the same with or without the other basins on the grid, and basins with
+    # at most one cell of each colour (here: smaller than the strides) are exact
+    from diffnorm.coast import basin_labels
+
+    fields = _basins(periodic_x)
+    labels = basin_labels(fields.mask, periodic_x)
+    assert labels.max() == 6
+    exact = estimate(fields, "brute").gamma
+    together = estimate(fields, "probing", tolerance=0.5, stride=stride).gamma
+    for b in range(1, labels.max() + 1):
+        alone = fields.replace(mask=(labels == b).astype(float))
+        gamma = estimate(alone, "probing", tolerance=0.5, stride=stride).gamma
+        np.testing.assert_allclose(together[labels == b], gamma[labels == b], rtol=1e-12)
+        if np.count_nonzero(labels == b) <= 7:  # the lakes
+            np.testing.assert_allclose(together[labels == b], exact[labels == b], rtol=1e-12)
+
+
+@pytest.mark.parametrize("periodic_x", [True, False])
+@pytest.mark.parametrize(
+    "tolerance, stride", [(1e-4, None), (1e-6, None), (1e-2, (6, 6)), (1e-3, (10, 10))]
+)
+def test_probing_with_basins_is_within_tolerance_or_refuses(periodic_x, tolerance, stride):
+    fields = _basins(periodic_x)
+    exact = estimate(fields, "brute").gamma
+    try:
+        result = estimate(fields, "probing", tolerance=tolerance, stride=stride)
+    except ProbingCertificateError:
+        assert stride is not None
+        return
+    assert np.abs(rel_err_g2(result.gamma, exact)).max() <= tolerance
 
 
 def test_lattice_method_is_exact_for_constant_kappa_on_a_periodic_lattice():

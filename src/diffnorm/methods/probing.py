@@ -5,7 +5,8 @@ colour. Two estimators share the colouring and the certificate:
 
 - ``split`` (default, ``M/2`` solves per colour): ``u = Ŝ^{M/2} p_c = Σ_{j∈c} g_j`` with
   ``g_j = Ŝ^{M/2} e_j``, and ``v_i w_i = ‖g_i‖² ≈ Σ_{k∈R_i} u_k²`` over the cells ``R_i``
-  nearest to ``i`` among the lattice points of its colour;
+  nearest to ``i`` among the lattice points of its colour (a rectangle), restricted to the
+  basin of ``i`` (see *Basins*);
 - ``full`` (``M`` solves per colour): ``(Ŝ^M p_c)_i = (Ŝ^M)_ii + Σ_{j∈c, j≠i} (Ŝ^M)_ij``. All
   entries of ``Ŝ^M`` are ≥ 0 (``W + K`` is an M-matrix), so this is an upper bound of
   ``v_i w_i``.
@@ -21,12 +22,22 @@ cheapest pair whose aliasing sum, for the largest ``κx``, ``κy`` on the grid, 
 Certificate. The same probes give, at every cell, the response at the half-stride midpoints
 between the cell and its aliases (the probe of the colour shifted by half a stride). By
 log-concavity of the kernel along rays, the aliasing error grows at most like the square of
-the ratio between that measured midpoint response and the model's. The estimate
-``ε̂_i = E_model · max(1, r_i)²`` must be ≤ ``tolerance`` everywhere; otherwise the stride
-grows and the probes are redone, and brute force is used when probing cannot be cheaper. A
-stride fixed by the caller that fails the certificate raises
-:class:`ProbingCertificateError`. Cells of different connected basins never interact, so
-basins smaller than the stride are exact by construction.
+the ratio ``r_i`` between that measured midpoint response and the model's (the largest within
+one stride of ``i``). The estimate ``ε̂_i = E_model · r_i²`` must be ≤ ``tolerance``
+everywhere; otherwise the stride grows and the probes are redone, and brute force is used
+when probing cannot be cheaper. A stride fixed by the caller that fails the certificate
+raises :class:`ProbingCertificateError`.
+
+Basins. Cells of different connected basins never interact: the response of a probe in a
+basin is exactly zero outside it. The split estimator therefore never sums a cell's ``u_k²``
+into a lattice point of another basin (it would be another basin's ``g_j``): a cell whose
+nearest lattice point of the colour is an ocean cell of another basin, or land, goes to the
+cell of that colour in its own basin when there is exactly one, and is otherwise left out,
+like every cell at least half a stride from ``i`` along an axis (an aliasing tail, the error
+the lattice model accounts for). So γ in a basin does not depend on the other basins, and a
+basin with at most one cell of each colour (e.g. one that fits in a box of ``s_y × s_x``
+cells, ``s_x`` the shortest distance between same-colour columns) is exact. The ``full``
+estimator reads ``(Ŝ^M p_c)_i``, which only sums over the probes of ``i``'s basin.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from diffnorm.coast import basin_labels
 from diffnorm.methods.base import MethodOutput, Progress, register
 from diffnorm.methods.brute import brute_variance
 from diffnorm.operator import DiffusionOperator
@@ -225,6 +237,68 @@ def make_colouring(op: DiffusionOperator, sy: int, sx: int) -> Colouring:
     return Colouring(cy * ncx + cx, sy, ncx, alias_sy, alias_sx, owner_y, owner_x, block_x)
 
 
+@dataclass(frozen=True)
+class Reattribution:
+    """Cells that the split estimator must not sum into their rectangle (their nearest lattice
+    point of a colour): the ``(colour, cell)`` pairs whose rectangle owner is an ocean cell of
+    another basin, and those whose rectangle owner is land while the cell's basin has exactly
+    one cell of that colour. ``owner`` is that one cell, or -1 (the squared response is left
+    out). Sorted by colour; ``cell`` and ``owner`` are ocean indices."""
+
+    colour: np.ndarray
+    cell: np.ndarray
+    owner: np.ndarray
+
+
+def reattribution(op: DiffusionOperator, col: Colouring) -> Reattribution:
+    """The pairs of :class:`Reattribution`, from the cells near land or another basin."""
+    ny, nx = op.fields.shape
+    labels = basin_labels(op.fields.mask, op.fields.periodic_x)
+    basin = labels.ravel()[op.ocean]
+    index = np.full(ny * nx, -1, dtype=np.int64)
+    index[op.ocean] = np.arange(op.n)
+    # (basin, colour) keys with their cell when the basin has exactly one of that colour
+    keys, first, counts = np.unique(
+        basin * col.count + col.colour, return_index=True, return_counts=True
+    )
+    single = np.where(counts == 1, first, -1)
+    has_single = np.zeros(int(labels.max()) + 1, dtype=bool)
+    has_single[keys[counts == 1] // col.count] = True
+    # candidates: cells of such basins, and cells with another basin within reach of their
+    # rectangle owners
+    j, i = np.divmod(op.ocean, nx)
+    reach_y = int(np.abs(col.owner_y - np.arange(ny)).max())
+    dx = np.abs(col.owner_x - np.arange(nx))
+    if op.fields.periodic_x:
+        dx = np.minimum(dx, nx - dx)
+    reach_x = int(dx[col.owner_x >= 0].max(initial=0))
+    size = (2 * reach_y + 1, 2 * reach_x + 1)
+    modes = ("nearest", "wrap" if op.fields.periodic_x else "nearest")
+    ocean_labels = np.where(labels > 0, labels, labels.max() + 1)
+    lo = ndimage.minimum_filter(ocean_labels, size=size, mode=modes).ravel()[op.ocean]
+    hi = ndimage.maximum_filter(labels, size=size, mode=modes).ravel()[op.ocean]
+    near = np.flatnonzero((lo != basin) | (hi != basin) | has_single[basin])
+    colours, cells, owners = [], [], []
+    for cy in range(col.ncy):
+        row = col.owner_y[cy, j[near]] * nx
+        column = col.owner_x[:, i[near]]  # (ncx, cells); -1 where the colour does not exist
+        rect = np.where(column >= 0, index[row + np.maximum(column, 0)], -1)
+        other = (rect >= 0) & (basin[np.maximum(rect, 0)] != basin[near])
+        land = (rect < 0) & (column >= 0) & has_single[basin[near]]
+        cx, at = np.nonzero(other | land)
+        cell = near[at]
+        colour = cy * col.ncx + cx
+        key = basin[cell] * col.count + colour
+        pos = np.minimum(np.searchsorted(keys, key), keys.size - 1)
+        owner = np.where(keys[pos] == key, single[pos], -1)
+        # keep: foreign ocean owners (to take out) and cells moved to their basin's only cell
+        keep = other[cx, at] | (owner >= 0)
+        colours.append(colour[keep])
+        cells.append(cell[keep])
+        owners.append(owner[keep])
+    return Reattribution(np.concatenate(colours), np.concatenate(cells), np.concatenate(owners))
+
+
 def choose_strides(kx: float, ky: float, steps: int, target: float, limit: int) -> tuple[int, int]:
     """Cheapest ``(sy, sx)`` (fewest colours) whose model aliasing sum is ≤ ``target``."""
     kernel = lattice_kernel(kx, ky, steps)
@@ -296,6 +370,7 @@ def _probe(
             ok = o >= 0
             to_block[c, np.flatnonzero(ok), col.block_x[o[ok]]] = 1.0
         cell_y, cell_x = j // col.ncy, col.block_x[i]
+        moved = reattribution(op, col)
     k = op.block_size(block_size)
     for start in range(0, col.count, k):
         colours = np.arange(start, min(start + k, col.count))
@@ -314,6 +389,13 @@ def _probe(
             squared[:, op.ocean] = response.T
             del response
             np.square(squared, out=squared)
+            # cells whose rectangle owner is in another basin, or is land while their basin
+            # has one cell of the colour: out of the rectangle sums, to that cell if any
+            lo, hi = np.searchsorted(moved.colour, [start, start + colours.size])
+            at = (moved.colour[lo:hi] - start, op.ocean[moved.cell[lo:hi]])
+            owned = moved.owner[lo:hi] >= 0
+            moved_sq = squared[at][owned]
+            squared[at] = 0.0
             squared = squared.reshape(colours.size, ny, nx)
             cys, cxs = np.divmod(colours, col.ncx)
             for cy in np.unique(cys):
@@ -323,6 +405,7 @@ def _probe(
                 for local, c in zip(sel, colours[sel], strict=True):
                     cells = members[bounds[c] : bounds[c + 1]]
                     estimate[cells] = sums[local - sel[0], cell_y[cells], cell_x[cells]]
+            np.add.at(estimate, moved.owner[lo:hi][owned], moved_sq)
         if progress is not None:
             progress(done0 + int(colours[-1]) + 1, total)
     if estimator == "full":
@@ -343,7 +426,8 @@ def probing(
     """Certified probing; ``stride`` (``s`` or ``(s_y, s_x)``) overrides the automatic choice.
 
     ``estimator="split"`` applies ``Ŝ^{M/2}`` to each probe and sums the squared response over
-    the cells nearest to each probed cell (M/2 solves per colour); ``"full"`` applies ``Ŝ^M``
+    the cells nearest to each probed cell in its basin (M/2 solves per colour); ``"full"``
+    applies ``Ŝ^M``
     and reads the response at the cell (M solves per colour, an upper bound of ``v``).
     """
     if not (0 < tolerance < 1):
