@@ -94,41 +94,89 @@ def test_random_length_scales_are_bounded_and_seeded():
     assert d1.std() > 0.1  # really random, not constant
 
 
-def test_mesh_mask_round_trip(tmp_path):
-    ny, nx = 6, 10
-    rng = np.random.default_rng(0)
-    core = {
-        v: rng.uniform(5e4, 1e5, (ny, nx - 2)) for v in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v")
-    }
-    tmask = np.ones((ny, nx - 2))
-    tmask[2, 3] = 0
-    core["tmask"] = tmask
+def _mesh_mask(path, core: dict[str, np.ndarray], halo: bool) -> None:
+    """A NEMO-style mesh_mask.nc: ``tmask (t, z, y, x)``, metrics ``(t, y, x)``; with
+    ``halo`` the columns are NEMO's cyclic layout (0 and nx-1 repeat nx-2 and 1)."""
 
-    def cyclic(a):
-        return np.concatenate([a[:, -1:], a, a[:, :1]], axis=1)
+    def layout(a):
+        return np.concatenate([a[:, -1:], a, a[:, :1]], axis=1) if halo else a
 
     ds = xr.Dataset(
         {
-            "tmask": (("t", "z", "y", "x"), cyclic(core["tmask"])[None, None].repeat(3, 1)),
+            "tmask": (("t", "z", "y", "x"), layout(core["tmask"])[None, None].repeat(3, 1)),
             **{
-                v: (("t", "y", "x"), cyclic(core[v])[None])
+                v: (("t", "y", "x"), layout(core[v])[None])
                 for v in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v")
             },
         }
     )
-    path = tmp_path / "mesh_mask.nc"
     ds.to_netcdf(path)
+
+
+def _mesh_core(ny: int, nx: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    core = {v: rng.uniform(5e4, 1e5, (ny, nx)) for v in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v")}
+    tmask = np.ones((ny, nx))
+    tmask[2, 3] = 0
+    tmask[4, -1] = 0  # land next to the seam
+    core["tmask"] = tmask
+    return core
+
+
+def test_mesh_mask_round_trip(tmp_path):
+    ny, nx = 6, 10  # nx with the halo
+    core = _mesh_core(ny, nx - 2)
+    path = tmp_path / "mesh_mask.nc"
+    _mesh_mask(path, core, halo=True)
+    # by default the cyclic halo is detected and dropped: each ocean cell once, wrapping
     g = mesh_mask_grid(path)
-    assert g.periodic_x and g.shape == (ny, nx)
+    assert g.periodic_x and g.shape == (ny, nx - 2)
+    assert g.attrs["cyclic_halo"] == "dropped"
+    for v in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v"):
+        np.testing.assert_array_equal(getattr(g, v), core[v])
+    assert not g.mask[2, 3]
+    f = fields_from_cell_length_scales(g, 2.0, 2.0, 6)
+    assert f.n_ocean == ny * (nx - 2) - 2
     h = mesh_mask_grid(path, drop_halo=True)
-    assert h.periodic_x and h.shape == (ny, nx - 2)
-    np.testing.assert_array_equal(h.e1t, core["e1t"])
-    assert not h.mask[2, 3]
-    f = fields_from_cell_length_scales(h, 2.0, 2.0, 6)
-    assert f.n_ocean == ny * (nx - 2) - 1
-    ds.drop_vars("e2v").to_netcdf(tmp_path / "bad.nc")
+    np.testing.assert_array_equal(h.mask, g.mask)
+    assert h.periodic_x
+    # kept on request, on a closed grid only (wrapping would put copies side by side)
+    k = mesh_mask_grid(path, drop_halo=False)
+    assert not k.periodic_x and k.shape == (ny, nx) and k.attrs["cyclic_halo"] == "kept"
+    with pytest.raises(FieldsError, match="extra ocean cells next to their copies"):
+        mesh_mask_grid(path, periodic_x=True, drop_halo=False)
+    # a grid stored without a halo: nothing dropped, closed unless declared periodic
+    plain = tmp_path / "plain.nc"
+    _mesh_mask(plain, core, halo=False)
+    p = mesh_mask_grid(plain)
+    assert not p.periodic_x and p.shape == (ny, nx - 2) and p.attrs["cyclic_halo"] == "none"
+    assert mesh_mask_grid(plain, periodic_x=True).periodic_x
+    with pytest.raises(FieldsError, match="no cyclic halo"):
+        mesh_mask_grid(plain, drop_halo=True)
+    xr.open_dataset(path).drop_vars("e2v").to_netcdf(tmp_path / "bad.nc")
     with pytest.raises(FieldsError, match="missing variable.*e2v"):
         mesh_mask_grid(tmp_path / "bad.nc")
+
+
+def test_mesh_mask_cyclic_halo_gives_the_gamma_of_the_grid_without_it(tmp_path):
+    # ORCA-like layout: the γ of a mesh_mask with a cyclic halo is the γ of the same periodic
+    # grid stored without one (the halo columns are not extra ocean cells)
+    from diffnorm.methods import estimate
+
+    ny, nx = 8, 12
+    core = _mesh_core(ny, nx)
+    _mesh_mask(tmp_path / "halo.nc", core, halo=True)
+    _mesh_mask(tmp_path / "plain.nc", core, halo=False)
+    with_halo = mesh_mask_grid(tmp_path / "halo.nc")
+    plain = mesh_mask_grid(tmp_path / "plain.nc", periodic_x=True)
+    assert with_halo.shape == plain.shape == (ny, nx)
+    d = np.random.default_rng(1).uniform(1.5, 3.0, (ny, nx))
+    gamma = [
+        estimate(fields_from_cell_length_scales(g, d, d, 6), "brute").gamma
+        for g in (with_halo, plain)
+    ]
+    np.testing.assert_allclose(gamma[0], gamma[1], rtol=1e-12)
+    assert np.isfinite(gamma[0]).sum() == ny * nx - 2
 
 
 def test_coastline_cache_is_written_and_reused(tmp_path, monkeypatch):

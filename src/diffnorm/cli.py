@@ -191,6 +191,13 @@ def grid(
         float | None, typer.Option(help="latlon: land poleward of ±this latitude")
     ] = None,
     mesh: Annotated[Path | None, typer.Option(help="mesh: a NEMO mesh_mask.nc")] = None,
+    keep_halo: Annotated[
+        bool,
+        typer.Option(
+            help="mesh: keep NEMO's 2-column cyclic halo (on a closed grid) instead of "
+            "dropping it and wrapping east-west"
+        ),
+    ] = False,
 ) -> None:
     """Write a fields file for a built-in grid (or a NEMO mesh) with chosen length scales."""
     from diffnorm.fields import write_fields
@@ -201,7 +208,7 @@ def grid(
         if name is GridName.mesh:
             if mesh is None:
                 raise ValueError("grid 'mesh' needs --mesh PATH to a NEMO mesh_mask.nc")
-            metrics = mesh_mask_grid(mesh)
+            metrics = mesh_mask_grid(mesh, drop_halo=False if keep_halo else None)
         else:
             kw = {}
             if name is GridName.latlon:

@@ -315,12 +315,21 @@ def _surface(var: Any, name: str, source: str) -> np.ndarray:
 
 
 def mesh_mask_grid(
-    path: str | Path, periodic_x: bool | None = None, drop_halo: bool = False
+    path: str | Path, periodic_x: bool | None = None, drop_halo: bool | None = None
 ) -> GridMetrics:
     """A user's NEMO grid from ``mesh_mask.nc`` (``tmask, e1t, e2t, e1u, e2u, e1v, e2v``).
 
-    ``periodic_x=None`` detects NEMO's cyclic halo (columns 0 and nx−1 repeat nx−2 and 1);
-    ``drop_halo=True`` removes those two columns so that the wrap is explicit.
+    NEMO's cyclic east–west grids (ORCA) store a 2-column halo: ``jpi`` includes columns
+    ``0`` and ``nx−1``, copies of ``nx−2`` and ``1``. It is detected when ``tmask, e1t, e2t``
+    repeat that way. By default (``drop_halo=None``) a detected halo is dropped and the grid
+    is periodic: ``(ny, nx−2)`` cells, each ocean cell once, the wrap joining the last inner
+    column to the first. Kept, the halo columns would be extra ocean cells next to their own
+    copies (γ wrong near the seam), so ``drop_halo=False`` keeps them only on a closed grid
+    (``periodic_x=True`` with a kept halo is refused); to put γ back on NEMO's layout,
+    append ``γ[:, -1]`` before and ``γ[:, 0]`` after the columns. ``drop_halo=True`` requires
+    a halo. ``periodic_x=None`` means periodic exactly when a halo was found; without a halo,
+    ``periodic_x=True`` declares a grid stored without one as cyclic. The north fold of ORCA
+    grids is not modelled: the last row is closed.
     """
     import xarray as xr
 
@@ -345,15 +354,25 @@ def mesh_mask_grid(
         and np.array_equal(arrays[v][:, -1], arrays[v][:, 1])
         for v in ("tmask", "e1t", "e2t")
     )
-    if drop_halo:
-        if not cyclic:
-            raise FieldsError(f"{path}: drop_halo=True but the columns hold no cyclic halo")
+    drop = cyclic if drop_halo is None else bool(drop_halo)
+    if drop and not cyclic:
+        raise FieldsError(
+            f"{path}: drop_halo=True but columns 0 and nx-1 are not copies of nx-2 and 1 "
+            "(no cyclic halo); leave drop_halo unset"
+        )
+    if drop:
         arrays = {k: v[:, 1:-1] for k, v in arrays.items()}
         lat = lat[:, 1:-1] if lat is not None else None
         lon = lon[:, 1:-1] if lon is not None else None
-        periodic = True
+        periodic = True if periodic_x is None else bool(periodic_x)
+    elif cyclic and periodic_x:
+        raise FieldsError(
+            f"{path}: periodic_x=True with the cyclic halo kept would make the two halo "
+            "columns extra ocean cells next to their copies; drop the halo (the default) or "
+            "keep it on a closed grid (periodic_x=False)"
+        )
     else:
-        periodic = cyclic if periodic_x is None else bool(periodic_x)
+        periodic = bool(periodic_x)
     return GridMetrics(
         mask=arrays["tmask"] > 0.5,
         e1t=arrays["e1t"],
@@ -366,4 +385,5 @@ def mesh_mask_grid(
         name=f"mesh:{path.name}",
         lat=lat,
         lon=lon,
+        attrs={"cyclic_halo": "dropped" if drop else ("kept" if cyclic else "none")},
     )
