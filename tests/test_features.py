@@ -38,7 +38,7 @@ def test_distance_channel_wraps_east_west():
     assert d[0, 0] == 1 and d[4, 3] == 5
 
 
-@pytest.mark.parametrize("kind", ["log_ratio", "gamma"])
+@pytest.mark.parametrize("kind", ["log_ratio", "log_lattice", "gamma"])
 def test_target_round_trip(small_fields, kind):
     gamma = estimate(small_fields, "brute").gamma
     t = raw_target(small_fields, gamma, kind)

@@ -20,7 +20,6 @@ from diffnorm.data.dataset import (
     sample_files,
 )
 from diffnorm.fields import Fields
-from diffnorm.methods.analytic import analytic_gamma_squared
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
 from diffnorm.ml.halo import pad_halo
 
@@ -49,7 +48,6 @@ class Encoding:
             "target": torch.from_numpy(np.where(f.mask, t, 0.0)).float(),
             "mask": torch.from_numpy(f.mask.copy()),
             "gamma": torch.from_numpy(np.where(f.mask, sample.gamma, 1.0)),
-            "analytic2": torch.from_numpy(np.where(f.mask, analytic_gamma_squared(f), 1.0)),
         }
 
 

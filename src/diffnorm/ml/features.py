@@ -8,7 +8,9 @@ Each channel is standardized with statistics of the training split over *all* ce
 study found ocean-only statistics worse), stored with the model.
 
 Targets: ``log(γ²/γ²_analytic)`` (default: the network learns boundary and lattice effects
-only) or the study's standardized ``γ``.
+only), ``log(γ²/γ²_lattice)`` (the homogeneous-lattice value, see
+:mod:`diffnorm.methods.lattice`: lattice effects and 1-D channels are then in the baseline) or
+the study's standardized ``γ``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from diffnorm.methods.analytic import analytic_gamma_squared
 from diffnorm.metrics import distance_to_coast
 
 DISTANCES = ("none", "manhattan", "euclidean")
-TARGETS = ("log_ratio", "gamma")
+TARGETS = ("log_ratio", "log_lattice", "gamma")
+LOG_TARGETS = ("log_ratio", "log_lattice")
 DISTANCE_CLIP = 20.0  # cells: farther than this the coast no longer matters for γ
 
 
@@ -98,10 +101,21 @@ class Standardizer:
         return cls(np.asarray(d["mean"]), np.asarray(d["std"]), d["target_mean"], d["target_std"])
 
 
+def baseline_gamma_squared(fields: Fields, kind: str) -> np.ndarray:
+    """The local estimate a log target is relative to (NaN on land)."""
+    if kind == "log_ratio":
+        return analytic_gamma_squared(fields)
+    if kind == "log_lattice":
+        from diffnorm.methods.lattice import lattice_gamma_squared
+
+        return lattice_gamma_squared(fields)
+    raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
+
+
 def raw_target(fields: Fields, gamma: np.ndarray, kind: str = "log_ratio") -> np.ndarray:
     """The quantity the network predicts, on the grid (0 on land), before standardization."""
-    if kind == "log_ratio":
-        t = np.log(gamma**2 / analytic_gamma_squared(fields))
+    if kind in LOG_TARGETS:
+        t = np.log(gamma**2 / baseline_gamma_squared(fields, kind))
     elif kind == "gamma":
         t = gamma
     else:
@@ -111,8 +125,8 @@ def raw_target(fields: Fields, gamma: np.ndarray, kind: str = "log_ratio") -> np
 
 def gamma_from_target(fields: Fields, target: np.ndarray, kind: str = "log_ratio") -> np.ndarray:
     """Invert :func:`raw_target`: γ on the grid, NaN on land."""
-    if kind == "log_ratio":
-        g = np.sqrt(analytic_gamma_squared(fields) * np.exp(target))
+    if kind in LOG_TARGETS:
+        g = np.sqrt(baseline_gamma_squared(fields, kind) * np.exp(target))
     elif kind == "gamma":
         g = np.asarray(target, dtype=np.float64)
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import lightning
 import torch
 
-from diffnorm.ml.features import Standardizer
+from diffnorm.ml.features import LOG_TARGETS, Standardizer
 from diffnorm.ml.networks import build_network
 
 LOSSES = ("eps2", "mse")
@@ -115,7 +115,7 @@ class GammaModel(lightning.LightningModule):
         """``ε`` on every cell (meaningful on ocean cells only)."""
         s = self.stats
         t_hat = pred.double() * s.target_std + s.target_mean
-        if self.hparams.target == "log_ratio":
+        if self.hparams.target in LOG_TARGETS:
             t = batch["target"].double() * s.target_std + s.target_mean
             return torch.expm1(t_hat - t)
         return (t_hat / batch["gamma"]) ** 2 - 1.0
