@@ -27,6 +27,7 @@ class GridSpec:
     ny: int | None = None  # box
     nx: int | None = None  # box
     periodic_x: bool = True  # box
+    drop_halo: bool | None = None  # mesh: None drops a detected cyclic halo; False keeps it
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class DataConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["grid"]["drop_halo"] is None:
+            del d["grid"]["drop_halo"]  # the default: digests of older configs stay valid
         d["parameters"]["anisotropy"] = list(d["parameters"]["anisotropy"])
         return d
 

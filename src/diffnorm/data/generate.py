@@ -38,7 +38,7 @@ def grid_metrics(spec: GridSpec):
     from diffnorm.grid import box_grid, built_in_grid, mesh_mask_grid
 
     if spec.name == "mesh":
-        return mesh_mask_grid(spec.mesh)
+        return mesh_mask_grid(spec.mesh, drop_halo=spec.drop_halo)
     if spec.name == "box":
         return box_grid(spec.ny, spec.nx, periodic_x=spec.periodic_x)
     return built_in_grid(spec.name, resolution=spec.resolution, polar_cap=spec.polar_cap)
