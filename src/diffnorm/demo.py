@@ -27,8 +27,9 @@ DATA = {
     "tolerance": 1e-6,
     "seed": 0,
 }
-MODEL = {"width": 64, "blocks": 4, "layers_per_block": 2, "lr": 2e-3, "schedule": "cosine"}
-EPOCHS = 50
+MODEL = {"arch": "unet", "width": 24, "levels": 3, "unet_halo": 16, "lr": 2e-3}
+EPOCHS = 100
+BATCH = 4
 SAMPLES = (100, 1000, 10000)
 
 # --quick: the same path on an 8° grid with a narrow network, for CI and a first look
@@ -37,7 +38,7 @@ QUICK_DATA = {
     "grid": {"name": "latlon", "resolution": 8.0, "polar_cap": 80.0},
     "splits": {"train": 12, "val": 2, "test": 4},
 }
-QUICK_MODEL = {"width": 16, "blocks": 2, "layers_per_block": 2, "lr": 3e-3, "schedule": "cosine"}
+QUICK_MODEL = {"width": 16, "blocks": 2, "layers_per_block": 2, "lr": 3e-3}
 QUICK_EPOCHS = 6
 QUICK_SAMPLES = (100, 1000)
 
@@ -65,7 +66,7 @@ def train(
 
     lightning.seed_everything(seed, verbose=False)
     model = GammaModel(**model_kw)
-    dm = TrainingDataModule(str(data_dir), halo=model.halo, batch_size=8, augment=True)
+    dm = TrainingDataModule(str(data_dir), halo=model.halo, batch_size=BATCH, augment=True)
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         monitor="val_max_abs",
