@@ -173,3 +173,19 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path):
     # a second run resumes: the data are kept and training continues from its last checkpoint
     res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--workers", "1"])
     assert res.exit_code == 0, res.output + repr(res.exception)
+
+
+def test_the_default_model_is_the_shipped_one_nearest_in_cell_size(network):
+    import copy
+
+    from diffnorm.ml.modelfile import closest_shipped
+
+    fine, coarse = copy.copy(network), copy.copy(network)
+    fine.data = {**network.data, "cell_size_km": [80.0, 120.0]}
+    coarse.data = {**network.data, "cell_size_km": [300.0, 450.0]}
+    f = random_fields(steps=6)  # cells of about 10 km: nearer the fine model
+    assert closest_shipped(f, [coarse, fine]) is fine
+    big = f.replace(area=f.area * 2000.0)  # about 450 km
+    assert closest_shipped(big, [coarse, fine]) is coarse
+    with pytest.raises(ModelFileError, match="no shipped model for M=8"):
+        closest_shipped(random_fields(steps=8), [coarse, fine])

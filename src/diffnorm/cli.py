@@ -427,7 +427,10 @@ def predict(
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write fields + gamma")],
     model: Annotated[
         str | None,
-        typer.Option(help="model file, checkpoint or shipped name (default: the shipped one)"),
+        typer.Option(
+            help="model file, checkpoint or shipped name (default: the shipped model "
+            "nearest in cell size)"
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     tile: Annotated[

@@ -46,12 +46,13 @@ def cnn(
     progress=None,
 ) -> MethodOutput:
     """``model``: a model file, a Lightning checkpoint, a shipped model's name or a loaded
-    :class:`~diffnorm.ml.modelfile.GammaNetwork` (``None``: the shipped default); ``tile``:
+    :class:`~diffnorm.ml.modelfile.GammaNetwork` (``None``: the shipped model for this M
+    trained on the cell size closest to the grid's); ``tile``:
     predict in tiles of that many cells (with halos) to bound memory; ``exact_basins``: basins
     of at most this many cells are computed exactly (0: the network everywhere)."""
     from diffnorm.ml.modelfile import pick_device, resolve_model
 
-    net = resolve_model(model)
+    net = resolve_model(model, fields)
     gamma = net.predict(fields, device=device, tile=tile)
     variance = gamma.ravel()[np.flatnonzero(fields.mask.ravel())] ** -2.0
     idx, exact = small_basin_variance(fields, exact_basins)

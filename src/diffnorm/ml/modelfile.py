@@ -283,16 +283,43 @@ def _cached(path: str, mtime: float) -> GammaNetwork:
     return GammaNetwork.load(path)
 
 
-def resolve_model(model: str | Path | GammaNetwork | None) -> GammaNetwork:
-    """A model given as an object, a path, or the name of a shipped model (``None``: the
-    package's default); files are loaded once and cached."""
+def resolve_model(
+    model: str | Path | GammaNetwork | None, fields: Fields | None = None
+) -> GammaNetwork:
+    """A model given as an object, a path, or the name of a shipped model; files are loaded
+    once and cached. ``None``: the shipped model for the fields' M whose training cell size is
+    closest to theirs (the package's default when no fields are given)."""
     if isinstance(model, GammaNetwork):
         return model
-    from diffnorm.models import shipped_model_path
+    from diffnorm.models import shipped_model_path, shipped_models
 
+    if model is None and fields is not None:
+        return closest_shipped(fields, [_load(shipped_model_path(n)) for n in shipped_models()])
     path = Path(model) if model is not None else None
     if path is None or (not path.exists() and path.suffix == "" and len(path.parts) == 1):
         path = shipped_model_path(None if model is None else str(model))
+    return _load(path)
+
+
+def _load(path: Path) -> GammaNetwork:
     if not path.exists():
         return GammaNetwork.load(path)  # raises with the hint
     return _cached(str(path.resolve()), path.stat().st_mtime)
+
+
+def closest_shipped(fields: Fields, models: list[GammaNetwork]) -> GammaNetwork:
+    """Among models for the fields' M, the one trained on cell sizes nearest to theirs."""
+    same_m = [m for m in models if m.steps == fields.steps]
+    if not same_m:
+        have = sorted({m.steps for m in models}) or "none"
+        raise ModelFileError(
+            f"steps: no shipped model for M={fields.steps} (shipped: M={have}); train one "
+            "(diffnorm train) or use an exact method"
+        )
+    size = float(np.median(np.sqrt(fields.area[fields.mask]))) / 1e3
+
+    def distance(m: GammaNetwork) -> float:
+        lo, hi = m.data.get("cell_size_km", (size, size))
+        return abs(np.log(size / np.sqrt(lo * hi)))
+
+    return min(same_m, key=distance)
