@@ -19,7 +19,8 @@ $BIN/diffnorm generate -c configs/data/small.yaml -o data/small -q
 $BIN/diffnorm generate -c configs/data/orca1_cpu.yaml -o data/orca1_cpu -q
 $BIN/diffnorm generate -c configs/data/toy_cpu.yaml -o data/toy_cpu -q
 
-$BIN/diffnorm train fit --config configs/train/shipped_latlon4.yaml $(epochs)
+$BIN/diffnorm train fit --config configs/train/small_unet.yaml \
+  --trainer.default_root_dir runs/shipped_latlon4 $(epochs)
 latlon4=$(latest runs/shipped_latlon4 best)
 $BIN/diffnorm train fit --config configs/train/shipped_orca1.yaml \
   --model.init_from "$latlon4" $(epochs)
