@@ -217,7 +217,9 @@ class GammaNetwork:
     def from_checkpoint(cls, path: str | Path, name: str | None = None) -> GammaNetwork:
         from diffnorm.ml.lit import GammaModel
 
-        model = GammaModel.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning/jsonargparse deprecation chatter
+            model = GammaModel.load_from_checkpoint(path, map_location="cpu", weights_only=False)
         if model.stats is None:
             raise ModelFileError(f"{path}: checkpoint holds no standardization statistics")
         h = model.hparams
