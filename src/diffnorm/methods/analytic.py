@@ -48,12 +48,16 @@ def analytic_gamma_squared(fields: Fields) -> np.ndarray:
     ay_f = np.where(np.isnan(ay), ax, ay)
     g2 = 4.0 * math.pi * (fields.steps - 1) * np.sqrt(ax_f * ay_f)
     g2 = np.where(np.isnan(g2), fields.area, g2)
+    return cap_by_basin_area(fields, g2)
+
+
+def cap_by_basin_area(fields: Fields, g2: np.ndarray) -> np.ndarray:
+    """``min(γ², area of the cell's basin)`` (the bound ``γ² ≤ A``), NaN on land."""
     labels = basin_labels(fields.mask, fields.periodic_x)
     basin_area = np.bincount(
         labels.ravel(), weights=np.where(fields.mask, fields.area, 0.0).ravel()
     )
-    g2 = np.minimum(g2, basin_area[labels])
-    return np.where(fields.mask, g2, np.nan)
+    return np.where(fields.mask, np.minimum(g2, basin_area[labels]), np.nan)
 
 
 @register("analytic", "local infinite-plane formula 4 pi (M-1) sqrt(k11 k22), O(n)", False)

@@ -23,7 +23,6 @@ import numpy as np
 from scipy.interpolate import RectBivariateSpline
 from scipy.special import gammaln, ive, roots_genlaguerre
 
-from diffnorm.coast import basin_labels
 from diffnorm.fields import Fields
 from diffnorm.methods.base import MethodOutput, register
 
@@ -71,13 +70,9 @@ def cell_kappa(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
 def lattice_gamma_squared(fields: Fields) -> np.ndarray:
     """``γ² = w / (S^M)₀₀(κx, κy)`` capped by the basin area, on ocean cells (NaN on land)."""
     kx, ky = cell_kappa(fields)
-    g2 = fields.area / lattice_variance_unit_area(kx, ky, fields.steps)
-    labels = basin_labels(fields.mask, fields.periodic_x)
-    basin_area = np.bincount(
-        labels.ravel(), weights=np.where(fields.mask, fields.area, 0.0).ravel()
-    )
-    g2 = np.minimum(g2, basin_area[labels])
-    return np.where(fields.mask, g2, np.nan)
+    from diffnorm.methods.analytic import cap_by_basin_area
+
+    return cap_by_basin_area(fields, fields.area / lattice_variance_unit_area(kx, ky, fields.steps))
 
 
 @register("lattice", "local homogeneous-lattice value (exact for constant kappa), O(n)", False)
