@@ -463,6 +463,10 @@ def models(
             f"M={c['steps']}, target {c['target']}, trained on {c['trained_on']} "
             f"({c['train_samples']} samples), D {d[0]:.2g}–{d[1]:.2g} cells"
         )
+        if c["fine_tuned_from"]:
+            out.print(f"    fine-tuned from {c['fine_tuned_from']}")
+        if c["note"]:
+            out.print(f"    {c['note']}")
         for grid, m in (c["metrics"] or {}).items():
             out.print(
                 f"    {grid}: mean abs(ε) {m['mean_abs']:.2e}, Q99.99 {m['q9999']:.2e}, "
@@ -488,6 +492,9 @@ def export(
         bool, typer.Option(help="torchscript/onnx: grids that wrap east-west")
     ] = True,
     name: Annotated[str | None, typer.Option(help="model: the model's name")] = None,
+    note: Annotated[
+        str | None, typer.Option(help="model: a line for the model card (how it was trained)")
+    ] = None,
     metrics: Annotated[
         list[str] | None,
         typer.Option(
@@ -506,6 +513,8 @@ def export(
             net = resolve_model(model)
             if name:
                 net.name = name
+            if note:
+                net.created["note"] = note
             for item in metrics or []:
                 label, sep, path = item.partition("=")
                 if not sep:

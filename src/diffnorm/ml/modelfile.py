@@ -276,6 +276,8 @@ def describe(net: GammaNetwork) -> dict[str, Any]:
         "d_cells": d.get("d_cells"),
         "trained_on": ", ".join(d.get("shapes", [])) or "?",
         "train_samples": d.get("train_samples"),
+        "fine_tuned_from": d.get("fine_tuned_from"),
+        "note": net.created.get("note"),
         "metrics": net.metrics,
     }
 
