@@ -84,6 +84,7 @@ def test_train_cli_fits_from_a_config(tiny_dataset, tmp_path):
     assert list((tmp_path / "run").rglob("metrics.csv"))
 
 
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 def test_shipped_train_configs_parse(capsys):
     from pathlib import Path
 
