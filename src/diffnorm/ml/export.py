@@ -78,6 +78,10 @@ def card(model: GammaNetwork, periodic_x: bool, fmt: str) -> dict:
             "direction's mean for both when the other has none; area for an isolated cell), "
             "capped by the area of the cell's basin"
             if model.target == "log_ratio"
+            else "gamma = sqrt(gamma2_lattice * exp(target)) on ocean cells, with gamma2_lattice "
+            "exactly as diffnorm.methods.lattice.lattice_gamma_squared (the homogeneous-lattice "
+            "value from the cell-mean kappa of its open faces, capped by the basin area)"
+            if model.target == "log_lattice"
             else "gamma = target"
         ),
     }
