@@ -27,7 +27,14 @@ DATA = {
     "tolerance": 1e-6,
     "seed": 0,
 }
-MODEL = {"arch": "unet", "width": 24, "levels": 3, "unet_halo": 16, "lr": 2e-3}
+MODEL = {
+    "arch": "unet",
+    "width": 24,
+    "levels": 3,
+    "unet_halo": 16,
+    "lr": 2e-3,
+    "target": "log_lattice",
+}
 EPOCHS = 100
 BATCH = 4
 SAMPLES = (100, 1000, 10000)
@@ -66,7 +73,10 @@ def train(
 
     lightning.seed_everything(seed, verbose=False)
     model = GammaModel(**model_kw)
-    dm = TrainingDataModule(str(data_dir), halo=model.halo, batch_size=BATCH, augment=True)
+    h = model.hparams
+    dm = TrainingDataModule(
+        str(data_dir), h.distance, h.target, model.halo, batch_size=BATCH, augment=True
+    )
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         monitor="val_max_abs",
