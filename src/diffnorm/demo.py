@@ -65,11 +65,11 @@ def train(
 ) -> Path:
     """Fit (or resume) the network; returns the best checkpoint on ``val_max_abs``."""
     import lightning
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from diffnorm.ml.data import TrainingDataModule
     from diffnorm.ml.lit import GammaModel
+    from diffnorm.ml.train import trainer_defaults
 
     lightning.seed_everything(seed, verbose=False)
     model = GammaModel(**model_kw)
@@ -77,24 +77,17 @@ def train(
     dm = TrainingDataModule(
         str(data_dir), h.distance, h.target, model.halo, batch_size=BATCH, augment=True
     )
-    ckpt = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        monitor="val_max_abs",
-        mode="min",
-        save_last=True,
-        filename="best",
-    )
-    callbacks = [ckpt] + ([EpochProgress(progress, epochs)] if progress else [])
+    config = trainer_defaults(str(run_dir), str(run_dir / "checkpoints"))
+    ckpt = config["callbacks"][0]
+    if progress:
+        config["callbacks"].append(EpochProgress(progress, epochs))
     trainer = lightning.Trainer(
-        max_epochs=epochs,
+        **config | {"max_epochs": epochs},
         accelerator="auto",
         devices=1,
         logger=CSVLogger(run_dir, name="csv"),  # a resumed run logs into a new version
-        callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
-        log_every_n_steps=1,
-        default_root_dir=run_dir,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(model, dm, ckpt_path=last if last.exists() else None)

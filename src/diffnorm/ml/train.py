@@ -57,12 +57,21 @@ class DiffnormCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-def trainer_defaults(root: str = "runs") -> dict:
+def trainer_defaults(root: str = "runs", checkpoint_dir: str | None = None) -> dict:
+    """What every diffnorm training uses: checkpoints on ``val_max_abs`` plus ``last`` (in
+    ``checkpoint_dir``, else the logger's folder), learning-rate logging, bf16 and
+    channels-last on GPU."""
     gpu = torch.cuda.is_available()
     return {
         "default_root_dir": root,
         "callbacks": [
-            ModelCheckpoint(monitor="val_max_abs", mode="min", save_last=True, filename="best"),
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                monitor="val_max_abs",
+                mode="min",
+                save_last=True,
+                filename="best",
+            ),
             LearningRateMonitor(),
             ChannelsLastOnGPU(),
         ],
