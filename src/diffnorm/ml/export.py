@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from diffnorm.ml.features import channel_names
+from diffnorm.ml.halo import pad_halo
 from diffnorm.ml.modelfile import GammaNetwork
 
 FORMATS = ("torchscript", "onnx")
@@ -44,15 +45,7 @@ class ExportedGamma(nn.Module):
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         x = (raw - self.mean) / self.std
-        h = self.halo
-        # slicing (not a tiled copy) keeps H and W symbolic for ONNX; needs nx >= halo
-        if self.periodic_x:
-            x = torch.cat([x[..., -h:], x, x[..., :h]], dim=-1)
-        else:
-            side = self.land.expand(x.shape[0], -1, x.shape[2], h)
-            x = torch.cat([side, x, side], dim=-1)
-        cap = self.land.expand(x.shape[0], -1, h, x.shape[3])
-        x = torch.cat([cap, x, cap], dim=-2)
+        x = pad_halo(x, self.halo, self.periodic_x, fill=self.land)
         return self.net(x)[:, 0] * self.target_std + self.target_mean
 
 

@@ -21,16 +21,18 @@ def pad_halo(
         raise ValueError(f"halo must be >= 0, got {halo}")
     if halo == 0:
         return x
+    fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
     b, c, h, w = x.shape
-    if isinstance(fill, torch.Tensor):
-        fill = fill.to(dtype=x.dtype, device=x.device).reshape(1, c, 1, 1)
-    if periodic_x:
+    if not periodic_x:
+        side = fill.expand(b, c, h, halo)
+        x = torch.cat([side, x, side], dim=-1)
+    elif halo <= w:
+        # slices, not a tiled copy: H and W stay symbolic when the graph is exported
+        x = torch.cat([x[..., -halo:], x, x[..., :halo]], dim=-1)
+    else:
         reps = -(-halo // w)  # ceil: enough copies for halos wider than the grid
         tiled = torch.cat([x] * (2 * reps + 1), dim=-1)
         start = reps * w - halo
         x = tiled[..., start : start + w + 2 * halo]
-    else:
-        side = torch.zeros((b, c, h, halo), dtype=x.dtype, device=x.device) + fill
-        x = torch.cat([side, x, side], dim=-1)
-    cap = torch.zeros((b, c, halo, x.shape[-1]), dtype=x.dtype, device=x.device) + fill
+    cap = fill.expand(b, c, halo, x.shape[-1])
     return torch.cat([cap, x, cap], dim=-2)
