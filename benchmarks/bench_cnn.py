@@ -19,11 +19,9 @@ import platform
 import statistics
 import time
 
-import numpy as np
 import torch
+from common import benchmark_fields
 
-from diffnorm.grid import built_in_grid, fields_from_cell_length_scales
-from diffnorm.lengthscales import random_cell_length_scales
 from diffnorm.methods import estimate
 from diffnorm.metrics import sample_metrics
 from diffnorm.ml.modelfile import resolve_model
@@ -74,15 +72,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
 
-    metrics = built_in_grid("latlon", resolution=4.0) if args.quick else built_in_grid(args.grid)
     samples = [100] if args.quick else [int(float(s)) for s in args.samples.split(",") if s]
-    rng = np.random.default_rng(args.seed)
-    d1, d2 = random_cell_length_scales(
-        metrics.mask.shape, rng, d_min=1.5, d_max=6.0, periodic_x=metrics.periodic_x
-    )
-    fields = fields_from_cell_length_scales(metrics, d1, d2, 10)
+    grid = "latlon 4°" if args.quick else args.grid
+    fields = benchmark_fields(args.grid, d_max=6.0, seed=args.seed, quick=args.quick)
     model = resolve_model(args.model)
-    print(f"grid {metrics.name} {fields.shape}, {fields.n_ocean} ocean cells; model {model.name}")
+    print(f"grid {grid} {fields.shape}, {fields.n_ocean} ocean cells; model {model.name}")
 
     exact = estimate(fields, "probing", tolerance=1e-6)
     rows = {"probing": {"time_s": exact.wall_time}}
@@ -125,7 +119,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "grid": metrics.name,
+                "grid": grid,
                 "shape": list(fields.shape),
                 "ocean_cells": fields.n_ocean,
                 "model": model.name,

@@ -16,9 +16,8 @@ import platform
 import time
 
 import numpy as np
+from common import benchmark_fields
 
-from diffnorm.grid import built_in_grid, fields_from_cell_length_scales
-from diffnorm.lengthscales import random_cell_length_scales
 from diffnorm.methods import estimate
 from diffnorm.methods.brute import brute_variance
 from diffnorm.metrics import sample_metrics
@@ -38,25 +37,25 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4° grid, few samples: a smoke run")
     args = parser.parse_args()
 
+    samples = [100] if args.quick else [int(float(s)) for s in args.samples.split(",") if s]
     if args.quick:
-        metrics = built_in_grid("latlon", resolution=4.0)
-        samples = [100]
         args.columns = min(args.columns, 128)
-    else:
-        metrics = built_in_grid(args.grid)
-        samples = [int(float(s)) for s in args.samples.split(",") if s]
-    rng = np.random.default_rng(args.seed)
-    d1, d2 = random_cell_length_scales(
-        metrics.mask.shape, rng, d_min=args.d_min, d_max=args.d_max, periodic_x=metrics.periodic_x
+    grid = "latlon 4°" if args.quick else args.grid
+    fields = benchmark_fields(
+        args.grid,
+        d_min=args.d_min,
+        d_max=args.d_max,
+        steps=args.steps,
+        seed=args.seed,
+        quick=args.quick,
     )
-    fields = fields_from_cell_length_scales(metrics, d1, d2, args.steps)
 
     t0 = time.perf_counter()
     op = make_operator(fields)
     t_factor = time.perf_counter() - t0
     n = op.n
     print(
-        f"grid {metrics.name} {fields.shape}, {n} ocean cells, M={args.steps}, "
+        f"grid {grid} {fields.shape}, {n} ocean cells, M={args.steps}, "
         f"D in [{args.d_min}, {args.d_max}] cells; factorization {t_factor:.2f} s ({op.solver})"
     )
 
@@ -125,7 +124,7 @@ def main() -> None:
     speedup = t_brute / probing.wall_time
     print(f"\nprobing is {speedup:.1f}x faster than brute force at max |ε| {probe_err:.1e}")
     summary = {
-        "grid": metrics.name,
+        "grid": grid,
         "shape": list(fields.shape),
         "ocean_cells": n,
         "steps": args.steps,

@@ -204,3 +204,22 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_statistics(
     assert model.data_info["fine_tuned_from"] == str(tiny_checkpoint)
     with pytest.raises(ValueError, match="not this model's"):
         GammaModel(width=8, blocks=1, init_from=str(tiny_checkpoint))
+
+
+def test_tail_loss_adds_the_fourth_power_of_the_relative_error(tiny_dataset):
+    torch.manual_seed(0)
+    plain, tail = small_model(), small_model(tail_scale=0.1)
+    tail.net.load_state_dict(plain.net.state_dict())
+    dm = TrainingDataModule(str(tiny_dataset), halo=plain.halo, batch_size=2)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    plain.stats = tail.stats = dm.stats
+    with torch.no_grad():
+        pred = plain(batch["x"])
+        eps = plain.relative_error(pred, batch)[batch["mask"]]
+        expected = (eps**2 + eps**4 / 0.1**2).mean()
+        torch.testing.assert_close(tail._loss(pred, batch).double(), expected, rtol=1e-6, atol=0)
+        assert tail._loss(pred, batch) > plain._loss(pred, batch)
+    for bad in ({"tail_scale": 0.0}, {"tail_scale": 0.1, "loss": "mse"}):
+        with pytest.raises(ValueError, match="tail_scale"):
+            small_model(**bad)

@@ -413,6 +413,35 @@ def _probe(
     return estimate, peak, mid
 
 
+@dataclass(frozen=True)
+class ProbeRun:
+    """One probing pass at a fixed stride, before any decision: the variance estimate, the
+    certificate's per-cell error estimate and the homogeneous model's aliasing error."""
+
+    variance: np.ndarray
+    error_estimate: np.ndarray
+    model_error: float
+    colours: int
+
+
+def probe_with_stride(
+    op: DiffusionOperator,
+    stride: tuple[int, int],
+    estimator: str = "split",
+    block_size: int | None = None,
+    progress: Progress | None = None,
+) -> ProbeRun:
+    """Probe once with strides ``(s_y, s_x)`` and compute the certificate, without judging
+    it (``probing`` does; benchmarks use this to scan strides)."""
+    gx, gy = op.fields.grid_diffusivity()
+    kx, ky = float(gx.max()), float(gy.max())
+    col = make_colouring(op, *stride)
+    model = lattice_model(kx, ky, op.fields.steps, col, estimator)
+    estimate, peak, mid = _probe(op, col, estimator, block_size, progress, 0, col.count)
+    error_estimate = model.error * _heaviness(op, col, peak, mid, model) ** 2
+    return ProbeRun(estimate / op.weights, error_estimate, model.error, col.count)
+
+
 @register("probing", "exact to a certified tolerance: one probe per colour (s^2 x M/2 solves)")
 def probing(
     op: DiffusionOperator,
@@ -456,14 +485,12 @@ def probing(
         info.update(attempts=attempt, stride=(sy, sx), colours=col.count)
         if not fixed and _brute_is_cheaper(op, col, power):
             break
-        model = lattice_model(kx, ky, steps, col, estimator)
-        estimate, peak, mid = _probe(op, col, estimator, block_size, progress, 0, col.count)
+        run = probe_with_stride(op, (sy, sx), estimator, block_size, progress)
         info["solves"] += col.count * power
-        error_estimate = model.error * _heaviness(op, col, peak, mid, model) ** 2
-        worst = float(error_estimate.max())
-        info.update(model_error=model.error, certificate_max=worst)
+        worst = float(run.error_estimate.max())
+        info.update(model_error=run.model_error, certificate_max=worst)
         if worst <= tolerance:
-            return MethodOutput(estimate / op.weights, tolerance, error_estimate, info)
+            return MethodOutput(run.variance, tolerance, run.error_estimate, info)
         if fixed:
             raise ProbingCertificateError(
                 f"probing with stride {(sy, sx)} is not certified: estimated relative error on "
@@ -471,7 +498,7 @@ def probing(
                 "or leave it unset so that it is chosen from the length scales"
             )
         # assume the measured heaviness stays: ask the model for proportionally less error
-        new = choose_strides(kx, ky, steps, tolerance / SAFETY * model.error / worst, limit)
+        new = choose_strides(kx, ky, steps, tolerance / SAFETY * run.model_error / worst, limit)
         sy, sx = max(new[0], sy + 1), max(new[1], sx + 1)
     variance = brute_variance(op, None, block_size, progress)
     info.update(fallback="brute", solves=info["solves"] + op.n * (steps // 2))

@@ -3,7 +3,8 @@
 With the default target ``t = log(γ²/γ²_analytic)`` the relative error is simply
 ``ε = exp(t̂ − t) − 1``; with the study's target (standardized γ) ``ε = γ̂²/γ² − 1``. The loss
 is the mean of ``ε²`` over ocean cells, exactly (no constant for land cells), or the MSE on
-the standardized target.
+the standardized target. ``tail_scale = τ`` adds ``ε⁴/τ²`` to ``ε²``: cells with ``|ε| > τ``
+weigh more, which pulls in the coastal tail (Q99.99, max) that ``E[ε²]`` averages away.
 """
 
 from __future__ import annotations
@@ -60,17 +61,23 @@ class GammaModel(lightning.LightningModule):
         weight_decay: float = 0.0,
         schedule: str = "cosine",
         init_from: str | None = None,
+        tail_scale: float | None = None,
     ):
         """``arch="residual"`` uses width/blocks/layers_per_block/skip/dilation;
         ``arch="unet"`` uses width/levels/unet_halo. ``schedule="cosine"`` anneals the learning
         rate to zero over the whole run (per optimizer step). ``init_from``: a model file or
         checkpoint of the same architecture to fine-tune (its weights; the data module takes
-        its standardization statistics, see ``TrainingDataModule(stats_from=…)``)."""
+        its standardization statistics, see ``TrainingDataModule(stats_from=…)``).
+        ``tail_scale``: τ of the loss ``E[ε² + ε⁴/τ²]`` (``loss="eps2"`` only; None: ``E[ε²]``)."""
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if tail_scale is not None and (loss != "eps2" or not tail_scale > 0):
+            raise ValueError(
+                f"tail_scale must be > 0 and needs loss='eps2', got {tail_scale} with {loss!r}"
+            )
         self.save_hyperparameters()
         in_channels = 4 + (distance != "none")
         self.arch = architecture(
@@ -125,8 +132,10 @@ class GammaModel(lightning.LightningModule):
         if not mask.any():  # a batch of land-only crops: nothing to learn, no NaN
             return pred.sum() * 0.0
         if self.hparams.loss == "eps2":
-            eps = self.relative_error(pred, batch)
-            return (eps[mask] ** 2).mean().float()
+            e2 = self.relative_error(pred, batch)[mask] ** 2
+            if self.hparams.tail_scale is not None:
+                e2 = e2 + e2**2 / self.hparams.tail_scale**2
+            return e2.mean().float()
         return ((pred - batch["target"])[mask] ** 2).mean()
 
     # -- Lightning hooks ----------------------------------------------------------------------

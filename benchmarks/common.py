@@ -1,0 +1,28 @@
+"""Fields every benchmark starts from: a built-in grid with random length scales in cells."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diffnorm.fields import Fields
+from diffnorm.grid import built_in_grid, fields_from_cell_length_scales
+from diffnorm.lengthscales import random_cell_length_scales
+
+
+def benchmark_fields(
+    grid: str = "orca1",
+    *,
+    d_min: float = 1.5,
+    d_max: float = 4.0,
+    steps: int = 10,
+    seed: int = 0,
+    quick: bool = False,
+) -> Fields:
+    """``grid`` (the 4° lat-lon grid when ``quick``) with smooth random ``D₁, D₂`` in
+    ``[d_min, d_max]`` cells, seeded."""
+    metrics = built_in_grid("latlon", resolution=4.0) if quick else built_in_grid(grid)
+    rng = np.random.default_rng(seed)
+    d1, d2 = random_cell_length_scales(
+        metrics.mask.shape, rng, d_min=d_min, d_max=d_max, periodic_x=metrics.periodic_x
+    )
+    return fields_from_cell_length_scales(metrics, d1, d2, steps)
