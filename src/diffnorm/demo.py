@@ -34,9 +34,14 @@ MODEL = {
     "unet_halo": 16,
     "lr": 2e-3,
     "target": "log_lattice",
+    "tail_scale": 0.1,
 }
 EPOCHS = 100
 BATCH = 4
+CLIP = 1.0  # gradient norm: the ε⁴ term of the tail loss is steep early in training
+# transform half of the draws: full augmentation transfers best to other coastlines but
+# slows the fit of this grid, none fits it best and transfers worst (small_cpu10.yaml)
+AUGMENT = 0.5
 SAMPLES = (100, 1000, 10000)
 
 # --quick: the same path on an 8° grid with a narrow network, for CI and a first look
@@ -75,14 +80,14 @@ def train(
     model = GammaModel(**model_kw)
     h = model.hparams
     dm = TrainingDataModule(
-        str(data_dir), h.distance, h.target, model.halo, batch_size=BATCH, augment=True
+        str(data_dir), h.distance, h.target, model.halo, batch_size=BATCH, augment=AUGMENT
     )
     config = trainer_defaults(str(run_dir), str(run_dir / "checkpoints"))
     ckpt = config["callbacks"][0]
     if progress:
         config["callbacks"].append(EpochProgress(progress, epochs))
     trainer = lightning.Trainer(
-        **config | {"max_epochs": epochs},
+        **config | {"max_epochs": epochs, "gradient_clip_val": CLIP},
         accelerator="auto",
         devices=1,
         logger=CSVLogger(run_dir, name="csv"),  # a resumed run logs into a new version

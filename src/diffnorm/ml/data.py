@@ -88,21 +88,25 @@ def data_info(samples: list[Sample], root: str) -> dict:
 
 
 class EncodedDataset(Dataset):
-    """Encoded samples, computed once (datasets are small); with ``augment``, each item is a
-    random symmetry of its sample (flips, rotations of square grids, x shifts of periodic
-    ones), encoded on the fly and drawn from torch's seeded generator."""
+    """Encoded samples, computed once (datasets are small); with ``augment`` (a probability,
+    ``True`` = 1), an item is, that often, a random symmetry of its sample (flips, rotations
+    of square grids, x shifts of periodic ones), encoded on the fly and drawn from torch's
+    seeded generator."""
 
     def __init__(
         self,
         samples: list[Sample],
         enc: Encoding,
         stats: Standardizer,
-        augment: bool = False,
+        augment: bool | float = False,
         crop: int | None = None,
     ):
-        self.samples, self.enc, self.stats, self.augment = samples, enc, stats, augment
-        self.crop = crop
-        self.items = None if augment else [enc.encode(s, stats) for s in samples]
+        self.augment = float(augment)
+        if not 0.0 <= self.augment <= 1.0:
+            raise ValueError(f"augment must be a probability in [0, 1] or a bool, got {augment}")
+        self.samples, self.enc, self.stats, self.crop = samples, enc, stats, crop
+        always = self.augment == 1.0
+        self.items = None if always else [enc.encode(s, stats) for s in samples]
         self.names = [s.name for s in samples]
 
     def __len__(self) -> int:
@@ -110,7 +114,7 @@ class EncodedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))
-        if self.items is not None:
+        if self.items is not None and not (self.augment and rng.random() < self.augment):
             item = self.items[i]
         else:
             s = self.samples[i]
@@ -154,14 +158,15 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         halo: int = 10,
         batch_size: int = 4,
         num_workers: int = 0,
-        augment: bool = False,
+        augment: bool | float = False,
         crop: int | None = None,
         stats_from: str | None = None,
     ):
         """``augment``: random grid symmetries of the training samples (see
-        :mod:`diffnorm.augment`); ``crop``: train on random ``crop × crop`` windows (large
-        grids on small machines). Validation and test samples are never transformed.
-        ``stats_from``: take the standardization statistics of this model file or checkpoint
+        :mod:`diffnorm.augment`), all of them (``True``) or that fraction of the draws;
+        ``crop``: train on random ``crop × crop`` windows (large grids on small machines).
+        Validation and test samples are never transformed. ``stats_from``: take the
+        standardization statistics of this model file, checkpoint or shipped model
         (fine-tuning) instead of fitting them on the training split."""
         super().__init__()
         self.save_hyperparameters()
@@ -178,9 +183,9 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
             if not train:
                 raise DatasetFolderError(f"{self.hparams.root} has no training samples")
             if self.hparams.stats_from:
-                from diffnorm.ml.modelfile import GammaNetwork
+                from diffnorm.ml.modelfile import resolve_model
 
-                self.stats = GammaNetwork.load(self.hparams.stats_from).stats
+                self.stats = resolve_model(self.hparams.stats_from).stats
             else:
                 self.stats = fit_standardizer(train, self.enc)
             self.info = data_info(train, self.hparams.root)

@@ -65,9 +65,10 @@ class GammaModel(lightning.LightningModule):
     ):
         """``arch="residual"`` uses width/blocks/layers_per_block/skip/dilation;
         ``arch="unet"`` uses width/levels/unet_halo. ``schedule="cosine"`` anneals the learning
-        rate to zero over the whole run (per optimizer step). ``init_from``: a model file or
-        checkpoint of the same architecture to fine-tune (its weights; the data module takes
-        its standardization statistics, see ``TrainingDataModule(stats_from=…)``).
+        rate to zero over the whole run (per optimizer step). ``init_from``: a model file,
+        checkpoint or shipped model's name of the same architecture to fine-tune (its weights;
+        the data module takes its standardization statistics, see
+        ``TrainingDataModule(stats_from=…)``).
         ``tail_scale``: τ of the loss ``E[ε² + ε⁴/τ²]`` (``loss="eps2"`` only; None: ``E[ε²]``)."""
         super().__init__()
         if loss not in LOSSES:
@@ -100,9 +101,9 @@ class GammaModel(lightning.LightningModule):
             self._init_from(init_from)
 
     def _init_from(self, path: str) -> None:
-        from diffnorm.ml.modelfile import GammaNetwork
+        from diffnorm.ml.modelfile import resolve_model
 
-        start = GammaNetwork.load(path)
+        start = resolve_model(path)  # a file, a checkpoint or a shipped model's name
         if start.arch != self.arch:
             raise ValueError(
                 f"init_from {path}: its network {start.arch} is not this model's {self.arch}; "
