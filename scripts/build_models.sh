@@ -5,9 +5,11 @@
 #   bash scripts/build_models.sh               # the CPU-sized runs used for the shipped files
 #   EPOCHS=1000 bash scripts/build_models.sh   # longer training (e.g. on a GPU node)
 #
-# latlon4-m10: trained on the 4° demo grid (small_cpu10.yaml). orca1-m10: the 4° U-Net of
-# small_unet.yaml fine-tuned on crops of ORCA1-like samples; it serves both 1° grids (ORCA1-like and the study's toy grid) and its
-# card holds its errors on each. Every step resumes when run again (data/ and runs/ are kept).
+# latlon4-m10: trained on the 4° demo grid (small_cpu10.yaml). orca1-m10: that network
+# fine-tuned on crops of ORCA1-like samples (shipped_orca1.yaml); it serves both 1° grids
+# (ORCA1-like and the study's toy grid) and its card holds its errors on each.
+# Data generation resumes when run again; training starts a new run (runs/NAME/csv/version_N)
+# and the newest best.ckpt is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -22,11 +24,8 @@ $BIN/diffnorm generate -c configs/data/toy_cpu.yaml -o data/toy_cpu -q
 $BIN/diffnorm train fit --config configs/train/small_cpu10.yaml \
   --trainer.default_root_dir runs/shipped_latlon4 $(epochs)
 latlon4=$(latest runs/shipped_latlon4 best)
-# the 1° model starts from the 4° U-Net with the analytic baseline (exports need no table)
-$BIN/diffnorm train fit --config configs/train/small_unet.yaml \
-  --trainer.default_root_dir runs/shipped_base $(epochs)
 $BIN/diffnorm train fit --config configs/train/shipped_orca1.yaml \
-  --model.init_from "$(latest runs/shipped_base best)" $(epochs)
+  --model.init_from "$latlon4" $(epochs)
 orca1=$(latest runs/shipped_orca1 best)
 
 $BIN/diffnorm evaluate -m "$latlon4" -d data/small --out runs/eval_latlon4 -q

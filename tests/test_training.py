@@ -235,7 +235,7 @@ def test_partial_augmentation_mixes_original_and_transformed_samples(tiny_datase
     # half the draws keep the sample; a random symmetry is the identity only now and then
     assert 0.4 < np.mean(same) < 0.75
     with pytest.raises(ValueError, match="augment"):
-        TrainingDataModule(str(tiny_dataset), halo=4, augment=1.5).setup()
+        TrainingDataModule(str(tiny_dataset), halo=4, augment=1.5)
 
 
 def test_fine_tuning_starts_from_a_shipped_model_by_name():
@@ -252,3 +252,20 @@ def test_fine_tuning_starts_from_a_shipped_model_by_name():
     )
     for key, value in shipped.net.state_dict().items():
         torch.testing.assert_close(model.net.state_dict()[key], value)
+
+
+def test_a_fine_tuned_checkpoint_loads_without_its_source(tiny_dataset, tiny_checkpoint, tmp_path):
+    import shutil
+
+    source = tmp_path / "source.ckpt"
+    shutil.copy(tiny_checkpoint, source)
+    model = small_model(init_from=str(source))
+    dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, stats_from=str(source))
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(model, dm)
+    t.save_checkpoint(tmp_path / "tuned.ckpt")
+    source.unlink()
+    tuned = GammaNetwork.from_checkpoint(tmp_path / "tuned.ckpt")
+    for key, value in model.net.state_dict().items():
+        torch.testing.assert_close(tuned.net.state_dict()[key], value)
+    assert tuned.data["fine_tuned_from"] == str(source)

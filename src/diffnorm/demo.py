@@ -116,7 +116,7 @@ def plot_training_curve(run_dir: Path, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     if train:
-        ax.semilogy(*zip(*train, strict=True), lw=0.8, alpha=0.6, label="train E[ε²]")
+        ax.semilogy(*zip(*train, strict=True), lw=0.8, alpha=0.6, label="train loss")
     if val:
         steps, mean, worst = zip(*val, strict=True)
         ax.semilogy(steps, mean, marker="o", label="val mean abs(ε)")

@@ -168,6 +168,8 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         Validation and test samples are never transformed. ``stats_from``: take the
         standardization statistics of this model file, checkpoint or shipped model
         (fine-tuning) instead of fitting them on the training split."""
+        if not 0.0 <= float(augment) <= 1.0:
+            raise ValueError(f"augment must be a probability in [0, 1] or a bool, got {augment}")
         super().__init__()
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers

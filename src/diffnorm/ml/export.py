@@ -6,8 +6,8 @@ program needs no Python: input the raw feature channels ``(B, C, ny, nx)`` of
 fixed for a grid, so a host computes them once); the graph
 standardizes them, pads the halo (east–west periodic or closed, fixed at export time),
 runs the network and returns the target ``(B, ny, nx)`` in physical units:
-``t = log(γ²/γ²_analytic)`` (then ``γ = sqrt(γ²_analytic · exp(t))``) or γ itself.
-A JSON card beside the file says which.
+``t = log(γ²/γ²_base)`` (then ``γ = sqrt(γ²_base · exp(t))``) with the analytic or the
+homogeneous-lattice baseline, or γ itself. A JSON card beside the file says which.
 """
 
 from __future__ import annotations

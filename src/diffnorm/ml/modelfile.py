@@ -219,7 +219,11 @@ class GammaNetwork:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Lightning/jsonargparse deprecation chatter
-            model = GammaModel.load_from_checkpoint(path, map_location="cpu", weights_only=False)
+            # the weights are in the checkpoint: do not reload a fine-tuning source, which
+            # may have moved or changed since (its name stays in data_info)
+            model = GammaModel.load_from_checkpoint(
+                path, map_location="cpu", weights_only=False, init_from=None
+            )
         if model.stats is None:
             raise ModelFileError(f"{path}: checkpoint holds no standardization statistics")
         h = model.hparams
