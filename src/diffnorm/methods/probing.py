@@ -434,8 +434,20 @@ def probe_with_stride(
     """Probe once with strides ``(s_y, s_x)`` and compute the certificate, without judging
     it (``probing`` does; benchmarks use this to scan strides)."""
     gx, gy = op.fields.grid_diffusivity()
-    kx, ky = float(gx.max()), float(gy.max())
     col = make_colouring(op, *stride)
+    return _probe_once(op, col, float(gx.max()), float(gy.max()), estimator, block_size, progress)
+
+
+def _probe_once(
+    op: DiffusionOperator,
+    col: Colouring,
+    kx: float,
+    ky: float,
+    estimator: str,
+    block_size: int | None,
+    progress: Progress | None,
+) -> ProbeRun:
+    """One pass with colouring ``col``, its certificate calibrated on ``(kx, ky)``."""
     model = lattice_model(kx, ky, op.fields.steps, col, estimator)
     estimate, peak, mid = _probe(op, col, estimator, block_size, progress, 0, col.count)
     error_estimate = model.error * _heaviness(op, col, peak, mid, model) ** 2
@@ -485,7 +497,7 @@ def probing(
         info.update(attempts=attempt, stride=(sy, sx), colours=col.count)
         if not fixed and _brute_is_cheaper(op, col, power):
             break
-        run = probe_with_stride(op, (sy, sx), estimator, block_size, progress)
+        run = _probe_once(op, col, kx, ky, estimator, block_size, progress)
         info["solves"] += col.count * power
         worst = float(run.error_estimate.max())
         info.update(model_error=run.model_error, certificate_max=worst)
