@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import lightning
 import numpy as np
 import pytest
@@ -130,6 +132,25 @@ def test_evaluate_runs_in_eval_mode_and_writes_a_report(tiny_dataset, tiny_check
     assert "| cnn |" in table and "randomization N=20" in table and "analytic" in table
     for name in ("evaluation_per_sample.csv", "error_by_distance.png", "cnn_error_map.png"):
         assert (out / name).stat().st_size > 0
+    worst = list(csv.DictReader((out / "worst_cells.csv").open()))
+    assert worst and float(worst[0]["eps"]) != 0.0
+    assert abs(float(worst[0]["eps"])) >= abs(float(worst[-1]["eps"]))
+
+
+def test_worst_cells_are_the_largest_errors_with_their_geometry():
+    from diffnorm.ml.evaluate import worst_cells
+
+    mask = np.ones((5, 6), dtype=bool)
+    mask[0, :] = mask[4, :] = False
+    mask[2, 3] = False  # cell (2, 2) has land to its east
+    eps = np.where(mask, 0.01, np.nan)
+    eps[2, 2], eps[1, 0] = -0.5, 0.3
+    rows = worst_cells(eps, np.ones_like(eps), np.ones_like(eps), mask, True, k=2)
+    assert [(r["j"], r["i"], r["eps"]) for r in rows] == [(2, 2, -0.5), (1, 0, 0.3)]
+    assert rows[0]["open_faces"] == 3  # west, north, south open; east is land
+    assert rows[1]["open_faces"] == 3  # periodic: west across the wrap, east, north
+    closed = worst_cells(eps, np.ones_like(eps), np.ones_like(eps), mask, False, k=2)
+    assert closed[1]["open_faces"] == 2  # the closed west edge
 
 
 def test_ddp_with_two_cpu_processes(tiny_dataset, tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from diffnorm.data.dataset import load_split
+from diffnorm.fields import open_faces
 from diffnorm.methods import estimate
 from diffnorm.metrics import (
     METRIC_LABELS,
@@ -24,6 +25,38 @@ from diffnorm.metrics import (
 )
 from diffnorm.ml.modelfile import GammaNetwork, resolve_model
 from diffnorm.operator import make_operator
+
+WORST_PER_SAMPLE = 10
+WORST_COLUMNS = ("sample", "j", "i", "eps", "gamma", "distance", "open_faces")
+
+
+def worst_cells(
+    eps: np.ndarray, gamma: np.ndarray, dist: np.ndarray, mask: np.ndarray, periodic_x: bool, k: int
+) -> list[dict]:
+    """The ``k`` ocean cells of largest ``|ε|`` (grids ``(ny, nx)``, NaN on land): where they
+    are, their exact γ, distance to the coast and number of open faces (0–4: a dead end has 1,
+    a one-cell channel 2), so that a model's tail can be traced to the geometry behind it."""
+    east, north = open_faces(mask, periodic_x)
+    # a cell's west face is its western neighbour's east face (never open across a closed
+    # edge: open_faces closes the last column's east faces there), its south face likewise
+    faces = east.astype(int) + np.roll(east, 1, axis=1) + north
+    faces[1:] += north[:-1]
+    order = np.argsort(-np.nan_to_num(np.abs(eps), nan=-1.0), axis=None)[:k]
+    rows = []
+    for j, i in zip(*np.unravel_index(order, eps.shape), strict=True):
+        if not mask[j, i]:
+            break
+        rows.append(
+            {
+                "j": int(j),
+                "i": int(i),
+                "eps": float(eps[j, i]),
+                "gamma": float(gamma[j, i]),
+                "distance": float(dist[j, i]),
+                "open_faces": int(faces[j, i]),
+            }
+        )
+    return rows
 
 
 def evaluate(
@@ -48,6 +81,7 @@ def evaluate(
     times: dict[str, list[float]] = {m: [] for m in methods}
     by_dist: dict[str, list[dict]] = {m: [] for m in methods}
     cnn_abs = []
+    worst: list[dict] = []
     for k, s in enumerate(data):
         f, m = s.fields, s.fields.mask
         dist = distance_to_coast(m, f.periodic_x)
@@ -68,6 +102,8 @@ def evaluate(
             by_dist[name].append(error_by_distance(grid, dist, m))
             if name == "cnn":
                 cnn_abs.append(np.abs(grid))
+                cells = worst_cells(grid, s.gamma, dist, m, f.periodic_x, WORST_PER_SAMPLE)
+                worst += [{"sample": s.name, **c} for c in cells]
         if progress:
             progress(k + 1, len(data))
     summary = {
@@ -85,6 +121,7 @@ def evaluate(
         "summary": summary,
         "by_distance": mean_by_dist,
         "per_sample": per_sample,
+        "worst_cells": sorted(worst, key=lambda c: -abs(c["eps"])),
     }
     if out_dir is not None:
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -116,6 +153,11 @@ def write_report(report: dict, out: Path, fields, cnn_mean_abs: np.ndarray) -> N
         for name, rows in report["per_sample"].items():
             for r in rows:
                 w.writerow([name, r["sample"], *(r[m] for m in METRIC_NAMES)])
+    with (out / "worst_cells.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(WORST_COLUMNS)
+        for c in report["worst_cells"]:
+            w.writerow([c[k] for k in WORST_COLUMNS])
     dists = sorted({d for v in report["by_distance"].values() for d in v})
     with (out / "error_by_distance.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
