@@ -290,3 +290,18 @@ def test_a_fine_tuned_checkpoint_loads_without_its_source(tiny_dataset, tiny_che
     for key, value in model.net.state_dict().items():
         torch.testing.assert_close(tuned.net.state_dict()[key], value)
     assert tuned.data["fine_tuned_from"] == str(source)
+
+
+def test_the_same_seed_trains_the_same_network(tiny_dataset, tmp_path):
+    """Seeded runs repeat exactly, augmentation and shuffling included."""
+
+    def fit(k: int) -> dict:
+        lightning.seed_everything(7, verbose=False)
+        model = small_model(tail_scale=0.1)
+        dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, batch_size=1, augment=0.5)
+        trainer(tmp_path / str(k), max_epochs=2).fit(model, dm)
+        return model.net.state_dict()
+
+    first, second = fit(0), fit(1)
+    for key, value in first.items():
+        torch.testing.assert_close(second[key], value, rtol=0, atol=0)
