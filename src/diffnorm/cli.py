@@ -532,7 +532,7 @@ def export(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("out/demo"),
     quick: Annotated[
-        bool, typer.Option(help="a smaller grid and a short training (about 1-2 minutes)")
+        bool, typer.Option(help="a smaller grid and a short training (seconds: a smoke run)")
     ] = False,
     workers: Annotated[int | None, typer.Option(help="Dask workers for the data")] = None,
 ) -> None:
