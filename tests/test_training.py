@@ -305,3 +305,27 @@ def test_the_same_seed_trains_the_same_network(tiny_dataset, tmp_path):
     first, second = fit(0), fit(1)
     for key, value in first.items():
         torch.testing.assert_close(second[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("trainer_clip", [None, 1e9])
+def test_the_tail_loss_clips_the_gradient_norm(tiny_dataset, tmp_path, trainer_clip):
+    # unless the trainer sets its own clipping (which then wins: here, none in effect)
+    from diffnorm.ml.lit import TAIL_CLIP
+
+    norms = []
+
+    class GradNorm(lightning.pytorch.callbacks.Callback):
+        def on_train_batch_end(self, trainer, module, *args):  # after clipping and the step
+            grads = [p.grad.norm() for p in module.parameters() if p.grad is not None]
+            norms.append(float(torch.stack(grads).norm()))
+
+    lightning.seed_everything(0, verbose=False)
+    model = small_model(tail_scale=0.1)
+    dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, batch_size=1)
+    t = trainer(tmp_path, max_epochs=1, callbacks=[GradNorm()], gradient_clip_val=trainer_clip)
+    t.fit(model, dm)
+    assert norms
+    if trainer_clip is None:
+        assert max(norms) <= TAIL_CLIP * (1 + 1e-5)
+    else:
+        assert max(norms) > TAIL_CLIP  # what the clipping held back

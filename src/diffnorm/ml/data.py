@@ -87,6 +87,14 @@ def data_info(samples: list[Sample], root: str) -> dict:
     }
 
 
+def augment_probability(augment: bool | float) -> float:
+    """The fraction of training draws to transform: ``True`` is 1, ``False`` 0."""
+    p = float(augment)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"augment must be a probability in [0, 1] or a bool, got {augment}")
+    return p
+
+
 class EncodedDataset(Dataset):
     """Encoded samples, computed once (datasets are small); with ``augment`` (a probability,
     ``True`` = 1), an item is, that often, a random symmetry of its sample (flips, rotations
@@ -101,9 +109,7 @@ class EncodedDataset(Dataset):
         augment: bool | float = False,
         crop: int | None = None,
     ):
-        self.augment = float(augment)
-        if not 0.0 <= self.augment <= 1.0:
-            raise ValueError(f"augment must be a probability in [0, 1] or a bool, got {augment}")
+        self.augment = augment_probability(augment)
         self.samples, self.enc, self.stats, self.crop = samples, enc, stats, crop
         always = self.augment == 1.0
         self.items = None if always else [enc.encode(s, stats) for s in samples]
@@ -168,8 +174,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         Validation and test samples are never transformed. ``stats_from``: take the
         standardization statistics of this model file, checkpoint or shipped model
         (fine-tuning) instead of fitting them on the training split."""
-        if not 0.0 <= float(augment) <= 1.0:
-            raise ValueError(f"augment must be a probability in [0, 1] or a bool, got {augment}")
+        augment_probability(augment)  # fail before the Trainer is built
         super().__init__()
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers

@@ -4,7 +4,9 @@ With the default target ``t = log(γ²/γ²_analytic)`` the relative error is si
 ``ε = exp(t̂ − t) − 1``; with the study's target (standardized γ) ``ε = γ̂²/γ² − 1``. The loss
 is the mean of ``ε²`` over ocean cells, exactly (no constant for land cells), or the MSE on
 the standardized target. ``tail_scale = τ`` adds ``ε⁴/τ²`` to ``ε²``: cells with ``|ε| > τ``
-weigh more, which pulls in the coastal tail (Q99.99, max) that ``E[ε²]`` averages away.
+weigh more, which pulls in the coastal tail (Q99.99, max) that ``E[ε²]`` averages away. That
+term is steep while the network is still far off, so the model then clips the gradient norm
+at ``TAIL_CLIP`` unless the trainer sets its own clipping.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from diffnorm.ml.networks import build_network
 
 LOSSES = ("eps2", "mse")
 SCHEDULES = ("cosine", "constant")
+TAIL_CLIP = 1.0  # gradient norm with the tail loss (unless the trainer sets gradient_clip_val)
 
 
 def architecture(
@@ -177,6 +180,13 @@ class GammaModel(lightning.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        if gradient_clip_val is None and self.hparams.tail_scale is not None:
+            gradient_clip_val, gradient_clip_algorithm = TAIL_CLIP, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(
