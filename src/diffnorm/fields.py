@@ -182,6 +182,18 @@ def open_faces(mask: np.ndarray, periodic_x: bool) -> tuple[np.ndarray, np.ndarr
     return open_x, open_y
 
 
+def cell_face_sum(face_values: np.ndarray, axis: int) -> np.ndarray:
+    """Per cell, a face field summed over the cell's two faces along ``axis``: its east and
+    west faces (1) or its north and south faces (0). Fields are stored on the east / north
+    face; the west face of column 0 is column nx−1's east face, which :func:`open_faces`
+    closes unless the grid is periodic, and row 0 has no south face."""
+    if axis == 1:
+        return face_values + np.roll(face_values, 1, axis=1)
+    south = np.zeros_like(face_values)
+    south[1:] = face_values[:-1]
+    return face_values + south
+
+
 # ---------------------------------------------------------------------------------------------
 # NetCDF
 

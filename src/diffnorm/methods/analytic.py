@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from diffnorm.coast import basin_labels
-from diffnorm.fields import Fields
+from diffnorm.fields import Fields, cell_face_sum
 from diffnorm.methods.base import MethodOutput, register
 
 
@@ -26,18 +26,11 @@ def cell_mean_alpha(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``alpha`` over each cell's open faces along x and along y (NaN where none)."""
 
     def mean_of(alpha: np.ndarray, opened: np.ndarray, axis: int) -> np.ndarray:
-        a = np.where(opened, alpha, 0.0)
-        o = opened.astype(np.float64)
-        if axis == 1:
-            prev_a, prev_o = np.roll(a, 1, axis=1), np.roll(o, 1, axis=1)
-        else:
-            prev_a = np.vstack([np.zeros((1, a.shape[1])), a[:-1]])
-            prev_o = np.vstack([np.zeros((1, o.shape[1])), o[:-1]])
-        count = o + prev_o
+        total = cell_face_sum(np.where(opened, alpha, 0.0), axis)
+        count = cell_face_sum(opened.astype(np.float64), axis)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(count > 0, (a + prev_a) / count, np.nan)
+            return np.where(count > 0, total / count, np.nan)
 
-    # roll(.., 1) brings the west face of column 0 from column nx-1, open only if periodic
     return mean_of(fields.alpha_x, fields.open_x, 1), mean_of(fields.alpha_y, fields.open_y, 0)
 
 

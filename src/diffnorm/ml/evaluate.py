@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from diffnorm.data.dataset import load_split
-from diffnorm.fields import open_faces
+from diffnorm.fields import cell_face_sum, open_faces
 from diffnorm.methods import estimate
 from diffnorm.metrics import (
     METRIC_LABELS,
@@ -37,10 +37,7 @@ def worst_cells(
     are, their exact γ, distance to the coast and number of open faces (0–4: a dead end has 1,
     a one-cell channel 2), so that a model's tail can be traced to the geometry behind it."""
     east, north = open_faces(mask, periodic_x)
-    # a cell's west face is its western neighbour's east face (never open across a closed
-    # edge: open_faces closes the last column's east faces there), its south face likewise
-    faces = east.astype(int) + np.roll(east, 1, axis=1) + north
-    faces[1:] += north[:-1]
+    faces = cell_face_sum(east.astype(int), 1) + cell_face_sum(north.astype(int), 0)
     order = np.argsort(-np.nan_to_num(np.abs(eps), nan=-1.0), axis=None)[:k]
     rows = []
     for j, i in zip(*np.unravel_index(order, eps.shape), strict=True):
