@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from diffnorm.fields import Fields
-from diffnorm.methods import GammaResult, Progress, estimate
+from diffnorm.methods import EXACT_METHODS, GammaResult, Progress, estimate, exact_options
 from diffnorm.metrics import (
     METRIC_LABELS,
     METRIC_NAMES,
@@ -113,18 +113,19 @@ class Comparison:
 def compare(
     fields: Fields,
     methods: Sequence[MethodSpec] = DEFAULT_METHODS,
-    reference: str = "probing",
+    reference: str = "selinv",
     tolerance: float = 1e-6,
     seed: int = 0,
     backend: str = "sparse",
     progress_for: Callable[[str], Progress | None] | None = None,
 ) -> Comparison:
-    """Run ``reference`` (``probing`` or ``brute``) and each method on the same operator."""
-    if reference not in ("probing", "brute"):
-        raise ValueError(f"reference must be 'probing' or 'brute', got {reference!r}")
+    """Run the exact ``reference`` (``selinv``, ``probing`` or ``brute``) and each method on
+    the same operator."""
+    if reference not in EXACT_METHODS:
+        raise ValueError(f"reference must be one of {', '.join(EXACT_METHODS)}, got {reference!r}")
     op = make_operator(fields, backend)
     progress_for = progress_for or (lambda _: None)
-    ref_options = {"tolerance": tolerance} if reference == "probing" else {}
+    ref_options = exact_options(reference, tolerance)
     ref = estimate(op, reference, progress=progress_for(reference), **ref_options)
     distance = distance_to_coast(fields.mask, fields.periodic_x)
     rows = []

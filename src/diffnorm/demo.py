@@ -1,6 +1,6 @@
 """``diffnorm demo``: the whole pipeline on a small grid, on a laptop CPU.
 
-fields → exact γ (certified probing) → dataset → training → model file → evaluation of the
+fields → exact γ (certified selected inversion) → dataset → training → model file → evaluation of the
 network against randomization (N = 10², 10³, 10⁴) and the analytic formula on test samples
 never seen in training. Every stage resumes: a killed demo run again picks up its dataset and
 its last training checkpoint.
@@ -23,7 +23,7 @@ DATA = {
     "steps": 10,
     "parameters": {"d_min": 1.5, "d_max": 6.0, "correlation_cells": 6.0},
     "splits": {"train": 64, "val": 8, "test": 16},
-    "method": "probing",
+    "method": "selinv",
     "tolerance": 1e-6,
     "seed": 0,
 }
@@ -148,7 +148,7 @@ def run_demo(
         config_from_dict(data_cfg, "demo config: "),
         out / "data",
         workers=workers,
-        progress=bar("exact γ (probing)"),
+        progress=bar("exact γ (selinv)"),
     )
     best = train(out / "data", out / "train", model_kw, epochs, bar("training epochs"))
     model = GammaNetwork.from_checkpoint(best, name="demo")

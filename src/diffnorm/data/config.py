@@ -47,7 +47,7 @@ class DataConfig:
     steps: int = 10
     parameters: ParameterSpec = field(default_factory=ParameterSpec)
     splits: dict[str, int] = field(default_factory=lambda: {"train": 40, "val": 8, "test": 8})
-    method: str = "probing"
+    method: str = "selinv"
     tolerance: float = 1e-6
     seed: int = 0
 
@@ -107,7 +107,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "") -> DataConfig:
         steps=raw.get("steps", 10),
         parameters=params,
         splits={s: int(splits[s]) for s in SPLITS if s in splits},
-        method=raw.get("method", "probing"),
+        method=raw.get("method", "selinv"),
         tolerance=float(raw.get("tolerance", 1e-6)),
         seed=raw.get("seed", 0),
     )
@@ -129,8 +129,10 @@ def _check(cfg: DataConfig, where: str) -> None:
         raise ConfigError(f"{where}parameters: need 0 < d_min <= d_max, got {p.d_min}, {p.d_max}")
     if len(p.anisotropy) != 2 or not 0 < p.anisotropy[0] <= p.anisotropy[1]:
         raise ConfigError(f"{where}parameters.anisotropy must be [low, high], got {p.anisotropy}")
-    if cfg.method not in ("probing", "brute"):
-        raise ConfigError(f"{where}method must be an exact one, probing or brute: {cfg.method!r}")
+    if cfg.method not in ("selinv", "probing", "brute"):
+        raise ConfigError(
+            f"{where}method must be an exact one (selinv, probing or brute), got {cfg.method!r}"
+        )
     if not 0 < cfg.tolerance < 1:
         raise ConfigError(f"{where}tolerance must be in (0, 1), got {cfg.tolerance}")
     if not isinstance(cfg.seed, int) or cfg.seed < 0:

@@ -116,7 +116,7 @@ def check_existing(path: Path, config: DataConfig, split: str, index: int) -> di
 
 def run_sample(config_dict: dict, split: str, index: int, out: str) -> dict[str, Any]:
     """Make (or find) one sample; returns its manifest record. Runs on a Dask worker."""
-    from diffnorm.methods import estimate
+    from diffnorm.methods import estimate, exact_options
 
     config = config_from_dict(config_dict)
     path = sample_path(Path(out), split, index)
@@ -125,8 +125,7 @@ def run_sample(config_dict: dict, split: str, index: int, out: str) -> dict[str,
         return _record(path, split, index, existing, reused=True)
     t0 = time.perf_counter()
     fields = sample_fields(config, split, index)
-    options = {"tolerance": config.tolerance} if config.method == "probing" else {}
-    result = estimate(fields, config.method, **options)
+    result = estimate(fields, config.method, **exact_options(config.method, config.tolerance))
     attrs = {**_provenance(config, split, index), **result.attrs()}
     attrs["sample_wall_time_s"] = round(time.perf_counter() - t0, 4)
     write_fields(path, fields, result.gamma, attrs=attrs)

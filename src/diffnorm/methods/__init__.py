@@ -15,12 +15,28 @@ from diffnorm.methods import (  # noqa: F401  (register)
     lattice,
     probing,
     randomization,
+    selinv,
 )
 from diffnorm.methods.base import METHODS, GammaResult, Progress, Timer
 from diffnorm.methods.probing import ProbingCertificateError
+from diffnorm.methods.selinv import SelinvCertificateError
 from diffnorm.operator import DiffusionOperator, make_operator
 
-__all__ = ["METHODS", "GammaResult", "ProbingCertificateError", "estimate", "method_options"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "EXACT_METHODS",
+    "METHODS",
+    "GammaResult",
+    "ProbingCertificateError",
+    "SelinvCertificateError",
+    "estimate",
+    "exact_options",
+    "method_options",
+]
+
+DEFAULT_METHOD = "selinv"
+"""The fastest certified exact method (it falls back to probing when it cannot certify)."""
+EXACT_METHODS = ("selinv", "probing", "brute")
 
 
 def method_options(method: str) -> dict[str, Any]:
@@ -31,6 +47,13 @@ def method_options(method: str) -> dict[str, Any]:
         for name, p in inspect.signature(fn).parameters.items()
         if p.kind is p.KEYWORD_ONLY and name != "progress"
     }
+
+
+def exact_options(method: str, tolerance: float) -> dict[str, Any]:
+    """The options that ask an exact ``method`` for ``tolerance`` (brute force takes none)."""
+    if method not in EXACT_METHODS:
+        raise ValueError(f"{method!r} is not an exact method; choose one of {EXACT_METHODS}")
+    return {"tolerance": tolerance} if "tolerance" in method_options(method) else {}
 
 
 def _method(method: str):
@@ -44,7 +67,7 @@ def _method(method: str):
 
 def estimate(
     fields: Fields | DiffusionOperator,
-    method: str = "probing",
+    method: str = DEFAULT_METHOD,
     *,
     backend: str = "sparse",
     operator: DiffusionOperator | None = None,

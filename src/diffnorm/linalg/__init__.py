@@ -1,0 +1,1 @@
+"""Sparse linear algebra for the γ methods: fill-reducing ordering, LDLᵀ, selected inversion."""
