@@ -22,6 +22,7 @@ def fields_file(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [
+        [],
         ["--method", "brute"],
         ["--method", "probing"],
         ["--method", "analytic"],
@@ -34,10 +35,11 @@ def test_estimate_writes_gamma(tmp_path, fields_file, args):
     assert res.exit_code == 0, res.output
     fields, gamma = read_fields(out)
     assert np.all(np.isnan(gamma[~fields.mask])) and np.all(gamma[fields.mask] > 0)
-    if args[1] in ("brute", "probing"):
+    method = args[1] if args else "selinv"  # the default: the fastest certified exact method
+    if method in ("brute", "probing", "selinv"):
         exact = estimate(fields, "brute").gamma
-        np.testing.assert_allclose(gamma[fields.mask], exact[fields.mask], rtol=1e-8)
-    assert fields.attrs["method"] == args[1]
+        np.testing.assert_allclose(gamma[fields.mask], exact[fields.mask], rtol=1e-6)
+    assert fields.attrs["method"] == method
 
 
 def test_estimate_bad_input_exits_nonzero(tmp_path, fields_file):
@@ -47,6 +49,10 @@ def test_estimate_bad_input_exits_nonzero(tmp_path, fields_file):
         app, ["estimate", str(fields_file), "-o", str(tmp_path / "o.nc"), "--tolerance", "2"]
     )
     assert res.exit_code == 2 and "tolerance" in res.output
+    res = runner.invoke(
+        app, ["estimate", str(fields_file), "-o", str(tmp_path / "o.nc"), "--stride", "3"]
+    )
+    assert res.exit_code == 2 and "--stride goes with --method probing" in res.output
 
 
 def test_compare_writes_table_and_maps(tmp_path, fields_file):
@@ -62,7 +68,7 @@ def test_compare_writes_table_and_maps(tmp_path, fields_file):
             "--reference",
             "brute",
             "--methods",
-            "analytic,randomization:50,probing",
+            "analytic,randomization:50,probing,selinv",
         ],
     )
     assert res.exit_code == 0, res.output
@@ -73,6 +79,8 @@ def test_compare_writes_table_and_maps(tmp_path, fields_file):
     # probing against brute on a grid this small is exact to round-off
     line = next(row for row in table.splitlines() if row.startswith("| probing"))
     assert float(line.split("|")[5]) < 1e-8
+    line = next(row for row in table.splitlines() if row.startswith("| selinv"))
+    assert float(line.split("|")[5]) <= 1e-6  # its certificate
 
 
 def test_compare_rejects_bad_method_spec(tmp_path, fields_file):
@@ -83,5 +91,5 @@ def test_compare_rejects_bad_method_spec(tmp_path, fields_file):
 def test_methods_lists_everything():
     res = runner.invoke(app, ["methods"])
     assert res.exit_code == 0
-    for name in ("brute", "probing", "randomization", "analytic"):
+    for name in ("selinv", "brute", "probing", "randomization", "analytic"):
         assert name in res.output

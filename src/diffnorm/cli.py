@@ -26,6 +26,7 @@ out = Console(soft_wrap=True)
 
 
 class MethodName(StrEnum):
+    selinv = "selinv"
     brute = "brute"
     probing = "probing"
     randomization = "randomization"
@@ -53,7 +54,7 @@ def user_errors():
     import warnings
 
     from diffnorm.fields import FieldsError
-    from diffnorm.methods import ProbingCertificateError
+    from diffnorm.methods import ProbingCertificateError, SelinvCertificateError
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -64,7 +65,14 @@ def user_errors():
                 console.print(f"[yellow]warning:[/] {w.message}")
             else:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    except (FieldsError, ValueError, TypeError, ProbingCertificateError, OSError) as exc:
+    except (
+        FieldsError,
+        ValueError,
+        TypeError,
+        ProbingCertificateError,
+        SelinvCertificateError,
+        OSError,
+    ) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
 
@@ -116,11 +124,13 @@ def main(
 def estimate(
     input: Annotated[Path, typer.Argument(help="fields file (NetCDF, DESIGN layout)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write fields + gamma")],
-    method: Annotated[MethodName, typer.Option(help="how to compute γ")] = MethodName.probing,
+    method: Annotated[
+        MethodName, typer.Option(help="how to compute γ (default: the fastest certified exact one)")
+    ] = MethodName.selinv,
     samples: Annotated[int, typer.Option(help="randomization: number of samples N")] = 1000,
     seed: Annotated[int, typer.Option(help="randomization: random seed")] = 0,
     tolerance: Annotated[
-        float, typer.Option(help="probing: certified relative error on γ²")
+        float, typer.Option(help="selinv, probing: certified relative error on γ²")
     ] = 1e-6,
     stride: Annotated[
         int | None, typer.Option(help="probing: force this stride (else chosen and certified)")
@@ -145,10 +155,16 @@ def estimate(
         options = {"samples": samples, "seed": seed}
     elif method is MethodName.probing:
         options = {"tolerance": tolerance, "stride": stride}
+    elif method is MethodName.selinv:
+        options = {"tolerance": tolerance}
     elif method is MethodName.cnn:
         options = {"model": model, "device": device, "tile": tile}
     elif model is not None:
         raise typer.BadParameter("--model goes with --method cnn", param_hint="--model")
+    if stride is not None and method is not MethodName.probing:
+        raise typer.BadParameter(
+            "--stride goes with --method probing (selinv needs no stride)", param_hint="--stride"
+        )
     with user_errors():
         fields, _ = read_fields(input)
         with progress_bars(not quiet) as bars:
@@ -252,12 +268,16 @@ def grid(
 @app.command()
 def compare(
     input: Annotated[Path, typer.Argument(help="fields file (NetCDF)")],
-    reference: Annotated[str, typer.Option(help="exact reference: probing or brute")] = "probing",
+    reference: Annotated[
+        str, typer.Option(help="exact reference: selinv, probing or brute")
+    ] = "selinv",
     methods: Annotated[
         str,
-        typer.Option(help="comma-separated: analytic, lattice, randomization:N, brute, probing"),
+        typer.Option(
+            help="comma-separated: analytic, lattice, randomization:N, brute, probing, selinv"
+        ),
     ] = "analytic,randomization:100,randomization:1000,randomization:10000",
-    tolerance: Annotated[float, typer.Option(help="probing reference tolerance")] = 1e-6,
+    tolerance: Annotated[float, typer.Option(help="reference tolerance (selinv, probing)")] = 1e-6,
     seed: Annotated[int, typer.Option(help="randomization seed")] = 0,
     out_dir: Annotated[
         Path, typer.Option("--out", help="folder for the table (md, csv) and PNG maps")

@@ -1,7 +1,7 @@
 """``diffnorm demo``: the whole pipeline on a small grid, on a laptop CPU.
 
-fields → exact γ (certified selected inversion) → dataset → training → model file → evaluation of the
-network against randomization (N = 10², 10³, 10⁴) and the analytic formula on test samples
+fields → exact γ (certified selected inversion) → dataset → training → model file → evaluation
+of the network against randomization (N = 10², 10³, 10⁴) and the analytic formula on test samples
 never seen in training. Every stage resumes: a killed demo run again picks up its dataset and
 its last training checkpoint.
 """
