@@ -47,6 +47,26 @@ def _symbolic(n, ap, ai):  # pragma: no cover - compiled
     return parent, lp
 
 
+@numba.njit(cache=True, nogil=True)
+def _pattern(n, ap, ai, parent, lp):  # pragma: no cover - compiled
+    """Row indices of ``L`` (sorted in each column): row ``k`` meets column ``i`` along the
+    path from each ``A[i, k]`` up the elimination tree."""
+    li = np.empty(lp[n], dtype=np.int32)
+    flag = np.empty(n, dtype=np.int64)
+    lnz = np.zeros(n, dtype=np.int64)
+    for k in range(n):
+        flag[k] = k
+        for p in range(ap[k], ap[k + 1]):
+            i = ai[p]
+            if i < k:
+                while flag[i] != k:
+                    li[lp[i] + lnz[i]] = k
+                    lnz[i] += 1
+                    flag[i] = k
+                    i = parent[i]
+    return li
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _numeric(n, ap, ai, ax, parent, lp, li, lx, d):  # pragma: no cover - compiled
     y = np.zeros(n, dtype=lx.dtype)
@@ -82,7 +102,6 @@ def _numeric(n, ap, ai, ax, parent, lp, li, lx, d):  # pragma: no cover - compil
                 y[li[p]] -= lx[p] * yi
             lki = yi / d[i]
             dk -= lki * yi
-            li[p2] = k
             lx[p2] = lki
             lnz[i] += 1
         if dk == 0:
@@ -111,7 +130,7 @@ def _takahashi(n, lp, li, lx, d, zd):  # pragma: no cover - compiled
                     zik = lx[q0 + t]
                     y[a + 1 + t] += zik * lk
                     acc += zik * lx[p0 + a + 1 + t]
-            else:
+            elif 4 * (m - a - 1) >= q1 - q0:  # a few extra rows: merge the sorted lists
                 b = a + 1
                 for q in range(q0, q1):
                     if b == m:
@@ -121,6 +140,21 @@ def _takahashi(n, lp, li, lx, d, zd):  # pragma: no cover - compiled
                         y[b] += zik * lk
                         acc += zik * lx[p0 + b]
                         b += 1
+            else:  # a long column: binary-search each row of I in what is left of it
+                lo = q0
+                for b in range(a + 1, m):
+                    target = li[p0 + b]
+                    hi = q1
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if li[mid] < target:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    zik = lx[lo]
+                    y[b] += zik * lk
+                    acc += zik * lx[p0 + b]
+                    lo += 1
             y[a] += acc
         s = 1.0 / d[j]
         for a in range(m):
@@ -143,7 +177,8 @@ class Symbolic:
     indices: np.ndarray
     source: np.ndarray  # position in the input's CSR data of each permuted entry
     parent: np.ndarray
-    lp: np.ndarray
+    lp: np.ndarray  # column pointers of L
+    li: np.ndarray  # row indices of L (int32), shared by every numeric factorization
 
     @property
     def n(self) -> int:
@@ -173,8 +208,12 @@ def analyse(matrix: sp.csr_matrix, perm: np.ndarray) -> Symbolic:
     source = (permuted.data - 1).astype(np.int64)
     indptr = permuted.indptr.astype(np.int64)
     indices = permuted.indices.astype(np.int64)
-    parent, lp = _symbolic(a.shape[0], indptr, indices)
-    return Symbolic(np.asarray(perm, dtype=np.int64), indptr, indices, source, parent, lp)
+    n = a.shape[0]
+    if n >= 2**31:
+        raise ValueError(f"{n} unknowns: more than the int32 row indices of the factor hold")
+    parent, lp = _symbolic(n, indptr, indices)
+    li = _pattern(n, indptr, indices, parent, lp)
+    return Symbolic(np.asarray(perm, dtype=np.int64), indptr, indices, source, parent, lp, li)
 
 
 def selected_inverse_diagonal(
@@ -188,7 +227,7 @@ def selected_inverse_diagonal(
     if shift != 0:
         diag = _diagonal_positions(symbolic)
         ax[diag] -= shift if dtype == np.complex128 else complex(shift).real
-    li = np.empty(symbolic.factor_nnz, dtype=np.int64)
+    li = symbolic.li
     lx = np.empty(symbolic.factor_nnz, dtype=dtype)
     d = np.empty(n, dtype=dtype)
     bad = _numeric(

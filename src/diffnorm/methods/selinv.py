@@ -191,10 +191,16 @@ def contour_diagonal(
 
 
 def default_threads() -> int:
+    """The usable cores, or ``OMP_NUM_THREADS`` when set (Dask workers set it to their share)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        wanted = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        wanted = cores
+    return max(1, min(cores, wanted))
 
 
 @register(

@@ -1,0 +1,156 @@
+"""How the cost of exact γ grows with the grid: brute, probing, selinv, randomization.
+
+    python benchmarks/bench_exact_scaling.py [--resolutions 2,1,0.5,0.25] [--check 128]
+        [--methods selinv,probing,randomization:1000,brute] [--budget 900]
+
+Global lat–lon grids with real coastlines (land poleward of ±80°), M = 10, smooth random
+``D`` in 1.5–4 cells. Each method runs in its own process (its peak resident memory is its
+own) under a wall-time budget; a method that ran past the budget at one resolution is not
+tried at finer ones. Brute force runs on ``--check`` random ocean columns, scaled to all
+cells (its cost is linear in the columns), and those columns are the reference for every
+other method's max |ε|. The last lines fit ``time ∝ cells^p`` per method; the last line
+printed is one JSON object with all numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import time
+
+import numpy as np
+
+from diffnorm.grid import built_in_grid, fields_from_cell_length_scales
+from diffnorm.lengthscales import random_cell_length_scales
+
+
+def make_fields(resolution: float, steps: int, d_min: float, d_max: float, seed: int):
+    grid = built_in_grid("latlon", resolution=resolution)
+    rng = np.random.default_rng(seed)
+    d1, d2 = random_cell_length_scales(
+        grid.mask.shape, rng, d_min=d_min, d_max=d_max, periodic_x=grid.periodic_x
+    )
+    return fields_from_cell_length_scales(grid, d1, d2, steps)
+
+
+def run_method(args: dict, queue: mp.Queue) -> None:
+    """In a fresh process: time one method, return its variance on the checked columns."""
+    from diffnorm.methods import estimate
+    from diffnorm.methods.brute import brute_variance
+    from diffnorm.operator import make_operator
+
+    fields = make_fields(args["resolution"], args["steps"], args["d_min"], args["d_max"], 0)
+    name, _, arg = args["method"].partition(":")
+    t0 = time.perf_counter()
+    op = make_operator(fields)
+    cols = np.asarray(args["columns"])
+    info: dict = {}
+    if name == "brute":
+        variance = brute_variance(op, cols)
+        wall = (time.perf_counter() - t0) * op.n / cols.size
+        info["timed_columns"] = int(cols.size)
+    else:
+        options: dict = {"tolerance": args["tolerance"]} if name in ("selinv", "probing") else {}
+        if name == "randomization":
+            options = {"samples": int(float(arg or 1000)), "seed": 0}
+        result = estimate(op, name, **options)
+        wall = time.perf_counter() - t0
+        variance = op.from_grid(result.variance)[cols]
+        info = {k: v for k, v in result.info.items() if isinstance(v, int | float | str)}
+        info["certified"] = result.tolerance
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
+    queue.put({"wall_s": wall, "peak_gib": peak, "variance": variance.tolist(), "info": info})
+
+
+def timed(args: dict, budget: float) -> dict | None:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=run_method, args=(args, queue))
+    proc.start()
+    try:
+        out = queue.get(timeout=budget)
+    except Exception:  # queue.Empty: past the budget, or the process died (memory)
+        out = None
+    proc.join(timeout=5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolutions", default="2,1,0.5,0.25", help="degrees, comma-separated")
+    parser.add_argument("--methods", default="selinv,probing,randomization:1000,brute")
+    parser.add_argument("--check", type=int, default=128, help="brute-force reference columns")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--d-min", type=float, default=1.5)
+    parser.add_argument("--d-max", type=float, default=4.0)
+    parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--budget", type=float, default=900.0, help="seconds per method run")
+    args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "brute" in methods:  # the reference first
+        methods = ["brute", *(m for m in methods if m != "brute")]
+    print(
+        f"{platform.processor() or platform.machine()}, M={args.steps}, D {args.d_min}–{args.d_max}"
+    )
+    rows: list[dict] = []
+    stopped: set[str] = set()
+    for resolution in (float(r) for r in args.resolutions.split(",")):
+        fields = make_fields(resolution, args.steps, args.d_min, args.d_max, 0)
+        n = fields.n_ocean
+        rng = np.random.default_rng(1)
+        columns = np.sort(rng.choice(n, min(args.check, n), replace=False)).tolist()
+        print(f"\n{resolution:g}°: {fields.shape[0]}×{fields.shape[1]}, {n} ocean cells")
+        reference = None
+        for method in methods:
+            if method in stopped:
+                print(f"  {method:<20} skipped (past the budget at a coarser grid)")
+                continue
+            job = {
+                "resolution": resolution,
+                "steps": args.steps,
+                "d_min": args.d_min,
+                "d_max": args.d_max,
+                "tolerance": args.tolerance,
+                "method": method,
+                "columns": columns,
+            }
+            out = timed(job, args.budget)
+            if out is None:
+                stopped.add(method)
+                print(f"  {method:<20} > {args.budget:.0f} s or out of memory")
+                rows.append({"resolution": resolution, "cells": n, "method": method})
+                continue
+            variance = np.asarray(out.pop("variance"))
+            if method == "brute":
+                reference = variance
+            error = (
+                float(np.max(np.abs(reference / variance - 1))) if reference is not None else None
+            )
+            row = {"resolution": resolution, "cells": n, "method": method, **out, "max_err": error}
+            rows.append(row)
+            err = f"{error:.1e}" if error is not None else "–"
+            cert = out["info"].get("certified")
+            cert_text = f", certified {cert:.1e}" if cert else ""
+            print(
+                f"  {method:<20} {out['wall_s']:9.2f} s  peak {out['peak_gib']:5.2f} GiB  "
+                f"max |ε| {err} on {len(columns)} cells{cert_text}"
+            )
+    print("\nfit time ∝ cells^p (all resolutions that finished):")
+    fits = {}
+    for method in methods:
+        pts = [(r["cells"], r["wall_s"]) for r in rows if r["method"] == method and "wall_s" in r]
+        if len(pts) >= 2:
+            x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+            fits[method] = float(np.polyfit(x, y, 1)[0])
+            print(f"  {method:<20} p = {fits[method]:.2f}")
+    print(json.dumps({"rows": rows, "exponents": fits}))
+
+
+if __name__ == "__main__":
+    main()
