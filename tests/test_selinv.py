@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 import diffnorm.methods.selinv as sv
 from conftest import dense_variance, random_fields
+from diffnorm.fields import Fields, FieldsError
 from diffnorm.linalg.ldl import analyse, selected_inverse_diagonal
 from diffnorm.linalg.ordering import nested_dissection
 from diffnorm.methods import DEFAULT_METHOD, SelinvCertificateError, estimate
@@ -124,3 +125,11 @@ def test_selinv_on_the_torch_backend_builds_its_own_matrix():
     np.testing.assert_allclose(
         1.0 / result.gamma[fields.mask] ** 2, dense_variance(fields), rtol=2e-6
     )
+
+
+def test_selinv_names_the_fields_when_alpha_over_area_overflows():
+    base = random_fields(steps=6)
+    area = np.where(base.mask, 1e-300, base.area)  # alpha/area = 1e308+: a units mistake
+    fields = Fields(base.mask, area, base.alpha_x, base.alpha_y, base.steps, base.periodic_x)
+    with pytest.raises(FieldsError, match="alpha/area overflows"):
+        estimate(fields, "selinv")

@@ -37,10 +37,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from diffnorm.fields import Fields, FieldsError
 from diffnorm.linalg.ldl import FactorizationError, Symbolic, analyse, selected_inverse_diagonal
 from diffnorm.linalg.ordering import nested_dissection
 from diffnorm.methods.base import MethodOutput, Progress, register
-from diffnorm.operator import DiffusionOperator, system_matrix
+from diffnorm.operator import make_operator, system_matrix
 
 UNIT_ROUNDOFF = np.finfo(np.float64).eps / 2
 # the round-off bound R_i = g·u·Σ_k |w_k| |D_k,i| cond_k: with g = 1 it was ≥ 2.3× the round-off
@@ -111,18 +112,21 @@ def plan_nodes(steps: int, tolerance: float, roundoff_ratio: float = 0.0) -> int
     return max(steps + 1, math.ceil(math.log(eta / (1 + eta)) / math.log(wanted)))
 
 
-def scaled_matrix(op: DiffusionOperator) -> sp.csr_matrix:
-    """``A = W^{-1/2}(W + K)W^{-1/2}`` on the operator's ocean cells (sorted CSR)."""
-    matrix = getattr(op, "matrix", None)
-    if matrix is None:
-        matrix = system_matrix(op.fields)
-    s = sp.diags(1.0 / op.sqrt_w)
+def scaled_matrix(fields: Fields) -> sp.csr_matrix:
+    """``A = W^{-1/2}(W + K)W^{-1/2}`` on the ocean cells, row-major (sorted CSR)."""
+    matrix = system_matrix(fields)
+    s = sp.diags(1.0 / np.sqrt(ocean_weights(fields)))
     a = sp.csr_matrix(s @ matrix @ s)
     a.sort_indices()
     return a
 
 
-def symbolic_for(op: DiffusionOperator, a: sp.csr_matrix) -> Symbolic:
+def ocean_weights(fields: Fields) -> np.ndarray:
+    """``w = area`` on the ocean cells, row-major (the operator's order)."""
+    return fields.area.ravel()[np.flatnonzero(fields.mask.ravel())].astype(np.float64)
+
+
+def symbolic_for(fields: Fields, a: sp.csr_matrix) -> Symbolic:
     """Nested-dissection ordering and elimination tree of ``a``'s pattern, cached: every sample
     of a dataset on one grid shares them."""
     key = (
@@ -135,8 +139,8 @@ def symbolic_for(op: DiffusionOperator, a: sp.csr_matrix) -> Symbolic:
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    nx = op.fields.shape[1]
-    coords = np.stack(np.divmod(op.ocean, nx), axis=1)
+    ocean = np.flatnonzero(fields.mask.ravel())
+    coords = np.stack(np.divmod(ocean, fields.shape[1]), axis=1)
     symbolic = analyse(a, nested_dissection(a, coords))
     _CACHE[key] = symbolic
     while len(_CACHE) > _CACHE_SIZE:
@@ -206,9 +210,10 @@ def default_threads() -> int:
 @register(
     "selinv",
     "exact to a certified tolerance: contour rule, one selected inversion per node (~M/2+1)",
+    needs_operator=False,  # it factors its own shifted matrices
 )
 def selinv(
-    op: DiffusionOperator,
+    fields: Fields,
     *,
     tolerance: float = 1e-6,
     nodes: int | None = None,
@@ -224,7 +229,7 @@ def selinv(
     """
     if not (0 < tolerance < 1):
         raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
-    steps = op.fields.steps
+    steps = fields.steps
     if nodes is not None and nodes < steps:
         raise ValueError(
             f"nodes must be >= steps (M = {steps}): fewer nodes alias x^(M-N); got {nodes}"
@@ -232,8 +237,15 @@ def selinv(
     workers = default_threads() if threads is None else int(threads)
     if workers < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    a = scaled_matrix(op)
-    symbolic = symbolic_for(op, a)
+    weights = ocean_weights(fields)
+    a = scaled_matrix(fields)
+    if not np.isfinite(a.data).all():
+        raise FieldsError(
+            "alpha/area overflows float64 (alpha_x, alpha_y up to "
+            f"{max(np.nanmax(fields.alpha_x), np.nanmax(fields.alpha_y)):.3g} m², area down "
+            f"to {float(weights.min()):.3g} m²): give both in m² on the same grid"
+        )
+    symbolic = symbolic_for(fields, a)
     info: dict = {"factor_nnz": symbolic.factor_nnz, "threads": workers, "factorizations": 0}
     eta = 2 * TRUNCATION_SHARE * tolerance
     count = plan_nodes(steps, tolerance) if nodes is None else nodes
@@ -253,7 +265,7 @@ def selinv(
         worst = float(error.max()) if error.size else 0.0
         info["certificate_max"] = worst
         if worst <= tolerance:
-            variance = total / (1 + rule.truncation / 2) / op.weights
+            variance = total / (1 + rule.truncation / 2) / weights
             return MethodOutput(variance, worst, error, info)
         reason = (
             f"contour rule with {rule.nodes} nodes is not certified: relative error on gamma^2 "
@@ -267,6 +279,6 @@ def selinv(
         raise SelinvCertificateError(reason + "; use more nodes or a larger tolerance")
     from diffnorm.methods.probing import probing
 
-    out = probing(op, tolerance=tolerance, progress=progress)
+    out = probing(make_operator(fields), tolerance=tolerance, progress=progress)
     out.info.update(fallback="probing", fallback_reason=reason)
     return out
