@@ -144,6 +144,13 @@ def estimate(
     tile: Annotated[
         int | None, typer.Option(help="cnn: predict in tiles of this many cells (memory)")
     ] = None,
+    verify: Annotated[
+        int,
+        typer.Option(
+            help="also compute exact γ at this many cells (half coastal) and report the "
+            "method's measured error there (written as verify_* attributes)"
+        ),
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Compute γ for a fields file and write it (NaN on land) with the method's metadata."""
@@ -175,13 +182,29 @@ def estimate(
                 progress=bars(method.value),
                 **options,
             )
-        write_fields(output, fields, result.gamma, attrs=result.attrs())
+        attrs = result.attrs()
+        if verify:
+            from diffnorm.verify import verify as run_verify
+
+            checked = run_verify(fields, result.gamma, verify, seed=seed)
+            attrs.update(checked.summary())
+        write_fields(output, fields, result.gamma, attrs=attrs)
     g = result.gamma[fields.mask]
     summary = f"{method.value}: γ in [{g.min() / 1e3:.4g}, {g.max() / 1e3:.4g}] km"
     summary += f" on {fields.n_ocean} ocean cells in {result.wall_time:.3g} s"
     if result.tolerance:
         summary += f", certified |ε| ≤ {result.tolerance:.1e}"
     console.print(summary)
+    if verify:
+        s = checked.summary()
+        line = (
+            f"verified against exact γ at {s['verify_cells']} cells "
+            f"({s['verify_coastal_cells']} coastal): mean |ε| {s['verify_mean_abs']:.2e}, "
+            f"max |ε| {s['verify_max_abs']:.2e}"
+        )
+        if "verify_coastal_max_abs" in s:
+            line += f" (coastal max {s['verify_coastal_max_abs']:.2e})"
+        console.print(line)
     console.print(f"wrote {output}")
 
 
