@@ -26,7 +26,7 @@ from torch import nn
 
 from diffnorm import __version__
 from diffnorm.fields import Fields
-from diffnorm.ml.data import Encoding
+from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import Standardizer, channel_names, gamma_from_target
 from diffnorm.ml.networks import build_network, count_parameters
 
