@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-GRID_NAMES = ("toy", "orca1", "latlon", "mesh", "box")
+GRID_NAMES = ("toy", "orca1", "latlon", "mesh", "box", "windows")
 
 
 class ConfigError(ValueError):
@@ -24,8 +24,8 @@ class GridSpec:
     resolution: float | None = None  # latlon: degrees
     polar_cap: float | None = None  # latlon: land poleward of ±this latitude
     mesh: str | None = None  # mesh: path to a NEMO mesh_mask.nc
-    ny: int | None = None  # box
-    nx: int | None = None  # box
+    ny: int | None = None  # box, windows
+    nx: int | None = None  # box, windows
     periodic_x: bool = True  # box
     drop_halo: bool | None = None  # mesh: None drops a detected cyclic halo; False keeps it
 
@@ -39,6 +39,7 @@ class ParameterSpec:
     anisotropy: tuple[float, float] = (1 / 3, 3.0)
     correlation_cells: float = 10.0
     lat_amplitude: float = 0.0
+    sharp_fraction: float = 0.0  # share of samples with a sharp step in D (data.windows)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class DataConfig:
         d = asdict(self)
         if d["grid"]["drop_halo"] is None:
             del d["grid"]["drop_halo"]  # the default: digests of older configs stay valid
+        if d["parameters"]["sharp_fraction"] == 0.0:
+            del d["parameters"]["sharp_fraction"]  # likewise
         d["parameters"]["anisotropy"] = list(d["parameters"]["anisotropy"])
         return d
 
@@ -123,6 +126,12 @@ def _check(cfg: DataConfig, where: str) -> None:
         raise ConfigError(f"{where}grid.mesh must give the path of a mesh_mask.nc for grid 'mesh'")
     if g.name == "box" and not (g.ny and g.nx and g.ny > 1 and g.nx > 1):
         raise ConfigError(f"{where}grid.ny and grid.nx (> 1) are needed for grid 'box'")
+    if g.name == "windows" and not (g.ny and g.nx and g.ny >= 8 and g.nx >= 8):
+        raise ConfigError(f"{where}grid.ny and grid.nx (>= 8) are needed for grid 'windows'")
+    if not 0.0 <= p.sharp_fraction <= 1.0:
+        raise ConfigError(
+            f"{where}parameters.sharp_fraction must be in [0, 1], got {p.sharp_fraction}"
+        )
     if not isinstance(cfg.steps, int) or cfg.steps < 4 or cfg.steps % 2:
         raise ConfigError(f"{where}steps must be an even integer >= 4, got {cfg.steps!r}")
     if not 0 < p.d_min <= p.d_max:

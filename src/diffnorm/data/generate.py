@@ -53,9 +53,16 @@ def sample_fields(config: DataConfig, split: str, index: int) -> Fields:
     from diffnorm.grid import fields_from_cell_length_scales
     from diffnorm.lengthscales import random_cell_length_scales
 
-    metrics = grid_metrics(config.grid)
     p = config.parameters
     rng = np.random.default_rng(sample_seed(config, split, index))
+    if config.grid.name == "windows":  # each sample its own geometry, drawn first
+        from diffnorm.data.windows import window_mask
+        from diffnorm.grid import box_grid
+
+        mask = window_mask(rng, config.grid.ny, config.grid.nx)
+        metrics = box_grid(config.grid.ny, config.grid.nx, mask=mask)
+    else:
+        metrics = grid_metrics(config.grid)
     d1, d2 = random_cell_length_scales(
         metrics.shape,
         rng,
@@ -67,6 +74,10 @@ def sample_fields(config: DataConfig, split: str, index: int) -> Fields:
         lat=metrics.lat,
         lat_amplitude=p.lat_amplitude,
     )
+    if p.sharp_fraction and rng.random() < p.sharp_fraction:
+        from diffnorm.data.windows import sharp_steps
+
+        d1, d2 = sharp_steps(rng, d1, d2, p.d_min, p.d_max)
     return fields_from_cell_length_scales(metrics, d1, d2, config.steps)
 
 
