@@ -1,0 +1,151 @@
+"""Does a network hold on grids it has never seen? The cases of the CNN-generalization issue.
+
+    python benchmarks/bench_generalization.py [--model NAME_OR_FILE] [--samples 2]
+        [--randomization 10000] [--cases orca1,natl025,toy_table8,rectangles,gyre]
+
+Cases (exact γ by certified selinv on each):
+
+- ``orca1``: the ORCA1-like grid, D 1.5–6 cells, new parameter draws (seeds 1000+);
+- ``natl025``: a closed 1/4° North-Atlantic basin (10–60° N, 80° W–0°), D 1.5–6 cells;
+- ``toy_table8``: the study's toy 1° grid with κ = 3·10⁹ m² everywhere;
+- ``rectangles``: closed rectangular basins of 120 to 1 600 cells, D = 3 cells;
+- ``gyre``: the NEMO GYRE basin read from ``../shared/data/nemo`` (mesh_mask), D = 3 cells.
+
+For each: mean, Q99.99 and max of |ε| for the network and (``--randomization N``, 0 to skip)
+randomization, and whether the network is at or below it on all three. The last line is one
+JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from diffnorm.fields import Fields
+from diffnorm.grid import (
+    box_grid,
+    built_in_grid,
+    fields_from_cell_length_scales,
+    fields_from_metrics,
+    latlon_grid,
+    mesh_mask_grid,
+    toy_grid,
+)
+from diffnorm.lengthscales import random_cell_length_scales
+from diffnorm.methods import estimate
+from diffnorm.metrics import relative_error
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nemo"
+
+
+def _random(metrics, seed: int, steps: int = 10) -> Fields:
+    rng = np.random.default_rng(seed)
+    d1, d2 = random_cell_length_scales(
+        metrics.shape, rng, d_min=1.5, d_max=6.0, periodic_x=metrics.periodic_x
+    )
+    return fields_from_cell_length_scales(metrics, d1, d2, steps)
+
+
+def north_atlantic() -> object:
+    """1/4° lat–lon cut to 10–60° N, 80° W–0°, closed on all sides."""
+    g = latlon_grid(0.25, lat_min=10.0, lat_max=60.0, polar_cap=None)
+    cols = slice(int((180 - 80) / 0.25), int(180 / 0.25))
+    names = ("mask", "e1t", "e2t", "e1u", "e2u", "e1v", "e2v", "lat", "lon")
+    cut = {k: np.ascontiguousarray(getattr(g, k)[:, cols]) for k in names}
+    return replace(g, periodic_x=False, name="natl025", **cut)
+
+
+def cases(names: list[str], samples: int) -> dict[str, list[Fields]]:
+    out: dict[str, list[Fields]] = {}
+    for name in names:
+        if name == "orca1":
+            grid = built_in_grid("orca1")
+            out[name] = [_random(grid, 1000 + k) for k in range(samples)]
+        elif name == "natl025":
+            grid = north_atlantic()
+            out[name] = [_random(grid, 2000 + k) for k in range(samples)]
+        elif name == "toy_table8":
+            out[name] = [fields_from_metrics(toy_grid(), 3e9, 3e9, steps=10)]
+        elif name == "rectangles":
+            out[name] = []
+            for ny, nx in ((10, 12), (16, 25), (30, 40), (40, 40)):
+                mask = np.zeros((ny + 2, nx + 2), dtype=bool)
+                mask[1:-1, 1:-1] = True
+                out[name].append(
+                    fields_from_cell_length_scales(box_grid(*mask.shape, mask=mask), 3.0, 3.0, 10)
+                )
+        elif name == "gyre":
+            grid = mesh_mask_grid(SHARED / "gyre_nemo3.6_mesh_mask.nc")
+            out[name] = [fields_from_cell_length_scales(grid, 3.0, 3.0, 10)]
+        else:
+            raise SystemExit(f"unknown case {name!r}")
+    return out
+
+
+def metrics(eps: list[np.ndarray]) -> dict[str, float]:
+    a = np.abs(np.concatenate(eps))
+    return {
+        "mean_abs": float(a.mean()),
+        "q9999": float(np.quantile(a, 0.9999)),
+        "max_abs": float(a.max()),
+        "cells": int(a.size),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="cnn model (default: the shipped choice)")
+    parser.add_argument("--samples", type=int, default=2, help="draws for orca1 and natl025")
+    parser.add_argument("--randomization", type=int, default=10000, help="N (0: skip)")
+    parser.add_argument("--cases", default="orca1,natl025,toy_table8,rectangles,gyre")
+    args = parser.parse_args()
+    options = {} if args.model is None else {"model": args.model}
+    report = {}
+    print("| case | cells | method | mean abs(ε) | Q99.99 abs(ε) | max abs(ε) | s/sample |")
+    print("|---|---|---|---|---|---|---|")
+    for name, samples in cases(args.cases.split(","), args.samples).items():
+        rows: dict[str, dict] = {}
+        eps: dict[str, list] = {"cnn": [], "randomization": []}
+        times: dict[str, float] = {"cnn": 0.0, "randomization": 0.0}
+        model_name = ""
+        for fields in samples:
+            exact = estimate(fields, "selinv")
+            t0 = time.perf_counter()
+            cnn = estimate(fields, "cnn", **options)
+            times["cnn"] += time.perf_counter() - t0
+            model_name = cnn.info.get("model", "")
+            eps["cnn"].append(relative_error(cnn.gamma, exact.gamma, fields.mask))
+            if args.randomization:
+                r = estimate(fields, "randomization", samples=args.randomization, seed=0)
+                times["randomization"] += r.wall_time
+                eps["randomization"].append(relative_error(r.gamma, exact.gamma, fields.mask))
+        for method, values in eps.items():
+            if not values:
+                continue
+            rows[method] = {**metrics(values), "s_per_sample": times[method] / len(samples)}
+            label = (
+                f"cnn ({model_name})"
+                if method == "cnn"
+                else f"randomization N={args.randomization}"
+            )
+            m = rows[method]
+            print(
+                f"| {name} | {m['cells']} | {label} | {m['mean_abs']:.2e} | {m['q9999']:.2e} "
+                f"| {m['max_abs']:.2e} | {m['s_per_sample']:.3g} |"
+            )
+        if "randomization" in rows:
+            keys = ("mean_abs", "q9999", "max_abs")
+            rows["cnn_beats_randomization"] = all(
+                rows["cnn"][k] <= rows["randomization"][k] for k in keys
+            )
+        report[name] = rows
+    print(json.dumps({"model": args.model, "cases": report}))
+
+
+if __name__ == "__main__":
+    main()
