@@ -179,6 +179,7 @@ class Symbolic:
     parent: np.ndarray
     lp: np.ndarray  # column pointers of L
     li: np.ndarray  # row indices of L (int32), shared by every numeric factorization
+    ordering: str = "given"
 
     @property
     def n(self) -> int:
@@ -195,7 +196,7 @@ class Symbolic:
         return float((counts**2).sum())
 
 
-def analyse(matrix: sp.csr_matrix, perm: np.ndarray) -> Symbolic:
+def analyse(matrix: sp.csr_matrix, perm: np.ndarray, ordering: str = "given") -> Symbolic:
     """Symbolic analysis of a symmetric ``matrix`` (CSR, pattern symmetric) in order ``perm``."""
     a = sp.csr_matrix(matrix)
     a.sort_indices()
@@ -213,7 +214,8 @@ def analyse(matrix: sp.csr_matrix, perm: np.ndarray) -> Symbolic:
         raise ValueError(f"{n} unknowns: more than the int32 row indices of the factor hold")
     parent, lp = _symbolic(n, indptr, indices)
     li = _pattern(n, indptr, indices, parent, lp)
-    return Symbolic(np.asarray(perm, dtype=np.int64), indptr, indices, source, parent, lp, li)
+    perm = np.asarray(perm, dtype=np.int64)
+    return Symbolic(perm, indptr, indices, source, parent, lp, li, ordering)
 
 
 def selected_inverse_diagonal(

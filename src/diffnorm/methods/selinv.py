@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from diffnorm.fields import Fields, FieldsError
 from diffnorm.linalg.ldl import FactorizationError, Symbolic, analyse, selected_inverse_diagonal
-from diffnorm.linalg.ordering import nested_dissection
+from diffnorm.linalg.ordering import fill_reducing_ordering
 from diffnorm.methods.base import MethodOutput, Progress, register
 from diffnorm.operator import make_operator, system_matrix
 
@@ -141,7 +141,8 @@ def symbolic_for(fields: Fields, a: sp.csr_matrix) -> Symbolic:
         return hit
     ocean = np.flatnonzero(fields.mask.ravel())
     coords = np.stack(np.divmod(ocean, fields.shape[1]), axis=1)
-    symbolic = analyse(a, nested_dissection(a, coords))
+    perm, ordering = fill_reducing_ordering(a, coords)
+    symbolic = analyse(a, perm, ordering)
     _CACHE[key] = symbolic
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -246,7 +247,12 @@ def selinv(
             f"to {float(weights.min()):.3g} m²): give both in m² on the same grid"
         )
     symbolic = symbolic_for(fields, a)
-    info: dict = {"factor_nnz": symbolic.factor_nnz, "threads": workers, "factorizations": 0}
+    info: dict = {
+        "ordering": symbolic.ordering,
+        "factor_nnz": symbolic.factor_nnz,
+        "threads": workers,
+        "factorizations": 0,
+    }
     eta = 2 * TRUNCATION_SHARE * tolerance
     count = plan_nodes(steps, tolerance) if nodes is None else nodes
     reason = ""
