@@ -133,3 +133,12 @@ def test_selinv_names_the_fields_when_alpha_over_area_overflows():
     fields = Fields(base.mask, area, base.alpha_x, base.alpha_y, base.steps, base.periodic_x)
     with pytest.raises(FieldsError, match="alpha/area overflows"):
         estimate(fields, "selinv")
+
+
+def test_selinv_adds_nodes_when_round_off_needs_them():
+    fields = random_fields(steps=10, kappa=3.0)
+    result = estimate(fields, "selinv", tolerance=1e-10)  # η/2 alone would allow N = M
+    assert result.info["attempts"] == 2 and result.info["nodes"] > 10
+    assert "fallback" not in result.info
+    error = np.abs(dense_variance(fields) * result.gamma[fields.mask] ** 2 - 1)
+    assert error.max() <= result.tolerance <= 1e-10

@@ -49,6 +49,7 @@ UNIT_ROUNDOFF = np.finfo(np.float64).eps / 2
 ROUNDOFF_GROWTH = 4.0
 TRUNCATION_SHARE = 0.8  # of the tolerance; the rest for round-off
 MAX_ATTEMPTS = 3
+MAX_NODES_PER_STEP = 8  # beyond, probing is cheaper
 _CACHE: OrderedDict[bytes, Symbolic] = OrderedDict()
 _CACHE_SIZE = 4
 
@@ -100,16 +101,23 @@ def certificate(rule: CircleRule, total: np.ndarray, roundoff: np.ndarray) -> np
     return out
 
 
-def plan_nodes(steps: int, tolerance: float, roundoff_ratio: float = 0.0) -> int:
-    """Nodes ``N ≥ M`` for a first attempt, or after one whose round-off share came out
-    ``roundoff_ratio`` times its budget: the weights scale as ``ρ^{1−M}``, so the radius must
-    grow by that ratio^{1/(M−1)} and ``N`` with it."""
-    eta = 2 * TRUNCATION_SHARE * tolerance
+def plan_nodes(steps: int, tolerance: float, nodes: int = 0, roundoff_ratio: float = 0.0) -> int:
+    """Nodes ``N ≥ M`` for a first attempt, or after one with ``nodes`` nodes whose round-off
+    share came out ``roundoff_ratio`` times its budget.
+
+    At fixed ``η`` the radius is ``ρ = η^{1/N}`` and the weights grow like
+    ``ρ^{1−M} = exp(L/N)``, ``L = (M − 1)|ln η|``: dividing them by ``2·ratio`` needs
+    ``L/N' = L/N − ln(2·ratio)``. Returns 0 when no node count can (the round-off floor of
+    ``ρ → 1``).
+    """
     if roundoff_ratio <= 1.0 or steps <= 1:
-        return steps
-    radius = CircleRule.for_truncation(steps, steps, eta).radius
-    wanted = min(radius * (2.0 * roundoff_ratio) ** (1.0 / (steps - 1)), 0.95)
-    return max(steps + 1, math.ceil(math.log(eta / (1 + eta)) / math.log(wanted)))
+        return max(steps, nodes)
+    eta = 2 * TRUNCATION_SHARE * tolerance
+    big = (steps - 1) * abs(math.log(eta / (1 + eta)))
+    room = big / nodes - math.log(2.0 * roundoff_ratio)
+    if room <= 0 or big / room > MAX_NODES_PER_STEP * steps:
+        return 0
+    return max(nodes + 1, math.ceil(big / room))
 
 
 def scaled_matrix(fields: Fields) -> sp.csr_matrix:
@@ -254,9 +262,9 @@ def selinv(
         "factorizations": 0,
     }
     eta = 2 * TRUNCATION_SHARE * tolerance
-    count = plan_nodes(steps, tolerance) if nodes is None else nodes
+    count = steps if nodes is None else nodes
     reason = ""
-    for attempt in range(1, (MAX_ATTEMPTS if nodes is None else 1) + 1):
+    for attempt in range(1, MAX_ATTEMPTS + 1):
         rule = CircleRule.for_truncation(steps, count, eta)
         info.update(
             attempts=attempt, nodes=rule.nodes, radius=rule.radius, truncation_bound=rule.truncation
@@ -278,9 +286,12 @@ def selinv(
             f"up to {worst:.2e} > tolerance {tolerance:.1e}"
         )
         share = float((roundoff / np.maximum(total, 1e-300)).max())
-        count = max(
-            count + 1, plan_nodes(steps, tolerance, share / ((1 - TRUNCATION_SHARE) * tolerance))
+        count = plan_nodes(
+            steps, tolerance, rule.nodes, share / ((1 - TRUNCATION_SHARE) * tolerance)
         )
+        if count == 0 or nodes is not None:
+            break
+        count = max(count, rule.nodes + 1)
     if not fallback:
         raise SelinvCertificateError(reason + "; use more nodes or a larger tolerance")
     from diffnorm.methods.probing import probing
