@@ -26,45 +26,36 @@ import scipy.sparse as sp
 
 
 @numba.njit(cache=True, nogil=True)
-def _symbolic(n, ap, ai):  # pragma: no cover - compiled
-    parent = np.full(n, -1, dtype=np.int64)
+def _walk(n, ap, ai, parent, lnz, lp, li, fill):  # pragma: no cover - compiled
+    """Row ``k`` of ``L`` meets column ``i`` along the path from each ``A[i, k]`` (``i < k``)
+    up the elimination tree. First pass (``fill`` false): build the tree and count each
+    column; second: write the row indices (sorted, as ``k`` increases)."""
     flag = np.empty(n, dtype=np.int64)
-    lnz = np.zeros(n, dtype=np.int64)
     for k in range(n):
         flag[k] = k
         for p in range(ap[k], ap[k + 1]):
             i = ai[p]
             if i < k:
                 while flag[i] != k:
-                    if parent[i] == -1:
+                    if fill:
+                        li[lp[i] + lnz[i]] = k
+                    elif parent[i] == -1:
                         parent[i] = k
                     lnz[i] += 1
                     flag[i] = k
                     i = parent[i]
-    lp = np.zeros(n + 1, dtype=np.int64)
-    for k in range(n):
-        lp[k + 1] = lp[k] + lnz[k]
-    return parent, lp
 
 
-@numba.njit(cache=True, nogil=True)
-def _pattern(n, ap, ai, parent, lp):  # pragma: no cover - compiled
-    """Row indices of ``L`` (sorted in each column): row ``k`` meets column ``i`` along the
-    path from each ``A[i, k]`` up the elimination tree."""
-    li = np.empty(lp[n], dtype=np.int32)
-    flag = np.empty(n, dtype=np.int64)
+def _symbolic(n: int, ap: np.ndarray, ai: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Elimination tree, column pointers and row indices (int32) of ``L``."""
+    parent = np.full(n, -1, dtype=np.int64)
     lnz = np.zeros(n, dtype=np.int64)
-    for k in range(n):
-        flag[k] = k
-        for p in range(ap[k], ap[k + 1]):
-            i = ai[p]
-            if i < k:
-                while flag[i] != k:
-                    li[lp[i] + lnz[i]] = k
-                    lnz[i] += 1
-                    flag[i] = k
-                    i = parent[i]
-    return li
+    lp = np.zeros(n + 1, dtype=np.int64)
+    _walk(n, ap, ai, parent, lnz, lp, np.zeros(0, dtype=np.int32), False)
+    np.cumsum(lnz, out=lp[1:])
+    li = np.empty(lp[n], dtype=np.int32)
+    _walk(n, ap, ai, parent, np.zeros(n, dtype=np.int64), lp, li, True)
+    return parent, lp, li
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -212,8 +203,7 @@ def analyse(matrix: sp.csr_matrix, perm: np.ndarray, ordering: str = "given") ->
     n = a.shape[0]
     if n >= 2**31:
         raise ValueError(f"{n} unknowns: more than the int32 row indices of the factor hold")
-    parent, lp = _symbolic(n, indptr, indices)
-    li = _pattern(n, indptr, indices, parent, lp)
+    parent, lp, li = _symbolic(n, indptr, indices)
     perm = np.asarray(perm, dtype=np.int64)
     return Symbolic(perm, indptr, indices, source, parent, lp, li, ordering)
 
