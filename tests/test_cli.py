@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 from typer.testing import CliRunner
 
 from conftest import random_fields
@@ -39,7 +40,8 @@ def test_estimate_writes_gamma(tmp_path, fields_file, args):
     if method in ("brute", "probing", "selinv"):
         exact = estimate(fields, "brute").gamma
         np.testing.assert_allclose(gamma[fields.mask], exact[fields.mask], rtol=1e-6)
-    assert fields.attrs["method"] == method
+    with xr.open_dataset(out) as ds:
+        assert ds.attrs["method"] == method
 
 
 def test_estimate_bad_input_exits_nonzero(tmp_path, fields_file):
@@ -93,3 +95,47 @@ def test_methods_lists_everything():
     assert res.exit_code == 0
     for name in ("selinv", "brute", "probing", "randomization", "analytic"):
         assert name in res.output
+
+
+def test_estimate_on_a_result_file_writes_only_this_runs_attributes(tmp_path):
+    # a result file used as input: its certificate, options and info describe the earlier
+    # run's γ and must not reach the next output (analytic certifies nothing)
+    fields = random_fields(seed=2)
+    path = write_fields(tmp_path / "in.nc", fields, attrs={"grid": "box", "seed": 5})
+    chain = [["--method", "randomization", "--samples", "5", "--verify", "4"]]
+    chain += [["--method", "brute"], ["--method", "analytic"]]
+    for k, args in enumerate(chain):
+        out = tmp_path / f"out{k}.nc"
+        res = runner.invoke(app, ["estimate", str(path), "-o", str(out), "-q", *args])
+        assert res.exit_code == 0, res.output
+        path = out
+    with xr.open_dataset(path) as ds:
+        attrs = dict(ds.attrs)
+    own = {"Conventions", "diffnorm_version", "steps", "periodic_x", "grid", "seed"}
+    assert set(attrs) == own | set(estimate(fields, "analytic").attrs())
+    assert attrs["method"] == "analytic" and "certified_tolerance" not in attrs
+    assert attrs["grid"] == "box" and attrs["seed"] == 5
+
+
+def test_estimate_forced_stride_that_fails_its_certificate_is_refused(tmp_path, fields_file):
+    # stride 1 probes every cell at once: it used to be written as certified to 1e-6
+    out = tmp_path / "out.nc"
+    args = ["estimate", str(fields_file), "-o", str(out), "-q", "--method", "probing"]
+    res = runner.invoke(app, [*args, "--stride", "1"])
+    assert res.exit_code == 2 and "not certified" in res.output
+    assert not out.exists()
+
+
+def test_estimate_probing_probes_and_records_its_certificate(tmp_path):
+    # short length scales: probing certifies a 5x5 stride instead of falling back to brute
+    fields = random_fields(steps=4, kappa=0.02)
+    path, out = write_fields(tmp_path / "in.nc", fields), tmp_path / "out.nc"
+    args = ["--method", "probing", "--tolerance", "1e-4"]
+    res = runner.invoke(app, ["estimate", str(path), "-o", str(out), "-q", *args])
+    assert res.exit_code == 0, res.output
+    with xr.open_dataset(out) as ds:
+        attrs, gamma = dict(ds.attrs), ds["gamma"].values
+    assert "info_fallback" not in attrs and attrs["info_stride"] == "[5, 5]"
+    assert attrs["info_colours"] < fields.n_ocean / 4 and attrs["certified_tolerance"] == 1e-4
+    exact = estimate(fields, "brute").gamma
+    assert np.abs(gamma[fields.mask] ** 2 / exact[fields.mask] ** 2 - 1).max() <= 1e-4

@@ -34,11 +34,24 @@ def test_brute_matches_dense(periodic_x, steps, anisotropy, seed):
 
 
 def test_probing_small_grid_is_exact(small_fields):
-    # a stride as large as the grid: probing falls back to (or equals) the exact answer
+    # a stride as large as the grid: probing would not save 4x over brute force and uses it
     exact = dense_variance(small_fields)
     result = estimate(small_fields, "probing", tolerance=1e-8)
+    assert result.info["fallback"] == "brute" and result.error_estimate is None
     gamma = result.gamma[small_fields.mask]
     assert np.max(np.abs(gamma**-2 / exact - 1)) <= 1e-8
+
+
+@pytest.mark.parametrize("periodic_x", [True, False])
+def test_probing_probes_a_small_grid_with_short_length_scales(periodic_x):
+    # D below one cell and M = 4: a 5x5 stride is certified to 1e-4 on 14x17 cells
+    fields = random_fields(steps=4, periodic_x=periodic_x, kappa=0.02)
+    result = estimate(fields, "probing", tolerance=1e-4)
+    assert "fallback" not in result.info and result.info["stride"] == (5, 5)
+    assert result.info["colours"] < fields.n_ocean / 4
+    err = np.abs(dense_variance(fields) * result.gamma[fields.mask] ** 2 - 1)
+    assert 1e-8 < err.max() <= result.tolerance == 1e-4  # aliased, within the certificate
+    assert np.all(err <= result.error_estimate[fields.mask])
 
 
 def _medium(periodic_x: bool, seed: int = 4) -> Fields:
@@ -239,6 +252,7 @@ def test_probing_with_basins_is_within_tolerance_or_refuses(periodic_x, toleranc
     except ProbingCertificateError:
         assert stride is not None
         return
+    assert "fallback" not in result.info and result.info["colours"] < fields.n_ocean / 4
     assert np.abs(rel_err_g2(result.gamma, exact)).max() <= tolerance
 
 

@@ -32,6 +32,20 @@ FILE_LAYOUT_HINT = (
 )
 
 
+# Attributes a file carries about its gamma (GammaResult.attrs, the generator's timing) or its
+# writer: they describe one run, so fields read from a result file must not carry them into the
+# next one (an analytic run on a brute output would claim certified_tolerance=0).
+RESULT_ATTRS = frozenset(
+    {"method", "certified_tolerance", "wall_time_s", "sample_wall_time_s", "diffnorm_version"}
+)
+RESULT_ATTR_PREFIXES = ("option_", "info_", "verify_")
+
+
+def is_result_attr(name: str) -> bool:
+    """Whether a global attribute describes a γ result or its writer, not the fields."""
+    return name in RESULT_ATTRS or name.startswith(RESULT_ATTR_PREFIXES)
+
+
 class FieldsError(ValueError):
     """Invalid operator fields; the message names the field and the fix."""
 
@@ -235,8 +249,10 @@ def to_dataset(
         coords["lat"] = (dims, fields.lat, {"units": "degrees_north", "standard_name": "latitude"})
     if fields.lon is not None:
         coords["lon"] = (dims, fields.lon, {"units": "degrees_east", "standard_name": "longitude"})
-    all_attrs: dict[str, Any] = {"Conventions": "CF-1.10", "diffnorm_version": __version__}
-    all_attrs.update(_netcdf_attrs(fields.attrs))
+    # result attributes come from this write's ``attrs`` only, never from the fields
+    own = {k: v for k, v in fields.attrs.items() if not is_result_attr(k)}
+    all_attrs: dict[str, Any] = {"Conventions": "CF-1.10", **_netcdf_attrs(own)}
+    all_attrs["diffnorm_version"] = __version__
     all_attrs.update(_netcdf_attrs(attrs or {}))
     all_attrs["steps"] = np.int32(fields.steps)
     all_attrs["periodic_x"] = np.int32(int(fields.periodic_x))
@@ -286,7 +302,11 @@ def atomic_to_netcdf(ds, path: str | os.PathLike) -> Path:
 
 
 def read_fields(path: str | os.PathLike) -> tuple[Fields, np.ndarray | None]:
-    """Read a sample file: the fields and ``gamma`` (None when the file has none)."""
+    """Read a sample file: the fields and ``gamma`` (None when the file has none).
+
+    ``Fields.attrs`` keeps the fields' own attributes (grid, parameters, provenance), not those
+    of the file's γ (``method``, ``certified_tolerance``, ``option_*``, ``info_*``, …: see
+    :func:`is_result_attr`); open the file with xarray to read those."""
     import xarray as xr
 
     path = Path(path)
@@ -320,7 +340,7 @@ def fields_from_dataset(ds, source: str = "dataset") -> tuple[Fields, np.ndarray
     mask = arrays["mask"]
     mask = np.where(np.isfinite(mask), mask, 0.0)
     reserved = {"steps", "periodic_x", "Conventions"}
-    attrs = {k: v for k, v in ds.attrs.items() if k not in reserved}
+    attrs = {k: v for k, v in ds.attrs.items() if k not in reserved and not is_result_attr(k)}
     fields = Fields(
         mask=mask,
         area=arrays["area"],

@@ -23,10 +23,12 @@ Certificate. The same probes give, at every cell, the response at the half-strid
 between the cell and its aliases (the probe of the colour shifted by half a stride). By
 log-concavity of the kernel along rays, the aliasing error grows at most like the square of
 the ratio ``r_i`` between that measured midpoint response and the model's (the largest within
-one stride of ``i``). The estimate ``ε̂_i = E_model · r_i²`` must be ≤ ``tolerance``
-everywhere; otherwise the stride grows and the probes are redone, and brute force is used
-when probing cannot be cheaper. A stride fixed by the caller that fails the certificate
-raises :class:`ProbingCertificateError`.
+one stride of ``i``). ``e_i = E_model · max(1, r_i)²`` bounds ``|v̂_i/v_i − 1|`` (never below
+the model: a light cell can have heavy aliases; the model is floored where it underflows, see
+:class:`LatticeModel`, and strides below ``MIN_STRIDE`` are never certified); converted to
+γ² (:func:`gamma2_error`), it must be ≤ ``tolerance`` everywhere; otherwise the stride grows
+and the probes are redone, and brute force is used when probing cannot be cheaper. A stride
+fixed by the caller that fails the certificate raises :class:`ProbingCertificateError`.
 
 Basins. Cells of different connected basins never interact: the response of a probe in a
 basin is exactly zero outside it. The split estimator therefore never sums a cell's ``u_k²``
@@ -55,6 +57,12 @@ from diffnorm.operator import DiffusionOperator
 
 SAFETY = 2.0
 MAX_ATTEMPTS = 3
+# The FFT lattice kernel is exact to ~1e-16 of its peak only: below this, the model's midpoint
+# response and aliasing error are noise or 0, and a ratio to them would certify anything.
+MODEL_FLOOR = 1e-12
+# Below this stride the half-stride midpoint is the cell itself or its neighbour: too close to
+# see how the kernel bends, and random grids (tests/test_certificates.py) then beat E·r².
+MIN_STRIDE = 3
 
 
 class ProbingCertificateError(RuntimeError):
@@ -117,20 +125,36 @@ def _lattice_sum(
 
 @dataclass(frozen=True)
 class LatticeModel:
-    """Aliasing error and midpoint ratios of probing on the homogeneous lattice."""
+    """Aliasing error and midpoint ratios of probing on the homogeneous lattice.
+
+    Where the colouring aliases, ``error`` is at least ``MODEL_FLOOR²`` and ``mid`` at least
+    ``MODEL_FLOOR`` (0 for a shift that is no midpoint, i.e. a stride of 1), so that
+    ``error · (measured / mid)²`` never drops below the measured midpoint response squared.
+    """
 
     error: float
     mid: np.ndarray  # model response at the three half-stride shifts, relative to the peak
 
+    @classmethod
+    def floored(cls, error: float, mid: list[float], col: Colouring) -> LatticeModel:
+        if col.alias_sy is None and col.alias_sx is None:
+            return cls(0.0, np.zeros(len(mid)))  # one cell per colour: exact
+        shifts = col.mid_shifts()
+        floor = [max(m, MODEL_FLOOR) if any(sh) else 0.0 for m, sh in zip(mid, shifts, strict=True)]
+        return cls(max(error, MODEL_FLOOR**2), np.array(floor))
+
 
 def lattice_model(kx: float, ky: float, steps: int, col: Colouring, estimator: str) -> LatticeModel:
     shifts = col.mid_shifts()
+    for alias, kappa in ((col.alias_sy, ky), (col.alias_sx, kx)):
+        if alias is not None and alias < MIN_STRIDE and kappa > 0:
+            return LatticeModel(math.inf, np.zeros(len(shifts)))  # never certified
     if estimator == "full":
         k = lattice_kernel(kx, ky, steps)
         k = k / k[0, 0]
         error = _lattice_sum(k, col.alias_sy, col.alias_sx)
         mid = [_lattice_sum(k, col.alias_sy, col.alias_sx, sh) if any(sh) else 0.0 for sh in shifts]
-        return LatticeModel(error, np.array(mid))
+        return LatticeModel.floored(error, mid, col)
     # split: u = Σ_m g(δ + s m) folded onto one lattice cell, v̂ = Σ_cell u², v = Σ g²
     g = lattice_kernel(kx, ky, steps // 2)
     ny, nx = g.shape
@@ -155,7 +179,7 @@ def lattice_model(kx: float, ky: float, steps: int, col: Colouring, estimator: s
             mid.append(0.0)
             continue
         mid.append(_lattice_sum(g, col.alias_sy, col.alias_sx, sh) / u[y0, x0])
-    return LatticeModel(abs(error), np.array(mid))
+    return LatticeModel.floored(abs(error), mid, col)
 
 
 @dataclass(frozen=True)
@@ -300,17 +324,18 @@ def reattribution(op: DiffusionOperator, col: Colouring) -> Reattribution:
 
 
 def choose_strides(kx: float, ky: float, steps: int, target: float, limit: int) -> tuple[int, int]:
-    """Cheapest ``(sy, sx)`` (fewest colours) whose model aliasing sum is ≤ ``target``."""
+    """Cheapest ``(sy, sx)`` (fewest colours) whose model aliasing sum is ≤ ``target``, at
+    least ``MIN_STRIDE`` along an axis with diffusion (the certificate needs it)."""
     kernel = lattice_kernel(kx, ky, steps)
     kernel = kernel / kernel[0, 0]
     best: tuple[int, int] | None = None
-    for sy in range(1, limit + 1):
+    for sy in range(MIN_STRIDE if ky > 0 else 1, limit + 1):
         if best is not None and sy > best[0] * best[1]:
             break
         if _lattice_sum(kernel, sy, None) > target:
             continue
         sx_hi = limit if best is None else min(limit, best[0] * best[1] // sy)
-        for sx in range(1, sx_hi + 1):
+        for sx in range(MIN_STRIDE if kx > 0 else 1, sx_hi + 1):
             if _lattice_sum(kernel, sy, sx) <= target:
                 if best is None or sy * sx < best[0] * best[1]:
                     best = (sy, sx)
@@ -450,8 +475,22 @@ def _probe_once(
     """One pass with colouring ``col``, its certificate calibrated on ``(kx, ky)``."""
     model = lattice_model(kx, ky, op.fields.steps, col, estimator)
     estimate, peak, mid = _probe(op, col, estimator, block_size, progress, 0, col.count)
-    error_estimate = model.error * _heaviness(op, col, peak, mid, model) ** 2
-    return ProbeRun(estimate / op.weights, error_estimate, model.error, col.count)
+    # r < 1 (a cell lighter than the model) does not lower the bound: the model's error is a
+    # sum over aliases, some of which may sit in the heavy part of the grid
+    relative = model.error * np.maximum(1.0, _heaviness(op, col, peak, mid, model)) ** 2
+    return ProbeRun(
+        estimate / op.weights, gamma2_error(relative, estimator), model.error, col.count
+    )
+
+
+def gamma2_error(relative: np.ndarray, estimator: str) -> np.ndarray:
+    """Bound on ``|γ̂²/γ² − 1| = |v/v̂ − 1|`` from a bound ``e`` on ``|v̂/v − 1|``: ``e`` for
+    ``full`` (``v̂ ≥ v``, so the error is ``e/(1 + e)`` at most), ``e/(1 − e)`` for ``split``,
+    which may underestimate ``v`` (no bound once ``e ≥ 1``)."""
+    if estimator == "full":
+        return relative
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(relative < 1.0, relative / (1.0 - relative), np.inf)
 
 
 @register("probing", "exact to a certified tolerance: one probe per colour (s^2 x M/2 solves)")
@@ -510,7 +549,12 @@ def probing(
                 "or leave it unset so that it is chosen from the length scales"
             )
         # assume the measured heaviness stays: ask the model for proportionally less error
-        new = choose_strides(kx, ky, steps, tolerance / SAFETY * run.model_error / worst, limit)
+        # split without a bound (inf) had e ≥ 1 on v̂/v − 1: at least that excess
+        target = 0.0  # a stride the model cannot certify at all: no stride, brute force
+        if math.isfinite(run.model_error):
+            excess = (worst if math.isfinite(worst) else 1.0) / run.model_error
+            target = tolerance / SAFETY / excess
+        new = choose_strides(kx, ky, steps, target, limit)
         sy, sx = max(new[0], sy + 1), max(new[1], sx + 1)
     variance = brute_variance(op, None, block_size, progress)
     info.update(fallback="brute", solves=info["solves"] + op.n * (steps // 2))
