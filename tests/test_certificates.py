@@ -139,3 +139,20 @@ def test_forced_stride_on_strongly_varying_kappa_is_refused_or_true(stride, esti
     error = _true_error(fields, result.gamma[fields.mask] ** -2)
     assert error.max() <= 0.1 + ROUND_OFF
     assert np.all(error <= result.error_estimate[fields.mask] + ROUND_OFF)
+
+
+@PROPERTY
+@given(fields=grids(), tolerance=st.floats(-8.0, -2.0).map(lambda x: 10.0**x))
+def test_selinv_refuses_or_its_certificate_holds(fields, tolerance):
+    from diffnorm.methods import SelinvCertificateError
+
+    try:
+        result = estimate(fields, "selinv", tolerance=tolerance, fallback=False)
+    except SelinvCertificateError:
+        event("refused")
+        return
+    exact = dense_variance(fields)
+    error = np.abs(exact / result.variance[fields.mask] - 1)
+    assert result.tolerance <= tolerance
+    assert error.max() <= result.tolerance + ROUND_OFF
+    assert np.all(error <= result.error_estimate[fields.mask] + ROUND_OFF)
