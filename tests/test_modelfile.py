@@ -173,6 +173,8 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path):
     # a second run resumes: the data are kept and training continues from its last checkpoint
     res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--workers", "1"])
     assert res.exit_code == 0, res.output + repr(res.exception)
+    # in folders of their own configuration: a full demo into the same --out does not clash
+    assert len(list(tmp_path.glob("data-*"))) == 1 and len(list(tmp_path.glob("train-*"))) == 1
 
 
 def test_the_default_model_is_the_shipped_one_nearest_in_cell_size(network):

@@ -9,6 +9,7 @@ its last training checkpoint.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -144,17 +145,19 @@ def run_demo(
         else (DATA, MODEL, EPOCHS, SAMPLES)
     )
     bar = progress_for or (lambda _label: None)
-    generate(
-        config_from_dict(data_cfg, "demo config: "),
-        out / "data",
-        workers=workers,
-        progress=bar("exact γ (selinv)"),
-    )
-    best = train(out / "data", out / "train", model_kw, epochs, bar("training epochs"))
+    config = config_from_dict(data_cfg, "demo config: ")
+    # one folder per configuration: a quick run, or a demo of another version, next to this one
+    # resumes its own data and training instead of clashing with them
+    tag = hashlib.sha256(
+        json.dumps([config.digest(), model_kw, epochs], sort_keys=True).encode()
+    ).hexdigest()[:8]
+    data, runs = out / f"data-{tag}", out / f"train-{tag}"
+    generate(config, data, workers=workers, progress=bar("exact γ (selinv)"))
+    best = train(data, runs, model_kw, epochs, bar("training epochs"))
     model = GammaNetwork.from_checkpoint(best, name="demo")
     report = evaluate(
         model,
-        out / "data",
+        data,
         "test",
         samples=samples,
         out_dir=out / "evaluation",
@@ -163,7 +166,7 @@ def run_demo(
     label = "demo grid test split" if not quick else "quick demo grid test split"
     model.metrics = {label: card_metrics(out / "evaluation" / "evaluation.json")}
     model.save(out / "model.pt")
-    plot_training_curve(out / "train", out / "training.png")
+    plot_training_curve(runs, out / "training.png")
     report["table"] = markdown_table(report)
     (out / "report.json").write_text(json.dumps(report["summary"], indent=2) + "\n")
     return report
