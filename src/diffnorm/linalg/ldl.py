@@ -18,6 +18,7 @@ factorization, and ``Z`` overwrites ``L`` in place.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -172,6 +173,12 @@ class Symbolic:
     li: np.ndarray  # row indices of L (int32), shared by every numeric factorization
     ordering: str = "given"
 
+    @functools.cached_property
+    def diagonal(self) -> np.ndarray:
+        """Positions of the diagonal entries in the permuted CSC data (where shifts go)."""
+        cols = np.repeat(np.arange(self.n), np.diff(self.indptr))
+        return np.flatnonzero(self.indices == cols)
+
     @property
     def n(self) -> int:
         return self.perm.size
@@ -217,8 +224,7 @@ def selected_inverse_diagonal(
     ax = np.asarray(data)[symbolic.source].astype(dtype)
     n = symbolic.n
     if shift != 0:
-        diag = _diagonal_positions(symbolic)
-        ax[diag] -= shift if dtype == np.complex128 else complex(shift).real
+        ax[symbolic.diagonal] -= shift if dtype == np.complex128 else complex(shift).real
     li = symbolic.li
     lx = np.empty(symbolic.factor_nnz, dtype=dtype)
     d = np.empty(n, dtype=dtype)
@@ -231,8 +237,3 @@ def selected_inverse_diagonal(
     out = np.empty(n, dtype=dtype)
     out[symbolic.perm] = zd
     return out
-
-
-def _diagonal_positions(symbolic: Symbolic) -> np.ndarray:
-    cols = np.repeat(np.arange(symbolic.n), np.diff(symbolic.indptr))
-    return np.flatnonzero(symbolic.indices == cols)
