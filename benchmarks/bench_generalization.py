@@ -38,7 +38,7 @@ from diffnorm.grid import (
 )
 from diffnorm.lengthscales import random_cell_length_scales
 from diffnorm.methods import estimate
-from diffnorm.metrics import relative_error
+from diffnorm.metrics import distance_to_coast, relative_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nemo"
 
@@ -87,14 +87,22 @@ def cases(names: list[str], samples: int) -> dict[str, list[Fields]]:
     return out
 
 
-def metrics(eps: list[np.ndarray]) -> dict[str, float]:
+STRATA = ((1, 1), (2, 2), (3, 7), (8, 10**9))  # distance to the coast, cells
+
+
+def metrics(eps: list[np.ndarray], distance: list[np.ndarray]) -> dict[str, float]:
     a = np.abs(np.concatenate(eps))
-    return {
+    d = np.concatenate(distance)
+    out = {
         "mean_abs": float(a.mean()),
         "q9999": float(np.quantile(a, 0.9999)),
         "max_abs": float(a.max()),
         "cells": int(a.size),
     }
+    for lo, hi in STRATA:
+        sel = (d >= lo) & (d <= hi)
+        out[f"mean_abs_d{lo}"] = float(a[sel].mean()) if sel.any() else float("nan")
+    return out
 
 
 def main() -> None:
@@ -106,15 +114,22 @@ def main() -> None:
     args = parser.parse_args()
     options = {} if args.model is None else {"model": args.model}
     report = {}
-    print("| case | cells | method | mean abs(ε) | Q99.99 abs(ε) | max abs(ε) | s/sample |")
-    print("|---|---|---|---|---|---|---|")
+    strata = " | ".join(
+        f"d={lo}" if lo == hi else f"d {lo}–{hi}" if hi < 10**9 else f"d ≥ {lo}"
+        for lo, hi in STRATA
+    )
+    head = "| case | cells | method | mean abs(ε) | Q99.99 abs(ε) | max abs(ε)"
+    print(f"{head} | {strata} | s/sample |")
+    print("|" + "---|" * (7 + len(STRATA)))
     for name, samples in cases(args.cases.split(","), args.samples).items():
         rows: dict[str, dict] = {}
         eps: dict[str, list] = {"cnn": [], "randomization": []}
+        dist: list[np.ndarray] = []
         times: dict[str, float] = {"cnn": 0.0, "randomization": 0.0}
         model_name = ""
         for fields in samples:
             exact = estimate(fields, "selinv")
+            dist.append(np.rint(distance_to_coast(fields.mask, fields.periodic_x)[fields.mask]))
             t0 = time.perf_counter()
             cnn = estimate(fields, "cnn", **options)
             times["cnn"] += time.perf_counter() - t0
@@ -127,7 +142,7 @@ def main() -> None:
         for method, values in eps.items():
             if not values:
                 continue
-            rows[method] = {**metrics(values), "s_per_sample": times[method] / len(samples)}
+            rows[method] = {**metrics(values, dist), "s_per_sample": times[method] / len(samples)}
             label = (
                 f"cnn ({model_name})"
                 if method == "cnn"
@@ -136,7 +151,9 @@ def main() -> None:
             m = rows[method]
             print(
                 f"| {name} | {m['cells']} | {label} | {m['mean_abs']:.2e} | {m['q9999']:.2e} "
-                f"| {m['max_abs']:.2e} | {m['s_per_sample']:.3g} |"
+                f"| {m['max_abs']:.2e} | "
+                + " | ".join(f"{m[f'mean_abs_d{lo}']:.1e}" for lo, _ in STRATA)
+                + f" | {m['s_per_sample']:.3g} |"
             )
         if "randomization" in rows:
             keys = ("mean_abs", "q9999", "max_abs")
