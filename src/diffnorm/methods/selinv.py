@@ -28,6 +28,7 @@ misses it is redone with more nodes, then falls back to certified probing.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import OrderedDict
@@ -137,12 +138,7 @@ def ocean_weights(fields: Fields) -> np.ndarray:
 def symbolic_for(fields: Fields, a: sp.csr_matrix) -> Symbolic:
     """Nested-dissection ordering and elimination tree of ``a``'s pattern, cached: every sample
     of a dataset on one grid shares them."""
-    key = (
-        np.int64(a.shape[0]).tobytes()
-        + a.indptr.astype(np.int64).tobytes()
-        + a.indices.astype(np.int64).tobytes()
-    )
-    key = key if len(key) < 256 else _digest(key)
+    key = _pattern_key(a)
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
@@ -157,10 +153,13 @@ def symbolic_for(fields: Fields, a: sp.csr_matrix) -> Symbolic:
     return symbolic
 
 
-def _digest(key: bytes) -> bytes:
-    import hashlib
-
-    return hashlib.blake2b(key, digest_size=32).digest()
+def _pattern_key(a: sp.csr_matrix) -> bytes:
+    """Digest of the sparsity pattern, hashed in place (a copy would be ~0.5 GB at 1/12°)."""
+    h = hashlib.blake2b(digest_size=32)
+    for part in (np.int64(a.shape[0]), a.indptr, a.indices):
+        h.update(np.ascontiguousarray(part).data)
+        h.update(str(np.asarray(part).dtype).encode())
+    return h.digest()
 
 
 def _gershgorin(a: sp.csr_matrix) -> float:
