@@ -22,18 +22,14 @@ import resource
 import time
 
 import numpy as np
+from common import random_fields_on
 
-from diffnorm.grid import built_in_grid, fields_from_cell_length_scales
-from diffnorm.lengthscales import random_cell_length_scales
+from diffnorm.grid import built_in_grid
 
 
 def make_fields(resolution: float, steps: int, d_min: float, d_max: float, seed: int):
     grid = built_in_grid("latlon", resolution=resolution)
-    rng = np.random.default_rng(seed)
-    d1, d2 = random_cell_length_scales(
-        grid.mask.shape, rng, d_min=d_min, d_max=d_max, periodic_x=grid.periodic_x
-    )
-    return fields_from_cell_length_scales(grid, d1, d2, steps)
+    return random_fields_on(grid, d_min=d_min, d_max=d_max, steps=steps, seed=seed)
 
 
 def run_method(args: dict, queue: mp.Queue) -> None:

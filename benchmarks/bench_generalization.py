@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from common import random_fields_on
 
 from diffnorm.fields import Fields
 from diffnorm.grid import (
@@ -36,19 +37,14 @@ from diffnorm.grid import (
     mesh_mask_grid,
     toy_grid,
 )
-from diffnorm.lengthscales import random_cell_length_scales
 from diffnorm.methods import estimate
 from diffnorm.metrics import distance_to_coast, relative_error
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nemo"
 
 
-def _random(metrics, seed: int, steps: int = 10) -> Fields:
-    rng = np.random.default_rng(seed)
-    d1, d2 = random_cell_length_scales(
-        metrics.shape, rng, d_min=1.5, d_max=6.0, periodic_x=metrics.periodic_x
-    )
-    return fields_from_cell_length_scales(metrics, d1, d2, steps)
+def _random(metrics, seed: int) -> Fields:
+    return random_fields_on(metrics, d_min=1.5, d_max=6.0, steps=10, seed=seed)
 
 
 def north_atlantic() -> object:

@@ -21,6 +21,13 @@ def benchmark_fields(
     """``grid`` (the 4° lat-lon grid when ``quick``) with smooth random ``D₁, D₂`` in
     ``[d_min, d_max]`` cells, seeded."""
     metrics = built_in_grid("latlon", resolution=4.0) if quick else built_in_grid(grid)
+    return random_fields_on(metrics, d_min=d_min, d_max=d_max, steps=steps, seed=seed)
+
+
+def random_fields_on(
+    metrics, *, d_min: float = 1.5, d_max: float = 4.0, steps: int = 10, seed: int = 0
+) -> Fields:
+    """Fields on any grid's metrics with smooth random ``D₁, D₂`` in ``[d_min, d_max]`` cells."""
     rng = np.random.default_rng(seed)
     d1, d2 = random_cell_length_scales(
         metrics.mask.shape, rng, d_min=d_min, d_max=d_max, periodic_x=metrics.periodic_x
