@@ -10,41 +10,55 @@ import diffnorm.methods.selinv as sv
 from conftest import dense_variance, random_fields
 from diffnorm.fields import Fields, FieldsError
 from diffnorm.linalg.ldl import analyse, selected_inverse_diagonal
-from diffnorm.linalg.ordering import nested_dissection
+from diffnorm.linalg.ordering import band_ordering, metis_ordering
 from diffnorm.methods import DEFAULT_METHOD, SelinvCertificateError, estimate
 from diffnorm.operator import make_operator, system_matrix
 
 
-def _grid_matrix(fields) -> tuple[sp.csr_matrix, np.ndarray]:
+def _grid_matrix(fields) -> sp.csr_matrix:
     a = sp.csr_matrix(system_matrix(fields))
     a.sort_indices()
-    ocean = np.flatnonzero(fields.mask.ravel())
-    return a, np.stack(np.divmod(ocean, fields.shape[1]), axis=1)
+    return a
 
 
 @pytest.mark.parametrize("periodic", [True, False])
 @pytest.mark.parametrize("shift", [0.0, 0.4, -0.7, 0.2 + 0.3j, -0.1 - 0.5j])
 def test_selected_inverse_diagonal_matches_dense_inverse(periodic, shift):
     fields = random_fields(ny=12, nx=15, periodic_x=periodic, seed=4)
-    a, coords = _grid_matrix(fields)
-    a = sp.csr_matrix(a / fields.area.max())  # O(1) entries so the shifts matter
+    a = sp.csr_matrix(_grid_matrix(fields) / fields.area.max())  # O(1) entries: shifts matter
     a.sort_indices()
-    symbolic = analyse(a, nested_dissection(a, coords, leaf=4))
+    symbolic = analyse(a, metis_ordering(a))
     got = selected_inverse_diagonal(symbolic, a.data, shift)
     want = np.diag(np.linalg.inv(a.toarray() - shift * np.eye(a.shape[0])))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
-def test_nested_dissection_is_a_permutation_with_less_fill_than_row_order():
+def test_orderings_are_permutations_and_metis_has_less_fill_than_row_order():
     fields = random_fields(ny=40, nx=40, islands=False, periodic_x=True)
-    a, coords = _grid_matrix(fields)
-    perm = nested_dissection(a, coords)
-    assert np.array_equal(np.sort(perm), np.arange(a.shape[0]))
-    nd = analyse(a, perm)
+    a = _grid_matrix(fields)
     natural = analyse(a, np.arange(a.shape[0]))
+    nd = analyse(a, metis_ordering(a))
+    band = analyse(a, band_ordering(a))  # the fallback without pymetis
+    for perm in (nd.perm, band.perm):
+        assert np.array_equal(np.sort(perm), np.arange(a.shape[0]))
     # row order has the bandwidth nx: ~n·nx entries; dissection ~n log n
     assert nd.factor_nnz < 0.6 * natural.factor_nnz
     assert nd.flops() < 0.6 * natural.flops()
+    assert band.factor_nnz <= natural.factor_nnz
+
+
+def test_selinv_falls_back_to_the_band_ordering_without_pymetis(monkeypatch):
+    import diffnorm.linalg.ordering as ordering
+
+    monkeypatch.setattr(ordering, "metis_ordering", lambda pattern: None)
+    sv._CACHE.clear()
+    fields = random_fields(steps=6)
+    result = estimate(fields, "selinv")
+    sv._CACHE.clear()
+    assert result.info["ordering"] == "band"
+    np.testing.assert_allclose(
+        1.0 / result.gamma[fields.mask] ** 2, dense_variance(fields), rtol=2e-6
+    )
 
 
 @pytest.mark.parametrize("steps", [4, 10, 20])

@@ -143,9 +143,7 @@ def symbolic_for(fields: Fields, a: sp.csr_matrix) -> Symbolic:
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit
-    ocean = np.flatnonzero(fields.mask.ravel())
-    coords = np.stack(np.divmod(ocean, fields.shape[1]), axis=1)
-    perm, ordering = fill_reducing_ordering(a, coords)
+    perm, ordering = fill_reducing_ordering(a)
     symbolic = analyse(a, perm, ordering)
     _CACHE[key] = symbolic
     while len(_CACHE) > _CACHE_SIZE:
