@@ -135,8 +135,8 @@ def ocean_weights(fields: Fields) -> np.ndarray:
     return fields.area.ravel()[np.flatnonzero(fields.mask.ravel())].astype(np.float64)
 
 
-def symbolic_for(fields: Fields, a: sp.csr_matrix) -> Symbolic:
-    """Nested-dissection ordering and elimination tree of ``a``'s pattern, cached: every sample
+def symbolic_for(a: sp.csr_matrix) -> Symbolic:
+    """Fill-reducing ordering and elimination tree of ``a``'s pattern, cached: every sample
     of a dataset on one grid shares them."""
     key = _pattern_key(a)
     hit = _CACHE.get(key)
@@ -251,7 +251,7 @@ def selinv(
             f"{max(np.nanmax(fields.alpha_x), np.nanmax(fields.alpha_y)):.3g} m², area down "
             f"to {float(weights.min()):.3g} m²): give both in m² on the same grid"
         )
-    symbolic = symbolic_for(fields, a)
+    symbolic = symbolic_for(a)
     info: dict = {
         "ordering": symbolic.ordering,
         "factor_nnz": symbolic.factor_nnz,
