@@ -159,6 +159,11 @@ class Fields:
         return int(self.mask.sum())
 
     @property
+    def weights(self) -> np.ndarray:
+        """``w = area`` on the ocean cells in row-major order (the operator's vectors), float64."""
+        return self.area.ravel()[np.flatnonzero(self.mask.ravel())].astype(np.float64)
+
+    @property
     def open_x(self) -> np.ndarray:
         """Open east faces (both cells ocean)."""
         return open_faces(self.mask, self.periodic_x)[0]

@@ -37,7 +37,7 @@ class DiffusionOperator(abc.ABC):
         self.fields = fields
         self.ocean = np.flatnonzero(fields.mask.ravel())
         self.n = self.ocean.size
-        self.weights = fields.area.ravel()[self.ocean].astype(np.float64)
+        self.weights = fields.weights
         self.sqrt_w = np.sqrt(self.weights)
 
     # -- primitives ---------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def system_matrix(fields: Fields) -> sp.csr_matrix:
     index[ocean] = np.arange(ocean.size)
     index = index.reshape(ny, nx)
     rows, cols, vals = [], [], []
-    diag = fields.area.ravel()[ocean].astype(np.float64).copy()
+    diag = fields.weights
     jx, ix = np.nonzero(fields.open_x)
     jy, iy = np.nonzero(fields.open_y)
     for a, b, alpha in (

@@ -25,7 +25,7 @@ def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np
     if max_cells < 1 or small.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     a = system_matrix(fields).tocsr()
-    w = fields.area.ravel()[np.flatnonzero(fields.mask.ravel())]
+    w = fields.weights
     idx_all, var_all = [], []
     for b in small:
         idx = np.flatnonzero(ocean_labels == b)

@@ -124,15 +124,10 @@ def plan_nodes(steps: int, tolerance: float, nodes: int = 0, roundoff_ratio: flo
 def scaled_matrix(fields: Fields) -> sp.csr_matrix:
     """``A = W^{-1/2}(W + K)W^{-1/2}`` on the ocean cells, row-major (sorted CSR)."""
     matrix = system_matrix(fields)
-    s = sp.diags(1.0 / np.sqrt(ocean_weights(fields)))
+    s = sp.diags(1.0 / np.sqrt(fields.weights))
     a = sp.csr_matrix(s @ matrix @ s)
     a.sort_indices()
     return a
-
-
-def ocean_weights(fields: Fields) -> np.ndarray:
-    """``w = area`` on the ocean cells, row-major (the operator's order)."""
-    return fields.area.ravel()[np.flatnonzero(fields.mask.ravel())].astype(np.float64)
 
 
 def symbolic_for(a: sp.csr_matrix) -> Symbolic:
@@ -243,7 +238,7 @@ def selinv(
     workers = default_threads() if threads is None else int(threads)
     if workers < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    weights = ocean_weights(fields)
+    weights = fields.weights
     a = scaled_matrix(fields)
     if not np.isfinite(a.data).all():
         raise FieldsError(
