@@ -8,13 +8,14 @@ import pytest
 from conftest import random_fields
 from diffnorm.augment import Transform, random_transform, symmetries
 from diffnorm.methods import estimate
+from diffnorm.topology import Topology
 
 
 @pytest.mark.parametrize("periodic_x", [False, True])
 def test_exact_gamma_commutes_with_every_symmetry(periodic_x):
     f = random_fields(ny=12, nx=12, periodic_x=periodic_x, anisotropy=2.0, seed=4)
     gamma = estimate(f, "brute").gamma
-    transforms = symmetries(periodic_x)
+    transforms = symmetries(f.topology)
     if periodic_x:
         transforms += [Transform(flip_x=True, shift_x=5), Transform(shift_x=11)]
     assert len({t.name for t in transforms}) == len(transforms)
@@ -40,7 +41,8 @@ def test_transpose_refused_on_periodic_grids_and_shift_on_closed_ones():
 
 
 def test_random_transform_is_seeded_and_keeps_the_shape():
-    a = [random_transform(np.random.default_rng(7), True, (9, 16)) for _ in range(2)]
+    periodic, closed = Topology(9, 16, periodic_x=True), Topology(9, 16)
+    a = [random_transform(np.random.default_rng(7), periodic) for _ in range(2)]
     assert a[0] == a[1]
-    drawn = {random_transform(np.random.default_rng(s), False, (9, 16)).name for s in range(40)}
+    drawn = {random_transform(np.random.default_rng(s), closed).name for s in range(40)}
     assert len(drawn) == 4 and not any("transpose" in n for n in drawn)

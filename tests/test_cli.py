@@ -111,7 +111,7 @@ def test_estimate_on_a_result_file_writes_only_this_runs_attributes(tmp_path):
         path = out
     with xr.open_dataset(path) as ds:
         attrs = dict(ds.attrs)
-    own = {"Conventions", "diffnorm_version", "steps", "periodic_x", "grid", "seed"}
+    own = {"Conventions", "diffnorm_version", "steps", "periodic_x", "north_fold", "grid", "seed"}
     assert set(attrs) == own | set(estimate(fields, "analytic").attrs())
     assert attrs["method"] == "analytic" and "certified_tolerance" not in attrs
     assert attrs["grid"] == "box" and attrs["seed"] == 5

@@ -198,10 +198,11 @@ def test_coastline_cache_is_written_and_reused(tmp_path, monkeypatch):
 
 def test_small_basins_are_removed_across_the_wrap():
     from diffnorm.coast import remove_small_basins
+    from diffnorm.topology import Topology
 
     ocean = np.zeros((5, 8), dtype=bool)
     ocean[1, 0] = ocean[1, 7] = True  # one 2-cell basin through the east-west edge
     ocean[3, 3] = True  # a 1-cell lake
-    kept = remove_small_basins(ocean, 2, periodic_x=True)
+    kept = remove_small_basins(ocean, 2, Topology(5, 8, periodic_x=True))
     assert kept[1, 0] and kept[1, 7] and not kept[3, 3]
-    assert not remove_small_basins(ocean, 2, periodic_x=False)[1, 0]
+    assert not remove_small_basins(ocean, 2, Topology(5, 8))[1, 0]

@@ -163,10 +163,8 @@ def _expected_owners(op, col) -> dict[tuple[int, int], int]:
     """Brute force: the owner of (cell, colour) is the nearest lattice point of the colour
     (owner_y, owner_x) when it is an ocean cell of the cell's basin, else the cell of that
     colour in the basin when there is exactly one, else nobody."""
-    from diffnorm.coast import basin_labels
-
     nx = op.fields.shape[1]
-    basin = basin_labels(op.fields.mask, op.fields.periodic_x).ravel()[op.ocean]
+    basin = op.fields.topology.basin_labels(op.fields.mask).ravel()[op.ocean]
     index = {int(g): k for k, g in enumerate(op.ocean)}
     jj, ii = np.divmod(op.ocean, nx)
     owners = {}
@@ -225,10 +223,8 @@ def _basins(periodic_x: bool, kappa: float = 0.1) -> Fields:
 def test_probing_basins_do_not_interact(periodic_x, stride):
     # γ in a basin is the same with or without the other basins on the grid, and basins with
     # at most one cell of each colour (here: smaller than the strides) are exact
-    from diffnorm.coast import basin_labels
-
     fields = _basins(periodic_x)
-    labels = basin_labels(fields.mask, periodic_x)
+    labels = fields.topology.basin_labels(fields.mask)
     assert labels.max() == 6
     exact = estimate(fields, "brute").gamma
     together = estimate(fields, "probing", tolerance=0.5, stride=stride).gamma

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import small_model, trainer
+from diffnorm.fields import Fields
 from diffnorm.ml.data import TrainingDataModule
 from diffnorm.ml.lit import GammaModel
 from diffnorm.ml.modelfile import GammaNetwork
@@ -145,11 +146,16 @@ def test_worst_cells_are_the_largest_errors_with_their_geometry():
     mask[2, 3] = False  # cell (2, 2) has land to its east
     eps = np.where(mask, 0.01, np.nan)
     eps[2, 2], eps[1, 0] = -0.5, 0.3
-    rows = worst_cells(eps, np.ones_like(eps), np.ones_like(eps), mask, True, k=2)
+    ones = np.ones(mask.shape)
+
+    def fields(periodic: bool) -> Fields:
+        return Fields(mask.astype(float), ones, ones, ones, 4, periodic)
+
+    rows = worst_cells(eps, np.ones_like(eps), np.ones_like(eps), fields(True), k=2)
     assert [(r["j"], r["i"], r["eps"]) for r in rows] == [(2, 2, -0.5), (1, 0, 0.3)]
     assert rows[0]["open_faces"] == 3  # west, north, south open; east is land
     assert rows[1]["open_faces"] == 3  # periodic: west across the wrap, east, north
-    closed = worst_cells(eps, np.ones_like(eps), np.ones_like(eps), mask, False, k=2)
+    closed = worst_cells(eps, np.ones_like(eps), np.ones_like(eps), fields(False), k=2)
     assert closed[1]["open_faces"] == 2  # the closed west edge
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffnorm.coast import basin_labels
 from diffnorm.data import generate
 from diffnorm.data.config import ConfigError, config_from_dict
 from diffnorm.data.windows import KINDS, sharp_steps, window_mask
 from diffnorm.fields import read_fields
+from diffnorm.topology import Topology
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -32,7 +32,7 @@ def test_channels_and_lakes_make_narrow_and_separate_water():
         across_y = ~pad[:-2, 1:-1] & ~pad[2:, 1:-1]
         narrow += int((m & (across_x | across_y)).any())
         lakes = window_mask(rng, 32, 32, "lakes")
-        basins += int(basin_labels(lakes, False).max() > 1)
+        basins += int(Topology.of(lakes.shape).basin_labels(lakes).max() > 1)
     assert narrow >= 5 and basins >= 5
 
 

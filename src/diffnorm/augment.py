@@ -7,7 +7,8 @@ field is reversed *and shifted by one*, ``alpha_x'[:, i] = alpha_x[:, (nx−2−
 periodic grid the wrap face lands on the last column, on a closed grid a closed face does).
 Transposing swaps the axes and the roles of ``alpha_x`` and ``alpha_y``. Every element of the
 dihedral group is a composition of these two; a periodic grid keeps only the transforms that
-keep x the periodic axis (no transposes), plus shifts along x.
+keep x the periodic axis (no transposes), plus shifts along x; a north fold keeps only the x
+flip and the shifts that preserve its pairing of columns (:meth:`Topology.symmetries`).
 
 Since ``K``, ``W`` and hence ``diag(L W⁻¹)`` are defined by the graph of cells and faces, a
 relabelling of cells that maps faces to faces commutes with γ:
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffnorm.fields import Fields
+from diffnorm.topology import Topology
 
 
 def _flip_cells(a: np.ndarray, axis: int) -> np.ndarray:
@@ -71,13 +73,27 @@ class Transform:
         return np.ascontiguousarray(alpha_x), np.ascontiguousarray(alpha_y)
 
     def check(self, fields: Fields) -> None:
-        if fields.periodic_x and self.transpose:
+        """Refuse a transform that does not map the grid's graph onto itself."""
+        topo = fields.topology
+        point = (self.flip_x, self.flip_y, self.transpose)
+        allowed = [s for s in topo.symmetries() if s[:3] == point]
+        if not allowed:
             raise ValueError(
-                f"transform {self.name} would make the periodic x axis the y axis; "
-                "periodic grids allow flips and x shifts only"
+                f"transform {self.name} does not map a grid that is {topo.describe()} onto "
+                "itself: periodic grids allow flips and x shifts only, folded grids the x flip "
+                "and the shifts that keep the fold's pairing of columns"
             )
-        if self.shift_x and not fields.periodic_x:
+        shift = self.shift_x % topo.nx
+        if topo.any_shift or (shift == 0 and not topo.folded):
+            return
+        if not topo.periodic_x:
             raise ValueError("shift_x needs an east–west periodic grid (periodic_x=1)")
+        shifts = sorted({s[3] % topo.nx for s in allowed})
+        if shift not in shifts:
+            raise ValueError(
+                f"transform {self.name} breaks the {topo.north_fold}-pivot north fold: with "
+                f"this flip the x shift must be one of {shifts}"
+            )
 
     def fields(self, fields: Fields) -> Fields:
         self.check(fields)
@@ -98,25 +114,22 @@ class Transform:
         return self.fields(fields), self.cells(gamma)
 
 
-def symmetries(periodic_x: bool) -> list[Transform]:
-    """The grid's point symmetries: 4 flips on a periodic grid, the 8 of the square otherwise."""
-    flips = [Transform(fx, fy) for fy in (False, True) for fx in (False, True)]
-    if periodic_x:
-        return flips
-    return flips + [Transform(t.flip_x, t.flip_y, transpose=True) for t in flips]
+def symmetries(topology: Topology) -> list[Transform]:
+    """The grid's point symmetries (see :meth:`Topology.symmetries`)."""
+    return [Transform(fx, fy, t, shift) for fx, fy, t, shift in topology.symmetries()]
 
 
 def random_transform(
-    rng: np.random.Generator, periodic_x: bool, shape: tuple[int, int], square_only: bool = True
+    rng: np.random.Generator, topology: Topology, square_only: bool = True
 ) -> Transform:
-    """A uniformly drawn symmetry (and, on a periodic grid, x shift).
+    """A uniformly drawn symmetry (and, on a periodic grid without a fold, x shift).
 
     Transposes are drawn only for square grids when ``square_only`` (a batch keeps one shape).
     """
-    options = symmetries(periodic_x)
-    if square_only and shape[0] != shape[1]:
+    options = symmetries(topology)
+    if square_only and topology.ny != topology.nx:
         options = [t for t in options if not t.transpose]
     t = options[rng.integers(len(options))]
-    if periodic_x:
-        t = Transform(t.flip_x, t.flip_y, t.transpose, int(rng.integers(shape[1])))
+    if topology.any_shift:
+        t = Transform(t.flip_x, t.flip_y, t.transpose, int(rng.integers(topology.nx)))
     return t

@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+
+from diffnorm.topology import Topology
 
 _MEMORY: dict[str, np.ndarray] = {}
 
@@ -81,32 +82,10 @@ def _save(path: Path, mask: np.ndarray) -> None:
         pass
 
 
-def basin_labels(ocean: np.ndarray, periodic_x: bool) -> np.ndarray:
-    """Connected ocean basins (4-neighbour, wrapping east–west when ``periodic_x``): label
-    ``k ≥ 1`` per ocean cell, 0 on land, labels consecutive."""
-    ocean = np.asarray(ocean, dtype=bool)
-    labels, count = ndimage.label(ocean)
-    if not (periodic_x and count):
-        return labels
-    parent = np.arange(count + 1)
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in zip(labels[:, 0], labels[:, -1], strict=True):
-        if a and b:
-            parent[find(a)] = find(b)
-    roots = np.array([find(a) for a in range(count + 1)])
-    _, consecutive = np.unique(roots, return_inverse=True)
-    return consecutive[labels]
-
-
-def remove_small_basins(ocean: np.ndarray, min_cells: int, periodic_x: bool) -> np.ndarray:
-    """Ocean mask without connected basins (4-neighbour, wrapping in x) under ``min_cells``."""
-    labels = basin_labels(ocean, periodic_x)
+def remove_small_basins(ocean: np.ndarray, min_cells: int, topology: Topology) -> np.ndarray:
+    """Ocean mask without connected basins (across every face of ``topology``) under
+    ``min_cells`` cells."""
+    labels = topology.basin_labels(ocean)
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_cells
     keep[0] = False

@@ -127,21 +127,22 @@ def compare(
     progress_for = progress_for or (lambda _: None)
     ref_options = exact_options(reference, tolerance)
     ref = estimate(op, reference, progress=progress_for(reference), **ref_options)
-    distance = distance_to_coast(fields.mask, fields.periodic_x)
+    distance = distance_to_coast(fields)
     rows = []
     for spec in methods:
         name, options = spec
         if name == "randomization":
             options = {"seed": seed, **options}
         result = estimate(op, name, progress=progress_for(label(spec)), **options)
+        counted = fields.counted
         eps = np.full(fields.shape, np.nan)
-        eps[fields.mask] = relative_error(result.gamma, ref.gamma, fields.mask)
+        eps[counted] = relative_error(result.gamma, ref.gamma, counted)
         rows.append(
             Row(
                 label(spec),
                 result,
-                sample_metrics(result.gamma, ref.gamma, fields.mask),
-                error_by_distance(eps, distance, fields.mask),
+                sample_metrics(result.gamma, ref.gamma, counted),
+                error_by_distance(eps, distance, counted),
             )
         )
     return Comparison(fields, ref, rows)

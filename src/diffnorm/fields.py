@@ -7,10 +7,13 @@ Grid of ``ny × nx`` cells indexed ``[j, i]`` (``j`` northward, ``i`` eastward):
 - ``alpha_x[j, i]``: scaled diffusivity κ₁₁·e2u/e1u on the east face of (j, i) (m²);
 - ``alpha_y[j, i]``: scaled diffusivity κ₂₂·e1v/e2v on the north face of (j, i) (m²);
 - ``steps``: number M of implicit diffusion steps (even, ≥ 4);
-- ``periodic_x``: east–west wrap (face ``alpha_x[:, nx-1]`` couples to column 0).
+- ``periodic_x``: east–west wrap (face ``alpha_x[:, nx-1]`` couples to column 0);
+- ``north_fold``: ``none``, ``T`` or ``F`` (ORCA's north fold; see :mod:`diffnorm.topology`,
+  which owns the grid's connectivity).
 
 A face is open when both its cells are ocean; open faces must carry a finite ``alpha > 0``.
-Values on land cells and closed faces are ignored (they may be NaN in a file).
+Values on land cells and closed faces are ignored (they may be NaN in a file). On a folded
+grid, values listed twice (a T-fold cell and its copy, a face on the fold) must agree.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from diffnorm.topology import Topology, TopologyError, parse_north_fold
+
 FIELD_NAMES: tuple[str, ...] = ("mask", "area", "alpha_x", "alpha_y")
 FILE_LAYOUT_HINT = (
     "a diffnorm fields file holds the variables mask, area, alpha_x, alpha_y on dims (y, x) "
-    "and the attributes steps (even integer >= 4) and periodic_x (0 or 1); "
+    "and the attributes steps (even integer >= 4), periodic_x (0 or 1) and optionally "
+    "north_fold (none, T or F); "
     "`diffnorm grid` writes one"
 )
 
@@ -68,6 +74,8 @@ class Fields:
     lat: np.ndarray | None = None
     lon: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    north_fold: str = "none"
+    topology: Topology = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         arrays = {}
@@ -109,6 +117,11 @@ class Fields:
         if self.periodic_x not in (0, 1, True, False):
             raise FieldsError(f"periodic_x must be 0 or 1, got {self.periodic_x!r}")
         periodic = bool(self.periodic_x)
+        try:
+            topology = Topology(shape[0], shape[1], periodic, parse_north_fold(self.north_fold))
+        except TopologyError as exc:
+            raise FieldsError(str(exc)) from exc
+        _check_fold_copies(topology, {"mask": raw_mask}, mask)
 
         area = arrays["area"].astype(np.float64)
         bad = mask & ~(np.isfinite(area) & (area > 0))
@@ -118,7 +131,8 @@ class Fields:
                 f"(first at {_first_index(bad)}); cell areas must be finite and > 0 m², "
                 "or the cell must be masked as land"
             )
-        open_x, open_y = open_faces(mask, periodic)
+        _check_fold_copies(topology, {"area": area}, mask)
+        open_x, open_y = topology.open_faces(mask)
         alphas = {}
         for name, opened in (("alpha_x", open_x), ("alpha_y", open_y)):
             alpha = arrays[name].astype(np.float64)
@@ -131,6 +145,7 @@ class Fields:
                     "give it a positive diffusivity or mask one of its cells as land"
                 )
             alphas[name] = np.where(opened, alpha, 0.0)
+        _check_fold_copies(topology, alphas, mask)
         area = np.where(mask, area, np.where(np.isfinite(area), area, 0.0))
 
         for name in ("lat", "lon"):
@@ -146,6 +161,8 @@ class Fields:
         object.__setattr__(self, "alpha_y", alphas["alpha_y"])
         object.__setattr__(self, "steps", steps)
         object.__setattr__(self, "periodic_x", periodic)
+        object.__setattr__(self, "north_fold", topology.north_fold)
+        object.__setattr__(self, "topology", topology)
         object.__setattr__(self, "attrs", dict(self.attrs))
         for name in ("mask", "area", "alpha_x", "alpha_y"):
             getattr(self, name).flags.writeable = False
@@ -156,22 +173,42 @@ class Fields:
 
     @property
     def n_ocean(self) -> int:
-        return int(self.mask.sum())
+        """Ocean cells, each T-fold cell once (the operator's unknowns)."""
+        return int(self.ocean.size)
+
+    @property
+    def ocean(self) -> np.ndarray:
+        """Flat indices of the operator's unknowns: ocean cells (not T-fold copies), row-major."""
+        return self.topology.ocean(self.mask)
+
+    @property
+    def counted(self) -> np.ndarray:
+        """Ocean cells that statistics count: each T-fold cell once."""
+        return self.topology.counted(self.mask)
+
+    def to_grid(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
+        """Unknown-ordered values on the ``(ny, nx)`` grid, ``fill`` on land."""
+        return self.topology.to_grid(values, self.mask, fill)
 
     @property
     def weights(self) -> np.ndarray:
-        """``w = area`` on the ocean cells in row-major order (the operator's vectors), float64."""
-        return self.area.ravel()[np.flatnonzero(self.mask.ravel())].astype(np.float64)
+        """``w = area`` on the unknowns (halved on T-fold pivots), float64."""
+        factor = self.topology.cell_factor.ravel()[self.ocean]
+        return self.area.ravel()[self.ocean].astype(np.float64) * factor
 
     @property
     def open_x(self) -> np.ndarray:
         """Open east faces (both cells ocean)."""
-        return open_faces(self.mask, self.periodic_x)[0]
+        return self.topology.open_faces(self.mask)[0]
 
     @property
     def open_y(self) -> np.ndarray:
-        """Open north faces (both cells ocean; the last row is closed)."""
-        return open_faces(self.mask, self.periodic_x)[1]
+        """Open north faces (both cells ocean; the last row is closed unless F-folded)."""
+        return self.topology.open_faces(self.mask)[1]
+
+    def slot_alpha(self) -> np.ndarray:
+        """``(4, ny, nx)``: alpha of each cell's east, west, north, south face (0 if closed)."""
+        return self.topology.slot_alpha(self.alpha_x, self.alpha_y, self.mask)
 
     def replace(self, **changes: Any) -> Fields:
         """A copy with some fields changed (validated again)."""
@@ -183,34 +220,42 @@ class Fields:
         Uses the smaller of the two adjacent cell areas, so it bounds the local
         length scale in cells from above. Zero on closed faces.
         """
-        area = np.where(self.mask, self.area, np.inf)
-        east = np.roll(area, -1, axis=1)
-        north = np.vstack([area[1:], np.full((1, area.shape[1]), np.inf)])
-        kx = np.where(self.open_x, self.alpha_x / np.minimum(area, east), 0.0)
-        ky = np.where(self.open_y, self.alpha_y / np.minimum(area, north), 0.0)
-        return kx, ky
+        from diffnorm.topology import EAST, NORTH
+
+        area = np.where(self.mask, self.area, np.inf).ravel()
+        nbr = self.topology.neighbours
+        slots = self.slot_alpha()
+        out = []
+        for slot in (EAST, NORTH):
+            other = area[np.maximum(nbr[slot], 0)].reshape(self.shape)
+            smaller = np.minimum(area.reshape(self.shape), other)
+            out.append(np.where(slots[slot] > 0, slots[slot] / smaller, 0.0))
+        return out[0], out[1]
 
 
-def open_faces(mask: np.ndarray, periodic_x: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean arrays of open east faces and open north faces."""
-    open_x = mask & np.roll(mask, -1, axis=1)
-    if not periodic_x:
-        open_x[:, -1] = False
-    open_y = np.zeros_like(mask)
-    open_y[:-1] = mask[:-1] & mask[1:]
-    return open_x, open_y
-
-
-def cell_face_sum(face_values: np.ndarray, axis: int) -> np.ndarray:
-    """Per cell, a face field summed over the cell's two faces along ``axis``: its east and
-    west faces (1) or its north and south faces (0). Fields are stored on the east / north
-    face; the west face of column 0 is column nx−1's east face, which :func:`open_faces`
-    closes unless the grid is periodic, and row 0 has no south face."""
-    if axis == 1:
-        return face_values + np.roll(face_values, 1, axis=1)
-    south = np.zeros_like(face_values)
-    south[1:] = face_values[:-1]
-    return face_values + south
+def _check_fold_copies(topology: Topology, arrays: dict[str, np.ndarray], mask: np.ndarray):
+    """Values a fold lists twice must agree: a T-fold cell and its copy (cell fields) and the
+    two listings of a face on the fold (``alpha_x`` of a T fold, ``alpha_y`` of an F fold)."""
+    if not topology.folded:
+        return
+    rx, ry = topology.repeated_faces
+    copies = np.where(topology.duplicate, topology.representative.reshape(topology.shape), -1)
+    for name, values in arrays.items():
+        first = {"alpha_x": rx, "alpha_y": ry}.get(name, copies)
+        where = (first >= 0) & (mask if name == "area" else True)
+        j, i = np.nonzero(where)
+        other = first[j, i]
+        bad = ~np.isclose(values[j, i], np.ravel(values)[other], rtol=1e-6, atol=0.0)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            what = "face" if name.startswith("alpha") else "cell"
+            raise FieldsError(
+                f"{name} breaks the {topology.north_fold}-pivot north fold: row j={j[k]} lists "
+                f"one {what} at i={i[k]} and i={other[k] % topology.nx} with "
+                f"{values[j[k], i[k]]!r} and {np.ravel(values)[other[k]]!r}; values listed "
+                "twice on the fold must agree (give NEMO's inner domain with the fold applied, "
+                "as lbc_lnk leaves it)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +306,7 @@ def to_dataset(
     all_attrs.update(_netcdf_attrs(attrs or {}))
     all_attrs["steps"] = np.int32(fields.steps)
     all_attrs["periodic_x"] = np.int32(int(fields.periodic_x))
+    all_attrs["north_fold"] = fields.north_fold
     return xr.Dataset(data_vars, coords=coords, attrs=all_attrs)
 
 
@@ -344,7 +390,7 @@ def fields_from_dataset(ds, source: str = "dataset") -> tuple[Fields, np.ndarray
             arrays[name] = np.asarray(var.values, dtype=np.float64)
     mask = arrays["mask"]
     mask = np.where(np.isfinite(mask), mask, 0.0)
-    reserved = {"steps", "periodic_x", "Conventions"}
+    reserved = {"steps", "periodic_x", "north_fold", "Conventions"}
     attrs = {k: v for k, v in ds.attrs.items() if k not in reserved and not is_result_attr(k)}
     fields = Fields(
         mask=mask,
@@ -353,6 +399,7 @@ def fields_from_dataset(ds, source: str = "dataset") -> tuple[Fields, np.ndarray
         alpha_y=arrays["alpha_y"],
         steps=_scalar(ds.attrs["steps"], "steps", source),
         periodic_x=_scalar(ds.attrs["periodic_x"], "periodic_x", source),
+        north_fold=ds.attrs.get("north_fold", "none"),
         lat=arrays.get("lat"),
         lon=arrays.get("lon"),
         attrs=attrs,

@@ -21,6 +21,7 @@ import numpy as np
 
 from diffnorm.coast import land_mask, remove_small_basins
 from diffnorm.fields import Fields, FieldsError
+from diffnorm.topology import EAST, NORTH, Topology, TopologyError
 
 EARTH_RADIUS = 6378.137e3  # m, as in the seed study
 BUILT_IN_GRIDS = ("toy", "orca1", "latlon")
@@ -42,10 +43,16 @@ class GridMetrics:
     lat: np.ndarray | None = None
     lon: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    north_fold: str = "none"
 
     def __post_init__(self) -> None:
         self.mask = np.asarray(self.mask, dtype=bool)
         shape = self.mask.shape
+        try:
+            self.topology = Topology(shape[0], shape[1], self.periodic_x, self.north_fold)
+        except TopologyError as exc:
+            raise FieldsError(str(exc)) from exc
+        self.north_fold = self.topology.north_fold
         for name in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v"):
             value = np.asarray(getattr(self, name), dtype=np.float64)
             if value.shape != shape:
@@ -71,15 +78,12 @@ def length_scale_from_kappa(kappa: np.ndarray | float, steps: int) -> np.ndarray
     return np.sqrt(np.asarray(kappa) * (2 * steps - 4))
 
 
-def _face_mean(values: np.ndarray, mask: np.ndarray, axis: int, periodic: bool) -> np.ndarray:
-    """Mean of the two cells on each east (axis 1) or north (axis 0) face."""
-    if axis == 1:
-        nxt = np.roll(values, -1, axis=1)
-        if not periodic:
-            nxt[:, -1] = values[:, -1]
-    else:
-        nxt = np.vstack([values[1:], values[-1:]])
-    return 0.5 * (values + nxt)
+def _face_mean(values: np.ndarray, topology: Topology, slot: int) -> np.ndarray:
+    """Mean of the two cells of each cell's east or north face (the cell's own value where
+    the face leads off the grid)."""
+    nbr = topology.neighbours[slot].reshape(topology.shape)
+    flat = values.ravel()
+    return 0.5 * (values + np.where(nbr >= 0, flat[np.maximum(nbr, 0)], values))
 
 
 def fields_from_metrics(
@@ -91,14 +95,18 @@ def fields_from_metrics(
 ) -> Fields:
     """Fields from cell-centre diffusivities ``κ₁₁`` (along x) and ``κ₂₂`` (along y), m²."""
     shape = metrics.shape
-    k11 = np.broadcast_to(np.asarray(kappa11, dtype=np.float64), shape)
-    k22 = np.broadcast_to(np.asarray(kappa22, dtype=np.float64), shape)
+    topo = metrics.topology
+    # a T-fold copy takes its cell's value, so that the fold's two listings agree
+    copy_of = topo.representative
+    k11 = np.broadcast_to(np.asarray(kappa11, dtype=np.float64), shape).ravel()[copy_of]
+    k22 = np.broadcast_to(np.asarray(kappa22, dtype=np.float64), shape).ravel()[copy_of]
+    k11, k22 = k11.reshape(shape), k22.reshape(shape)
     for name, k in (("kappa11", k11), ("kappa22", k22)):
         bad = metrics.mask & ~(np.isfinite(k) & (k > 0))
         if bad.any():
             raise FieldsError(f"{name} must be finite and > 0 on ocean cells ({bad.sum()} are not)")
-    k11u = _face_mean(np.where(metrics.mask, k11, 0.0), metrics.mask, 1, metrics.periodic_x)
-    k22v = _face_mean(np.where(metrics.mask, k22, 0.0), metrics.mask, 0, False)
+    k11u = _face_mean(np.where(metrics.mask, k11, 0.0), topo, EAST)
+    k22v = _face_mean(np.where(metrics.mask, k22, 0.0), topo, NORTH)
     with np.errstate(divide="ignore", invalid="ignore"):
         alpha_x = k11u * metrics.e2u / metrics.e1u
         alpha_y = k22v * metrics.e1v / metrics.e2v
@@ -113,6 +121,7 @@ def fields_from_metrics(
         lat=metrics.lat,
         lon=metrics.lon,
         attrs=all_attrs,
+        north_fold=metrics.north_fold,
     )
     return fields
 
@@ -155,6 +164,7 @@ def spherical_grid(
     name: str,
     polar_cap: float | None = None,
     min_basin: int = 4,
+    north_fold: str = "none",
 ) -> GridMetrics:
     """A grid of ``360/Δλ`` columns and rows between ``lat_edges`` (degrees), east–west
     periodic, with real coastlines. Cell centres sit half-way between edges."""
@@ -185,7 +195,7 @@ def spherical_grid(
     ocean = ~land
     if polar_cap is not None:
         ocean &= np.abs(lat2) < polar_cap
-    ocean = remove_small_basins(ocean, min_basin, periodic_x=True)
+    ocean = remove_small_basins(ocean, min_basin, Topology(ny, nx, True, north_fold))
     return GridMetrics(
         mask=ocean,
         e1t=e1t,
@@ -198,6 +208,7 @@ def spherical_grid(
         name=name,
         lat=lat2,
         lon=lon2,
+        north_fold=north_fold,
         attrs={"resolution_lon_deg": resolution_lon},
     )
 
@@ -258,8 +269,10 @@ def orca1_latitudes(rows: int = 292, south: float = -78.0, north: float = 89.5) 
 
 def orca1_like_grid() -> GridMetrics:
     """ORCA1-like 292×360 global grid: 1° in longitude, refined rows near the equator,
-    east–west periodic, real coastlines."""
-    metrics = spherical_grid(orca1_latitudes(), 1.0, "orca1")
+    east–west periodic, real coastlines, and ORCA1's F-pivot north fold: the last row's
+    north faces join column ``i`` to ``nx−1−i`` (on this latitude–longitude grid the pairing
+    is topological, as on ORCA1, though not geometric)."""
+    metrics = spherical_grid(orca1_latitudes(), 1.0, "orca1", north_fold="F")
     return metrics
 
 

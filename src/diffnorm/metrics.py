@@ -1,6 +1,7 @@
 """Error metrics of DESIGN §5, the same for every method.
 
-Per sample, on ocean cells, ``ε_i = (γ̂_i² − γ_i²)/γ_i²``: mean |ε|, RMSE, the 99.99 %
+Per sample, on ocean cells (each T-fold cell once: pass ``Fields.counted`` as the mask),
+``ε_i = (γ̂_i² − γ_i²)/γ_i²``: mean |ε|, RMSE, the 99.99 %
 quantile of |ε| and max |ε|; and mean |ε| by distance to the coast (1, 2, 3, … cells). Over
 samples: mean ± std of each per-sample metric.
 """
@@ -8,9 +9,12 @@ samples: mean ± std of each per-sample metric.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage
+
+if TYPE_CHECKING:
+    from diffnorm.fields import Fields
 
 METRIC_NAMES: tuple[str, ...] = ("mean_abs", "rmse", "q9999", "max_abs")
 # no '|' in labels: they head Markdown tables
@@ -55,31 +59,10 @@ def aggregate(per_sample: Iterable[dict[str, float]]) -> dict[str, tuple[float, 
     }
 
 
-def distance_to_coast(mask: np.ndarray, periodic_x: bool, metric: str = "euclidean") -> np.ndarray:
-    """Distance in cells from each ocean cell to the nearest land cell (≥ 1 on ocean), and
-    minus the distance to the nearest ocean cell on land (≤ −1): a signed distance map.
-
-    Closed grid edges count as coast (land just outside the grid); with ``periodic_x`` the
-    map wraps east–west. ``metric`` is ``euclidean`` or ``manhattan``.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    ny, nx = mask.shape
-    pad_x = nx if periodic_x else 1
-    padded = np.zeros((ny + 2, nx + 2 * pad_x), dtype=bool)
-    if periodic_x:
-        padded[1:-1] = np.tile(mask, (1, 3))
-    else:
-        padded[1:-1, 1:-1] = mask
-    if metric == "euclidean":
-        inside = ndimage.distance_transform_edt(padded)
-        outside = ndimage.distance_transform_edt(~padded)
-    elif metric == "manhattan":
-        inside = ndimage.distance_transform_cdt(padded, metric="taxicab").astype(np.float64)
-        outside = ndimage.distance_transform_cdt(~padded, metric="taxicab").astype(np.float64)
-    else:
-        raise ValueError(f"metric must be 'euclidean' or 'manhattan', got {metric!r}")
-    signed = np.where(padded, inside, -outside)
-    return signed[1:-1, pad_x : pad_x + nx]
+def distance_to_coast(fields: Fields, metric: str = "euclidean") -> np.ndarray:
+    """Signed distance in cells to the coast (≥ 1 on ocean, ≤ −1 on land), across the wrap and
+    the fold, closed edges counting as coast: see :meth:`Topology.distance_to_coast`."""
+    return fields.topology.distance_to_coast(fields.mask, metric)
 
 
 def error_by_distance(

@@ -9,8 +9,8 @@ All methods work with the symmetric step
 for which ``L W⁻¹ = W^{-1/2} Ŝ^M W^{-1/2}``, so the variance before normalization is
 ``v_i = (Ŝ^M)_ii / w_i = ‖Ŝ^{M/2} e_i‖² / w_i`` and ``γ = v^{-1/2}``.
 
-Vectors live on ocean cells only, in row-major (``j``, then ``i``) order; blocks of
-right-hand sides are ``(n, k)`` arrays.
+Vectors live on the unknowns only: ocean cells in row-major (``j``, then ``i``) order, each
+T-fold cell once (:mod:`diffnorm.topology`); blocks of right-hand sides are ``(n, k)`` arrays.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class DiffusionOperator(abc.ABC):
 
     def __init__(self, fields: Fields):
         self.fields = fields
-        self.ocean = np.flatnonzero(fields.mask.ravel())
+        self.ocean = fields.ocean
         self.n = self.ocean.size
         self.weights = fields.weights
         self.sqrt_w = np.sqrt(self.weights)
@@ -96,9 +96,7 @@ class DiffusionOperator(abc.ABC):
     # -- grid <-> ocean vectors --------------------------------------------------------------
     def to_grid(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
         """Scatter an ocean vector onto the ``(ny, nx)`` grid, ``fill`` on land."""
-        out = np.full(self.fields.mask.size, fill, dtype=np.float64)
-        out[self.ocean] = values
-        return out.reshape(self.fields.shape)
+        return self.fields.to_grid(values, fill)
 
     def from_grid(self, grid: np.ndarray) -> np.ndarray:
         """The ocean values of a ``(ny, nx)`` array."""
@@ -120,32 +118,21 @@ class DiffusionOperator(abc.ABC):
 
 
 def system_matrix(fields: Fields) -> sp.csr_matrix:
-    """``W + K`` on ocean cells (symmetric positive definite, an M-matrix)."""
-    ny, nx = fields.shape
-    index = np.full(ny * nx, -1, dtype=np.int64)
-    ocean = np.flatnonzero(fields.mask.ravel())
-    index[ocean] = np.arange(ocean.size)
-    index = index.reshape(ny, nx)
-    rows, cols, vals = [], [], []
-    diag = fields.weights
-    jx, ix = np.nonzero(fields.open_x)
-    jy, iy = np.nonzero(fields.open_y)
-    for a, b, alpha in (
-        (index[jx, ix], index[jx, (ix + 1) % nx], fields.alpha_x[jx, ix]),
-        (index[jy, iy], index[jy + 1, iy], fields.alpha_y[jy, iy]),
-    ):
-        np.add.at(diag, a, alpha)
-        np.add.at(diag, b, alpha)
-        rows += [a, b]
-        cols += [b, a]
-        vals += [-alpha, -alpha]
-    n = ocean.size
-    rows.append(np.arange(n))
-    cols.append(np.arange(n))
-    vals.append(diag)
-    return sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    )
+    """``W + K`` on the unknowns (symmetric positive definite, an M-matrix): each open face of
+    the grid's topology once, wrap and fold included."""
+    topo = fields.topology
+    index = topo.unknown_index(fields.mask)
+    a, b, axis, pos = topo.faces(fields.mask)
+    alpha = np.where(axis == 0, fields.alpha_x.ravel()[pos], fields.alpha_y.ravel()[pos])
+    a, b = index[a], index[b]
+    diag = fields.weights.copy()
+    np.add.at(diag, a, alpha)
+    np.add.at(diag, b, alpha)
+    n = diag.size
+    rows = np.concatenate([a, b, np.arange(n)])
+    cols = np.concatenate([b, a, np.arange(n)])
+    vals = np.concatenate([-alpha, -alpha, diag])
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
 
 
 class SparseOperator(DiffusionOperator):

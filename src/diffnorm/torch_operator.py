@@ -1,8 +1,10 @@
 """Matrix-free PyTorch backend: ``W + K`` as a 5-point stencil, solved by batched
 Jacobi-preconditioned conjugate gradients on ``(batch, ny, nx)`` grids, on CPU or GPU.
 
-``(W + K)φ`` at cell ``(j, i)`` is ``w φ + Σ_faces α_f (φ − φ_neighbour)``; closed faces carry
-``α = 0`` (``Fields`` guarantees it), so land and edges need no special case.
+``(W + K)φ`` at cell ``(j, i)`` is ``w φ + Σ_slots c_s (φ − φ_neighbour)`` with the neighbours
+and coefficients of the grid's topology (:meth:`diffnorm.topology.Topology.stencil`: wrap and
+north fold included); closed faces carry ``c = 0``, so land and edges need no special case.
+Grid tensors hold the unknowns; land and T-fold copies stay 0.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ class TorchStencilOperator(DiffusionOperator):
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.tensor(np.asarray(a), dtype=dtype, device=self.device)
 
-        mask = fields.mask
-        self.mask = tensor(mask)
-        self.area = tensor(np.where(mask, fields.area, 0.0))
-        self.ax = tensor(fields.alpha_x)
-        self.ay = tensor(fields.alpha_y)
-        self.ax_west = torch.roll(self.ax, 1, dims=-1)
-        self.ay_south = torch.cat([torch.zeros_like(self.ay[:1]), self.ay[:-1]], dim=0)
-        diag = self.area + self.ax + self.ax_west + self.ay + self.ay_south
+        w, nbr, c = fields.topology.stencil(
+            fields.mask, fields.area, fields.alpha_x, fields.alpha_y
+        )
+        self.mask = tensor(fields.counted)
+        self.area = tensor(w.reshape(ny, nx))
+        self.coef = tensor(c.reshape(4, ny, nx))
+        self.nbr = torch.as_tensor(np.maximum(nbr, 0), device=self.device)
+        diag = self.area + self.coef.sum(dim=0)
         self.inv_diag = torch.where(self.mask > 0, 1.0 / torch.where(diag > 0, diag, 1.0), 0.0)
         self.sqrt_area = torch.sqrt(self.area)
         self.ocean_t = torch.as_tensor(self.ocean, device=self.device)
@@ -57,17 +59,10 @@ class TorchStencilOperator(DiffusionOperator):
     # -- tensor level ------------------------------------------------------------------------
     def apply_matrix(self, x: torch.Tensor) -> torch.Tensor:
         """``(W + K) x`` for grid tensors ``(batch, ny, nx)`` (land entries come out 0)."""
-        east = torch.roll(x, -1, dims=-1)
-        west = torch.roll(x, 1, dims=-1)
-        north = torch.cat([x[..., 1:, :], x[..., -1:, :]], dim=-2)
-        south = torch.cat([x[..., :1, :], x[..., :-1, :]], dim=-2)
-        y = (
-            self.area * x
-            + self.ax * (x - east)
-            + self.ax_west * (x - west)
-            + self.ay * (x - north)
-            + self.ay_south * (x - south)
-        )
+        flat = x.reshape(*x.shape[:-2], -1)
+        y = self.area * x
+        for s in range(4):
+            y = y + self.coef[s] * (x - flat[..., self.nbr[s]].reshape(x.shape))
         return y * self.mask
 
     def solve_grid(self, b: torch.Tensor) -> torch.Tensor:

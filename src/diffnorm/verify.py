@@ -52,8 +52,8 @@ def pick_cells(fields: Fields, count: int, seed: int = 0, spacing: int = 3) -> n
     if count < 1:
         raise ValueError(f"the number of cells to verify must be >= 1, got {count}")
     ny, nx = fields.shape
-    ocean = np.flatnonzero(fields.mask.ravel())
-    dist = distance_to_coast(fields.mask, fields.periodic_x).ravel()[ocean]
+    ocean = fields.ocean
+    dist = distance_to_coast(fields).ravel()[ocean]
     rng = np.random.default_rng(seed)
     taken = np.zeros((ny, nx), dtype=bool)
     chosen: list[int] = []
@@ -89,7 +89,7 @@ def verify(
     ocean = op.ocean[cols]
     j, i = np.divmod(ocean, fields.shape[1])
     approx = np.asarray(gamma, dtype=np.float64).ravel()[ocean] ** -2.0
-    dist = distance_to_coast(fields.mask, fields.periodic_x)[j, i]
+    dist = distance_to_coast(fields)[j, i]
     with np.errstate(divide="ignore", invalid="ignore"):
         eps = exact / approx - 1.0  # γ̂²/γ² − 1 with γ² = 1/v
     return Verification(j, i, dist, np.where(np.isfinite(eps), eps, np.inf))

@@ -101,14 +101,10 @@ def estimate(
             progress(1, 1)  # methods without solves report nothing while running
         variance = np.asarray(out.variance, dtype=np.float64)
         gamma_ocean = np.where(variance > 0, variance, np.nan) ** -0.5
-        ocean = np.flatnonzero(fields.mask.ravel())
-        gamma = np.full(fields.mask.size, np.nan)
-        gamma[ocean] = gamma_ocean
+        gamma = fields.to_grid(gamma_ocean)
         error = None
         if out.error_estimate is not None:
-            error = np.full(fields.mask.size, np.nan)
-            error[ocean] = out.error_estimate
-            error = error.reshape(fields.shape)
+            error = fields.to_grid(out.error_estimate)
     info = dict(out.info)
     if op is not None:
         info.setdefault("backend", op.backend)
@@ -118,7 +114,7 @@ def estimate(
     used.pop("block_size", None)
     used.pop("columns", None)
     return GammaResult(
-        gamma=gamma.reshape(fields.shape),
+        gamma=gamma,
         method=method,
         options=used,
         wall_time=timer.elapsed,

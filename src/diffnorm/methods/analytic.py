@@ -17,21 +17,17 @@ import math
 
 import numpy as np
 
-from diffnorm.coast import basin_labels
-from diffnorm.fields import Fields, cell_face_sum
+from diffnorm.fields import Fields
 from diffnorm.methods.base import MethodOutput, register
 
 
 def cell_mean_alpha(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``alpha`` over each cell's open faces along x and along y (NaN where none)."""
-
-    def mean_of(alpha: np.ndarray, opened: np.ndarray, axis: int) -> np.ndarray:
-        total = cell_face_sum(np.where(opened, alpha, 0.0), axis)
-        count = cell_face_sum(opened.astype(np.float64), axis)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(count > 0, total / count, np.nan)
-
-    return mean_of(fields.alpha_x, fields.open_x, 1), mean_of(fields.alpha_y, fields.open_y, 0)
+    slots = fields.slot_alpha()
+    totals = fields.topology.cell_sums(slots)
+    counts = fields.topology.cell_sums((slots > 0).astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tuple(np.where(c > 0, t / c, np.nan) for t, c in zip(totals, counts, strict=True))
 
 
 def analytic_gamma_squared(fields: Fields) -> np.ndarray:
@@ -46,14 +42,13 @@ def analytic_gamma_squared(fields: Fields) -> np.ndarray:
 
 def cap_by_basin_area(fields: Fields, g2: np.ndarray) -> np.ndarray:
     """``min(γ², area of the cell's basin)`` (the bound ``γ² ≤ A``), NaN on land."""
-    labels = basin_labels(fields.mask, fields.periodic_x)
-    basin_area = np.bincount(
-        labels.ravel(), weights=np.where(fields.mask, fields.area, 0.0).ravel()
-    )
+    labels = fields.topology.basin_labels(fields.mask)
+    weights = np.where(fields.mask, fields.area * fields.topology.cell_factor, 0.0)
+    basin_area = np.bincount(labels.ravel(), weights=weights.ravel())
     return np.where(fields.mask, np.minimum(g2, basin_area[labels]), np.nan)
 
 
 @register("analytic", "local infinite-plane formula 4 pi (M-1) sqrt(k11 k22), O(n)", False)
 def analytic(fields: Fields, *, progress=None) -> MethodOutput:
-    g2 = analytic_gamma_squared(fields).ravel()[np.flatnonzero(fields.mask.ravel())]
+    g2 = analytic_gamma_squared(fields).ravel()[fields.ocean]
     return MethodOutput(1.0 / g2, tolerance=None, info={"solves": 0})

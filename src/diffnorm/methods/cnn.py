@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffnorm.coast import basin_labels
 from diffnorm.fields import Fields
 from diffnorm.methods.base import MethodOutput, register
 from diffnorm.operator import system_matrix
@@ -18,8 +17,7 @@ from diffnorm.operator import system_matrix
 def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of basins of ≤ ``max_cells`` cells,
     by dense algebra per basin; returns (ocean indices, variances)."""
-    labels = basin_labels(fields.mask, fields.periodic_x).ravel()
-    ocean_labels = labels[np.flatnonzero(fields.mask.ravel())]
+    ocean_labels = fields.topology.basin_labels(fields.mask).ravel()[fields.ocean]
     sizes = np.bincount(ocean_labels)
     small = np.flatnonzero((sizes > 0) & (sizes <= max_cells))
     if max_cells < 1 or small.size == 0:
@@ -54,7 +52,7 @@ def cnn(
 
     net = resolve_model(model, fields)
     gamma = net.predict(fields, device=device, tile=tile)
-    variance = gamma.ravel()[np.flatnonzero(fields.mask.ravel())] ** -2.0
+    variance = gamma.ravel()[fields.ocean] ** -2.0
     idx, exact = small_basin_variance(fields, exact_basins)
     variance[idx] = exact
     info = {

@@ -77,5 +77,5 @@ def lattice_gamma_squared(fields: Fields) -> np.ndarray:
 
 @register("lattice", "local homogeneous-lattice value (exact for constant kappa), O(n)", False)
 def lattice(fields: Fields, *, progress=None) -> MethodOutput:
-    g2 = lattice_gamma_squared(fields).ravel()[np.flatnonzero(fields.mask.ravel())]
+    g2 = lattice_gamma_squared(fields).ravel()[fields.ocean]
     return MethodOutput(1.0 / g2, tolerance=None, info={"solves": 0})

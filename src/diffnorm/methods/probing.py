@@ -40,6 +40,15 @@ the lattice model accounts for). So γ in a basin does not depend on the other b
 basin with at most one cell of each colour (e.g. one that fits in a box of ``s_y × s_x``
 cells, ``s_x`` the shortest distance between same-colour columns) is exact. The ``full``
 estimator reads ``(Ŝ^M p_c)_i``, which only sums over the probes of ``i``'s basin.
+
+North fold. The lattice colouring lives in index space, where two cells near the fold can be
+close across it yet far apart in the array. Cells deeper than ``s_y`` rows below the fold are
+at least ``s_y`` from every cell through it, so the lattice result stands there. The *band*
+above them is probed again with its own colouring (:func:`fold_band_colouring`: greedy, no
+two cells of a colour closer than the strides directly or across the fold) and the ``full``
+estimator. Its certificate is :func:`band_model_error` (the model's aliasing when every
+``s_y × s_x`` box around the cell may hold one alias) times the largest squared heaviness
+measured on the grid.
 """
 
 from __future__ import annotations
@@ -50,10 +59,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from diffnorm.coast import basin_labels
 from diffnorm.methods.base import MethodOutput, Progress, register
 from diffnorm.methods.brute import brute_variance
 from diffnorm.operator import DiffusionOperator
+from diffnorm.topology import CELL, fold_recipe
 
 SAFETY = 2.0
 MAX_ATTEMPTS = 3
@@ -277,7 +286,7 @@ class Reattribution:
 def reattribution(op: DiffusionOperator, col: Colouring) -> Reattribution:
     """The pairs of :class:`Reattribution`, from the cells near land or another basin."""
     ny, nx = op.fields.shape
-    labels = basin_labels(op.fields.mask, op.fields.periodic_x)
+    labels = op.fields.topology.basin_labels(op.fields.mask)
     basin = labels.ravel()[op.ocean]
     index = np.full(ny * nx, -1, dtype=np.int64)
     index[op.ocean] = np.arange(op.n)
@@ -347,16 +356,26 @@ def choose_strides(kx: float, ky: float, steps: int, target: float, limit: int) 
 
 
 def _heaviness(
-    op: DiffusionOperator, col: Colouring, peak: np.ndarray, mid: np.ndarray, model: LatticeModel
+    op: DiffusionOperator,
+    col: Colouring,
+    peak: np.ndarray,
+    mid: np.ndarray,
+    model: LatticeModel,
+    skip: np.ndarray | None = None,
 ) -> np.ndarray:
     """``r_i``: measured midpoint response over the model's, at the heaviest cell within one
-    stride of ``i`` (the contamination of ``i`` by an alias ``j`` is judged from either end)."""
+    stride of ``i`` (the contamination of ``i`` by an alias ``j`` is judged from either end).
+    Cells ``skip`` (a fold band, whose midpoints also see aliases across the fold) measure
+    nothing."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(model.mid[:, None] > 0, mid / peak / model.mid[:, None], 0.0)
-    r = op.to_grid(ratio.max(axis=0), fill=0.0)
+    ratio = ratio.max(axis=0)
+    if skip is not None:
+        ratio[skip] = 0.0
+    r = op.to_grid(ratio, fill=0.0)
     size = (2 * col.ncy + 1, 2 * col.ncx + 1)
     modes = ("constant", "wrap" if op.fields.periodic_x else "constant")
-    return op.from_grid(ndimage.maximum_filter(r, size=size, mode=modes))
+    return ndimage.maximum_filter(r, size=size, mode=modes).ravel()[op.ocean]
 
 
 def _brute_is_cheaper(op: DiffusionOperator, col: Colouring, power: int) -> bool:
@@ -449,6 +468,80 @@ class ProbeRun:
     colours: int
 
 
+def fold_band_colouring(op: DiffusionOperator, sy: int, sx: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unknowns less than ``sy`` rows below a north fold and a colour for each, such that
+    two cells of a colour are never less than ``sy`` rows *and* ``sx`` columns apart, neither
+    in the array nor across the fold (greedy, row by row from the fold)."""
+    topo = op.fields.topology
+    ny, nx = topo.shape
+    offset, shift = fold_recipe(topo.north_fold, CELL)
+    gap = 1 - offset  # rows between depth-0 cells across the fold (F: 1, T: 0)
+    rows = min(sy, ny)
+    j, i = np.divmod(op.ocean, nx)
+    depth = ny - 1 - j
+    band = np.flatnonzero(depth < rows)
+    band = band[np.lexsort((i[band], depth[band]))]
+    colour_of = np.full((rows, nx), -1, dtype=np.int64)
+    colours = np.empty(band.size, dtype=np.int64)
+    reach = np.arange(-sx + 1, sx)
+    for n, cell in enumerate(band):
+        d, c = int(depth[cell]), int(i[cell])
+        near = [colour_of[max(0, d - sy + 1) : d + sy][:, (c + reach) % nx].ravel()]
+        across = sy - 1 - gap - d  # deepest row still closer than sy through the fold
+        if across >= 0:
+            near.append(colour_of[: across + 1][:, (shift - 1 - (c + reach)) % nx].ravel())
+        used = np.unique(np.concatenate(near))
+        free = np.setdiff1d(np.arange(used.size + 1), used)
+        colours[n] = colour_of[d, c] = free[0]
+    return band, colours
+
+
+def band_model_error(kx: float, ky: float, steps: int, sy: int, sx: int) -> float:
+    """Model aliasing of the ``full`` estimator for a colour whose cells are pairwise at least
+    ``sy`` rows or ``sx`` columns apart: each ``sy × sx`` box centred on a lattice point holds
+    at most one of them, at its point heaviest in the model but not closer than the strides."""
+    k = lattice_kernel(kx, ky, steps)
+    k = np.fft.fftshift(k / k[0, 0])
+    ny, nx = k.shape
+    dy = np.arange(ny)[:, None] - ny // 2
+    dx = np.arange(nx)[None, :] - nx // 2
+    far = np.maximum(np.abs(dy) / sy, np.abs(dx) / sx) >= 1
+    box_y = np.floor(dy / sy + 0.5).astype(np.int64) + ny
+    box_x = np.floor(dx / sx + 0.5).astype(np.int64) + nx
+    box = np.broadcast_to(box_y * (3 * nx) + box_x, k.shape)
+    best = np.zeros(int(box.max()) + 1)
+    np.maximum.at(best, box[far], k[far])
+    return float(best.sum())
+
+
+def _probe_fold_band(
+    op: DiffusionOperator,
+    band: np.ndarray,
+    colours: np.ndarray,
+    sy: int,
+    sx: int,
+    kx: float,
+    ky: float,
+    heaviness: float,
+    block_size: int | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The band's ``full``-estimator variance and error bound, and the colours it used."""
+    count = int(colours.max()) + 1 if band.size else 0
+    steps = op.fields.steps
+    estimate = np.zeros(band.size)
+    k = op.block_size(block_size)
+    for start in range(0, count, k):
+        stop = min(start + k, count)
+        sel = np.flatnonzero((colours >= start) & (colours < stop))
+        probes = np.zeros((op.n, stop - start))
+        probes[band[sel], colours[sel] - start] = 1.0
+        response = op.sym_power(probes, steps)
+        estimate[sel] = response[band[sel], colours[sel] - start]
+    bound = band_model_error(kx, ky, steps, sy, sx) * heaviness**2
+    error = np.full(band.size, gamma2_error(np.array(bound), "full").item())
+    return estimate / op.weights[band], error, count
+
+
 def probe_with_stride(
     op: DiffusionOperator,
     stride: tuple[int, int],
@@ -477,10 +570,21 @@ def _probe_once(
     estimate, peak, mid = _probe(op, col, estimator, block_size, progress, 0, col.count)
     # r < 1 (a cell lighter than the model) does not lower the bound: the model's error is a
     # sum over aliases, some of which may sit in the heavy part of the grid
-    relative = model.error * np.maximum(1.0, _heaviness(op, col, peak, mid, model)) ** 2
-    return ProbeRun(
-        estimate / op.weights, gamma2_error(relative, estimator), model.error, col.count
-    )
+    colours = col.count
+    band = None
+    if op.fields.topology.folded:
+        sy = col.alias_sy if col.alias_sy is not None else op.fields.shape[0]
+        sx = col.alias_sx if col.alias_sx is not None else op.fields.shape[1]
+        band, colour = fold_band_colouring(op, sy, sx)
+    heavy = np.maximum(1.0, _heaviness(op, col, peak, mid, model, band))
+    variance = estimate / op.weights
+    error = gamma2_error(model.error * heavy**2, estimator)
+    if band is not None:
+        r_max = float(np.delete(heavy, band).max(initial=1.0))
+        v, e, extra = _probe_fold_band(op, band, colour, sy, sx, kx, ky, r_max, block_size)
+        variance[band], error[band] = v, e
+        colours += extra
+    return ProbeRun(variance, error, model.error, colours)
 
 
 def gamma2_error(relative: np.ndarray, estimator: str) -> np.ndarray:
@@ -537,7 +641,9 @@ def probing(
         if not fixed and _brute_is_cheaper(op, col, power):
             break
         run = _probe_once(op, col, kx, ky, estimator, block_size, progress)
-        info["solves"] += col.count * power
+        info["solves"] += col.count * power + (run.colours - col.count) * steps
+        if run.colours > col.count:
+            info["fold_band_colours"] = run.colours - col.count
         worst = float(run.error_estimate.max())
         info.update(model_error=run.model_error, certificate_max=worst)
         if worst <= tolerance:

@@ -95,7 +95,7 @@ class EncodedDataset(Dataset):
             item = self.items[i]
         else:
             s = self.samples[i]
-            t = random_transform(rng, s.fields.periodic_x, s.fields.shape)
+            t = random_transform(rng, s.fields.topology)
             fields, gamma = t.sample(s.fields, s.gamma)
             item = self.enc.encode(Sample(fields, gamma, s.name), self.stats)
         return random_crop(item, self.crop, self.enc.halo, rng) if self.crop else item

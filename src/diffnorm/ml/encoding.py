@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from diffnorm.fields import Fields
-from diffnorm.ml.features import Standardizer, raw_features, raw_target
+from diffnorm.ml.features import Standardizer, channel_kinds, raw_features, raw_target
 from diffnorm.ml.halo import pad_halo
 
 if TYPE_CHECKING:
@@ -29,7 +29,8 @@ class Encoding:
         """Standardized input channels with their halo: ``(C, ny + 2·halo, nx + 2·halo)``."""
         x = torch.from_numpy(stats.inputs(raw_features(fields, self.distance))).float()[None]
         land = torch.from_numpy(stats.land(self.distance)).float()
-        return pad_halo(x, self.halo, fields.periodic_x, fill=land)[0]
+        kinds = channel_kinds(self.distance)
+        return pad_halo(x, self.halo, fields.periodic_x, land, fields.north_fold, kinds)[0]
 
     def encode(self, sample: Sample, stats: Standardizer) -> dict[str, torch.Tensor]:
         f = sample.fields

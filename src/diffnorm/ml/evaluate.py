@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from diffnorm.data.dataset import load_split
-from diffnorm.fields import cell_face_sum, open_faces
+from diffnorm.fields import Fields
 from diffnorm.methods import estimate
 from diffnorm.metrics import (
     METRIC_LABELS,
@@ -31,13 +31,13 @@ WORST_COLUMNS = ("sample", "j", "i", "eps", "gamma", "distance", "open_faces")
 
 
 def worst_cells(
-    eps: np.ndarray, gamma: np.ndarray, dist: np.ndarray, mask: np.ndarray, periodic_x: bool, k: int
+    eps: np.ndarray, gamma: np.ndarray, dist: np.ndarray, fields: Fields, k: int
 ) -> list[dict]:
     """The ``k`` ocean cells of largest ``|ε|`` (grids ``(ny, nx)``, NaN on land): where they
     are, their exact γ, distance to the coast and number of open faces (0–4: a dead end has 1,
     a one-cell channel 2), so that a model's tail can be traced to the geometry behind it."""
-    east, north = open_faces(mask, periodic_x)
-    faces = cell_face_sum(east.astype(int), 1) + cell_face_sum(north.astype(int), 0)
+    mask = fields.counted
+    faces = (fields.slot_alpha() > 0).sum(axis=0)
     order = np.argsort(-np.nan_to_num(np.abs(eps), nan=-1.0), axis=None)[:k]
     rows = []
     for j, i in zip(*np.unravel_index(order, eps.shape), strict=True):
@@ -80,8 +80,8 @@ def evaluate(
     cnn_abs = []
     worst: list[dict] = []
     for k, s in enumerate(data):
-        f, m = s.fields, s.fields.mask
-        dist = distance_to_coast(m, f.periodic_x)
+        f, m = s.fields, s.fields.counted
+        dist = distance_to_coast(f)
         c = estimate(f, "cnn", model=model, device=device)
         results = {"cnn": (c.gamma, c.wall_time)}
         a = estimate(f, "analytic")
@@ -99,7 +99,7 @@ def evaluate(
             by_dist[name].append(error_by_distance(grid, dist, m))
             if name == "cnn":
                 cnn_abs.append(np.abs(grid))
-                cells = worst_cells(grid, s.gamma, dist, m, f.periodic_x, WORST_PER_SAMPLE)
+                cells = worst_cells(grid, s.gamma, dist, f, WORST_PER_SAMPLE)
                 worst += [{"sample": s.name, **c} for c in cells]
         if progress:
             progress(k + 1, len(data))

@@ -23,6 +23,7 @@ import numpy as np
 from diffnorm.fields import Fields
 from diffnorm.methods.analytic import analytic_gamma_squared
 from diffnorm.metrics import distance_to_coast
+from diffnorm.topology import CELL, EAST, FACE_X, FACE_Y, NORTH
 
 DISTANCES = ("none", "manhattan", "euclidean")
 TARGETS = ("log_ratio", "log_lattice", "gamma")
@@ -39,18 +40,25 @@ def channel_names(distance: str) -> list[str]:
     return names + ["mask"]
 
 
+def channel_kinds(distance: str) -> list[str]:
+    """Where each channel lives (cell, east face, north face): a fold mirrors them
+    differently (:func:`diffnorm.topology.fold_recipe`)."""
+    return [FACE_X, FACE_Y] + [CELL] * (len(channel_names(distance)) - 2)
+
+
 def raw_features(fields: Fields, distance: str = "manhattan") -> np.ndarray:
     """Unstandardized input channels ``(C, ny, nx)`` (see :func:`channel_names`)."""
     names = channel_names(distance)
     mask = fields.mask
     area = np.where(mask, fields.area, 0.0)
     mean_area = area[mask].mean()
+    slots = fields.slot_alpha()  # a T-fold row's north slot is its mirrored face
     with np.errstate(divide="ignore", invalid="ignore"):
-        kx = np.where(fields.open_x, fields.alpha_x / area, 0.0)
-        ky = np.where(fields.open_y, fields.alpha_y / area, 0.0)
+        kx = np.where(mask, slots[EAST] / area, 0.0)
+        ky = np.where(mask, slots[NORTH] / area, 0.0)
     channels = [kx, ky, area / mean_area]
     if distance != "none":
-        d = distance_to_coast(mask, fields.periodic_x, distance)
+        d = distance_to_coast(fields, distance)
         channels.append(np.clip(d, -DISTANCE_CLIP, DISTANCE_CLIP))
     channels.append(mask.astype(np.float64))
     out = np.stack(channels)

@@ -1,8 +1,14 @@
-"""Halo padding from the grid topology: periodic east–west, closed (land) elsewhere."""
+"""Halo padding for the network, following the grid's topology: periodic east–west, mirrored
+across a north fold, closed (land) elsewhere. The fold's rows come from
+:func:`diffnorm.topology.fold_recipe`, the same rule the NumPy padding uses."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from diffnorm.topology import CELL, fold_recipe
 
 
 def pad_halo(
@@ -10,12 +16,15 @@ def pad_halo(
     halo: int,
     periodic_x: bool,
     fill: torch.Tensor | float = 0.0,
+    north_fold: str = "none",
+    kinds: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Pad ``(B, C, H, W)`` by ``halo`` cells on each side.
 
     East–west: wrap-around when ``periodic_x`` (any halo, even wider than the grid), else
-    ``fill``. North and south rows are closed: ``fill``, which is a scalar or one value per
-    channel (the features of a land cell).
+    ``fill``. North: the mirrored rows of a ``T`` or ``F`` fold, where ``kinds`` says per
+    channel whether it lives on cells (default), east faces or north faces; else closed like
+    the south: ``fill``, a scalar or one value per channel (the features of a land cell).
     """
     if halo < 0:
         raise ValueError(f"halo must be >= 0, got {halo}")
@@ -23,16 +32,35 @@ def pad_halo(
         return x
     fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
     b, c, h, w = x.shape
-    if not periodic_x:
-        side = fill.expand(b, c, h, halo)
-        x = torch.cat([side, x, side], dim=-1)
-    elif halo <= w:
-        # slices, not a tiled copy: H and W stay symbolic when the graph is exported
-        x = torch.cat([x[..., -halo:], x, x[..., :halo]], dim=-1)
+    cap = fill.expand(b, c, halo, w)
+    if north_fold == "none":
+        north = cap
     else:
-        reps = -(-halo // w)  # ceil: enough copies for halos wider than the grid
-        tiled = torch.cat([x] * (2 * reps + 1), dim=-1)
-        start = reps * w - halo
-        x = tiled[..., start : start + w + 2 * halo]
-    cap = fill.expand(b, c, halo, x.shape[-1])
-    return torch.cat([cap, x, cap], dim=-2)
+        north = _fold_rows(x, halo, north_fold, kinds or [CELL] * c)
+    x = torch.cat([cap, x, north], dim=-2)
+    if not periodic_x:
+        side = fill.expand(b, c, x.shape[-2], halo)
+        return torch.cat([side, x, side], dim=-1)
+    if halo <= w:
+        # slices, not a tiled copy: H and W stay symbolic when the graph is exported
+        return torch.cat([x[..., -halo:], x, x[..., :halo]], dim=-1)
+    reps = -(-halo // w)  # ceil: enough copies for halos wider than the grid
+    tiled = torch.cat([x] * (2 * reps + 1), dim=-1)
+    start = reps * w - halo
+    return tiled[..., start : start + w + 2 * halo]
+
+
+def _fold_rows(x: torch.Tensor, halo: int, north_fold: str, kinds: Sequence[str]) -> torch.Tensor:
+    """The ``halo`` rows beyond the fold, per channel kind."""
+    h = x.shape[-2]
+    parts = []
+    for k, kind in enumerate(kinds):
+        offset, shift = fold_recipe(north_fold, kind)
+        if halo > h - offset:
+            raise ValueError(
+                f"the network's halo of {halo} rows is deeper than a {north_fold}-fold grid of "
+                f"{h} rows can mirror; the grid needs at least {halo + offset} rows"
+            )
+        rows = x[:, k : k + 1, h - offset - halo : h - offset].flip(-2).flip(-1)
+        parts.append(torch.roll(rows, shift, -1) if shift else rows)
+    return torch.cat(parts, dim=1)

@@ -1,0 +1,383 @@
+"""The connectivity of a grid (DESIGN §1): which cells touch across which faces.
+
+One object answers every question about wrap, closure and north folds, so that the operator,
+the methods, the features, the halo, the augmentations and the metrics never re-derive them.
+
+A grid of ``ny × nx`` cells is closed, east–west periodic (``periodic_x``), or periodic with a
+**north fold** (``north_fold`` = ``T`` or ``F``, NEMO's inner domain, ``nx`` even):
+
+- ``F`` pivot (ORCA1, ORCA05): the north face of ``(ny−1, i)`` joins it to
+  ``(ny−1, nx−1−i)``; ``alpha_y[ny−1, i]`` and ``alpha_y[ny−1, nx−1−i]`` list that one face.
+- ``T`` pivot (ORCA2, ORCA025, ORCA12): ``(ny−1, i)`` and ``(ny−1, (nx−i) mod nx)`` are one
+  cell; the fold row's cells north of the fold are the mirrors of row ``ny−2``, so a fold-row
+  cell's northern neighbour is ``(ny−2, (nx−i) mod nx)`` across face
+  ``alpha_y[ny−2, (nx−i) mod nx]``; ``alpha_x[ny−1, i]`` and ``alpha_x[ny−1, nx−1−i]`` list one
+  face. The pivots ``(ny−1, 0)`` and ``(ny−1, nx/2)`` are their own mirrors: half of each lies
+  beyond the fold, so they weigh half their area and half of each of their faces.
+
+Every cell has four *slots* (east, west, north, south), each a neighbour and the face value
+that joins them. A folded grid is then the symmetric part of its unfolded double cover: the
+stencil ``(W + K)φ = wφ + Σ_slots c (φ − φ_nbr)`` with ``w = f·area``, ``c = f·alpha`` and
+``f = ½`` on pivots is symmetric and equals ``W + K`` of the folded graph; its unknowns are the
+ocean cells that are not a T-fold copy.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+NORTH_FOLDS = ("none", "T", "F")
+EAST, WEST, NORTH, SOUTH = range(4)
+CELL, FACE_X, FACE_Y = "cell", "face_x", "face_y"
+
+
+class TopologyError(ValueError):
+    """An impossible topology; the message names the attribute and the fix."""
+
+
+def parse_north_fold(value: object) -> str:
+    """``none``/``T``/``F`` from a file attribute or an option (case-insensitive; 0/'' = none)."""
+    if value is None:
+        return "none"
+    text = str(value.decode() if isinstance(value, bytes) else value).strip()
+    if text.lower() in ("", "none", "0", "false", "no"):
+        return "none"
+    if text.upper() in ("T", "F"):
+        return text.upper()
+    raise TopologyError(
+        f"north_fold must be one of none, T (pivot on a T point: ORCA2, ORCA025, ORCA12) or "
+        f"F (pivot on an F point: ORCA1, ORCA05), got {value!r}"
+    )
+
+
+def fold_recipe(north_fold: str, kind: str = CELL) -> tuple[int, int]:
+    """``(offset, shift)`` of :meth:`Topology.fold_source` with ``base = ny − offset``, for
+    code that knows ``ny`` only at run time (the exported network's halo)."""
+    if kind not in (CELL, FACE_X, FACE_Y):
+        raise ValueError(f"kind must be {CELL}, {FACE_X} or {FACE_Y}, got {kind!r}")
+    if north_fold == "F":
+        return {CELL: (0, 0), FACE_X: (0, -1), FACE_Y: (1, 0)}[kind]
+    if north_fold == "T":
+        return {CELL: (1, 1), FACE_X: (1, 0), FACE_Y: (2, 1)}[kind]
+    raise TopologyError(f"fold_recipe needs a north fold (T or F), got {north_fold!r}")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Connectivity of an ``(ny, nx)`` grid; see the module docstring."""
+
+    ny: int
+    nx: int
+    periodic_x: bool = False
+    north_fold: str = "none"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "periodic_x", bool(self.periodic_x))
+        object.__setattr__(self, "north_fold", parse_north_fold(self.north_fold))
+        if self.folded:
+            if not self.periodic_x:
+                raise TopologyError(
+                    f"north_fold={self.north_fold} needs an east-west periodic grid: set "
+                    "periodic_x=1 (every ORCA grid is cyclic) or north_fold=none"
+                )
+            if self.nx % 2 or self.nx < 2:
+                raise TopologyError(
+                    f"north_fold={self.north_fold} needs an even number of columns, got "
+                    f"nx={self.nx}: give NEMO's inner domain (no cyclic halo columns)"
+                )
+            if self.north_fold == "T" and self.ny < 2:
+                raise TopologyError(
+                    "north_fold=T needs at least 2 rows (the fold row mirrors ny-2)"
+                )
+
+    @classmethod
+    def of(cls, shape: tuple[int, int], periodic_x: bool = False, north_fold: str = "none"):
+        return cls(int(shape[0]), int(shape[1]), periodic_x, north_fold)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.ny, self.nx)
+
+    @property
+    def folded(self) -> bool:
+        return self.north_fold != "none"
+
+    def describe(self) -> str:
+        wrap = "periodic in x" if self.periodic_x else "closed in x"
+        fold = f", {self.north_fold}-pivot north fold" if self.folded else ""
+        return f"{self.ny}x{self.nx}, {wrap}{fold}"
+
+    # -- cells ---------------------------------------------------------------------------------
+    @functools.cached_property
+    def representative(self) -> np.ndarray:
+        """Flat index of the cell each cell is (itself, or its T-fold original)."""
+        rep = np.arange(self.ny * self.nx).reshape(self.shape)
+        if self.north_fold == "T":
+            half = self.nx // 2
+            cols = np.arange(half + 1, self.nx)
+            rep[-1, cols] = (self.ny - 1) * self.nx + (self.nx - cols)
+        return rep.ravel()
+
+    @functools.cached_property
+    def duplicate(self) -> np.ndarray:
+        """Cells that are copies of another cell (T fold: the east half of the fold row)."""
+        return (self.representative != np.arange(self.ny * self.nx)).reshape(self.shape)
+
+    @functools.cached_property
+    def cell_factor(self) -> np.ndarray:
+        """Share of each listed cell in the folded graph: 1, ½ on T pivots, 0 on copies."""
+        f = np.where(self.duplicate, 0.0, 1.0)
+        if self.north_fold == "T":
+            f[-1, 0] = f[-1, self.nx // 2] = 0.5
+        return f
+
+    def counted(self, mask: np.ndarray) -> np.ndarray:
+        """Ocean cells that statistics count (each T-fold cell once)."""
+        return np.asarray(mask, dtype=bool) & ~self.duplicate
+
+    def ocean(self, mask: np.ndarray) -> np.ndarray:
+        """Flat indices of the unknowns: ocean cells that are not copies, row-major."""
+        return np.flatnonzero(self.counted(mask).ravel())
+
+    def unknown_index(self, mask: np.ndarray) -> np.ndarray:
+        """For each listed cell, the index of its unknown (copies share it), -1 on land."""
+        index = np.full(self.ny * self.nx, -1, dtype=np.int64)
+        ocean = self.ocean(mask)
+        index[ocean] = np.arange(ocean.size)
+        return index[self.representative]
+
+    def to_grid(self, values: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> np.ndarray:
+        """Unknown-ordered values on the ``(ny, nx)`` grid (copies get their cell's value)."""
+        index = self.unknown_index(mask)
+        out = np.full(index.size, fill, dtype=np.float64)
+        ok = index >= 0
+        out[ok] = np.asarray(values, dtype=np.float64)[index[ok]]
+        return out.reshape(self.shape)
+
+    # -- slots ---------------------------------------------------------------------------------
+    @functools.cached_property
+    def _slots(self) -> tuple[np.ndarray, np.ndarray]:
+        ny, nx = self.shape
+        j, i = np.indices(self.shape)
+        nbr = np.full((4, ny, nx), -1, dtype=np.int64)
+        face = np.full((4, ny, nx), -1, dtype=np.int64)  # into concat(alpha_x, alpha_y)
+        y0 = ny * nx
+
+        def flat(jj, ii):
+            return jj * nx + ii
+
+        east_ok = (i + 1 < nx) | self.periodic_x
+        nbr[EAST] = np.where(east_ok, flat(j, (i + 1) % nx), -1)
+        face[EAST] = np.where(east_ok, flat(j, i), -1)
+        west_ok = (i > 0) | self.periodic_x
+        nbr[WEST] = np.where(west_ok, flat(j, (i - 1) % nx), -1)
+        face[WEST] = np.where(west_ok, flat(j, (i - 1) % nx), -1)
+        north_ok = j + 1 < ny
+        nbr[NORTH] = np.where(north_ok, flat(np.minimum(j + 1, ny - 1), i), -1)
+        face[NORTH] = np.where(north_ok, y0 + flat(j, i), -1)
+        south_ok = j > 0
+        nbr[SOUTH] = np.where(south_ok, flat(np.maximum(j - 1, 0), i), -1)
+        face[SOUTH] = np.where(south_ok, y0 + flat(np.maximum(j - 1, 0), i), -1)
+        cols = np.arange(nx)
+        if self.north_fold == "F":
+            nbr[NORTH, -1] = flat(ny - 1, nx - 1 - cols)
+            face[NORTH, -1] = y0 + flat(ny - 1, cols)
+        elif self.north_fold == "T":
+            mirror = (nx - cols) % nx
+            nbr[NORTH, -1] = flat(ny - 2, mirror)
+            face[NORTH, -1] = y0 + flat(ny - 2, mirror)
+        rep = self.representative
+        nbr = np.where(nbr >= 0, rep[np.maximum(nbr, 0)], -1)
+        return nbr.reshape(4, -1), face.reshape(4, -1)
+
+    @property
+    def neighbours(self) -> np.ndarray:
+        """``(4, ny·nx)``: flat index of the east, west, north, south neighbour (-1: edge)."""
+        return self._slots[0]
+
+    def slot_alpha(self, alpha_x: np.ndarray, alpha_y: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``(4, ny, nx)``: the alpha of each slot's face where it is open (both cells ocean),
+        else 0."""
+        nbr, face = self._slots
+        values = np.concatenate([np.ravel(alpha_x), np.ravel(alpha_y)]).astype(np.float64)
+        m = np.asarray(mask, dtype=bool).ravel()
+        ok = (nbr >= 0) & m[None, :] & m[np.maximum(nbr, 0)]
+        out = np.where(ok, values[np.maximum(face, 0)], 0.0)
+        return out.reshape(4, *self.shape)
+
+    def stencil(
+        self, mask: np.ndarray, area: np.ndarray, alpha_x: np.ndarray, alpha_y: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(w, nbr, c)`` on the listed cells: ``(W + K)φ = wφ + Σ_s c_s (φ − φ[nbr_s])``,
+        zero on land and on copies; symmetric over the unknowns (see the module docstring)."""
+        f = np.where(mask, self.cell_factor, 0.0)
+        w = (f * np.where(mask, area, 0.0)).ravel()
+        c = (self.slot_alpha(alpha_x, alpha_y, mask) * f[None]).reshape(4, -1)
+        return w, self.neighbours, c
+
+    # -- faces ---------------------------------------------------------------------------------
+    def open_faces(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Listed faces (positions in ``alpha_x``, ``alpha_y``) whose two cells are ocean.
+
+        A face listed twice (on the fold) is open at both listings; ``alpha_y`` of a T-fold
+        row lists no face."""
+        nbr, face = self._slots
+        m = np.asarray(mask, dtype=bool).ravel()
+        n = self.ny * self.nx
+        own = np.arange(n)
+        ok = (nbr >= 0) & m[None, :] & m[np.maximum(nbr, 0)]
+        open_x = ok[EAST] & (face[EAST] == own)
+        open_y = ok[NORTH] & (face[NORTH] == n + own)
+        return open_x.reshape(self.shape), open_y.reshape(self.shape)
+
+    @functools.cached_property
+    def repeated_faces(self) -> tuple[np.ndarray, np.ndarray]:
+        """Listings of ``alpha_x``/``alpha_y`` that repeat a face listed elsewhere (to skip when
+        faces are counted), and for each the position of its first listing (flat, -1 if none)."""
+        rx = np.full(self.shape, -1, dtype=np.int64)
+        ry = np.full(self.shape, -1, dtype=np.int64)
+        half, nx = self.nx // 2, self.nx
+        cols = np.arange(half, nx)
+        if self.north_fold == "T":
+            rx[-1, cols] = (self.ny - 1) * nx + (nx - 1 - cols)
+        elif self.north_fold == "F":
+            ry[-1, cols] = (self.ny - 1) * nx + (nx - 1 - cols)
+        return rx, ry
+
+    def faces(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Each open face once: ``(a, b, axis, position)`` with ``a, b`` the flat indices of
+        its cells' representatives, axis 0 for ``alpha_x`` and 1 for ``alpha_y``."""
+        nbr = self.neighbours
+        open_x, open_y = self.open_faces(mask)
+        rx, ry = self.repeated_faces
+        # a T-fold row's northern slot is its mirror's southern face, listed in row ny-2
+        parts = []
+        for opened, repeated, slot in ((open_x, rx, EAST), (open_y, ry, NORTH)):
+            pos = np.flatnonzero(opened & (repeated < 0))
+            parts.append((self.representative[pos], nbr[slot, pos], pos))
+        a = np.concatenate([p[0] for p in parts])
+        b = np.concatenate([p[1] for p in parts])
+        axis = np.concatenate([np.full(p[2].size, k) for k, p in enumerate(parts)])
+        pos = np.concatenate([p[2] for p in parts])
+        return a, b, axis, pos
+
+    def cell_sums(self, slot_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per cell, the sum of ``(4, ny, nx)`` slot values along x (east + west) and along y
+        (north + south)."""
+        return slot_values[EAST] + slot_values[WEST], slot_values[NORTH] + slot_values[SOUTH]
+
+    # -- regions -------------------------------------------------------------------------------
+    def basin_labels(self, mask: np.ndarray) -> np.ndarray:
+        """Connected ocean basins across every face (wrap and fold included): labels ``1…k``
+        numbered in row-major order of their first cell, 0 on land."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        m = np.asarray(mask, dtype=bool).ravel()
+        nbr = self.neighbours
+        ok = (nbr >= 0) & m[None, :] & m[np.maximum(nbr, 0)]
+        src = np.broadcast_to(np.arange(m.size), nbr.shape)[ok]
+        dst = nbr[ok]
+        # copies are joined to their cell so that they get its label
+        rep = self.representative
+        src = np.concatenate([src, np.arange(m.size)])
+        dst = np.concatenate([dst, rep])
+        graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(m.size,) * 2)
+        _, comp = connected_components(graph, directed=False)
+        ocean_comp = comp[m]
+        _, first = np.unique(ocean_comp, return_index=True)
+        order = np.argsort(first)  # label basins by their first cell
+        relabel = np.zeros(comp.max() + 1, dtype=np.int64)
+        relabel[np.unique(ocean_comp)[order]] = np.arange(1, order.size + 1)
+        labels = np.where(m, relabel[comp], 0)
+        return labels.reshape(self.shape)
+
+    def pad(
+        self, a: np.ndarray, halo: int | tuple[int, int], fill: float = 0.0, kind: str = CELL
+    ) -> np.ndarray:
+        """``a`` (``(…, ny, nx)``) with ``halo`` cells (or ``(rows, columns)``) on every side:
+        copies across the wrap and the fold (mirrored, see :meth:`fold_source`), ``fill``
+        beyond closed edges."""
+        a = np.asarray(a)
+        halo, halo_x = (halo, halo) if np.ndim(halo) == 0 else halo
+        ny, nx = self.shape
+        lead = a.shape[:-2]
+        if self.folded:
+            base, shift = self.fold_source(kind)
+            if halo > base:
+                raise TopologyError(
+                    f"a halo of {halo} rows is deeper than the {base} rows a "
+                    f"{self.north_fold}-fold grid of {ny} rows can mirror"
+                )
+            rows = a[..., base - halo : base, :][..., ::-1, ::-1]
+            north = np.roll(rows, shift, axis=-1)
+        else:
+            north = np.full(lead + (halo, nx), fill, dtype=a.dtype)
+        south = np.full(lead + (halo, nx), fill, dtype=a.dtype)
+        tall = np.concatenate([south, a, north], axis=-2)
+        if self.periodic_x:
+            idx = np.arange(-halo_x, nx + halo_x) % nx
+            return tall[..., idx]
+        side = np.full(lead + (tall.shape[-2], halo_x), fill, dtype=a.dtype)
+        return np.concatenate([side, tall, side], axis=-1)
+
+    def fold_source(self, kind: str = CELL) -> tuple[int, int]:
+        """How the rows beyond the fold are filled: halo row ``k ≥ 1`` above row ``ny−1`` is row
+        ``base − k`` with its columns reversed and rolled by ``shift`` (value at ``i`` from
+        column ``(shift − 1 − i) mod nx``). Cell fields and east (``face_x``) or north
+        (``face_y``) face fields differ by one row or column, since a mirror turns an east
+        face into a west one and a north face into a south one."""
+        offset, shift = fold_recipe(self.north_fold, kind)
+        return self.ny - offset, shift
+
+    def distance_to_coast(self, mask: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+        """Signed distance in cells to the nearest cell of the other kind: ≥ 1 on ocean (to
+        land), ≤ −1 on land (to ocean). Closed edges count as coast; the wrap and the fold
+        do not."""
+        from scipy import ndimage
+
+        mask = np.asarray(mask, dtype=bool)
+        ny, nx = self.shape
+        # wide enough that no shortest path leaves the padded copy
+        hx = nx if self.periodic_x else 1
+        hy = self.fold_source(CELL)[0] if self.folded else 1
+        padded = self.pad(mask.astype(np.int8), (hy, hx), fill=0).astype(bool)
+        if metric == "euclidean":
+            inside = ndimage.distance_transform_edt(padded)
+            outside = ndimage.distance_transform_edt(~padded)
+        elif metric == "manhattan":
+            inside = ndimage.distance_transform_cdt(padded, metric="taxicab").astype(np.float64)
+            outside = ndimage.distance_transform_cdt(~padded, metric="taxicab").astype(np.float64)
+        else:
+            raise ValueError(f"metric must be 'euclidean' or 'manhattan', got {metric!r}")
+        signed = np.where(padded, inside, -outside)
+        return signed[hy : hy + ny, hx : hx + nx]
+
+    # -- symmetries ----------------------------------------------------------------------------
+    def symmetries(self) -> list[tuple[bool, bool, bool, int]]:
+        """The point symmetries ``(flip_x, flip_y, transpose, shift_x)`` that map this graph
+        onto itself: the square's 8 on a closed grid, 4 flips on a periodic one (plus any x
+        shift), and on a folded grid only those that keep the fold's pairing of columns."""
+        if self.folded:
+            # F pairs i + i' = nx − 1, T pairs i + i' ≡ 0: a flip adds −2 (T) or 0 (F) to the
+            # sum and a shift s adds 2s, so T's flip needs s = 1 and any shift must be 0 or nx/2
+            flip_shift = 1 if self.north_fold == "T" else 0
+            half = self.nx // 2
+            return [
+                (False, False, False, 0),
+                (False, False, False, half),
+                (True, False, False, flip_shift),
+                (True, False, False, (flip_shift + half) % self.nx),
+            ]
+        flips = [(fx, fy, False, 0) for fy in (False, True) for fx in (False, True)]
+        if self.periodic_x:
+            return flips
+        return flips + [(fx, fy, True, 0) for fx, fy, _, _ in flips]
+
+    @property
+    def any_shift(self) -> bool:
+        """Whether every east–west shift is a symmetry (periodic grids without a fold)."""
+        return self.periodic_x and not self.folded
