@@ -34,11 +34,11 @@ from diffnorm.grid import (
     fields_from_cell_length_scales,
     fields_from_metrics,
     latlon_grid,
-    mesh_mask_grid,
     toy_grid,
 )
 from diffnorm.methods import estimate
 from diffnorm.metrics import distance_to_coast, relative_error
+from diffnorm.nemo import mesh_mask_grid
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nemo"
 

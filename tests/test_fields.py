@@ -104,3 +104,45 @@ def test_reading_bad_files(tmp_path):
     broken.to_netcdf(tmp_path / "nosteps.nc")
     with pytest.raises(FieldsError, match="missing attribute 'steps'"):
         read_fields(tmp_path / "nosteps.nc")
+
+
+def test_files_carry_cf_metadata_and_the_users_umask(tmp_path):
+    import os
+
+    import xarray as xr
+
+    fields = random_fields(seed=3).replace(lat=np.zeros((14, 17)), lon=np.ones((14, 17)))
+    old = os.umask(0o022)
+    try:
+        path = write_fields(tmp_path / "s.nc", fields, np.where(fields.mask, 1.0, np.nan))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    with xr.open_dataset(path, mask_and_scale=False) as ds:
+        assert ds["area"].attrs["standard_name"] == "cell_area"
+        assert ds["gamma"].attrs["cell_measures"] == "area: area"
+        assert ds["mask"].attrs["flag_meanings"] == "land ocean"
+        assert ds["alpha_x"].attrs["location"] == "edge1"
+        assert "_FillValue" not in ds["lat"].attrs and "_FillValue" not in ds["lon"].attrs
+
+
+def test_a_transposed_file_is_read_by_dim_names(tmp_path):
+    import xarray as xr
+
+    from diffnorm.fields import FieldsLayoutWarning
+    from diffnorm.methods import estimate
+
+    fields = random_fields(seed=4, anisotropy=3.0)
+    path = write_fields(tmp_path / "s.nc", fields)
+    with xr.open_dataset(path) as ds:
+        ds.transpose("x", "y").to_netcdf(tmp_path / "xy.nc")
+    with pytest.warns(FieldsLayoutWarning, match=r"stored \(x, y\)"):
+        back, _ = read_fields(tmp_path / "xy.nc")
+    np.testing.assert_array_equal(back.alpha_x, fields.alpha_x)
+    assert np.allclose(
+        estimate(back, "brute").gamma, estimate(fields, "brute").gamma, equal_nan=True
+    )
+    with xr.open_dataset(path) as ds:
+        ds.rename({"x": "i", "y": "j"}).to_netcdf(tmp_path / "ij.nc")
+    with pytest.raises(FieldsError, match=r"name them \(y, x\)"):
+        read_fields(tmp_path / "ij.nc")

@@ -17,10 +17,10 @@ from diffnorm.grid import (
     fields_from_length_scales,
     kappa_from_length_scale,
     length_scale_from_kappa,
-    mesh_mask_grid,
     orca1_latitudes,
 )
 from diffnorm.lengthscales import random_cell_length_scales
+from diffnorm.nemo import mesh_mask_grid
 
 
 @pytest.fixture(scope="module")

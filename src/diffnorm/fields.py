@@ -56,6 +56,10 @@ class FieldsError(ValueError):
     """Invalid operator fields; the message names the field and the fix."""
 
 
+class FieldsLayoutWarning(UserWarning):
+    """A file was read in a layout other than DESIGN's (e.g. transposed dims)."""
+
+
 def _first_index(bad: np.ndarray) -> str:
     j, i = np.argwhere(bad)[0]
     return f"j={j}, i={i}"
@@ -272,17 +276,45 @@ def to_dataset(
 
     dims = ("y", "x")
     data_vars: dict[str, Any] = {
-        "mask": (dims, fields.mask.astype(np.int8), {"long_name": "ocean mask (1 ocean, 0 land)"}),
-        "area": (dims, fields.area, {"long_name": "cell area e1t*e2t", "units": "m2"}),
+        "mask": (
+            dims,
+            fields.mask.astype(np.int8),
+            {
+                "long_name": "ocean mask (1 ocean, 0 land)",
+                "flag_values": np.array([0, 1], dtype=np.int8),
+                "flag_meanings": "land ocean",
+                "location": "face",
+            },
+        ),
+        "area": (
+            dims,
+            fields.area,
+            {
+                "long_name": "cell area e1t*e2t",
+                "standard_name": "cell_area",
+                "units": "m2",
+                "location": "face",
+            },
+        ),
         "alpha_x": (
             dims,
             fields.alpha_x,
-            {"long_name": "scaled diffusivity kappa11*e2u/e1u on the east face", "units": "m2"},
+            {
+                "long_name": "scaled diffusivity kappa11*e2u/e1u on the east face",
+                "units": "m2",
+                "location": "edge1",
+                "comment": "alpha_x[j, i] lives on the face between cells (j, i) and (j, i+1)",
+            },
         ),
         "alpha_y": (
             dims,
             fields.alpha_y,
-            {"long_name": "scaled diffusivity kappa22*e1v/e2v on the north face", "units": "m2"},
+            {
+                "long_name": "scaled diffusivity kappa22*e1v/e2v on the north face",
+                "units": "m2",
+                "location": "edge2",
+                "comment": "alpha_y[j, i] lives on the face between cells (j, i) and (j+1, i)",
+            },
         ),
     }
     if gamma is not None:
@@ -292,7 +324,12 @@ def to_dataset(
         data_vars["gamma"] = (
             dims,
             np.where(fields.mask, gamma, np.nan),
-            {"long_name": "normalization coefficient gamma = diag(L W^-1)^(-1/2)", "units": "m"},
+            {
+                "long_name": "normalization coefficient gamma = diag(L W^-1)^(-1/2)",
+                "units": "m",
+                "cell_measures": "area: area",
+                "location": "face",
+            },
         )
     coords = {}
     if fields.lat is not None:
@@ -343,8 +380,14 @@ def atomic_to_netcdf(ds, path: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        encoding = {name: {"zlib": True, "complevel": 4} for name in ds.data_vars}
+        encoding = {name: {"zlib": True, "complevel": 4} for name in ds.data_vars if ds[name].ndim}
+        # coordinates are never missing: no _FillValue (CF readers would mask valid values)
+        encoding.update({name: {"_FillValue": None} for name in ds.coords})
         ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+        # mkstemp creates 0600: give the file the permissions the user's umask asks for
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -382,12 +425,7 @@ def fields_from_dataset(ds, source: str = "dataset") -> tuple[Fields, np.ndarray
     arrays = {}
     for name in FIELD_NAMES + ("lat", "lon", "gamma"):
         if name in ds.variables:
-            var = ds[name]
-            if var.ndim != 2:
-                raise FieldsError(
-                    f"{source}: variable {name} has dims {var.dims}; expected 2-D (y, x)"
-                )
-            arrays[name] = np.asarray(var.values, dtype=np.float64)
+            arrays[name] = _yx_array(ds[name], name, source)
     mask = arrays["mask"]
     mask = np.where(np.isfinite(mask), mask, 0.0)
     reserved = {"steps", "periodic_x", "north_fold", "Conventions"}
@@ -405,6 +443,26 @@ def fields_from_dataset(ds, source: str = "dataset") -> tuple[Fields, np.ndarray
         attrs=attrs,
     )
     return fields, arrays.get("gamma")
+
+
+def _yx_array(var, name: str, source: str) -> np.ndarray:
+    """A 2-D variable as ``(y, x)``, by dim names: ``(x, y)`` is transposed with a warning
+    (solving it as stored would swap the axes and the roles of alpha_x and alpha_y)."""
+    import warnings
+
+    if var.ndim != 2:
+        raise FieldsError(f"{source}: variable {name} has dims {var.dims}; expected 2-D (y, x)")
+    if tuple(var.dims) == ("x", "y"):
+        warnings.warn(
+            f"{source}: {name} is stored (x, y); read as (y, x)", FieldsLayoutWarning, stacklevel=4
+        )
+        var = var.transpose("y", "x")
+    elif tuple(var.dims) != ("y", "x"):
+        raise FieldsError(
+            f"{source}: variable {name} has dims {var.dims}; name them (y, x) (rows northward, "
+            "columns eastward), or (x, y) to have them transposed"
+        )
+    return np.asarray(var.values, dtype=np.float64)
 
 
 def _scalar(value: Any, name: str, source: str) -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -309,94 +308,3 @@ def built_in_grid(name: str, **kw: Any) -> GridMetrics:
         kw = {k: v for k, v in kw.items() if v is not None}
         return latlon_grid(**kw)
     raise ValueError(f"unknown grid {name!r}; built-in grids are {', '.join(BUILT_IN_GRIDS)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# NEMO mesh_mask.nc
-
-MESH_VARIABLES = ("tmask", "e1t", "e2t", "e1u", "e2u", "e1v", "e2v")
-
-
-def _surface(var: Any, name: str, source: str) -> np.ndarray:
-    """A 2-D ``(y, x)`` slice: leading singleton/time dims dropped, first depth level."""
-    data = np.asarray(var.values)
-    while data.ndim > 2:
-        data = data[0]
-    if data.ndim != 2:
-        raise FieldsError(f"{source}: {name} must have (y, x) as its last two dims")
-    return data.astype(np.float64)
-
-
-def mesh_mask_grid(
-    path: str | Path, periodic_x: bool | None = None, drop_halo: bool | None = None
-) -> GridMetrics:
-    """A user's NEMO grid from ``mesh_mask.nc`` (``tmask, e1t, e2t, e1u, e2u, e1v, e2v``).
-
-    NEMO's cyclic east–west grids (ORCA) store a 2-column halo: ``jpi`` includes columns
-    ``0`` and ``nx−1``, copies of ``nx−2`` and ``1``. It is detected when ``tmask, e1t, e2t``
-    repeat that way. By default (``drop_halo=None``) a detected halo is dropped and the grid
-    is periodic: ``(ny, nx−2)`` cells, each ocean cell once, the wrap joining the last inner
-    column to the first. Kept, the halo columns would be extra ocean cells next to their own
-    copies (γ wrong near the seam), so ``drop_halo=False`` keeps them only on a closed grid
-    (``periodic_x=True`` with a kept halo is refused); to put γ back on NEMO's layout,
-    append ``γ[:, -1]`` before and ``γ[:, 0]`` after the columns. ``drop_halo=True`` requires
-    a halo. ``periodic_x=None`` means periodic exactly when a halo was found; without a halo,
-    ``periodic_x=True`` declares a grid stored without one as cyclic. The north fold of ORCA
-    grids is not modelled: the last row is closed.
-    """
-    import xarray as xr
-
-    path = Path(path)
-    if not path.exists():
-        raise FieldsError(f"{path}: no such mesh_mask file")
-    with xr.open_dataset(path) as ds:
-        missing = [v for v in MESH_VARIABLES if v not in ds.variables]
-        if missing:
-            raise FieldsError(
-                f"{path}: missing variable(s) {', '.join(missing)}; a NEMO mesh_mask.nc needs "
-                f"{', '.join(MESH_VARIABLES)}"
-            )
-        arrays = {v: _surface(ds[v], v, str(path)) for v in MESH_VARIABLES}
-        lat = lon = None
-        for la, lo in (("gphit", "glamt"), ("nav_lat", "nav_lon")):
-            if la in ds.variables and lo in ds.variables:
-                lat, lon = _surface(ds[la], la, str(path)), _surface(ds[lo], lo, str(path))
-                break
-    cyclic = arrays["e1t"].shape[1] > 3 and all(
-        np.array_equal(arrays[v][:, 0], arrays[v][:, -2])
-        and np.array_equal(arrays[v][:, -1], arrays[v][:, 1])
-        for v in ("tmask", "e1t", "e2t")
-    )
-    drop = cyclic if drop_halo is None else bool(drop_halo)
-    if drop and not cyclic:
-        raise FieldsError(
-            f"{path}: drop_halo=True but columns 0 and nx-1 are not copies of nx-2 and 1 "
-            "(no cyclic halo); leave drop_halo unset"
-        )
-    if drop:
-        arrays = {k: v[:, 1:-1] for k, v in arrays.items()}
-        lat = lat[:, 1:-1] if lat is not None else None
-        lon = lon[:, 1:-1] if lon is not None else None
-        periodic = True if periodic_x is None else bool(periodic_x)
-    elif cyclic and periodic_x:
-        raise FieldsError(
-            f"{path}: periodic_x=True with the cyclic halo kept would make the two halo "
-            "columns extra ocean cells next to their copies; drop the halo (the default) or "
-            "keep it on a closed grid (periodic_x=False)"
-        )
-    else:
-        periodic = bool(periodic_x)
-    return GridMetrics(
-        mask=arrays["tmask"] > 0.5,
-        e1t=arrays["e1t"],
-        e2t=arrays["e2t"],
-        e1u=arrays["e1u"],
-        e2u=arrays["e2u"],
-        e1v=arrays["e1v"],
-        e2v=arrays["e2v"],
-        periodic_x=periodic,
-        name=f"mesh:{path.name}",
-        lat=lat,
-        lon=lon,
-        attrs={"cyclic_halo": "dropped" if drop else ("kept" if cyclic else "none")},
-    )

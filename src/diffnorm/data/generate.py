@@ -35,7 +35,8 @@ class DatasetError(RuntimeError):
 @lru_cache(maxsize=4)
 def grid_metrics(spec: GridSpec):
     """The grid of a spec, built once per process (each Dask worker keeps its own)."""
-    from diffnorm.grid import box_grid, built_in_grid, mesh_mask_grid
+    from diffnorm.grid import box_grid, built_in_grid
+    from diffnorm.nemo import mesh_mask_grid
 
     if spec.name == "mesh":
         return mesh_mask_grid(spec.mesh, drop_halo=spec.drop_halo)
