@@ -214,3 +214,37 @@ def test_halo_padding_follows_lbc_nfd(fold, kind):
         # as every other point: neither is a face of the inner domain
         ours[-1, -1] = full[-1, -1]
     np.testing.assert_array_equal(ours, full)
+
+
+def test_cli_mesh_with_users_kappa_and_gamma_back_on_nemo_layout(tmp_path):
+    from typer.testing import CliRunner
+
+    from diffnorm.cli import app
+
+    runner = CliRunner()
+    arrays = orca_like_mesh("T")
+    mesh = write_mesh(tmp_path / "mesh.nc", arrays, "T", "4.0")
+    k = np.full((13, 18), KAPPA)  # on the file's own layout: cut like the mesh
+    xr.Dataset({"kappa11": (("y", "x"), k), "kappa22": (("y", "x"), k)}).to_netcdf(
+        tmp_path / "k.nc"
+    )
+    fields = tmp_path / "f.nc"
+    args = ["grid", "mesh", "--mesh", str(mesh), "--kappa", str(tmp_path / "k.nc")]
+    res = runner.invoke(app, [*args, "--steps", str(STEPS), "-o", str(fields)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "gamma_nemo.nc"
+    res = runner.invoke(app, ["estimate", str(fields), "-o", str(out), "-q", "--nemo-layout"])
+    assert res.exit_code == 0, res.output
+    e = {v: arrays[v] for v in METRICS}
+    expected = estimate(by_hand(arrays["tmask"] > 0, e, "T", True), "selinv").gamma
+    with xr.open_dataset(out) as ds:
+        gamma = ds["gamma"].values
+    assert gamma.shape == (13, 18)
+    want = nemo40(np.nan_to_num(expected, nan=-1.0), "T", "T")
+    np.testing.assert_allclose(np.nan_to_num(gamma, nan=-1.0), want, rtol=1e-6)
+    # a parameter file on neither layout is refused with both shapes named
+    xr.Dataset({"D1": (("y", "x"), k[:5]), "D2": (("y", "x"), k[:5])}).to_netcdf(tmp_path / "d.nc")
+    args = ["grid", "mesh", "--mesh", str(mesh), "--length-scales", str(tmp_path / "d.nc")]
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "g.nc")])
+    assert res.exit_code == 2 and "D1 has shape (5, 18)" in res.output
+    assert not (tmp_path / "g.nc").exists()

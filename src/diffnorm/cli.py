@@ -151,6 +151,14 @@ def estimate(
             "method's measured error there (written as verify_* attributes)"
         ),
     ] = 0,
+    nemo_layout: Annotated[
+        bool,
+        typer.Option(
+            "--nemo-layout",
+            help="write γ alone on the layout of the NEMO file the grid was read from (halo "
+            "columns and ghost row restored as NEMO fills them)",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Compute γ for a fields file and write it (NaN on land) with the method's metadata."""
@@ -188,7 +196,12 @@ def estimate(
 
             checked = run_verify(fields, result.gamma, verify, seed=seed)
             attrs.update(checked.summary())
-        write_fields(output, fields, result.gamma, attrs=attrs)
+        if nemo_layout:
+            from diffnorm.nemo import write_nemo_gamma
+
+            write_nemo_gamma(output, result.gamma, fields.topology, {**fields.attrs, **attrs})
+        else:
+            write_fields(output, fields, result.gamma, attrs=attrs)
     g = result.gamma[fields.mask]
     summary = f"{method.value}: γ in [{g.min() / 1e3:.4g}, {g.max() / 1e3:.4g}] km"
     summary += f" on {fields.n_ocean} ocean cells in {result.wall_time:.3g} s"
@@ -229,7 +242,21 @@ def grid(
     polar_cap: Annotated[
         float | None, typer.Option(help="latlon: land poleward of ±this latitude")
     ] = None,
-    mesh: Annotated[Path | None, typer.Option(help="mesh: a NEMO mesh_mask.nc")] = None,
+    mesh: Annotated[
+        Path | None, typer.Option(help="mesh: a NEMO mesh_mask.nc or domain_cfg.nc")
+    ] = None,
+    north_fold: Annotated[
+        str | None,
+        typer.Option(help="mesh: none, T or F, overriding what the file says (or implies)"),
+    ] = None,
+    kappa: Annotated[
+        Path | None,
+        typer.Option(help="NetCDF with kappa11, kappa22 (m2) at T points, instead of random D"),
+    ] = None,
+    length_scales: Annotated[
+        Path | None,
+        typer.Option(help="NetCDF with D1, D2 (m) at T points, instead of random D"),
+    ] = None,
     keep_halo: Annotated[
         bool,
         typer.Option(
@@ -240,20 +267,46 @@ def grid(
 ) -> None:
     """Write a fields file for a built-in grid (or a NEMO mesh) with chosen length scales."""
     from diffnorm.fields import write_fields
-    from diffnorm.grid import built_in_grid, fields_from_cell_length_scales, mesh_mask_grid
+    from diffnorm.grid import (
+        built_in_grid,
+        fields_from_cell_length_scales,
+        fields_from_length_scales,
+        fields_from_metrics,
+    )
     from diffnorm.lengthscales import random_cell_length_scales
+    from diffnorm.nemo import mesh_mask_grid, read_parameters
 
     with user_errors():
+        if kappa is not None and length_scales is not None:
+            raise ValueError("give --kappa or --length-scales, not both")
         if name is GridName.mesh:
             if mesh is None:
-                raise ValueError("grid 'mesh' needs --mesh PATH to a NEMO mesh_mask.nc")
-            metrics = mesh_mask_grid(mesh, drop_halo=False if keep_halo else None)
+                raise ValueError(
+                    "grid 'mesh' needs --mesh PATH to a NEMO mesh_mask.nc or domain_cfg.nc"
+                )
+            metrics = mesh_mask_grid(
+                mesh, drop_halo=False if keep_halo else None, north_fold=north_fold
+            )
+        elif north_fold is not None:
+            raise ValueError("--north-fold goes with grid 'mesh' (built-in grids know theirs)")
         else:
             kw = {}
             if name is GridName.latlon:
                 kw = {"resolution": resolution, "polar_cap": polar_cap}
             metrics = built_in_grid(name.value, **kw)
         shape = metrics.mask.shape
+        given = kappa or length_scales
+        if given is not None:
+            kind = "kappa" if kappa is not None else "length_scales"
+            first, second = read_parameters(given, metrics, kind)
+            build = fields_from_metrics if kind == "kappa" else fields_from_length_scales
+            fields = build(metrics, first, second, steps)
+            write_fields(output, fields, attrs={"grid": metrics.name, f"{kind}_file": str(given)})
+            console.print(
+                f"{metrics.name}: {shape[0]}×{shape[1]} cells, {fields.n_ocean} ocean, "
+                f"M={steps}, parameters from {given}; wrote {output}"
+            )
+            return
         if constant is not None:
             if constant <= 0:
                 raise ValueError(f"--constant must be > 0 cells, got {constant}")

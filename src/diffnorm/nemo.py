@@ -284,3 +284,80 @@ def _layout(
 def to_nemo_layout(gamma: np.ndarray, topology: Topology, attrs: dict[str, Any]) -> np.ndarray:
     """γ (inner domain) on the layout of the NEMO file its grid was read from."""
     return Layout.from_attrs(attrs, topology).restore(gamma, topology)
+
+
+PARAMETER_NAMES = {"kappa": ("kappa11", "kappa22"), "length_scales": ("D1", "D2")}
+
+
+def read_parameters(path: str | Path, metrics: GridMetrics, kind: str) -> tuple[np.ndarray, ...]:
+    """The user's diffusion parameters at T points from a NetCDF file: ``kappa11, kappa22``
+    (m², ``kind="kappa"``) or Daley length scales ``D1, D2`` (m, ``kind="length_scales"``),
+    on the grid's inner domain or on the NEMO file's own layout (cut like the mesh)."""
+    import xarray as xr
+
+    names = PARAMETER_NAMES[kind]
+    path = Path(path)
+    if not path.exists():
+        raise FieldsError(f"{path}: no such parameter file (it needs {names[0]}, {names[1]})")
+    notes: list[str] = []
+    with xr.open_dataset(path) as ds:
+        lower = {v.lower(): v for v in ds.variables}
+        missing = [n for n in names if n.lower() not in lower]
+        if missing:
+            raise FieldsError(
+                f"{path}: missing variable(s) {', '.join(missing)}; --{kind.replace('_', '-')} "
+                f"needs {names[0]} and {names[1]} at T points, dims (y, x), in "
+                f"{'m2' if kind == 'kappa' else 'm'}"
+            )
+        values = [_yx(ds[lower[n.lower()]], n, str(path), notes) for n in names]
+    out = []
+    layout = None
+    if "nemo_layout" in metrics.attrs:
+        layout = Layout.from_attrs(metrics.attrs, metrics.topology)
+    for name, v in zip(names, values, strict=True):
+        if v.shape != metrics.shape and layout is not None:
+            cut = layout.inner(v)
+            v = cut if cut.shape == metrics.shape else v
+        if v.shape != metrics.shape:
+            raise FieldsError(
+                f"{path}: {name} has shape {v.shape}, but the grid's inner domain is "
+                f"{metrics.shape}; give it on the grid (or on the mesh file's own layout)"
+            )
+        bad = metrics.mask & ~(np.isfinite(v) & (v > 0))
+        if bad.any():
+            j, i = np.argwhere(bad)[0]
+            raise FieldsError(
+                f"{path}: {name} must be finite and > 0 on ocean cells; {int(bad.sum())} are "
+                f"not (first at j={j}, i={i}, value {v[j, i]!r})"
+            )
+        out.append(v)
+    return tuple(out)
+
+
+def write_nemo_gamma(
+    path: str | Path, gamma: np.ndarray, topology: Topology, attrs: dict[str, Any]
+) -> Path:
+    """γ on the NEMO file's own layout (``to_nemo_layout``), variable ``gamma`` on dims
+    ``(y, x)``, written atomically: what a NEMO-side reader expects."""
+    import xarray as xr
+
+    from diffnorm.fields import atomic_to_netcdf
+
+    full = to_nemo_layout(gamma, topology, attrs)
+    keep = {k: v for k, v in attrs.items() if isinstance(v, str | int | float | np.number)}
+    ds = xr.Dataset(
+        {
+            "gamma": (
+                ("y", "x"),
+                full,
+                {
+                    "long_name": "normalization coefficient gamma = diag(L W^-1)^(-1/2)",
+                    "units": "m",
+                    "comment": "on the NEMO file's own layout: halo columns and ghost row "
+                    "filled as lbc_lnk fills T points",
+                },
+            )
+        },
+        attrs={"Conventions": "CF-1.10", **keep},
+    )
+    return atomic_to_netcdf(ds, path)
