@@ -77,6 +77,12 @@ def user_errors():
         raise typer.Exit(code=2) from None
 
 
+def usage_error(message: str) -> None:
+    """Options that do not go together: the same one red line and exit status 2."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
 @contextlib.contextmanager
 def progress_bars(enabled: bool = True):
     """``factory(label) -> progress(done, total)`` backed by rich bars with ETA."""
@@ -175,11 +181,9 @@ def estimate(
     elif method is MethodName.cnn:
         options = {"model": model, "device": device, "tile": tile}
     elif model is not None:
-        raise typer.BadParameter("--model goes with --method cnn", param_hint="--model")
+        usage_error("--model goes with --method cnn")
     if stride is not None and method is not MethodName.probing:
-        raise typer.BadParameter(
-            "--stride goes with --method probing (selinv needs no stride)", param_hint="--stride"
-        )
+        usage_error("--stride goes with --method probing (selinv needs no stride)")
     with user_errors():
         fields, _ = read_fields(input)
         with progress_bars(not quiet) as bars:
@@ -480,12 +484,28 @@ def train(ctx: typer.Context) -> None:
     """Train a network (LightningCLI): `diffnorm train fit --config configs/train/….yaml`."""
     import warnings
 
+    from diffnorm.data.dataset import DatasetFolderError
     from diffnorm.ml.train import main as train_main
 
+    args = list(ctx.args)
+    for k, arg in enumerate(args):
+        ckpt = arg.split("=", 1)[1] if arg.startswith("--ckpt_path=") else None
+        if arg == "--ckpt_path" and k + 1 < len(args):
+            ckpt = args[k + 1]
+        if ckpt and ckpt not in ("last", "best", "null") and not Path(ckpt).exists():
+            console.print(
+                f"[bold red]error:[/] --ckpt_path {ckpt}: no such checkpoint; resume from a "
+                "run's checkpoints/last.ckpt, or leave --ckpt_path out to start afresh"
+            )
+            raise typer.Exit(code=2)
     # sys.argv stays whole: DDP relaunches this very command line in each process
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-        train_main(list(ctx.args))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+            train_main(args)
+    except DatasetFolderError as exc:
+        console.print(f"[bold red]error:[/] {exc} (--data.root)")
+        raise typer.Exit(code=2) from None
 
 
 @app.command()

@@ -150,6 +150,7 @@ class Fields:
                 )
             alphas[name] = np.where(opened, alpha, 0.0)
         _check_fold_copies(topology, alphas, mask)
+        _check_conditioning(topology, alphas, area, mask)
         area = np.where(mask, area, np.where(np.isfinite(area), area, 0.0))
 
         for name in ("lat", "lon"):
@@ -235,6 +236,30 @@ class Fields:
             smaller = np.minimum(area.reshape(self.shape), other)
             out.append(np.where(slots[slot] > 0, slots[slot] / smaller, 0.0))
         return out[0], out[1]
+
+
+# Grid diffusivities alpha/area beyond this (a length scale of ~1e4 cells at M = 10) leave no
+# digit in an implicit step: (W + K) is then K to round-off, whose kernel is the constants.
+GRID_DIFFUSIVITY_MAX = 1e8
+
+
+def _check_conditioning(
+    topology: Topology, alphas: dict[str, np.ndarray], area: np.ndarray, mask: np.ndarray
+) -> None:
+    """Refuse diffusivities no solver can take: ``alpha/area`` (cells²) must be ≤
+    ``GRID_DIFFUSIVITY_MAX`` (and finite: no overflow)."""
+    slots = topology.slot_alpha(alphas["alpha_x"], alphas["alpha_y"], mask).max(axis=0)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        grid = np.where(mask, slots / np.where(mask, area, 1.0), 0.0)
+    bad = ~(grid <= GRID_DIFFUSIVITY_MAX)
+    if bad.any():
+        j, i = np.argwhere(bad)[0]
+        raise FieldsError(
+            f"alpha/area is {grid[j, i]:.3g} cells² at j={j}, i={i} (alpha up to "
+            f"{slots[j, i]:.3g} m², area {area[j, i]:.3g} m²): beyond "
+            f"{GRID_DIFFUSIVITY_MAX:.0e} cells² (a length scale of ~1e4 cells) no solve keeps a "
+            "digit; give alpha_x, alpha_y and area in m² on the same grid"
+        )
 
 
 def _check_fold_copies(topology: Topology, arrays: dict[str, np.ndarray], mask: np.ndarray):
@@ -427,7 +452,13 @@ def fields_from_dataset(ds, source: str = "dataset") -> tuple[Fields, np.ndarray
         if name in ds.variables:
             arrays[name] = _yx_array(ds[name], name, source)
     mask = arrays["mask"]
-    mask = np.where(np.isfinite(mask), mask, 0.0)
+    if not np.isfinite(mask).all():
+        j, i = np.argwhere(~np.isfinite(mask))[0]
+        raise FieldsError(
+            f"{source}: mask has {int((~np.isfinite(mask)).sum())} missing (NaN) value(s), first "
+            f"at j={j}, i={i}; give every cell 0 (land) or 1 (ocean) — a _FillValue on land "
+            "reads as NaN"
+        )
     reserved = {"steps", "periodic_x", "north_fold", "Conventions"}
     attrs = {k: v for k, v in ds.attrs.items() if k not in reserved and not is_result_attr(k)}
     fields = Fields(

@@ -52,10 +52,22 @@ class GridMetrics:
         except TopologyError as exc:
             raise FieldsError(str(exc)) from exc
         self.north_fold = self.topology.north_fold
+        open_x, open_y = self.topology.open_faces(self.mask)
+        where = {"e1t": self.mask, "e2t": self.mask, "e1u": open_x, "e2u": open_x}
+        where.update({"e1v": open_y, "e2v": open_y})
         for name in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v"):
             value = np.asarray(getattr(self, name), dtype=np.float64)
             if value.shape != shape:
                 raise FieldsError(f"{name} has shape {value.shape}, but the mask has {shape}")
+            bad = where[name] & ~(np.isfinite(value) & (value > 0))
+            if bad.any():
+                j, i = np.argwhere(bad)[0]
+                place = "ocean cell" if name.endswith("t") else "open face"
+                raise FieldsError(
+                    f"{name}: {int(bad.sum())} {place}(s) have a zero, negative or missing "
+                    f"length (first at j={j}, i={i}, value {value[j, i]!r}); metrics must be "
+                    "> 0 m wherever the mask has ocean (fix the mesh, or mask the cell as land)"
+                )
             setattr(self, name, value)
 
     @property

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from diffnorm.device import pick_device
 from diffnorm.fields import Fields
 from diffnorm.operator import DiffusionOperator
 
@@ -32,9 +33,7 @@ class TorchStencilOperator(DiffusionOperator):
         max_iter: int | None = None,
     ):
         super().__init__(fields)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = pick_device(device)
         self.dtype = dtype
         self.rtol = rtol if rtol is not None else (1e-13 if dtype == torch.float64 else 1e-6)
         ny, nx = fields.shape

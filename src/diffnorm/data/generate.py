@@ -163,7 +163,9 @@ def prepare_output(config: DataConfig, out: Path) -> None:
     saved = out / CONFIG_FILE
     if saved.exists():
         previous = config_from_dict(yaml.safe_load(saved.read_text()) or {})
-        if previous.digest() != config.digest():
+        has_samples = any(any((out / split).glob("*.nc")) for split in SPLITS)
+        # a run that failed before its first sample leaves only its config: not a dataset
+        if previous.digest() != config.digest() and has_samples:
             raise DatasetError(
                 f"{out} holds a dataset of another config ({saved}); use another output folder"
             )

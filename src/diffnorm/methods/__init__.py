@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "EXACT_METHODS",
     "METHODS",
+    "GammaError",
     "GammaResult",
     "ProbingCertificateError",
     "SelinvCertificateError",
@@ -33,6 +34,11 @@ __all__ = [
     "exact_options",
     "method_options",
 ]
+
+
+class GammaError(ValueError):
+    """A method produced no usable γ (non-finite or non-positive variance)."""
+
 
 DEFAULT_METHOD = "selinv"
 """The fastest certified exact method (it falls back to probing when it cannot certify)."""
@@ -100,6 +106,14 @@ def estimate(
         if progress is not None and not out.info.get("solves"):
             progress(1, 1)  # methods without solves report nothing while running
         variance = np.asarray(out.variance, dtype=np.float64)
+        bad = ~(np.isfinite(variance) & (variance > 0))
+        if bad.any() and options.get("columns") is None:
+            first = np.unravel_index(fields.ocean[np.flatnonzero(bad)[0]], fields.shape)
+            raise GammaError(
+                f"{method} gave no finite γ at {int(bad.sum())} of {bad.size} ocean cells "
+                f"(first at j={first[0]}, i={first[1]}); nothing was written. Check the fields' "
+                "units, or use the default exact method (selinv)"
+            )
         gamma_ocean = np.where(variance > 0, variance, np.nan) ** -0.5
         gamma = fields.to_grid(gamma_ocean)
         error = None

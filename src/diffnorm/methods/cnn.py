@@ -48,7 +48,8 @@ def cnn(
     trained on the cell size closest to the grid's); ``tile``:
     predict in tiles of that many cells (with halos) to bound memory; ``exact_basins``: basins
     of at most this many cells are computed exactly (0: the network everywhere)."""
-    from diffnorm.ml.modelfile import pick_device, resolve_model
+    from diffnorm.device import pick_device
+    from diffnorm.ml.modelfile import resolve_model
 
     net = resolve_model(model, fields)
     gamma = net.predict(fields, device=device, tile=tile)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from diffnorm import __version__
+from diffnorm.device import pick_device
 from diffnorm.fields import Fields
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import Standardizer, channel_names, gamma_from_target
@@ -41,12 +42,6 @@ class ModelFileError(ValueError):
 
 class OutOfRangeWarning(UserWarning):
     """The fields lie outside what the model was trained on: expect larger errors."""
-
-
-def pick_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
