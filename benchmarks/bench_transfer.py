@@ -38,7 +38,12 @@ def main() -> None:
     for k in range(args.samples):
         rng = np.random.default_rng(args.seed + k)
         d1, d2 = random_cell_length_scales(
-            grid.mask.shape, rng, d_min=1.5, d_max=6.0, correlation_cells=6.0, periodic_x=True
+            grid.mask.shape,
+            rng,
+            d_min=1.5,
+            d_max=6.0,
+            correlation_cells=6.0,
+            topology=grid.topology,
         )
         fields = fields_from_cell_length_scales(grid, d1, d2, 10)
         exact = estimate(fields, "probing", tolerance=1e-6).gamma

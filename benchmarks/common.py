@@ -30,6 +30,6 @@ def random_fields_on(
     """Fields on any grid's metrics with smooth random ``D₁, D₂`` in ``[d_min, d_max]`` cells."""
     rng = np.random.default_rng(seed)
     d1, d2 = random_cell_length_scales(
-        metrics.mask.shape, rng, d_min=d_min, d_max=d_max, periodic_x=metrics.periodic_x
+        metrics.mask.shape, rng, d_min=d_min, d_max=d_max, topology=metrics.topology
     )
     return fields_from_cell_length_scales(metrics, d1, d2, steps)

@@ -204,7 +204,9 @@ def test_shipped_models_load_list_and_predict_well():
     assert res.exit_code == 0 and "latlon4-m10 (default)" in res.output and "mean abs" in res.output
     grid = built_in_grid("latlon", resolution=4.0, polar_cap=80.0)
     rng = np.random.default_rng(123)  # a sample the model never saw
-    d1, d2 = random_cell_length_scales(grid.mask.shape, rng, d_min=1.5, d_max=6.0, periodic_x=True)
+    d1, d2 = random_cell_length_scales(
+        grid.mask.shape, rng, d_min=1.5, d_max=6.0, topology=grid.topology
+    )
     fields = fields_from_cell_length_scales(grid, d1, d2, 10)
     exact = estimate(fields, "brute").gamma
     cnn = estimate(fields, "cnn", device="cpu")  # the default: the 4° model for this grid
@@ -228,3 +230,26 @@ def test_predicting_imports_no_training_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("fold", ["T", "F"])
+def test_exports_mirror_the_fold_like_the_model(network, fold, tmp_path):
+    import onnxruntime
+
+    from conftest import folded_fields
+    from diffnorm.ml.export import export, reference_target
+    from diffnorm.ml.features import raw_features
+
+    fields = folded_fields(fold, ny=24, nx=30, steps=network.steps, seed=2)
+    raw = raw_features(fields, network.encoding.distance)[None].astype(np.float32)
+    ref = reference_target(network, raw, True, fold)
+    np.testing.assert_allclose(ref[0], network.predict_target(fields, "cpu"), atol=1e-5)
+    closed = reference_target(network, raw, True, "none")
+    assert np.abs(closed[0, -2:] - ref[0, -2:]).max() > 1e-4  # the fold reaches the output
+    ts, card = export(network, tmp_path / "m.ts", "torchscript", north_fold=fold)
+    out = torch.jit.load(str(ts))(torch.from_numpy(raw)).detach().numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    assert f'"north_fold": "{fold}"' in card.read_text()
+    onnx, _ = export(network, tmp_path / "m.onnx", "onnx", north_fold=fold)
+    got = onnxruntime.InferenceSession(str(onnx)).run(None, {"raw_features": raw})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)

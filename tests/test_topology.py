@@ -211,3 +211,22 @@ def test_cnn_runs_on_a_folded_grid(folded):
         copies = big.topology.duplicate & m
         np.testing.assert_array_equal(result.gamma[copies], result.gamma.ravel()[rep[copies]])
     assert distance_to_coast(big).shape == big.shape
+
+
+def test_random_length_scales_are_smooth_across_the_fold():
+    from diffnorm.lengthscales import random_cell_length_scales
+
+    topo = Topology(40, 60, True, "F")
+    d, _ = random_cell_length_scales(topo.shape, np.random.default_rng(0), topology=topo)
+    across = np.abs(np.log(d[-1] / d[-1, ::-1])).mean()  # neighbours through the fold
+    along = np.abs(np.log(d[-1] / d[-2])).mean()  # neighbours below
+    closed = Topology(40, 60, True)
+    c, _ = random_cell_length_scales(closed.shape, np.random.default_rng(0), topology=closed)
+    assert across < 2 * along < np.abs(np.log(c[-1] / c[-1, ::-1])).mean()
+
+
+def test_index_distance_goes_round_the_wrap_and_across_the_fold():
+    topo = Topology(10, 12, True, "F")
+    assert topo.index_distance(9, 0, np.array([9]), np.array([11]))[0] == 1  # wrap and fold
+    assert topo.index_distance(9, 2, np.array([9]), np.array([9]))[0] == 1  # across the fold
+    assert Topology(10, 12).index_distance(9, 2, np.array([9]), np.array([9]))[0] == 7

@@ -328,7 +328,7 @@ def grid(
                 d_max=d_max,
                 anisotropy=(1 / anisotropy, anisotropy),
                 correlation_cells=correlation,
-                periodic_x=metrics.periodic_x,
+                topology=metrics.topology,
             )
             params = {
                 "d_min_cells": d_min,
@@ -607,6 +607,9 @@ def export(
     periodic_x: Annotated[
         bool, typer.Option(help="torchscript/onnx: grids that wrap east-west")
     ] = True,
+    north_fold: Annotated[
+        str, typer.Option(help="torchscript/onnx: the grids' north fold: none, T or F")
+    ] = "none",
     name: Annotated[str | None, typer.Option(help="model: the model's name")] = None,
     note: Annotated[
         str | None, typer.Option(help="model: a line for the model card (how it was trained)")
@@ -639,8 +642,13 @@ def export(
             written = [net.save(output)]
         else:
             from diffnorm.ml.export import export as run_export
+            from diffnorm.topology import parse_north_fold
 
-            written = list(run_export(resolve_model(model), output, format.value, periodic_x))
+            fold = parse_north_fold(north_fold)
+            if fold != "none" and not periodic_x:
+                raise ValueError("--north-fold needs --periodic-x (every ORCA grid is cyclic)")
+            net = resolve_model(model)
+            written = list(run_export(net, output, format.value, periodic_x, north_fold=fold))
     console.print(f"wrote {', '.join(map(str, written))}")
 
 

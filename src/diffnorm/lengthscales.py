@@ -7,15 +7,25 @@ import math
 import numpy as np
 from scipy import ndimage, special
 
+from diffnorm.topology import Topology
+
 
 def smooth_random_field(
-    shape: tuple[int, int], correlation_cells: float, rng: np.random.Generator, periodic_x: bool
+    shape: tuple[int, int], correlation_cells: float, rng: np.random.Generator, topology: Topology
 ) -> np.ndarray:
     """White noise through a Gaussian filter of ``correlation_cells``, then zero mean and unit
-    standard deviation; wraps east–west when ``periodic_x``."""
+    standard deviation; smooth across the wrap and the north fold of ``topology``, reflected
+    at closed edges."""
     noise = rng.standard_normal(shape)
-    mode = ("reflect", "wrap" if periodic_x else "reflect")
-    field = ndimage.gaussian_filter(noise, sigma=correlation_cells, mode=mode)
+    mode = ("reflect", "wrap" if topology.periodic_x else "reflect")
+    if not topology.folded:
+        field = ndimage.gaussian_filter(noise, sigma=correlation_cells, mode=mode)
+    else:
+        # the rows beyond the fold are the mirrored rows below it
+        rows = min(int(4 * correlation_cells) + 1, topology.fold_source()[0])
+        north = topology.pad(noise, (rows, 0))[-rows:]
+        tall = np.concatenate([noise, north])
+        field = ndimage.gaussian_filter(tall, sigma=correlation_cells, mode=mode)[: shape[0]]
     std = field.std()
     return (field - field.mean()) / (std if std > 0 else 1.0)
 
@@ -33,11 +43,12 @@ def random_cell_length_scales(
     d_max: float = 6.0,
     anisotropy: tuple[float, float] = (1 / 3, 3.0),
     correlation_cells: float = 10.0,
-    periodic_x: bool = True,
+    topology: Topology | None = None,
     lat: np.ndarray | None = None,
     lat_amplitude: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Length scales ``(d₁, d₂)`` in grid cells along x and y.
+    """Length scales ``(d₁, d₂)`` in grid cells along x and y (smooth across the connections of
+    ``topology``, by default an east–west periodic grid).
 
     A smooth field sets the geometric mean ``d`` (log-uniform in ``[d_min, d_max]`` through
     the normal CDF), an independent one the ratio ``a = κ₁₁/κ₂₂ = (d₁/d₂)²`` (log-uniform in
@@ -50,8 +61,9 @@ def random_cell_length_scales(
     a_lo, a_hi = anisotropy
     if not 0 < a_lo <= a_hi:
         raise ValueError(f"anisotropy range must be positive and ordered, got {anisotropy}")
-    d = _to_range(smooth_random_field(shape, correlation_cells, rng, periodic_x), d_min, d_max)
-    ratio = _to_range(smooth_random_field(shape, correlation_cells, rng, periodic_x), a_lo, a_hi)
+    topo = topology if topology is not None else Topology.of(shape, periodic_x=True)
+    d = _to_range(smooth_random_field(shape, correlation_cells, rng, topo), d_min, d_max)
+    ratio = _to_range(smooth_random_field(shape, correlation_cells, rng, topo), a_lo, a_hi)
     if lat is not None and lat_amplitude:
         d = d * np.exp(lat_amplitude * (np.abs(lat) / 90.0 - 0.5))
     d1 = np.clip(d * ratio**0.25, d_min, d_max)

@@ -356,6 +356,23 @@ class Topology:
         signed = np.where(padded, inside, -outside)
         return signed[hy : hy + ny, hx : hx + nx]
 
+    def index_distance(self, j: int, i: int, j2: np.ndarray, i2: np.ndarray) -> np.ndarray:
+        """Chebyshev distance in cells from ``(j, i)`` to each ``(j2, i2)``, the shorter way
+        round the wrap and across the fold."""
+        j2, i2 = np.asarray(j2), np.asarray(i2)
+
+        def chebyshev(rows, cols):
+            dx = np.abs(i - cols)
+            if self.periodic_x:
+                dx = np.minimum(dx, self.nx - dx)
+            return np.maximum(np.abs(j - rows), dx)
+
+        d = chebyshev(j2, i2)
+        if self.folded:
+            base, shift = self.fold_source()
+            d = np.minimum(d, chebyshev(self.ny - 1 + base - j2, (shift - 1 - i2) % self.nx))
+        return d
+
     # -- symmetries ----------------------------------------------------------------------------
     def symmetries(self) -> list[tuple[bool, bool, bool, int]]:
         """The point symmetries ``(flip_x, flip_y, transpose, shift_x)`` that map this graph

@@ -48,14 +48,16 @@ class Verification:
 
 def pick_cells(fields: Fields, count: int, seed: int = 0, spacing: int = 3) -> np.ndarray:
     """Up to ``count`` ocean-vector indices, half coastal, at least ``spacing`` cells apart
-    (Chebyshev distance, wrapping east–west on periodic grids), seeded."""
+    (Chebyshev distance across the wrap and the fold, :meth:`Topology.index_distance`),
+    seeded."""
     if count < 1:
         raise ValueError(f"the number of cells to verify must be >= 1, got {count}")
-    ny, nx = fields.shape
+    nx = fields.shape[1]
     ocean = fields.ocean
     dist = distance_to_coast(fields).ravel()[ocean]
     rng = np.random.default_rng(seed)
-    taken = np.zeros((ny, nx), dtype=bool)
+    rows: list[int] = []
+    cols: list[int] = []
     chosen: list[int] = []
     for pool, want in (
         (np.flatnonzero(dist <= COASTAL), (count + 1) // 2),
@@ -65,12 +67,10 @@ def pick_cells(fields: Fields, count: int, seed: int = 0, spacing: int = 3) -> n
             if len(chosen) >= want:
                 break
             j, i = divmod(int(ocean[k]), nx)
-            rows = slice(max(j - spacing + 1, 0), j + spacing)
-            cols = np.arange(i - spacing + 1, i + spacing)
-            cols = cols % nx if fields.periodic_x else cols[(cols >= 0) & (cols < nx)]
-            if taken[rows][:, cols].any():
+            if chosen and fields.topology.index_distance(j, i, rows, cols).min() < spacing:
                 continue
-            taken[j, i] = True
+            rows.append(j)
+            cols.append(i)
             chosen.append(int(k))
     return np.array(sorted(chosen), dtype=np.int64)
 

@@ -71,7 +71,7 @@ def sample_fields(config: DataConfig, split: str, index: int) -> Fields:
         d_max=p.d_max,
         anisotropy=tuple(p.anisotropy),
         correlation_cells=p.correlation_cells,
-        periodic_x=metrics.periodic_x,
+        topology=metrics.topology,
         lat=metrics.lat,
         lat_amplitude=p.lat_amplitude,
     )

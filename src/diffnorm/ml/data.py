@@ -52,6 +52,7 @@ def data_info(samples: list[Sample], root: str) -> dict:
         "cell_size_km": [float(dx.min() / 1e3), float(dx.max() / 1e3)],
         "shapes": sorted({"{}x{}".format(*s.fields.shape) for s in samples}),
         "periodic_x": sorted({bool(s.fields.periodic_x) for s in samples}),
+        "north_fold": sorted({s.fields.north_fold for s in samples}),
         "train_samples": len(samples),
         "dataset": str(root),
         "dataset_config_digest": digest,

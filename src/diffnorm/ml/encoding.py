@@ -40,6 +40,6 @@ class Encoding:
         return {
             "x": x,
             "target": torch.from_numpy(np.where(f.mask, t, 0.0)).float(),
-            "mask": torch.from_numpy(f.mask.copy()),
+            "mask": torch.from_numpy(f.counted.copy()),  # each T-fold cell once in the loss
             "gamma": torch.from_numpy(np.where(f.mask, sample.gamma, 1.0)),
         }
