@@ -58,3 +58,20 @@ def test_standardizer_round_trip(small_fields):
     t = Standardizer.from_dict(s.to_dict())
     np.testing.assert_allclose(t.inputs(raw[1]), s.inputs(raw[1]))
     assert s.land("manhattan").shape == (5,)
+
+
+def test_local_area_means_the_same_on_any_grid():
+    from diffnorm.ml.features import local_area
+
+    uniform = random_fields(ny=10, nx=12, islands=False)
+    uniform = uniform.replace(area=np.full(uniform.shape, 3e8))
+    assert np.all(local_area(uniform) == 0)  # any uniform grid, whatever its cell size
+    # an area that doubles from one row to the next: the interior sees log(a / mean of 3 rows)
+    rows = uniform.replace(area=3e8 * 2.0 ** np.arange(10)[:, None] * np.ones((1, 12)))
+    np.testing.assert_allclose(local_area(rows)[5], np.log(3 / 3.5))
+    names = channel_names("manhattan", "local")
+    assert names[2] == "area_local"
+    f = raw_features(rows, "manhattan", "local")
+    np.testing.assert_allclose(f[2], local_area(rows))
+    with pytest.raises(ValueError, match="area must be one of"):
+        channel_names("manhattan", "mean")

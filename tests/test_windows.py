@@ -66,3 +66,16 @@ def test_a_windows_dataset_has_one_geometry_per_sample(tmp_path):
 def test_windows_config_needs_a_size():
     with pytest.raises(ConfigError, match="grid.ny and grid.nx"):
         config_from_dict({"grid": {"name": "windows"}})
+
+
+def test_stretched_windows_vary_their_cell_sizes():
+    from diffnorm.data.windows import stretched_metrics, window_mask
+
+    mask = window_mask(np.random.default_rng(4), 32, 32, "basin")
+    m = stretched_metrics(np.random.default_rng(5), mask, 0.3)
+    spread = np.log(m.area).std()
+    assert 0.2 < spread < 1.5 and not m.periodic_x
+    np.testing.assert_allclose(m.e1u[:, :-1], 0.5 * (m.e1t[:, :-1] + m.e1t[:, 1:]))
+    np.testing.assert_allclose(m.e2v[:-1], 0.5 * (m.e2t[:-1] + m.e2t[1:]))
+    again = stretched_metrics(np.random.default_rng(5), mask, 0.3)
+    np.testing.assert_array_equal(again.e1t, m.e1t)  # the same stream, the same grid

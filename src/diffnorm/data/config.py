@@ -40,6 +40,7 @@ class ParameterSpec:
     correlation_cells: float = 10.0
     lat_amplitude: float = 0.0
     sharp_fraction: float = 0.0  # share of samples with a sharp step in D (data.windows)
+    metric_std: float = 0.0  # windows: log-std of smooth random cell sizes (stretched grids)
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ class DataConfig:
         d = asdict(self)
         if d["grid"]["drop_halo"] is None:
             del d["grid"]["drop_halo"]  # the default: digests of older configs stay valid
-        if d["parameters"]["sharp_fraction"] == 0.0:
-            del d["parameters"]["sharp_fraction"]  # likewise
+        for name in ("sharp_fraction", "metric_std"):
+            if d["parameters"][name] == 0.0:
+                del d["parameters"][name]  # likewise
         d["parameters"]["anisotropy"] = list(d["parameters"]["anisotropy"])
         return d
 
@@ -128,6 +130,11 @@ def _check(cfg: DataConfig, where: str) -> None:
         raise ConfigError(f"{where}grid.ny and grid.nx (> 1) are needed for grid 'box'")
     if g.name == "windows" and not (g.ny and g.nx and g.ny >= 8 and g.nx >= 8):
         raise ConfigError(f"{where}grid.ny and grid.nx (>= 8) are needed for grid 'windows'")
+    if p.metric_std < 0 or (p.metric_std and g.name != "windows"):
+        raise ConfigError(
+            f"{where}parameters.metric_std must be >= 0 and goes with grid 'windows', got "
+            f"{p.metric_std} on {g.name!r}"
+        )
     if not 0.0 <= p.sharp_fraction <= 1.0:
         raise ConfigError(
             f"{where}parameters.sharp_fraction must be in [0, 1], got {p.sharp_fraction}"

@@ -57,11 +57,14 @@ def sample_fields(config: DataConfig, split: str, index: int) -> Fields:
     p = config.parameters
     rng = np.random.default_rng(sample_seed(config, split, index))
     if config.grid.name == "windows":  # each sample its own geometry, drawn first
-        from diffnorm.data.windows import window_mask
+        from diffnorm.data.windows import stretched_metrics, window_mask
         from diffnorm.grid import box_grid
 
         mask = window_mask(rng, config.grid.ny, config.grid.nx)
-        metrics = box_grid(config.grid.ny, config.grid.nx, mask=mask)
+        if p.metric_std:
+            metrics = stretched_metrics(rng, mask, p.metric_std)
+        else:
+            metrics = box_grid(config.grid.ny, config.grid.nx, mask=mask)
     else:
         metrics = grid_metrics(config.grid)
     d1, d2 = random_cell_length_scales(

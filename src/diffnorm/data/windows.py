@@ -192,3 +192,43 @@ def sharp_steps(
     factor = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
     scale = np.where(side, factor, 1.0)
     return np.clip(d1 * scale, d_min, d_max), np.clip(d2 * scale, d_min, d_max)
+
+
+def stretched_metrics(rng: np.random.Generator, mask: np.ndarray, log_std: float, dx: float = 1e4):
+    """A closed grid whose cell sizes vary smoothly, as on real grids: ``e1``, ``e2`` are
+    ``dx·exp(z)`` with smooth random ``z`` of log-standard deviation ``log_std`` (correlation 16
+    cells), and in half of the draws ``e1`` also shrinks like ``cos φ`` over a random band of
+    latitudes (to 80°). Face metrics are the means of their two cells."""
+    from scipy import ndimage
+
+    from diffnorm.grid import GridMetrics
+
+    ny, nx = mask.shape
+
+    def smooth() -> np.ndarray:
+        z = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), 16.0, mode="reflect")
+        return log_std * (z - z.mean()) / max(z.std(), 1e-12)
+
+    e1, e2 = dx * np.exp(smooth()), dx * np.exp(smooth())
+    if rng.random() < 0.5:
+        south = rng.uniform(-80.0, 40.0)
+        lat = np.linspace(south, min(south + rng.uniform(10.0, 60.0), 80.0), ny)
+        e1 = e1 * np.cos(np.radians(lat))[:, None]
+
+    def face(a: np.ndarray, axis: int) -> np.ndarray:
+        nxt = np.concatenate(
+            [np.take(a, range(1, a.shape[axis]), axis), np.take(a, [-1], axis)], axis
+        )
+        return 0.5 * (a + nxt)
+
+    return GridMetrics(
+        mask=mask,
+        e1t=e1,
+        e2t=e2,
+        e1u=face(e1, 1),
+        e2u=face(e2, 1),
+        e1v=face(e1, 0),
+        e2v=face(e2, 0),
+        periodic_x=False,
+        name=f"windows{ny}x{nx}",
+    )

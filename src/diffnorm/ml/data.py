@@ -23,7 +23,7 @@ from diffnorm.ml.features import Standardizer, raw_features, raw_target
 
 
 def fit_standardizer(samples: list[Sample], enc: Encoding) -> Standardizer:
-    raw = [raw_features(s.fields, enc.distance) for s in samples]
+    raw = [raw_features(s.fields, enc.distance, enc.area) for s in samples]
     targets = [
         raw_target(s.fields, np.where(s.fields.mask, s.gamma, 1.0), enc.target)[s.fields.mask]
         for s in samples
@@ -139,6 +139,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         augment: bool | float = False,
         crop: int | None = None,
         stats_from: str | None = None,
+        area: str = "global",
     ):
         """``augment``: random grid symmetries of the training samples (see
         :mod:`diffnorm.augment`), all of them (``True``) or that fraction of the draws;
@@ -151,7 +152,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.eval_batch_size = 1  # metrics are per sample
-        self.enc = Encoding(distance, target, halo)
+        self.enc = Encoding(distance, target, halo, area)
         self.stats: Standardizer | None = None
         self.info: dict = {}
         self.sets: dict[str, EncodedDataset] = {}

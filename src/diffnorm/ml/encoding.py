@@ -24,10 +24,12 @@ class Encoding:
     distance: str = "manhattan"
     target: str = "log_ratio"
     halo: int = 10
+    area: str = "global"
 
     def inputs(self, fields: Fields, stats: Standardizer) -> torch.Tensor:
         """Standardized input channels with their halo: ``(C, ny + 2·halo, nx + 2·halo)``."""
-        x = torch.from_numpy(stats.inputs(raw_features(fields, self.distance))).float()[None]
+        raw = raw_features(fields, self.distance, self.area)
+        x = torch.from_numpy(stats.inputs(raw)).float()[None]
         land = torch.from_numpy(stats.land(self.distance)).float()
         kinds = channel_kinds(self.distance)
         return pad_halo(x, self.halo, fields.periodic_x, land, fields.north_fold, kinds)[0]

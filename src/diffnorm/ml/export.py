@@ -58,8 +58,13 @@ def card(model: GammaNetwork, periodic_x: bool, fmt: str, north_fold: str = "non
         "format": fmt,
         "input": {
             "name": "raw_features",
-            "shape": ["batch", len(channel_names(model.encoding.distance)), "ny", "nx"],
-            "channels": channel_names(model.encoding.distance),
+            "shape": [
+                "batch",
+                len(channel_names(model.encoding.distance, model.encoding.area)),
+                "ny",
+                "nx",
+            ],
+            "channels": channel_names(model.encoding.distance, model.encoding.area),
             "dtype": "float32",
             "min_nx": model.encoding.halo,
         },
@@ -98,7 +103,7 @@ def export(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = ExportedGamma(model, periodic_x, north_fold).eval()
-    c = len(channel_names(model.encoding.distance))
+    c = len(channel_names(model.encoding.distance, model.encoding.area))
     example = torch.randn(1, c, *example_shape)
     with torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated in PyTorch but it is what FTorch loads from Fortran

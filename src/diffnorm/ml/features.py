@@ -2,7 +2,8 @@
 
 Inputs (per cell, all dimensionless so that scaling ``alpha`` and ``area`` together changes
 nothing): the grid diffusivities ``alpha_x/area`` and ``alpha_y/area`` on the east and north
-faces (0 on closed faces), the area relative to the sample's mean ocean area, the signed
+faces (0 on closed faces), the area relative to the sample's mean ocean area (``global``) or
+to its neighbours' (``local``, which means the same on any grid), the signed
 distance to the coast in cells (periodic in x; optional, Manhattan or Euclidean) and the mask.
 Each channel is standardized with statistics of the training split over *all* cells (the
 study found ocean-only statistics worse), stored with the model.
@@ -26,15 +27,20 @@ from diffnorm.metrics import distance_to_coast
 from diffnorm.topology import CELL, EAST, FACE_X, FACE_Y, NORTH
 
 DISTANCES = ("none", "manhattan", "euclidean")
+# area channel: the cell area over the sample's mean ocean area (global: depends on the whole
+# grid), or log(area / mean area of the ocean cells around it) (local: 0 on uniform grids)
+AREAS = ("global", "local")
 TARGETS = ("log_ratio", "log_lattice", "gamma")
 LOG_TARGETS = ("log_ratio", "log_lattice")
 DISTANCE_CLIP = 20.0  # cells: farther than this the coast no longer matters for γ
 
 
-def channel_names(distance: str) -> list[str]:
+def channel_names(distance: str, area: str = "global") -> list[str]:
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    names = ["kappa_x", "kappa_y", "area_rel"]
+    if area not in AREAS:
+        raise ValueError(f"area must be one of {AREAS}, got {area!r}")
+    names = ["kappa_x", "kappa_y", "area_rel" if area == "global" else "area_local"]
     if distance != "none":
         names.append(f"distance_{distance}")
     return names + ["mask"]
@@ -46,9 +52,21 @@ def channel_kinds(distance: str) -> list[str]:
     return [FACE_X, FACE_Y] + [CELL] * (len(channel_names(distance)) - 2)
 
 
-def raw_features(fields: Fields, distance: str = "manhattan") -> np.ndarray:
+def local_area(fields: Fields) -> np.ndarray:
+    """``log(area / mean area of the ocean cells in the 3×3 block around it)`` on ocean cells
+    (neighbours across the wrap and the fold), 0 on land: the grid's local stretching."""
+    topo = fields.topology
+    area = np.where(fields.mask, fields.area, 0.0)
+    padded = topo.pad(np.stack([area, fields.mask.astype(np.float64)]), 1, 0.0)
+    ny, nx = fields.shape
+    sums = sum(padded[:, dj : dj + ny, di : di + nx] for dj in range(3) for di in range(3))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(fields.mask, np.log(area * sums[1] / sums[0]), 0.0)
+
+
+def raw_features(fields: Fields, distance: str = "manhattan", area_kind: str = "global"):
     """Unstandardized input channels ``(C, ny, nx)`` (see :func:`channel_names`)."""
-    names = channel_names(distance)
+    names = channel_names(distance, area_kind)
     mask = fields.mask
     area = np.where(mask, fields.area, 0.0)
     mean_area = area[mask].mean()
@@ -56,7 +74,7 @@ def raw_features(fields: Fields, distance: str = "manhattan") -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         kx = np.where(mask, slots[EAST] / area, 0.0)
         ky = np.where(mask, slots[NORTH] / area, 0.0)
-    channels = [kx, ky, area / mean_area]
+    channels = [kx, ky, area / mean_area if area_kind == "global" else local_area(fields)]
     if distance != "none":
         d = distance_to_coast(fields, distance)
         channels.append(np.clip(d, -DISTANCE_CLIP, DISTANCE_CLIP))

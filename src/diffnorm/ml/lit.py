@@ -65,6 +65,7 @@ class GammaModel(lightning.LightningModule):
         schedule: str = "cosine",
         init_from: str | None = None,
         tail_scale: float | None = None,
+        area: str = "global",
     ):
         """``arch="residual"`` uses width/blocks/layers_per_block/skip/dilation;
         ``arch="unet"`` uses width/levels/unet_halo. ``schedule="cosine"`` anneals the learning
@@ -72,7 +73,8 @@ class GammaModel(lightning.LightningModule):
         checkpoint or shipped model's name of the same architecture to fine-tune (its weights;
         the data module takes its standardization statistics, see
         ``TrainingDataModule(stats_from=…)``).
-        ``tail_scale``: τ of the loss ``E[ε² + ε⁴/τ²]`` (``loss="eps2"`` only; None: ``E[ε²]``)."""
+        ``tail_scale``: τ of the loss ``E[ε² + ε⁴/τ²]`` (``loss="eps2"`` only; None: ``E[ε²]``).
+        ``area``: the area channel, ``global`` or ``local`` (see :mod:`diffnorm.ml.features`)."""
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -147,10 +149,12 @@ class GammaModel(lightning.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "stats", None) is not None:
             enc = dm.enc
-            if (enc.distance, enc.target) != (self.hparams.distance, self.hparams.target):
+            h = self.hparams
+            if (enc.distance, enc.target, enc.area) != (h.distance, h.target, h.area):
                 raise ValueError(
-                    f"data encodes distance={enc.distance!r}, target={enc.target!r} but the "
-                    f"model expects {self.hparams.distance!r}, {self.hparams.target!r}"
+                    f"data encodes distance={enc.distance!r}, target={enc.target!r}, "
+                    f"area={enc.area!r} but the model expects {h.distance!r}, {h.target!r}, "
+                    f"{h.area!r}"
                 )
             if enc.halo != self.halo:
                 raise ValueError(f"data halo {enc.halo} != network halo {self.halo}")

@@ -60,7 +60,7 @@ class GammaNetwork:
 
     def __post_init__(self) -> None:
         self.net.eval()
-        channels = channel_names(self.encoding.distance)
+        channels = channel_names(self.encoding.distance, self.encoding.area)
         if self.arch.get("in_channels") != len(channels):
             raise ModelFileError(
                 f"{self.name}: the network takes {self.arch.get('in_channels')} input channels "
@@ -166,7 +166,8 @@ class GammaNetwork:
                 "distance": self.encoding.distance,
                 "target": self.encoding.target,
                 "halo": self.encoding.halo,
-                "channels": channel_names(self.encoding.distance),
+                "area": self.encoding.area,
+                "channels": channel_names(self.encoding.distance, self.encoding.area),
             },
             "standardizer": self.stats.to_dict(),
             "steps": int(self.steps),
@@ -199,7 +200,9 @@ class GammaNetwork:
         return cls(
             net=net,
             arch=d["arch"],
-            encoding=Encoding(enc["distance"], enc["target"], enc["halo"]),
+            encoding=Encoding(
+                enc["distance"], enc["target"], enc["halo"], enc.get("area", "global")
+            ),
             stats=Standardizer.from_dict(d["standardizer"]),
             steps=int(d["steps"]),
             data=d.get("data", {}),
@@ -231,7 +234,7 @@ class GammaNetwork:
         return cls(
             net=model.net,
             arch=model.arch,
-            encoding=Encoding(h.distance, h.target, model.halo),
+            encoding=Encoding(h.distance, h.target, model.halo, h.get("area", "global")),
             stats=model.stats,
             steps=steps[0],
             data=dict(model.data_info),

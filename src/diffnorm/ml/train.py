@@ -35,6 +35,7 @@ class ChannelsLastOnGPU(Callback):
 class DiffnormCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.distance", "data.distance")
+        parser.link_arguments("model.area", "data.area")
         parser.link_arguments("model.target", "data.target")
         parser.link_arguments("model.init_from", "data.stats_from")
         parser.link_arguments(
