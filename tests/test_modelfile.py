@@ -253,3 +253,38 @@ def test_exports_mirror_the_fold_like_the_model(network, fold, tmp_path):
     onnx, _ = export(network, tmp_path / "m.onnx", "onnx", north_fold=fold)
     got = onnxruntime.InferenceSession(str(onnx)).run(None, {"raw_features": raw})[0]
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_cells_outside_the_training_data_are_flagged_and_written(network, tmp_path):
+    import warnings
+
+    import xarray as xr
+
+    from conftest import folded_fields
+    from diffnorm.ml.domain import FLAGS
+
+    assert {"anisotropy", "stretching_max", "open_faces_seen"} <= set(network.data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        steep = random_fields(steps=6, anisotropy=6.0)  # κx/κy ≈ 36, trained up to ~9
+        flags, report = network.check_fields(steep)
+        assert report["anisotropy"] > steep.n_ocean // 2 and report["fold"] == 0
+        assert np.all(flags[~steep.mask] == 0)
+        folded = folded_fields("T", ny=24, nx=30, steps=6)  # the tiny model saw no fold
+        flags, report = network.check_fields(folded)
+    assert report["fold"] > 0 and np.all(flags[-1][folded.mask[-1]] & FLAGS["fold"])
+    assert not np.any(flags[: -network.encoding.halo] & FLAGS["fold"])
+    src = write_fields(tmp_path / "in.nc", steep)
+    out = tmp_path / "out.nc"
+    model = network.save(tmp_path / "m.pt")
+    args = ["estimate", str(src), "-o", str(out), "-q", "--method", "cnn", "--model", str(model)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "outside the trained range" in res.output, res.output
+    with xr.open_dataset(out) as ds:
+        written = ds["domain_flags"].values
+        assert "anisotropy" in ds["domain_flags"].attrs["flag_meanings"]
+        assert ds.attrs["info_outside_anisotropy"] == report_count(written, steep)
+
+
+def report_count(flags, fields):
+    return int(((flags & 2) > 0)[fields.counted].sum())

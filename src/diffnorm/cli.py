@@ -205,7 +205,7 @@ def estimate(
 
             write_nemo_gamma(output, result.gamma, fields.topology, {**fields.attrs, **attrs})
         else:
-            write_fields(output, fields, result.gamma, attrs=attrs)
+            write_fields(output, fields, result.gamma, attrs=attrs, variables=result.variables())
     g = result.gamma[fields.mask]
     summary = f"{method.value}: γ in [{g.min() / 1e3:.4g}, {g.max() / 1e3:.4g}] km"
     summary += f" on {fields.n_ocean} ocean cells in {result.wall_time:.3g} s"

@@ -292,7 +292,10 @@ def _check_fold_copies(topology: Topology, arrays: dict[str, np.ndarray], mask: 
 
 
 def to_dataset(
-    fields: Fields, gamma: np.ndarray | None = None, attrs: dict[str, Any] | None = None
+    fields: Fields,
+    gamma: np.ndarray | None = None,
+    attrs: dict[str, Any] | None = None,
+    variables: dict[str, tuple[np.ndarray, dict[str, Any]]] | None = None,
 ):
     """The CF-style xarray Dataset of a sample (fields, optional ``gamma``, attributes)."""
     import xarray as xr
@@ -356,6 +359,10 @@ def to_dataset(
                 "location": "face",
             },
         )
+    for name, (values, var_attrs) in (variables or {}).items():
+        if np.shape(values) != fields.shape:
+            raise FieldsError(f"{name} has shape {np.shape(values)}, expected {fields.shape}")
+        data_vars[name] = (dims, values, {"location": "face", **var_attrs})
     coords = {}
     if fields.lat is not None:
         coords["lat"] = (dims, fields.lat, {"units": "degrees_north", "standard_name": "latitude"})
@@ -392,9 +399,11 @@ def write_fields(
     fields: Fields,
     gamma: np.ndarray | None = None,
     attrs: dict[str, Any] | None = None,
+    variables: dict[str, tuple[np.ndarray, dict[str, Any]]] | None = None,
 ) -> Path:
-    """Write a sample atomically (temporary file in the same folder, then rename)."""
-    ds = to_dataset(fields, gamma, attrs)
+    """Write a sample atomically (temporary file in the same folder, then rename); ``variables``
+    are extra per-cell arrays with their attributes (a method's error estimate, flags)."""
+    ds = to_dataset(fields, gamma, attrs, variables)
     return atomic_to_netcdf(ds, path)
 
 

@@ -135,4 +135,5 @@ def estimate(
         tolerance=out.tolerance,
         error_estimate=error,
         info=info,
+        flags=out.flags,
     )

@@ -31,6 +31,29 @@ class GammaResult:
     tolerance: float | None = None
     error_estimate: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    flags: np.ndarray | None = None  # (ny, nx) uint8 bits of diffnorm.ml.domain.FLAGS (cnn)
+
+    def variables(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        """Per-cell results beside γ, to write with it: the method's error estimate and the
+        cells outside a network's training data."""
+        out: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+        if self.error_estimate is not None:
+            out["gamma_error_estimate"] = (
+                self.error_estimate,
+                {"long_name": f"{self.method}'s estimate of |gamma^2/gamma_exact^2 - 1|"},
+            )
+        if self.flags is not None:
+            from diffnorm.ml.domain import FLAGS
+
+            out["domain_flags"] = (
+                self.flags.astype(np.uint8),
+                {
+                    "long_name": "cells outside the network's training data (bits)",
+                    "flag_masks": np.array(list(FLAGS.values()), dtype=np.uint8),
+                    "flag_meanings": " ".join(FLAGS),
+                },
+            )
+        return out
 
     @property
     def variance(self) -> np.ndarray:
@@ -66,6 +89,7 @@ class MethodOutput:
     tolerance: float | None = None
     error_estimate: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    flags: np.ndarray | None = None  # (ny, nx) per-cell bits (cnn: diffnorm.ml.domain)
 
 
 @dataclass(frozen=True)

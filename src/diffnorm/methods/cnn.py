@@ -49,10 +49,12 @@ def cnn(
     predict in tiles of that many cells (with halos) to bound memory; ``exact_basins``: basins
     of at most this many cells are computed exactly (0: the network everywhere)."""
     from diffnorm.device import pick_device
+    from diffnorm.ml.features import gamma_from_target
     from diffnorm.ml.modelfile import resolve_model
 
     net = resolve_model(model, fields)
-    gamma = net.predict(fields, device=device, tile=tile)
+    flags, report = net.check_fields(fields)
+    gamma = gamma_from_target(fields, net.predict_target(fields, device, tile), net.target)
     variance = gamma.ravel()[fields.ocean] ** -2.0
     idx, exact = small_basin_variance(fields, exact_basins)
     variance[idx] = exact
@@ -61,5 +63,7 @@ def cnn(
         "device": str(pick_device(device)),
         "exact_cells": int(idx.size),
         "solves": 0,
+        **{f"outside_{k}": v for k, v in report.items()},
     }
-    return MethodOutput(variance, tolerance=None, info=info)
+    flags.ravel()[fields.ocean[idx]] = 0  # solved exactly: on known ground
+    return MethodOutput(variance, tolerance=None, info=info, flags=flags)

@@ -35,21 +35,33 @@ def data_info(samples: list[Sample], root: str) -> dict:
     """What a model trained on ``samples`` has seen: M, length scales D in cells (from the
     grid diffusivities, ``D² = κ(2M − 4)``), cell sizes, grid shapes; stored with the model so
     that predictions outside that range can warn."""
+    from diffnorm.ml.domain import cell_descriptors
+
     steps = sorted({s.fields.steps for s in samples})
-    d_cells, sizes = [], []
+    d_cells, sizes, ratios, stretch, faces = [], [], [], [], set()
     for s in samples:
         f = s.fields
         kx, ky = f.grid_diffusivity()
         k = np.concatenate([kx[f.open_x], ky[f.open_y]])
         d_cells.append(np.sqrt(k * (2 * f.steps - 4)))
         sizes.append(np.sqrt(f.area[f.mask]))
+        cells = cell_descriptors(f)
+        ratios.append(cells["anisotropy"][np.isfinite(cells["anisotropy"])])
+        stretch.append(np.abs(cells["stretching"][f.mask]))
+        faces |= set(np.unique(cells["open_faces"][f.mask]).tolist())
     d, dx = np.concatenate(d_cells), np.concatenate(sizes)
+    ratio = np.concatenate(ratios)
     manifest = Path(root) / MANIFEST_FILE
     digest = json.loads(manifest.read_text()).get("config_digest") if manifest.exists() else None
     return {
         "steps": steps,
         "d_cells": [float(np.quantile(d, 0.001)), float(np.quantile(d, 0.999))],
         "cell_size_km": [float(dx.min() / 1e3), float(dx.max() / 1e3)],
+        "anisotropy": [float(np.quantile(ratio, 0.001)), float(np.quantile(ratio, 0.999))]
+        if ratio.size
+        else [1.0, 1.0],
+        "stretching_max": float(np.quantile(np.concatenate(stretch), 0.999)),
+        "open_faces_seen": sorted(int(n) for n in faces),
         "shapes": sorted({"{}x{}".format(*s.fields.shape) for s in samples}),
         "periodic_x": sorted({bool(s.fields.periodic_x) for s in samples}),
         "north_fold": sorted({s.fields.north_fold for s in samples}),

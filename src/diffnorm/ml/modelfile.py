@@ -73,30 +73,31 @@ class GammaNetwork:
             )
 
     # -- checks --------------------------------------------------------------------------------
-    def check_fields(self, fields: Fields) -> list[str]:
-        """Refuse fields of another M; warn (and return the reasons) when they lie outside the
-        trained range of length scales in cells."""
+    def check_fields(self, fields: Fields) -> tuple[np.ndarray, dict]:
+        """Refuse fields of another M; flag the cells outside what the model was trained on
+        (:mod:`diffnorm.ml.domain`) and warn with the counts when more than 1 % are."""
+        from diffnorm.ml.domain import domain_flags
+
         if fields.steps != self.steps:
             raise ModelFileError(
                 f"steps: the fields have M={fields.steps} but model {self.name!r} was trained "
                 f"for M={self.steps}; use a model trained for M={fields.steps} (diffnorm "
                 "models lists them) or an exact method"
             )
-        reasons = []
-        kx, ky = fields.grid_diffusivity()
-        k = np.concatenate([kx[fields.open_x], ky[fields.open_y]])
-        lo, hi = self.data.get("d_cells", (None, None))
-        if lo is not None and k.size:
-            d = np.sqrt(k * (2 * fields.steps - 4))
-            outside = np.mean((d < 0.9 * lo) | (d > 1.1 * hi))
-            if outside > 0.01:
-                reasons.append(
-                    f"{100 * outside:.1f} % of the faces have length scales outside the trained "
-                    f"{lo:.2g}–{hi:.2g} cells (D = {d.min():.2g}–{d.max():.2g} here)"
-                )
-        for reason in reasons:
-            warnings.warn(f"model {self.name!r}: {reason}", OutOfRangeWarning, stacklevel=3)
-        return reasons
+        flags, report = domain_flags(fields, self.data, self.encoding.halo)
+        n = max(fields.n_ocean, 1)
+        counted = {k: v for k, v in report.items() if isinstance(v, int) and v}
+        if sum(counted.values()) > 0.01 * n:
+            parts = ", ".join(f"{k} {v}" for k, v in counted.items())
+            lo, hi = self.data.get("d_cells", (float("nan"),) * 2)
+            warnings.warn(
+                f"model {self.name!r}: cells outside the trained range of its data (of "
+                f"{fields.n_ocean} ocean cells: {parts}; trained D {lo:.2g}–{hi:.2g} cells); "
+                "their γ is less reliable: check them with --verify, or use an exact method",
+                OutOfRangeWarning,
+                stacklevel=3,
+            )
+        return flags, report
 
     # -- prediction ----------------------------------------------------------------------------
     @torch.no_grad()
