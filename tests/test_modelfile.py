@@ -288,3 +288,64 @@ def test_cells_outside_the_training_data_are_flagged_and_written(network, tmp_pa
 
 def report_count(flags, fields):
     return int(((flags & 2) > 0)[fields.counted].sum())
+
+
+@pytest.mark.slow
+def test_torchscript_runs_in_cpp_libtorch(network, tmp_path):
+    """The exported file loads and runs in libtorch from C++ (what FTorch calls), on float64
+    input, on a grid narrower than the halo, and matches PyTorch."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from diffnorm.ml.export import export, reference_target
+
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on this machine")
+    root = Path(torch.__file__).parent
+    exe = tmp_path / "run"
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    source = Path(__file__).parent / "cpp" / "run_torchscript.cpp"
+    subprocess.run(
+        [
+            compiler,
+            "-std=c++20",
+            "-O0",
+            str(source),
+            "-o",
+            str(exe),
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        ]
+        + [f"-I{root / 'include'}", f"-I{root / 'include/torch/csrc/api/include'}"]
+        + [f"-L{root / 'lib'}", "-ltorch", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{root / 'lib'}"],
+        check=True,
+        capture_output=True,
+    )
+    ts, _ = export(network, tmp_path / "m.ts", "torchscript")
+    ny, nx = 6, max(2, network.encoding.halo - 1)  # narrower than the halo: the wrap repeats it
+    out = subprocess.run([str(exe), str(ts), str(ny), str(nx)], check=True, capture_output=True)
+    got = np.array(out.stdout.split(), dtype=np.float64).reshape(1, ny, nx)
+    x = np.sin(np.arange(5 * ny * nx, dtype=np.float64) * 0.37).reshape(1, 5, ny, nx)
+    np.testing.assert_allclose(got, reference_target(network, x, True), atol=1e-5)
+
+
+def test_exports_take_float64_any_size_and_pin_no_device(network, tmp_path):
+    import onnxruntime
+
+    from diffnorm.ml.export import export, reference_target
+
+    ts, _ = export(network, tmp_path / "m.ts", "torchscript")
+    onnx, _ = export(network, tmp_path / "m.onnx", "onnx")
+    module = torch.jit.load(str(ts))
+    assert '"cpu"' not in str(module.inlined_graph)  # would break a GPU run
+    session = onnxruntime.InferenceSession(str(onnx))
+    h = network.encoding.halo
+    for shape in ((h - 1, h - 1), (h - 1, 40), (40, h - 1)):  # smaller than the halo somewhere
+        x = np.random.default_rng(1).normal(size=(1, 5, *shape))
+        ref = reference_target(network, x, True)
+        assert ref.shape == (1, *shape)
+        got = module(torch.from_numpy(x)).detach().numpy()  # float64 in
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+        onnx_out = session.run(None, {"raw_features": x.astype(np.float32)})[0]
+        np.testing.assert_allclose(onnx_out, ref, atol=1e-4)

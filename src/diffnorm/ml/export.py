@@ -47,7 +47,7 @@ class ExportedGamma(nn.Module):
         self.target_std = float(s.target_std)
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        x = (raw - self.mean) / self.std
+        x = (raw.to(self.mean.dtype) - self.mean) / self.std  # float64 hosts welcome
         x = pad_halo(x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds)
         return self.net(x)[:, 0] * self.target_std + self.target_mean
 

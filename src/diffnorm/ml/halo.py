@@ -30,7 +30,11 @@ def pad_halo(
         raise ValueError(f"halo must be >= 0, got {halo}")
     if halo == 0:
         return x
-    fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+    if torch.is_tensor(fill):
+        # a module's buffer moves with the module: no device constant in an exported graph
+        fill = fill.to(x.dtype).reshape(1, -1, 1, 1)
+    else:
+        fill = torch.full((1, 1, 1, 1), float(fill), dtype=x.dtype, device=x.device)
     b, c, h, w = x.shape
     cap = fill.expand(b, c, halo, w)
     if north_fold == "none":
@@ -41,13 +45,12 @@ def pad_halo(
     if not periodic_x:
         side = fill.expand(b, c, x.shape[-2], halo)
         return torch.cat([side, x, side], dim=-1)
-    if halo <= w:
-        # slices, not a tiled copy: H and W stay symbolic when the graph is exported
-        return torch.cat([x[..., -halo:], x, x[..., :halo]], dim=-1)
-    reps = -(-halo // w)  # ceil: enough copies for halos wider than the grid
-    tiled = torch.cat([x] * (2 * reps + 1), dim=-1)
-    start = reps * w - halo
-    return tiled[..., start : start + w + 2 * halo]
+    # gather the wrapped columns: any halo, even wider than the grid, with W symbolic in an
+    # exported graph (slices would bake in the example's halo <= W)
+    # (indices built from x itself: an arange would pin the exporter's device into the graph)
+    row = torch.nn.functional.pad(x[0, 0, 0], (halo, halo))
+    cols = torch.remainder(torch.ones_like(row, dtype=torch.long).cumsum(0) - 1 - halo, x.shape[-1])
+    return x.index_select(-1, cols)
 
 
 def _fold_rows(x: torch.Tensor, halo: int, north_fold: str, kinds: Sequence[str]) -> torch.Tensor:
