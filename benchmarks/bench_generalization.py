@@ -125,7 +125,7 @@ def main() -> None:
         model_name = ""
         for fields in samples:
             exact = estimate(fields, "selinv")
-            dist.append(np.rint(distance_to_coast(fields.mask, fields.periodic_x)[fields.mask]))
+            dist.append(np.rint(distance_to_coast(fields)[fields.mask]))
             t0 = time.perf_counter()
             cnn = estimate(fields, "cnn", **options)
             times["cnn"] += time.perf_counter() - t0

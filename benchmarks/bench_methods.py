@@ -61,7 +61,7 @@ def main() -> None:
     )
 
     rng = np.random.default_rng(args.seed + 1)
-    coast = op.from_grid(distance_to_coast(fields.mask, fields.periodic_x)) <= 1.0
+    coast = op.from_grid(distance_to_coast(fields)) <= 1.0
     half = min(args.columns // 2, int(coast.sum()))
     cols = np.concatenate(
         [

@@ -525,7 +525,7 @@ def evaluate(
 ) -> None:
     """A trained network vs randomization and analytic on the same samples (eval mode)."""
     from diffnorm.ml.evaluate import evaluate as run_evaluate
-    from diffnorm.ml.evaluate import markdown_table
+    from diffnorm.ml.evaluate import markdown_table, strata_markdown
 
     with user_errors():
         counts = [int(float(n)) for n in samples.split(",") if n.strip()]
@@ -534,6 +534,7 @@ def evaluate(
                 model, data, split, counts, seed, out_dir, bars("samples"), device
             )
     out.print(markdown_table(report))
+    out.print(strata_markdown(report))
     console.print(f"wrote evaluation.md, CSVs and PNGs in {out_dir}")
 
 

@@ -73,3 +73,75 @@ def error_by_distance(
     d = np.minimum(np.rint(distance[mask]).astype(int), max_distance)
     e = np.abs(eps_grid[mask])
     return {int(k): float(e[d == k].mean()) for k in range(1, max_distance + 1) if np.any(d == k)}
+
+
+# cells are sorted by these (name, descriptor, bins as (label, low, high) with low <= x < high)
+STRATA: dict[str, tuple[str, tuple[tuple[str, float, float], ...]]] = {
+    "coast distance": (
+        "distance",
+        (("1", 0.5, 1.5), ("2", 1.5, 2.5), ("3-7", 2.5, 7.5), (">=8", 7.5, np.inf)),
+    ),
+    "open faces": ("open_faces", tuple((str(k), k - 0.5, k + 0.5) for k in range(5))),
+    "passage": ("passage", (("no", -0.5, 0.5), ("one cell wide", 0.5, 1.5))),
+    "D (cells)": (
+        "d_mean",
+        (("<2", 0, 2), ("2-4", 2, 4), ("4-8", 4, 8), (">=8", 8, np.inf)),
+    ),
+    "anisotropy kx/ky": (
+        "anisotropy",
+        (("<1/3", 0, 1 / 3), ("1/3-3", 1 / 3, 3), (">3", 3, np.inf)),
+    ),
+}
+
+
+def error_strata(eps_grid: np.ndarray, fields: Fields) -> dict[str, dict[str, dict]]:
+    """Mean and max |ε| and the cell count per stratum of :data:`STRATA` (each T-fold cell
+    once): where an approximate method is good and where it is not."""
+    from diffnorm.cells import cell_geometry
+
+    cells = {k: v.astype(np.float64) for k, v in cell_geometry(fields).items()}
+    cells["distance"] = distance_to_coast(fields)
+    m = fields.counted & np.isfinite(eps_grid)
+    a = np.abs(eps_grid)
+    out: dict[str, dict[str, dict]] = {}
+    for name, (key, bins) in STRATA.items():
+        rows = {}
+        for label, lo, hi in bins:
+            sel = m & (cells[key] >= lo) & (cells[key] < hi)
+            if sel.any():
+                rows[label] = {
+                    "cells": int(sel.sum()),
+                    "mean_abs": float(a[sel].mean()),
+                    "max_abs": float(a[sel].max()),
+                }
+        out[name] = rows
+    return out
+
+
+def merge_strata(parts: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str, dict]]:
+    """Strata of several samples as one (cell-weighted means, overall maxima)."""
+    out: dict[str, dict[str, dict]] = {}
+    for part in parts:
+        for name, rows in part.items():
+            for label, r in rows.items():
+                acc = out.setdefault(name, {}).setdefault(
+                    label, {"cells": 0, "mean_abs": 0.0, "max_abs": 0.0}
+                )
+                total = acc["cells"] + r["cells"]
+                acc["mean_abs"] = (
+                    acc["mean_abs"] * acc["cells"] + r["mean_abs"] * r["cells"]
+                ) / total
+                acc["cells"] = total
+                acc["max_abs"] = max(acc["max_abs"], r["max_abs"])
+    return out
+
+
+def strata_table(strata: dict[str, dict[str, dict]]) -> str:
+    """A Markdown table: stratum, cells, mean |ε|, max |ε|."""
+    lines = ["| stratum | cells | mean abs(ε) | max abs(ε) |", "|---|---|---|---|"]
+    for name, rows in strata.items():
+        for label, r in rows.items():
+            lines.append(
+                f"| {name} {label} | {r['cells']} | {r['mean_abs']:.2e} | {r['max_abs']:.2e} |"
+            )
+    return "\n".join(lines)

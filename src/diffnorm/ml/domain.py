@@ -28,29 +28,12 @@ FLAGS = {"length_scale": 1, "anisotropy": 2, "stretching": 4, "geometry": 8, "fo
 
 
 def cell_descriptors(fields: Fields) -> dict[str, np.ndarray]:
-    """Per cell: the largest and smallest D (cells) of its open faces, κx/κy from the mean of
-    its open faces along each axis (NaN unless both axes are open), the local stretching
-    (:func:`diffnorm.ml.features.local_area`) and its number of open faces."""
+    """:func:`diffnorm.cells.cell_geometry` and the local stretching
+    (:func:`diffnorm.ml.features.local_area`) of each cell."""
+    from diffnorm.cells import cell_geometry
     from diffnorm.ml.features import local_area
 
-    slots = fields.slot_alpha()
-    area = np.where(fields.mask, fields.area, np.inf)
-    factor = 2 * fields.steps - 4
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d = np.sqrt(factor * slots / area)  # per slot, 0 where closed
-        open_ = slots > 0
-        d_max = np.where(open_, d, 0.0).max(axis=0)
-        d_min = np.where(open_, d, np.inf).min(axis=0)
-        sx, sy = fields.topology.cell_sums(slots)
-        nx_, ny_ = fields.topology.cell_sums(open_.astype(float))
-        ratio = np.where((nx_ > 0) & (ny_ > 0), (sx / nx_) / (sy / ny_), np.nan)
-    return {
-        "d_max": d_max,
-        "d_min": d_min,
-        "anisotropy": np.where(fields.mask, ratio, np.nan),
-        "stretching": local_area(fields),
-        "open_faces": open_.sum(axis=0),
-    }
+    return {**cell_geometry(fields), "stretching": local_area(fields)}
 
 
 def domain_flags(fields: Fields, seen: dict[str, Any], halo: int) -> tuple[np.ndarray, dict]:

@@ -21,6 +21,8 @@ from diffnorm.metrics import (
     distance_to_coast,
     error_by_distance,
     error_metrics,
+    error_strata,
+    merge_strata,
     relative_error,
 )
 from diffnorm.ml.modelfile import GammaNetwork, resolve_model
@@ -79,6 +81,7 @@ def evaluate(
     by_dist: dict[str, list[dict]] = {m: [] for m in methods}
     cnn_abs = []
     worst: list[dict] = []
+    strata: dict[str, list[dict]] = {m: [] for m in methods}
     for k, s in enumerate(data):
         f, m = s.fields, s.fields.counted
         dist = distance_to_coast(f)
@@ -97,6 +100,8 @@ def evaluate(
             per_sample[name].append({"sample": s.name, **error_metrics(eps)})
             times[name].append(wall)
             by_dist[name].append(error_by_distance(grid, dist, m))
+            if name == "cnn" or name.startswith("randomization"):
+                strata[name].append(error_strata(grid, f))
             if name == "cnn":
                 cnn_abs.append(np.abs(grid))
                 cells = worst_cells(grid, s.gamma, dist, f, WORST_PER_SAMPLE)
@@ -117,6 +122,7 @@ def evaluate(
         "samples": len(data),
         "summary": summary,
         "by_distance": mean_by_dist,
+        "strata": {name: merge_strata(parts) for name, parts in strata.items() if parts},
         "per_sample": per_sample,
         "worst_cells": sorted(worst, key=lambda c: -abs(c["eps"])),
     }
@@ -137,12 +143,35 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def strata_markdown(report: dict) -> str:
+    """The network's error by stratum (coast distance, open faces, passages, D, anisotropy),
+    beside the largest randomization's."""
+    strata = report.get("strata", {})
+    if "cnn" not in strata:
+        return ""
+    others = [n for n in strata if n != "cnn"]
+    ref = others[-1] if others else None
+    head = "| stratum | cells | cnn mean abs(ε) | cnn max abs(ε) |"
+    head += f" {ref} mean | {ref} max |" if ref else ""
+    lines = [head, "|" + "---|" * (4 + 2 * bool(ref))]
+    for name, rows in strata["cnn"].items():
+        for label, r in rows.items():
+            line = f"| {name} {label} | {r['cells']} | {r['mean_abs']:.2e} | {r['max_abs']:.2e} |"
+            if ref:
+                o = strata[ref].get(name, {}).get(label)
+                line += f" {o['mean_abs']:.2e} | {o['max_abs']:.2e} |" if o else " – | – |"
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def write_report(report: dict, out: Path, fields, cnn_mean_abs: np.ndarray) -> None:
     from diffnorm.plots import _pyplot, plot_error_maps
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.md").write_text(markdown_table(report) + "\n")
+    text = markdown_table(report) + "\n\n## By stratum\n\n" + strata_markdown(report) + "\n"
+    (out / "evaluation.md").write_text(text)
     summary = {"split": report["split"], "samples": report["samples"], **report["summary"]}
+    summary["strata"] = report.get("strata", {})
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
     with (out / "evaluation_per_sample.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -177,4 +206,5 @@ def card_metrics(path: str | Path) -> dict[str, float]:
     summary = json.loads(Path(path).read_text())
     cnn = summary["cnn"]
     out = {k: float(v[0]) for k, v in cnn.items() if isinstance(v, list)}
-    return {"samples": summary["samples"], **out}
+    strata = summary.get("strata", {}).get("cnn")
+    return {"samples": summary["samples"], **out, **({"strata": strata} if strata else {})}

@@ -1,0 +1,37 @@
+"""Per-cell descriptors of a grid's operator: what the error strata and a network's domain
+checks sort cells by (length scale, grid-unit anisotropy, open faces, passages)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from diffnorm.fields import Fields
+from diffnorm.topology import EAST, NORTH, SOUTH, WEST
+
+
+def cell_geometry(fields: Fields) -> dict[str, np.ndarray]:
+    """Per cell, on the ``(ny, nx)`` grid: ``d_max``/``d_min``/``d_mean``, the Daley length
+    scale ``D = √(κ(2M − 4))`` in cells of its open faces (κ = alpha/area); ``anisotropy``, κx/κy
+    from the mean of its open faces along each axis (NaN unless both axes are open);
+    ``open_faces`` (0–4: a dead end has 1) and ``passage`` (land on both sides along an axis: a
+    one-cell-wide channel or a dead end)."""
+    slots = fields.slot_alpha()
+    area = np.where(fields.mask, fields.area, np.inf)
+    open_ = slots > 0
+    n_open = open_.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.sqrt((2 * fields.steps - 4) * slots / area)
+        sx, sy = fields.topology.cell_sums(slots)
+        nx_, ny_ = fields.topology.cell_sums(open_.astype(float))
+        ratio = np.where((nx_ > 0) & (ny_ > 0), (sx / nx_) / (sy / ny_), np.nan)
+        d_mean = np.where(n_open > 0, d.sum(axis=0) / n_open, np.nan)
+    closed_x = ~open_[EAST] & ~open_[WEST]
+    closed_y = ~open_[NORTH] & ~open_[SOUTH]
+    return {
+        "d_max": np.where(open_, d, 0.0).max(axis=0),
+        "d_min": np.where(open_, d, np.inf).min(axis=0),
+        "d_mean": np.where(fields.mask, d_mean, np.nan),
+        "anisotropy": np.where(fields.mask, ratio, np.nan),
+        "open_faces": n_open,
+        "passage": fields.mask & (closed_x | closed_y),
+    }
