@@ -37,7 +37,13 @@ from diffnorm.grid import (
     toy_grid,
 )
 from diffnorm.methods import estimate
-from diffnorm.metrics import distance_to_coast, relative_error
+from diffnorm.metrics import (
+    distance_to_coast,
+    error_strata,
+    merge_strata,
+    relative_error,
+    strata_table,
+)
 from diffnorm.nemo import mesh_mask_grid
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nemo"
@@ -107,6 +113,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2, help="draws for orca1 and natl025")
     parser.add_argument("--randomization", type=int, default=10000, help="N (0: skip)")
     parser.add_argument("--cases", default="orca1,natl025,toy_table8,rectangles,gyre")
+    parser.add_argument("--strata", action="store_true", help="also print the cnn's strata")
     args = parser.parse_args()
     options = {} if args.model is None else {"model": args.model}
     report = {}
@@ -123,18 +130,23 @@ def main() -> None:
         dist: list[np.ndarray] = []
         times: dict[str, float] = {"cnn": 0.0, "randomization": 0.0}
         model_name = ""
+        parts = []
         for fields in samples:
             exact = estimate(fields, "selinv")
-            dist.append(np.rint(distance_to_coast(fields)[fields.mask]))
+            m = fields.counted
+            dist.append(np.rint(distance_to_coast(fields)[m]))
             t0 = time.perf_counter()
             cnn = estimate(fields, "cnn", **options)
             times["cnn"] += time.perf_counter() - t0
             model_name = cnn.info.get("model", "")
-            eps["cnn"].append(relative_error(cnn.gamma, exact.gamma, fields.mask))
+            eps["cnn"].append(relative_error(cnn.gamma, exact.gamma, m))
+            grid = np.full(fields.shape, np.nan)
+            grid[m] = eps["cnn"][-1]
+            parts.append(error_strata(grid, fields))
             if args.randomization:
                 r = estimate(fields, "randomization", samples=args.randomization, seed=0)
                 times["randomization"] += r.wall_time
-                eps["randomization"].append(relative_error(r.gamma, exact.gamma, fields.mask))
+                eps["randomization"].append(relative_error(r.gamma, exact.gamma, m))
         for method, values in eps.items():
             if not values:
                 continue
@@ -156,6 +168,9 @@ def main() -> None:
             rows["cnn_beats_randomization"] = all(
                 rows["cnn"][k] <= rows["randomization"][k] for k in keys
             )
+        rows["cnn_strata"] = merge_strata(parts)
+        if args.strata:
+            print(f"\n{name}, cnn by stratum:\n\n{strata_table(rows['cnn_strata'])}\n")
         report[name] = rows
     print(json.dumps({"model": args.model, "cases": report}))
 
