@@ -86,11 +86,11 @@ def test_exports_match_pytorch(network, sample, tmp_path):
     ref = reference_target(network, raw, periodic_x=True)
     # the exported graph is what the model predicts (before γ is rebuilt from the target)
     np.testing.assert_allclose(ref[0], network.predict_target(sample.fields, "cpu"), atol=1e-5)
-    ts, card = export(network, tmp_path / "m.ts", "torchscript")
+    ts, card = export(network, tmp_path / "m.ts", "torchscript", graph="features")
     out = torch.jit.load(str(ts))(torch.from_numpy(raw)).detach().numpy()
     np.testing.assert_allclose(out, ref, atol=1e-5)
     assert '"kappa_x"' in card.read_text()
-    onnx, _ = export(network, tmp_path / "m.onnx", "onnx")
+    onnx, _ = export(network, tmp_path / "m.onnx", "onnx", graph="features")
     session = onnxruntime.InferenceSession(str(onnx))
     # another grid size than the export example: the axes are dynamic
     for shape in ((16, 20), (23, 41)):
@@ -246,11 +246,11 @@ def test_exports_mirror_the_fold_like_the_model(network, fold, tmp_path):
     np.testing.assert_allclose(ref[0], network.predict_target(fields, "cpu"), atol=1e-5)
     closed = reference_target(network, raw, True, "none")
     assert np.abs(closed[0, -2:] - ref[0, -2:]).max() > 1e-4  # the fold reaches the output
-    ts, card = export(network, tmp_path / "m.ts", "torchscript", north_fold=fold)
+    ts, card = export(network, tmp_path / "m.ts", "torchscript", north_fold=fold, graph="features")
     out = torch.jit.load(str(ts))(torch.from_numpy(raw)).detach().numpy()
     np.testing.assert_allclose(out, ref, atol=1e-5)
     assert f'"north_fold": "{fold}"' in card.read_text()
-    onnx, _ = export(network, tmp_path / "m.onnx", "onnx", north_fold=fold)
+    onnx, _ = export(network, tmp_path / "m.onnx", "onnx", north_fold=fold, graph="features")
     got = onnxruntime.InferenceSession(str(onnx)).run(None, {"raw_features": raw})[0]
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
@@ -292,13 +292,14 @@ def report_count(flags, fields):
 
 @pytest.mark.slow
 def test_torchscript_runs_in_cpp_libtorch(network, tmp_path):
-    """The exported file loads and runs in libtorch from C++ (what FTorch calls), on float64
-    input, on a grid narrower than the halo, and matches PyTorch."""
+    """The exported fields graph loads and runs in libtorch from C++ (what FTorch calls) on a
+    host's float64 arrays, on a grid narrower than the halo, and gives the γ of Python."""
     import shutil
     import subprocess
     from pathlib import Path
 
-    from diffnorm.ml.export import export, reference_target
+    from diffnorm.ml.export import export
+    from diffnorm.ml.pipeline import FieldsToGamma
 
     compiler = shutil.which("g++")
     if compiler is None:
@@ -323,11 +324,19 @@ def test_torchscript_runs_in_cpp_libtorch(network, tmp_path):
         capture_output=True,
     )
     ts, _ = export(network, tmp_path / "m.ts", "torchscript")
-    ny, nx = 6, max(2, network.encoding.halo - 1)  # narrower than the halo: the wrap repeats it
+    ny, nx = 9, max(2, network.encoding.halo - 1)  # narrower than the halo: the wrap repeats it
     out = subprocess.run([str(exe), str(ts), str(ny), str(nx)], check=True, capture_output=True)
     got = np.array(out.stdout.split(), dtype=np.float64).reshape(1, ny, nx)
-    x = np.sin(np.arange(5 * ny * nx, dtype=np.float64) * 0.37).reshape(1, 5, ny, nx)
-    np.testing.assert_allclose(got, reference_target(network, x, True), atol=1e-5)
+    k = torch.arange(ny * nx, dtype=torch.float64).reshape(1, ny, nx)
+    inputs = (
+        (torch.sin(k * 0.37) > -0.8).double(),
+        1e8 * (1.2 + 0.3 * torch.sin(k * 0.11)),
+        1e8 * (0.8 + 0.3 * torch.cos(k * 0.23)),
+        1e8 * (0.7 + 0.2 * torch.cos(k * 0.19)),
+    )
+    with torch.no_grad():
+        want = FieldsToGamma(network, True).eval()(*inputs).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_exports_take_float64_any_size_and_pin_no_device(network, tmp_path):
@@ -335,8 +344,8 @@ def test_exports_take_float64_any_size_and_pin_no_device(network, tmp_path):
 
     from diffnorm.ml.export import export, reference_target
 
-    ts, _ = export(network, tmp_path / "m.ts", "torchscript")
-    onnx, _ = export(network, tmp_path / "m.onnx", "onnx")
+    ts, _ = export(network, tmp_path / "m.ts", "torchscript", graph="features")
+    onnx, _ = export(network, tmp_path / "m.onnx", "onnx", graph="features")
     module = torch.jit.load(str(ts))
     assert '"cpu"' not in str(module.inlined_graph)  # would break a GPU run
     session = onnxruntime.InferenceSession(str(onnx))
@@ -349,3 +358,45 @@ def test_exports_take_float64_any_size_and_pin_no_device(network, tmp_path):
         np.testing.assert_allclose(got, ref, atol=1e-5)
         onnx_out = session.run(None, {"raw_features": x.astype(np.float32)})[0]
         np.testing.assert_allclose(onnx_out, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("fold", ["none", "T", "F"])
+def test_the_fields_graph_is_the_python_prediction(network, fold, tmp_path):
+    """mask, area, alpha_x, alpha_y (float64) in, γ out: the same γ as GammaNetwork.predict,
+    in PyTorch, TorchScript and ONNX, on a closed basin, a periodic grid and both folds."""
+    import onnxruntime
+
+    from conftest import folded_fields
+    from diffnorm.ml.export import export
+    from diffnorm.ml.pipeline import FieldsToGamma
+
+    if fold == "none":
+        cases = [
+            random_fields(ny=20, nx=26, steps=network.steps, islands=False, periodic_x=p)
+            for p in (True, False)
+        ]
+    else:
+        cases = [folded_fields(fold, ny=20, nx=26, steps=network.steps, seed=3)]
+    for f in cases:
+        arrays = [f.mask.astype(np.float64), f.area, f.alpha_x, f.alpha_y]
+        inputs = tuple(torch.from_numpy(np.ascontiguousarray(a))[None] for a in arrays)
+        with torch.no_grad():
+            got = FieldsToGamma(network, f.periodic_x, f.north_fold).eval()(*inputs)[0].numpy()
+        want = network.predict(f, "cpu")
+        m = f.mask
+        np.testing.assert_allclose(got[m], want[m], rtol=1e-5)
+        assert np.all(np.isnan(got[~m]))
+        ts, card = export(
+            network, tmp_path / "f.ts", "torchscript", f.periodic_x, north_fold=f.north_fold
+        )
+        traced = torch.jit.load(str(ts))(*inputs)[0].detach().numpy()
+        np.testing.assert_allclose(traced[m], want[m], rtol=1e-5)
+        assert '"alpha_x"' in card.read_text()
+        onnx, _ = export(
+            network, tmp_path / "f.onnx", "onnx", f.periodic_x, north_fold=f.north_fold
+        )
+        feed = dict(
+            zip(["mask", "area", "alpha_x", "alpha_y"], (a[None] for a in arrays), strict=True)
+        )
+        out = onnxruntime.InferenceSession(str(onnx)).run(None, feed)[0][0]
+        np.testing.assert_allclose(out[m], want[m], rtol=1e-4)

@@ -611,6 +611,13 @@ def export(
     north_fold: Annotated[
         str, typer.Option(help="torchscript/onnx: the grids' north fold: none, T or F")
     ] = "none",
+    graph: Annotated[
+        str,
+        typer.Option(
+            help="torchscript/onnx: 'fields' (mask, area, alpha_x, alpha_y in, γ in m out) or "
+            "'features' (raw feature channels in, the target out)"
+        ),
+    ] = "fields",
     name: Annotated[str | None, typer.Option(help="model: the model's name")] = None,
     note: Annotated[
         str | None, typer.Option(help="model: a line for the model card (how it was trained)")
@@ -649,7 +656,9 @@ def export(
             if fold != "none" and not periodic_x:
                 raise ValueError("--north-fold needs --periodic-x (every ORCA grid is cyclic)")
             net = resolve_model(model)
-            written = list(run_export(net, output, format.value, periodic_x, north_fold=fold))
+            written = list(
+                run_export(net, output, format.value, periodic_x, north_fold=fold, graph=graph)
+            )
     console.print(f"wrote {', '.join(map(str, written))}")
 
 

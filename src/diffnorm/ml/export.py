@@ -89,6 +89,10 @@ def card(model: GammaNetwork, periodic_x: bool, fmt: str, north_fold: str = "non
     }
 
 
+GRAPHS = ("fields", "features")
+FIELD_INPUTS = ["mask", "area", "alpha_x", "alpha_y"]
+
+
 def export(
     model: GammaNetwork,
     path: str | Path,
@@ -96,32 +100,74 @@ def export(
     periodic_x: bool = True,
     example_shape: tuple[int, int] = (48, 64),
     north_fold: str = "none",
+    graph: str = "fields",
 ) -> tuple[Path, Path]:
-    """Write ``path`` in ``fmt`` and ``path.json`` (the card); returns both paths."""
+    """Write ``path`` in ``fmt`` and ``path.json`` (the card); returns both paths.
+
+    ``graph="fields"``: the whole prediction (:class:`diffnorm.ml.pipeline.FieldsToGamma`):
+    ``mask, area, alpha_x, alpha_y`` ``(B, ny, nx)``, any float type, in; γ (m) out.
+    ``graph="features"``: the raw feature channels in, the target out (:class:`ExportedGamma`).
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = ExportedGamma(model, periodic_x, north_fold).eval()
-    c = len(channel_names(model.encoding.distance, model.encoding.area))
-    example = torch.randn(1, c, *example_shape)
+    if graph == "fields":
+        from diffnorm.ml.pipeline import FieldsToGamma
+
+        module = FieldsToGamma(model, periodic_x, north_fold).eval()
+        rng = np.random.default_rng(0)
+        mask = (rng.random((1, *example_shape)) > 0.2).astype(np.float64)
+        example = (torch.from_numpy(mask),) + tuple(
+            torch.from_numpy(rng.uniform(0.5, 1.5, (1, *example_shape)) * 1e8) for _ in range(3)
+        )
+        names, outputs = FIELD_INPUTS, ["gamma"]
+    else:
+        module = ExportedGamma(model, periodic_x, north_fold).eval()
+        c = len(channel_names(model.encoding.distance, model.encoding.area))
+        example = (torch.randn(1, c, *example_shape),)
+        names, outputs = ["raw_features"], ["target"]
     with torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated in PyTorch but it is what FTorch loads from Fortran
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if fmt == "torchscript":
-            torch.jit.trace(module, example).save(str(path))
+            torch.jit.trace(module, example, check_trace=False).save(str(path))
         else:
+            axes = (
+                {0: "batch", 1: "ny", 2: "nx"}
+                if graph == "fields"
+                else {0: "batch", 2: "ny", 3: "nx"}
+            )
             torch.onnx.export(
                 module,
-                (example,),
+                example,
                 str(path),
-                input_names=["raw_features"],
-                output_names=["target"],
-                dynamic_axes={"raw_features": {0: "batch", 2: "ny", 3: "nx"}},
+                input_names=names,
+                output_names=outputs,
+                dynamic_axes={n: axes for n in names},
+                opset_version=17,
                 dynamo=False,
             )
     meta = path.with_name(path.name + ".json")
-    meta.write_text(json.dumps(card(model, periodic_x, fmt, north_fold), indent=2) + "\n")
+    info = card(model, periodic_x, fmt, north_fold)
+    if graph == "fields":
+        info["input"] = {
+            "names": FIELD_INPUTS,
+            "shape": ["batch", "ny", "nx"],
+            "dtype": "any float (float64 as NEMO has them)",
+            "layout": "DESIGN §1: mask 1 ocean / 0 land, area m², alpha_x east faces, "
+            "alpha_y north faces (m²), NEMO's inner domain",
+        }
+        info["output"] = {"name": "gamma", "shape": ["batch", "ny", "nx"], "units": "m"}
+        info["gamma"] = (
+            "gamma in metres on ocean cells, NaN on land; basins of at most 64 cells are "
+            "not capped or solved exactly here (diffnorm's cnn method does both): mask or solve "
+            "them on the host"
+        )
+    meta.write_text(json.dumps(info, indent=2) + "\n")
     return path, meta
 
 

@@ -1,0 +1,171 @@
+"""The whole prediction as one ``nn.Module``: DESIGN's fields in, γ in metres out.
+
+``FieldsToGamma(model, periodic_x, north_fold)(mask, area, alpha_x, alpha_y)`` takes the four
+fields as ``(B, ny, nx)`` tensors of any float type (a host's float64 arrays as they are) and
+does what :meth:`diffnorm.ml.modelfile.GammaNetwork.predict` does in NumPy: the faces' open
+slots across the wrap and the fold, the input channels (grid diffusivities, area channel,
+signed Manhattan distance to the coast clipped at 20 cells by 20 relaxation sweeps, mask),
+standardization, halo, network, and the baseline the network corrects (the homogeneous-lattice
+value from its table, bilinear in ``log κ``; or the analytic formula). Exported to TorchScript
+(FTorch) or ONNX it is all a host needs.
+
+What it leaves out: the basin-area cap of the baselines and the exact solve of basins of at
+most 64 cells (``cnn``'s ``exact_basins``), which need connected components; a host with
+lakes or enclosed seas that small should mask them or solve them exactly (they are tiny).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffnorm.ml.features import DISTANCE_CLIP, channel_kinds
+from diffnorm.ml.halo import pad_halo
+from diffnorm.ml.modelfile import GammaNetwork, ModelFileError
+from diffnorm.topology import CELL, FACE_X, FACE_Y, fold_recipe, parse_north_fold
+
+TABLE_POINTS = 961  # lattice table nodes per axis: bilinear error ~1e-5 in log γ²
+
+
+class FieldsToGamma(nn.Module):
+    """``(mask, area, alpha_x, alpha_y)`` → γ (m, NaN on land); see the module docstring."""
+
+    def __init__(self, model: GammaNetwork, periodic_x: bool, north_fold: str = "none"):
+        super().__init__()
+        enc = model.encoding
+        if enc.distance not in ("none", "manhattan"):
+            raise ModelFileError(
+                f"{model.name}: the pipeline computes Manhattan distances only; this model uses "
+                f"{enc.distance!r} (export its raw-feature graph instead)"
+            )
+        if enc.target not in ("log_lattice", "log_ratio"):
+            raise ModelFileError(f"{model.name}: target {enc.target!r} has no baseline to export")
+        self.net = model.net.eval()
+        self.halo = enc.halo
+        self.periodic_x = bool(periodic_x)
+        self.north_fold = parse_north_fold(north_fold)
+        self.distance = enc.distance
+        self.area_kind = enc.area
+        self.target = enc.target
+        self.steps = int(model.steps)
+        self.kinds = channel_kinds(enc.distance)
+        s = model.stats
+        self.register_buffer("mean", torch.tensor(s.mean, dtype=torch.float64).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(s.std, dtype=torch.float64).view(1, -1, 1, 1))
+        land = torch.tensor(s.land(enc.distance), dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("land", land)
+        self.target_mean = float(s.target_mean)
+        self.target_std = float(s.target_std)
+        if self.target == "log_lattice":
+            from diffnorm.methods.lattice import K_MAX, OFFSET, lattice_variance_unit_area
+
+            u = np.linspace(math.log(OFFSET), math.log(K_MAX + OFFSET), TABLE_POINTS)
+            k = np.exp(u) - OFFSET
+            table = np.log(lattice_variance_unit_area(k[:, None], k[None, :], self.steps))
+            self.register_buffer("table", torch.tensor(table, dtype=torch.float32)[None, None])
+            self.u_range = (float(u[0]), float(u[-1]))
+            self.k_max = float(K_MAX)
+            self.offset = float(OFFSET)
+
+    # -- topology ----------------------------------------------------------------------------
+    def _pad(self, x: torch.Tensor, kind: str, fill: float = 0.0) -> torch.Tensor:
+        """``(B, H, W)`` padded by one cell across the wrap and the fold."""
+        return pad_halo(x[:, None], 1, self.periodic_x, fill, self.north_fold, [kind])[:, 0]
+
+    def _slots(self, m, alpha_x, alpha_y):
+        """East, west, north, south face alphas where open (as Topology.slot_alpha)."""
+        if self.north_fold == "T":
+            # the fold row's north faces are its mirrors' south faces (row ny−2): NEMO's V rule
+            offset, shift = fold_recipe("T", CELL)
+            mirrored = torch.roll(alpha_y[:, -2:-1].flip(-1), shift, -1)
+            alpha_y = torch.cat([alpha_y[:, :-1], mirrored], dim=1)
+        pm = self._pad(m, CELL)
+        px = self._pad(alpha_x, FACE_X)
+        py = self._pad(alpha_y, FACE_Y)
+        east = alpha_x * m * pm[:, 1:-1, 2:]
+        west = px[:, 1:-1, :-2] * m * pm[:, 1:-1, :-2]
+        north = alpha_y * m * pm[:, 2:, 1:-1]
+        south = py[:, :-2, 1:-1] * m * pm[:, :-2, 1:-1]
+        return east, west, north, south
+
+    def _distance(self, m: torch.Tensor) -> torch.Tensor:
+        """Signed Manhattan distance to the coast, clipped at ``DISTANCE_CLIP`` (as
+        :meth:`Topology.distance_to_coast` with ``metric="manhattan"``)."""
+        big = DISTANCE_CLIP + 1.0
+        out = []
+        for region, edge in ((m, 0.0), (1.0 - m, big)):  # ocean to land, land to ocean
+            d = torch.where(region > 0, big, 0.0)
+            for _ in range(int(DISTANCE_CLIP)):
+                p = self._pad(d, CELL, edge)
+                near = torch.minimum(
+                    torch.minimum(p[:, 1:-1, 2:], p[:, 1:-1, :-2]),
+                    torch.minimum(p[:, 2:, 1:-1], p[:, :-2, 1:-1]),
+                )
+                d = torch.where(region > 0, torch.minimum(d, near + 1.0), d)
+            out.append(d)
+        signed = torch.where(m > 0, out[0], -out[1])
+        return signed.clamp(-DISTANCE_CLIP, DISTANCE_CLIP)
+
+    def _area_channel(self, m: torch.Tensor, area: torch.Tensor) -> torch.Tensor:
+        if self.area_kind == "global":
+            mean = area.sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1), keepdim=True)
+            return area / mean
+        pa, pm = self._pad(area, CELL), self._pad(m, CELL)
+        h, w = area.shape[-2:]
+        total = sum(pa[:, j : j + h, i : i + w] for j in range(3) for i in range(3))
+        count = sum(pm[:, j : j + h, i : i + w] for j in range(3) for i in range(3))
+        ratio = area * count / torch.where(total > 0, total, 1.0)
+        return torch.where(m > 0, torch.log(torch.where(m > 0, ratio, 1.0)), 0.0)
+
+    # -- baselines -----------------------------------------------------------------------------
+    def _baseline(self, m, area, east, west, north, south) -> torch.Tensor:
+        def mean_open(a, b):
+            n = (a > 0).to(a.dtype) + (b > 0).to(b.dtype)
+            return (a + b) / torch.where(n > 0, n, 1.0), n
+
+        ax, nx_ = mean_open(east, west)
+        ay, ny_ = mean_open(north, south)
+        safe = torch.where(m > 0, area, 1.0)
+        if self.target == "log_lattice":
+            kx = (ax / safe).clamp(0.0, self.k_max)
+            ky = (ay / safe).clamp(0.0, self.k_max)
+            lo, hi = self.u_range
+
+            def coord(k):
+                return 2.0 * (torch.log(k + self.offset) - lo) / (hi - lo) - 1.0
+
+            # grid_sample: x indexes the table's last axis (ky), y its first (kx)
+            grid = torch.stack([coord(ky), coord(kx)], dim=-1).to(torch.float32)
+            table = self.table.expand(m.shape[0], -1, -1, -1)
+            log_v = nn.functional.grid_sample(table, grid, align_corners=True)[:, 0]
+            return safe / torch.exp(log_v.to(area.dtype))
+        ax_f = torch.where(nx_ > 0, ax, ay)
+        ay_f = torch.where(ny_ > 0, ay, ax)
+        g2 = 4.0 * math.pi * (self.steps - 1) * torch.sqrt(ax_f * ay_f)
+        return torch.where((nx_ + ny_) > 0, g2, safe)
+
+    def forward(
+        self,
+        mask: torch.Tensor,
+        area: torch.Tensor,
+        alpha_x: torch.Tensor,
+        alpha_y: torch.Tensor,
+    ) -> torch.Tensor:
+        m = (mask > 0.5).to(torch.float64)
+        area = torch.where(m > 0, area.to(torch.float64), 0.0)
+        alpha_x, alpha_y = alpha_x.to(torch.float64), alpha_y.to(torch.float64)
+        east, west, north, south = self._slots(m, alpha_x, alpha_y)
+        safe = torch.where(m > 0, area, 1.0)
+        channels = [east / safe, north / safe, self._area_channel(m, area)]
+        if self.distance != "none":
+            channels.append(self._distance(m))
+        channels.append(m)
+        raw = torch.stack(channels, dim=1)
+        x = ((raw - self.mean) / self.std).to(torch.float32)
+        x = pad_halo(x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds)
+        t = self.net(x)[:, 0].to(torch.float64) * self.target_std + self.target_mean
+        g2 = self._baseline(m, area, east, west, north, south) * torch.exp(t)
+        return torch.where(m > 0, torch.sqrt(g2), float("nan"))
