@@ -44,6 +44,7 @@ from diffnorm.metrics import (
     relative_error,
     strata_table,
 )
+from diffnorm.ml.modelfile import resolve_model
 from diffnorm.nemo import mesh_mask_grid
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nemo"
@@ -114,6 +115,12 @@ def main() -> None:
     parser.add_argument("--randomization", type=int, default=10000, help="N (0: skip)")
     parser.add_argument("--cases", default="orca1,natl025,toy_table8,rectangles,gyre")
     parser.add_argument("--strata", action="store_true", help="also print the cnn's strata")
+    parser.add_argument(
+        "--lattice", action="store_true", help="also score the lattice baseline the cnn corrects"
+    )
+    parser.add_argument(
+        "--gate", default=None, help="A,B: fade the correction out from A·D to B·D off the coast"
+    )
     args = parser.parse_args()
     options = {} if args.model is None else {"model": args.model}
     report = {}
@@ -126,15 +133,19 @@ def main() -> None:
     print("|" + "---|" * (7 + len(STRATA)))
     for name, samples in cases(args.cases.split(","), args.samples).items():
         rows: dict[str, dict] = {}
-        eps: dict[str, list] = {"cnn": [], "randomization": []}
+        eps: dict[str, list] = {"cnn": [], "randomization": [], "lattice": []}
         dist: list[np.ndarray] = []
-        times: dict[str, float] = {"cnn": 0.0, "randomization": 0.0}
+        times: dict[str, float] = {"cnn": 0.0, "randomization": 0.0, "lattice": 0.0}
         model_name = ""
         parts = []
         for fields in samples:
             exact = estimate(fields, "selinv")
             m = fields.counted
             dist.append(np.rint(distance_to_coast(fields)[m]))
+            if args.gate:
+                net = resolve_model(args.model, fields)
+                gate = tuple(float(x) for x in args.gate.split(","))
+                options = {"model": replace(net, encoding=replace(net.encoding, gate=gate))}
             t0 = time.perf_counter()
             cnn = estimate(fields, "cnn", **options)
             times["cnn"] += time.perf_counter() - t0
@@ -143,6 +154,10 @@ def main() -> None:
             grid = np.full(fields.shape, np.nan)
             grid[m] = eps["cnn"][-1]
             parts.append(error_strata(grid, fields))
+            if args.lattice:
+                lat = estimate(fields, "lattice")
+                times["lattice"] += lat.wall_time
+                eps["lattice"].append(relative_error(lat.gamma, exact.gamma, m))
             if args.randomization:
                 r = estimate(fields, "randomization", samples=args.randomization, seed=0)
                 times["randomization"] += r.wall_time
@@ -151,11 +166,10 @@ def main() -> None:
             if not values:
                 continue
             rows[method] = {**metrics(values, dist), "s_per_sample": times[method] / len(samples)}
-            label = (
-                f"cnn ({model_name})"
-                if method == "cnn"
-                else f"randomization N={args.randomization}"
-            )
+            label = {
+                "cnn": f"cnn ({model_name})",
+                "lattice": "lattice (the cnn's baseline)",
+            }.get(method, f"randomization N={args.randomization}")
             m = rows[method]
             print(
                 f"| {name} | {m['cells']} | {label} | {m['mean_abs']:.2e} | {m['q9999']:.2e} "

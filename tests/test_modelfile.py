@@ -400,3 +400,28 @@ def test_the_fields_graph_is_the_python_prediction(network, fold, tmp_path):
         )
         out = onnxruntime.InferenceSession(str(onnx)).run(None, feed)[0][0]
         np.testing.assert_allclose(out[m], want[m], rtol=1e-4)
+
+
+def test_a_gate_leaves_the_open_ocean_to_the_baseline(network, tmp_path):
+    from dataclasses import replace
+
+    from diffnorm.methods.analytic import analytic_gamma_squared
+
+    gated = replace(network, encoding=replace(network.encoding, gate=(1.5, 2.5)))
+    back = GammaNetwork.load(gated.save(tmp_path / "g.pt"))
+    assert back.encoding.gate == (1.5, 2.5)
+    f = random_fields(ny=40, nx=40, steps=network.steps, islands=False, periodic_x=False)
+    weight = back.encoding.gate_weight(f)
+    assert weight.max() == 1.0 and weight.min() == 0.0  # full at the coast, none far out
+    gamma = back.predict(f, "cpu")
+    far = weight == 0
+    base = analytic_gamma_squared(f)  # the tiny network corrects the analytic estimate
+    np.testing.assert_allclose(gamma[far] ** 2, base[far], rtol=1e-12)
+    near = weight == 1
+    np.testing.assert_allclose(gamma[near], network.predict(f, "cpu")[near], rtol=1e-12)
+    from diffnorm.ml.pipeline import FieldsToGamma
+
+    arrays = [f.mask.astype(np.float64), f.area, f.alpha_x, f.alpha_y]
+    with torch.no_grad():
+        graph = FieldsToGamma(back, False)(*(torch.from_numpy(a)[None] for a in arrays))[0]
+    np.testing.assert_allclose(graph.numpy()[f.mask], gamma[f.mask], rtol=1e-5)

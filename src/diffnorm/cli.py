@@ -622,6 +622,13 @@ def export(
     note: Annotated[
         str | None, typer.Option(help="model: a line for the model card (how it was trained)")
     ] = None,
+    gate: Annotated[
+        str | None,
+        typer.Option(
+            help="model: A,B fades the network's correction out between A·D and B·D cells from "
+            "the coast (D: the cell's length scale), leaving the open ocean to the baseline"
+        ),
+    ] = None,
     metrics: Annotated[
         list[str] | None,
         typer.Option(
@@ -642,6 +649,15 @@ def export(
                 net.name = name
             if note:
                 net.created["note"] = note
+            if gate:
+                import dataclasses
+
+                a, sep, b = gate.partition(",")
+                if not sep or not 0 <= float(a) < float(b):
+                    raise ValueError(f"--gate wants A,B with 0 <= A < B, got {gate!r}")
+                net = dataclasses.replace(
+                    net, encoding=dataclasses.replace(net.encoding, gate=(float(a), float(b)))
+                )
             for item in metrics or []:
                 label, sep, path = item.partition("=")
                 if not sep:

@@ -25,6 +25,29 @@ class Encoding:
     target: str = "log_ratio"
     halo: int = 10
     area: str = "global"
+    # (a, b): the correction fades from full at d = a·D to none at d = b·D cells from the coast
+    gate: tuple[float, float] | None = None
+
+    def gate_weight(self, fields: Fields) -> np.ndarray:
+        """Weight of the network's correction per cell (1 without a gate).
+
+        Beyond a few length scales from the coast a wall changes γ² by less than the
+        correlation at twice the distance (≈ e^{-2(d/D)²}: 3e-4 at d = 2D), which the lattice
+        baseline's own error far exceeds; there the correction is the network's noise. With
+        ``d`` the Manhattan distance clipped as in the inputs and ``D`` the cell's largest
+        face length scale, the weight is ``clip((b − d/D)/(b − a), 0, 1)``."""
+        if self.gate is None:
+            return np.ones(fields.shape)
+        from diffnorm.cells import cell_geometry
+        from diffnorm.metrics import distance_to_coast
+        from diffnorm.ml.features import DISTANCE_CLIP
+
+        a, b = self.gate
+        d = np.clip(distance_to_coast(fields, "manhattan"), -DISTANCE_CLIP, DISTANCE_CLIP)
+        big = cell_geometry(fields)["d_max"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(big > 0, d / big, 0.0)
+        return np.clip((b - ratio) / (b - a), 0.0, 1.0)
 
     def inputs(self, fields: Fields, stats: Standardizer) -> torch.Tensor:
         """Standardized input channels with their halo: ``(C, ny + 2·halo, nx + 2·halo)``."""

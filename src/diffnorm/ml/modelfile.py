@@ -134,8 +134,10 @@ class GammaNetwork:
                     j1, i1 = min(j + tile, ny), min(i + tile, nx)
                     patch = x[:, j : j1 + 2 * h, i : i1 + 2 * h]
                     pred[j:j1, i:i1] = self.net(patch[None])[0, 0]
-        t = pred.double().cpu().numpy()
-        return t * self.stats.target_std + self.stats.target_mean
+        t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
+        if self.target in ("log_ratio", "log_lattice"):
+            t = t * self.encoding.gate_weight(fields)  # no gate: weight 1
+        return t
 
     def predict(
         self,
@@ -168,6 +170,7 @@ class GammaNetwork:
                 "target": self.encoding.target,
                 "halo": self.encoding.halo,
                 "area": self.encoding.area,
+                "gate": list(self.encoding.gate) if self.encoding.gate else None,
                 "channels": channel_names(self.encoding.distance, self.encoding.area),
             },
             "standardizer": self.stats.to_dict(),
@@ -202,7 +205,11 @@ class GammaNetwork:
             net=net,
             arch=d["arch"],
             encoding=Encoding(
-                enc["distance"], enc["target"], enc["halo"], enc.get("area", "global")
+                enc["distance"],
+                enc["target"],
+                enc["halo"],
+                enc.get("area", "global"),
+                tuple(enc["gate"]) if enc.get("gate") else None,
             ),
             stats=Standardizer.from_dict(d["standardizer"]),
             steps=int(d["steps"]),

@@ -5,7 +5,8 @@ fields as ``(B, ny, nx)`` tensors of any float type (a host's float64 arrays as 
 does what :meth:`diffnorm.ml.modelfile.GammaNetwork.predict` does in NumPy: the faces' open
 slots across the wrap and the fold, the input channels (grid diffusivities, area channel,
 signed Manhattan distance to the coast clipped at 20 cells by 20 relaxation sweeps, mask),
-standardization, halo, network, and the baseline the network corrects (the homogeneous-lattice
+standardization, halo, network, the gate of its correction if the model has one, and the
+baseline the network corrects (the homogeneous-lattice
 value from its table, bilinear in ``log κ``; or the analytic formula). Exported to TorchScript
 (FTorch) or ONNX it is all a host needs.
 
@@ -51,6 +52,7 @@ class FieldsToGamma(nn.Module):
         self.area_kind = enc.area
         self.target = enc.target
         self.steps = int(model.steps)
+        self.gate = tuple(enc.gate) if enc.gate else None
         self.kinds = channel_kinds(enc.distance)
         s = model.stats
         self.register_buffer("mean", torch.tensor(s.mean, dtype=torch.float64).view(1, -1, 1, 1))
@@ -160,12 +162,19 @@ class FieldsToGamma(nn.Module):
         east, west, north, south = self._slots(m, alpha_x, alpha_y)
         safe = torch.where(m > 0, area, 1.0)
         channels = [east / safe, north / safe, self._area_channel(m, area)]
+        distance = self._distance(m) if self.distance != "none" or self.gate else None
         if self.distance != "none":
-            channels.append(self._distance(m))
+            channels.append(distance)
         channels.append(m)
         raw = torch.stack(channels, dim=1)
         x = ((raw - self.mean) / self.std).to(torch.float32)
         x = pad_halo(x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds)
         t = self.net(x)[:, 0].to(torch.float64) * self.target_std + self.target_mean
+        if self.gate is not None:  # Encoding.gate_weight
+            a, b = self.gate
+            slots = torch.stack([east, west, north, south])
+            big = torch.sqrt((2 * self.steps - 4) * slots / safe).amax(dim=0)
+            ratio = torch.where(big > 0, distance / torch.where(big > 0, big, 1.0), 0.0)
+            t = t * ((b - ratio) / (b - a)).clamp(0.0, 1.0)
         g2 = self._baseline(m, area, east, west, north, south) * torch.exp(t)
         return torch.where(m > 0, torch.sqrt(g2), float("nan"))
