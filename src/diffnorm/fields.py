@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from diffnorm.topology import Topology, TopologyError, parse_north_fold
+from diffnorm.topology import EAST, NORTH, Topology, TopologyError, parse_north_fold
 
 FIELD_NAMES: tuple[str, ...] = ("mask", "area", "alpha_x", "alpha_y")
 FILE_LAYOUT_HINT = (
@@ -225,8 +225,6 @@ class Fields:
         Uses the smaller of the two adjacent cell areas, so it bounds the local
         length scale in cells from above. Zero on closed faces.
         """
-        from diffnorm.topology import EAST, NORTH
-
         area = np.where(self.mask, self.area, np.inf).ravel()
         nbr = self.topology.neighbours
         slots = self.slot_alpha()

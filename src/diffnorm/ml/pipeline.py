@@ -81,7 +81,7 @@ class FieldsToGamma(nn.Module):
         """East, west, north, south face alphas where open (as Topology.slot_alpha)."""
         if self.north_fold == "T":
             # the fold row's north faces are its mirrors' south faces (row ny−2): NEMO's V rule
-            offset, shift = fold_recipe("T", CELL)
+            shift = fold_recipe("T", CELL)[1]
             mirrored = torch.roll(alpha_y[:, -2:-1].flip(-1), shift, -1)
             alpha_y = torch.cat([alpha_y[:, :-1], mirrored], dim=1)
         pm = self._pad(m, CELL)
