@@ -191,7 +191,9 @@ class Topology:
             face[NORTH, -1] = y0 + flat(ny - 2, mirror)
         rep = self.representative
         nbr = np.where(nbr >= 0, rep[np.maximum(nbr, 0)], -1)
-        return nbr.reshape(4, -1), face.reshape(4, -1)
+        # int32 halves the memory of these 8 arrays of the grid's size (1/12°: 9 M cells)
+        small = np.int32 if 2 * ny * nx < 2**31 else np.int64
+        return nbr.reshape(4, -1).astype(small), face.reshape(4, -1).astype(small)
 
     @property
     def neighbours(self) -> np.ndarray:
