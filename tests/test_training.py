@@ -335,3 +335,22 @@ def test_the_tail_loss_clips_the_gradient_norm(tiny_dataset, tmp_path, trainer_c
         assert max(norms) <= TAIL_CLIP * (1 + 1e-5)
     else:
         assert max(norms) > TAIL_CLIP  # what the clipping held back
+
+
+def test_hard_cells_weigh_more_in_the_loss(tiny_dataset):
+    torch.manual_seed(0)
+    plain, hard = small_model(), small_model(hard_weight=4.0)
+    hard.net.load_state_dict(plain.net.state_dict())
+    dm = TrainingDataModule(str(tiny_dataset), halo=plain.halo, batch_size=2)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    plain.stats = hard.stats = dm.stats
+    m = batch["mask"]
+    assert batch["hard"][m].any() and not batch["hard"][m].all()
+    assert not (batch["hard"] & ~m).any()
+    with torch.no_grad():
+        pred = plain(batch["x"])
+        e2 = plain.relative_error(pred, batch)[m] ** 2
+        w = 1 + 4.0 * batch["hard"][m].double()
+        expected = (w * e2).sum() / w.sum()
+        torch.testing.assert_close(hard._loss(pred, batch).double(), expected, rtol=1e-6, atol=0)

@@ -67,4 +67,16 @@ class Encoding:
             "target": torch.from_numpy(np.where(f.mask, t, 0.0)).float(),
             "mask": torch.from_numpy(f.counted.copy()),  # each T-fold cell once in the loss
             "gamma": torch.from_numpy(np.where(f.mask, sample.gamma, 1.0)),
+            "hard": torch.from_numpy(hard_cells(f)),
         }
+
+
+def hard_cells(fields: Fields) -> np.ndarray:
+    """Where networks fail first (tests/test_strata.py, bench_generalization --strata): ocean
+    cells at most 2 cells from the coast, or with at most 2 open faces (channels, dead ends,
+    corners)."""
+    from diffnorm.cells import cell_geometry
+    from diffnorm.metrics import distance_to_coast
+
+    near = distance_to_coast(fields, "manhattan") <= 2
+    return fields.counted & (near | (cell_geometry(fields)["open_faces"] <= 2))

@@ -66,6 +66,7 @@ class GammaModel(lightning.LightningModule):
         init_from: str | None = None,
         tail_scale: float | None = None,
         area: str = "global",
+        hard_weight: float = 0.0,
     ):
         """``arch="residual"`` uses width/blocks/layers_per_block/skip/dilation;
         ``arch="unet"`` uses width/levels/unet_halo. ``schedule="cosine"`` anneals the learning
@@ -74,7 +75,9 @@ class GammaModel(lightning.LightningModule):
         the data module takes its standardization statistics, see
         ``TrainingDataModule(stats_from=…)``).
         ``tail_scale``: τ of the loss ``E[ε² + ε⁴/τ²]`` (``loss="eps2"`` only; None: ``E[ε²]``).
-        ``area``: the area channel, ``global`` or ``local`` (see :mod:`diffnorm.ml.features`)."""
+        ``area``: the area channel, ``global`` or ``local`` (see :mod:`diffnorm.ml.features`).
+        ``hard_weight``: cells near the coast or in passages
+        (:func:`diffnorm.ml.encoding.hard_cells`) weigh ``1 + hard_weight`` in the loss."""
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -141,6 +144,9 @@ class GammaModel(lightning.LightningModule):
             e2 = self.relative_error(pred, batch)[mask] ** 2
             if self.hparams.tail_scale is not None:
                 e2 = e2 + e2**2 / self.hparams.tail_scale**2
+            if self.hparams.hard_weight and "hard" in batch:
+                w = 1.0 + self.hparams.hard_weight * batch["hard"][mask].to(e2.dtype)
+                return ((w * e2).sum() / w.sum()).float()
             return e2.mean().float()
         return ((pred - batch["target"])[mask] ** 2).mean()
 
