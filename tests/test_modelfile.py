@@ -177,18 +177,24 @@ def test_demo_quick_runs_the_whole_pipeline(tmp_path):
     assert len(list(tmp_path.glob("data-*"))) == 1 and len(list(tmp_path.glob("train-*"))) == 1
 
 
-def test_the_default_model_is_the_shipped_one_nearest_in_cell_size(network):
+def test_the_shipped_choice_prefers_the_grid_s_own_model_then_the_general_one(network):
     import copy
 
     from diffnorm.ml.modelfile import closest_shipped
 
-    fine, coarse = copy.copy(network), copy.copy(network)
-    fine.data = {**network.data, "cell_size_km": [80.0, 120.0]}
-    coarse.data = {**network.data, "cell_size_km": [300.0, 450.0]}
-    f = random_fields(steps=6)  # cells of about 10 km: nearer the fine model
-    assert closest_shipped(f, [coarse, fine]) is fine
+    fine, coarse, general = (copy.copy(network) for _ in range(3))
+    fine.data = {**network.data, "cell_size_km": [80.0, 120.0], "shapes": ["14x17"]}
+    coarse.data = {**network.data, "cell_size_km": [300.0, 450.0], "shapes": ["14x17"]}
+    general.data = {**network.data, "cell_size_km": [5.0, 20.0], "shapes": ["64x64"]}
+    general.name = "general"
+    f = random_fields(steps=6)  # 14x17, cells of about 10 km
+    # two models trained on this grid: the one nearer in cell size
+    assert closest_shipped(f, [coarse, fine, general], "general") is fine
     big = f.replace(area=f.area * 2000.0)  # about 450 km
-    assert closest_shipped(big, [coarse, fine]) is coarse
+    assert closest_shipped(big, [coarse, fine, general], "general") is coarse
+    other = random_fields(ny=20, nx=30, steps=6)  # a grid none was trained on: the general one
+    assert closest_shipped(other, [coarse, fine, general], "general") is general
+    assert closest_shipped(other, [coarse, fine]) is fine  # no default: nearest cell size
     with pytest.raises(ModelFileError, match="no shipped model for M=8"):
         closest_shipped(random_fields(steps=8), [coarse, fine])
 
@@ -201,7 +207,7 @@ def test_shipped_models_load_list_and_predict_well():
 
     assert DEFAULT in shipped_models()
     res = CliRunner().invoke(app, ["models"])
-    assert res.exit_code == 0 and "latlon4-m10 (default)" in res.output and "mean abs" in res.output
+    assert res.exit_code == 0 and "windows-m10 (default)" in res.output and "mean abs" in res.output
     grid = built_in_grid("latlon", resolution=4.0, polar_cap=80.0)
     rng = np.random.default_rng(123)  # a sample the model never saw
     d1, d2 = random_cell_length_scales(

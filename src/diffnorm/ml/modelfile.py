@@ -301,14 +301,17 @@ def resolve_model(
     model: str | Path | GammaNetwork | None, fields: Fields | None = None
 ) -> GammaNetwork:
     """A model given as an object, a path, or the name of a shipped model; files are loaded
-    once and cached. ``None``: the shipped model for the fields' M whose training cell size is
-    closest to theirs (the package's default when no fields are given)."""
+    once and cached. ``None``: the shipped model for the fields (:func:`closest_shipped`; the
+    package's default when no fields are given)."""
     if isinstance(model, GammaNetwork):
         return model
     from diffnorm.models import shipped_model_path, shipped_models
 
     if model is None and fields is not None:
-        return closest_shipped(fields, [_load(shipped_model_path(n)) for n in shipped_models()])
+        from diffnorm.models import DEFAULT
+
+        shipped = [_load(shipped_model_path(n)) for n in shipped_models()]
+        return closest_shipped(fields, shipped, DEFAULT)
     path = Path(model) if model is not None else None
     if path is None or (not path.exists() and path.suffix == "" and len(path.parts) == 1):
         path = shipped_model_path(None if model is None else str(model))
@@ -321,8 +324,12 @@ def _load(path: Path) -> GammaNetwork:
     return _cached(str(path.resolve()), path.stat().st_mtime)
 
 
-def closest_shipped(fields: Fields, models: list[GammaNetwork]) -> GammaNetwork:
-    """Among models for the fields' M, the one trained on cell sizes nearest to theirs."""
+def closest_shipped(
+    fields: Fields, models: list[GammaNetwork], default: str | None = None
+) -> GammaNetwork:
+    """Among models for the fields' M: one trained on this very grid (its shape and north fold
+    among the training ones) if there is one, else the ``default`` (the general model, trained on
+    geometry windows), else any; ties go to the nearest training cell size."""
     same_m = [m for m in models if m.steps == fields.steps]
     if not same_m:
         have = sorted({m.steps for m in models}) or "none"
@@ -336,4 +343,13 @@ def closest_shipped(fields: Fields, models: list[GammaNetwork]) -> GammaNetwork:
         lo, hi = m.data.get("cell_size_km", (size, size))
         return abs(np.log(size / np.sqrt(lo * hi)))
 
-    return min(same_m, key=distance)
+    shape = "{}x{}".format(*fields.shape)
+    # the same grid: its shape and its fold (models from before folds saw none)
+    home = [
+        m
+        for m in same_m
+        if shape in m.data.get("shapes", [])
+        and fields.north_fold in m.data.get("north_fold", ["none"])
+    ]
+    pool = home or [m for m in same_m if m.name == default] or same_m
+    return min(pool, key=distance)

@@ -1,7 +1,10 @@
 """Pretrained model files shipped with the package (``diffnorm models`` lists them).
 
-Each ``NAME.pt`` here is a self-contained model file (see :mod:`diffnorm.ml.modelfile`);
-``DEFAULT`` is used by ``estimate(fields, "cnn")`` when no model is given.
+Each ``NAME.pt`` here is a self-contained model file (see :mod:`diffnorm.ml.modelfile`).
+``estimate(fields, "cnn")`` without a model uses the model trained on the fields' own grid when
+one is shipped (``latlon4-m10`` on the 4° grid; ``orca1-m10`` was trained on the ORCA1-like
+grid before it had its north fold, so it is used there only when asked for), else
+``DEFAULT``, the general model trained on geometry windows.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-DEFAULT = "latlon4-m10"
+DEFAULT = "windows-m10"
 
 
 def shipped_models() -> list[str]:
