@@ -233,14 +233,19 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_statistics(
         GammaModel(width=8, blocks=1, init_from=str(tiny_checkpoint))
 
 
-def test_tail_loss_adds_the_fourth_power_of_the_relative_error(tiny_dataset):
+def twin_models(tiny_dataset, **options):
+    """A plain model, the same weights with ``options``, and a training batch for both."""
     torch.manual_seed(0)
-    plain, tail = small_model(), small_model(tail_scale=0.1)
-    tail.net.load_state_dict(plain.net.state_dict())
+    plain, other = small_model(), small_model(**options)
+    other.net.load_state_dict(plain.net.state_dict())
     dm = TrainingDataModule(str(tiny_dataset), halo=plain.halo, batch_size=2)
     dm.setup()
-    batch = next(iter(dm.train_dataloader()))
-    plain.stats = tail.stats = dm.stats
+    plain.stats = other.stats = dm.stats
+    return plain, other, next(iter(dm.train_dataloader()))
+
+
+def test_tail_loss_adds_the_fourth_power_of_the_relative_error(tiny_dataset):
+    plain, tail, batch = twin_models(tiny_dataset, tail_scale=0.1)
     with torch.no_grad():
         pred = plain(batch["x"])
         eps = plain.relative_error(pred, batch)[batch["mask"]]
@@ -338,13 +343,7 @@ def test_the_tail_loss_clips_the_gradient_norm(tiny_dataset, tmp_path, trainer_c
 
 
 def test_hard_cells_weigh_more_in_the_loss(tiny_dataset):
-    torch.manual_seed(0)
-    plain, hard = small_model(), small_model(hard_weight=4.0)
-    hard.net.load_state_dict(plain.net.state_dict())
-    dm = TrainingDataModule(str(tiny_dataset), halo=plain.halo, batch_size=2)
-    dm.setup()
-    batch = next(iter(dm.train_dataloader()))
-    plain.stats = hard.stats = dm.stats
+    plain, hard, batch = twin_models(tiny_dataset, hard_weight=4.0)
     m = batch["mask"]
     assert batch["hard"][m].any() and not batch["hard"][m].all()
     assert not (batch["hard"] & ~m).any()
