@@ -19,6 +19,7 @@ grid, values listed twice (a T-fold cell and its copy, a face on the fold) must 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -181,15 +182,16 @@ class Fields:
         """Ocean cells, each T-fold cell once (the operator's unknowns)."""
         return int(self.ocean.size)
 
-    @property
+    @functools.cached_property
     def ocean(self) -> np.ndarray:
-        """Flat indices of the operator's unknowns: ocean cells (not T-fold copies), row-major."""
-        return self.topology.ocean(self.mask)
+        """Flat indices of the operator's unknowns: ocean cells (not T-fold copies), row-major
+        (read-only, computed once)."""
+        return _read_only(self.topology.ocean(self.mask))
 
-    @property
+    @functools.cached_property
     def counted(self) -> np.ndarray:
-        """Ocean cells that statistics count: each T-fold cell once."""
-        return self.topology.counted(self.mask)
+        """Ocean cells that statistics count: each T-fold cell once (read-only)."""
+        return _read_only(self.topology.counted(self.mask))
 
     def to_grid(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
         """Unknown-ordered values on the ``(ny, nx)`` grid, ``fill`` on land."""
@@ -201,15 +203,20 @@ class Fields:
         factor = self.topology.cell_factor.ravel()[self.ocean]
         return self.area.ravel()[self.ocean].astype(np.float64) * factor
 
+    @functools.cached_property
+    def _open_faces(self) -> tuple[np.ndarray, np.ndarray]:
+        open_x, open_y = self.topology.open_faces(self.mask)
+        return _read_only(open_x), _read_only(open_y)
+
     @property
     def open_x(self) -> np.ndarray:
         """Open east faces (both cells ocean)."""
-        return self.topology.open_faces(self.mask)[0]
+        return self._open_faces[0]
 
     @property
     def open_y(self) -> np.ndarray:
         """Open north faces (both cells ocean; the last row is closed unless F-folded)."""
-        return self.topology.open_faces(self.mask)[1]
+        return self._open_faces[1]
 
     def slot_alpha(self) -> np.ndarray:
         """``(4, ny, nx)``: alpha of each cell's east, west, north, south face (0 if closed)."""
@@ -239,6 +246,11 @@ class Fields:
 # Grid diffusivities alpha/area beyond this (a length scale of ~1e4 cells at M = 10) leave no
 # digit in an implicit step: (W + K) is then K to round-off, whose kernel is the constants.
 GRID_DIFFUSIVITY_MAX = 1e8
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def _check_conditioning(
