@@ -124,6 +124,8 @@ def test_dask_two_workers_match_one(tmp_path):
         ({"method": "randomization"}, "exact one"),
         ({"splits": {"train": -1}}, "splits.train"),
         ({"colour": 1}, "unknown key"),
+        ({"grid": {**BOX["grid"], "north_fold": "T"}}, "north_fold goes with grid 'mesh'"),
+        ({"grid": {"name": "mesh", "mesh": "m.nc", "north_fold": "X"}}, "north_fold must be"),
     ],
 )
 def test_bad_configs_name_the_key(change, pattern):
@@ -181,3 +183,22 @@ def test_a_dataset_grows_and_keeps_its_samples(tmp_path):
     made = [r for r in manifest["samples"] if not r["reused"]]
     assert len(made) == sum(BOX["splits"].values()) - 2
     assert manifest["splits"]["train"] == BOX["splits"]["train"]
+
+
+def test_a_mesh_config_can_set_the_fold_and_old_digests_stay(tmp_path):
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    ny, nx = 10, 12
+    data = {v: (("y", "x"), rng.uniform(5e4, 1e5, (ny, nx))) for v in ("e1t", "e2t")}
+    data.update({v: (("y", "x"), np.full((ny, nx), 7e4)) for v in ("e1u", "e2u", "e1v", "e2v")})
+    data["tmask"] = (("y", "x"), np.ones((ny, nx)))
+    xr.Dataset(data, attrs={"Iperio": 1, "NFold": 0}).to_netcdf(tmp_path / "m.nc")
+    grid = {"name": "mesh", "mesh": str(tmp_path / "m.nc")}
+    plain = config_from_dict({**BOX, "grid": grid})
+    folded = config_from_dict({**BOX, "grid": {**grid, "north_fold": "F"}})
+    assert "north_fold" not in plain.to_dict()["grid"] and plain.digest() != folded.digest()
+    from diffnorm.data.generate import sample_fields
+
+    assert sample_fields(folded, "train", 0).north_fold == "F"
+    assert sample_fields(plain, "train", 0).north_fold == "none"

@@ -28,6 +28,7 @@ class GridSpec:
     nx: int | None = None  # box, windows
     periodic_x: bool = True  # box
     drop_halo: bool | None = None  # mesh: None drops a detected cyclic halo; False keeps it
+    north_fold: str | None = None  # mesh: none, T or F overriding what the file says
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class DataConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["grid"]["drop_halo"] is None:
-            del d["grid"]["drop_halo"]  # the default: digests of older configs stay valid
+        for name in ("drop_halo", "north_fold"):
+            if d["grid"][name] is None:
+                del d["grid"][name]  # the default: digests of older configs stay valid
         for name in ("sharp_fraction", "metric_std"):
             if d["parameters"][name] == 0.0:
                 del d["parameters"][name]  # likewise
@@ -124,6 +126,15 @@ def _check(cfg: DataConfig, where: str) -> None:
     g, p = cfg.grid, cfg.parameters
     if g.name not in GRID_NAMES:
         raise ConfigError(f"{where}grid.name must be one of {GRID_NAMES}, got {g.name!r}")
+    if g.north_fold is not None:
+        if g.name != "mesh":
+            raise ConfigError(f"{where}grid.north_fold goes with grid 'mesh' (others know theirs)")
+        from diffnorm.topology import TopologyError, parse_north_fold
+
+        try:
+            parse_north_fold(g.north_fold)
+        except TopologyError as exc:
+            raise ConfigError(f"{where}grid.{exc}") from None
     if g.name == "mesh" and not g.mesh:
         raise ConfigError(f"{where}grid.mesh must give the path of a mesh_mask.nc for grid 'mesh'")
     if g.name == "box" and not (g.ny and g.nx and g.ny > 1 and g.nx > 1):

@@ -39,7 +39,7 @@ def grid_metrics(spec: GridSpec):
     from diffnorm.nemo import mesh_mask_grid
 
     if spec.name == "mesh":
-        return mesh_mask_grid(spec.mesh, drop_halo=spec.drop_halo)
+        return mesh_mask_grid(spec.mesh, drop_halo=spec.drop_halo, north_fold=spec.north_fold)
     if spec.name == "box":
         return box_grid(spec.ny, spec.nx, periodic_x=spec.periodic_x)
     return built_in_grid(spec.name, resolution=spec.resolution, polar_cap=spec.polar_cap)
