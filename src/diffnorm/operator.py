@@ -118,21 +118,27 @@ class DiffusionOperator(abc.ABC):
 
 
 def system_matrix(fields: Fields) -> sp.csr_matrix:
-    """``W + K`` on the unknowns (symmetric positive definite, an M-matrix): each open face of
-    the grid's topology once, wrap and fold included."""
+    """``W + K`` on the unknowns (symmetric positive definite, an M-matrix), from the same
+    stencil as the matrix-free backend (:meth:`Topology.stencil`: wrap and fold included)."""
     topo = fields.topology
+    w, nbr, c = topo.stencil(fields.mask, fields.area, fields.alpha_x, fields.alpha_y)
+    ocean = fields.ocean
     index = topo.unknown_index(fields.mask)
-    a, b, axis, pos = topo.faces(fields.mask)
-    alpha = np.where(axis == 0, fields.alpha_x.ravel()[pos], fields.alpha_y.ravel()[pos])
-    a, b = index[a], index[b]
-    diag = fields.weights.copy()
-    np.add.at(diag, a, alpha)
-    np.add.at(diag, b, alpha)
-    n = diag.size
-    rows = np.concatenate([a, b, np.arange(n)])
-    cols = np.concatenate([b, a, np.arange(n)])
-    vals = np.concatenate([-alpha, -alpha, diag])
-    return sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    n = ocean.size
+    row = np.arange(n)
+    coef = c[:, ocean]
+    diag = w[ocean] + coef.sum(axis=0)
+    opened = coef > 0  # closed slots carry no entry: the pattern is the open faces'
+    rows = np.broadcast_to(row, coef.shape)[opened]
+    cols = index[nbr[:, ocean][opened]]
+    # duplicate (row, col) entries, e.g. a T pivot's two half faces to one cell, are summed
+    return sp.csr_matrix(
+        (
+            np.concatenate([diag, -coef[opened]]),
+            (np.concatenate([row, rows]), np.concatenate([row, cols])),
+        ),
+        shape=(n, n),
+    )
 
 
 class SparseOperator(DiffusionOperator):

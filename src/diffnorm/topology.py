@@ -249,23 +249,6 @@ class Topology:
             ry[-1, cols] = (self.ny - 1) * nx + (nx - 1 - cols)
         return rx, ry
 
-    def faces(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Each open face once: ``(a, b, axis, position)`` with ``a, b`` the flat indices of
-        its cells' representatives, axis 0 for ``alpha_x`` and 1 for ``alpha_y``."""
-        nbr = self.neighbours
-        open_x, open_y = self.open_faces(mask)
-        rx, ry = self.repeated_faces
-        # a T-fold row's northern slot is its mirror's southern face, listed in row ny-2
-        parts = []
-        for opened, repeated, slot in ((open_x, rx, EAST), (open_y, ry, NORTH)):
-            pos = np.flatnonzero(opened & (repeated < 0))
-            parts.append((self.representative[pos], nbr[slot, pos], pos))
-        a = np.concatenate([p[0] for p in parts])
-        b = np.concatenate([p[1] for p in parts])
-        axis = np.concatenate([np.full(p[2].size, k) for k, p in enumerate(parts)])
-        pos = np.concatenate([p[2] for p in parts])
-        return a, b, axis, pos
-
     def cell_sums(self, slot_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per cell, the sum of ``(4, ny, nx)`` slot values along x (east + west) and along y
         (north + south)."""
