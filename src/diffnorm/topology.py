@@ -237,8 +237,9 @@ class Topology:
 
     @functools.cached_property
     def repeated_faces(self) -> tuple[np.ndarray, np.ndarray]:
-        """Listings of ``alpha_x``/``alpha_y`` that repeat a face listed elsewhere (to skip when
-        faces are counted), and for each the position of its first listing (flat, -1 if none)."""
+        """Listings of ``alpha_x``/``alpha_y`` that repeat a face listed elsewhere, as the
+        position of that first listing (flat; -1 where the listing is the only one): the two
+        must agree (``Fields`` checks it)."""
         rx = np.full(self.shape, -1, dtype=np.int64)
         ry = np.full(self.shape, -1, dtype=np.int64)
         half, nx = self.nx // 2, self.nx

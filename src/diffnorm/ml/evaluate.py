@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffnorm.cells import cell_geometry
 from diffnorm.data.dataset import load_split
 from diffnorm.fields import Fields
 from diffnorm.methods import estimate
@@ -39,7 +40,7 @@ def worst_cells(
     are, their exact γ, distance to the coast and number of open faces (0–4: a dead end has 1,
     a one-cell channel 2), so that a model's tail can be traced to the geometry behind it."""
     mask = fields.counted
-    faces = (fields.slot_alpha() > 0).sum(axis=0)
+    faces = cell_geometry(fields)["open_faces"]
     order = np.argsort(-np.nan_to_num(np.abs(eps), nan=-1.0), axis=None)[:k]
     rows = []
     for j, i in zip(*np.unravel_index(order, eps.shape), strict=True):
