@@ -366,11 +366,17 @@ def test_exports_take_float64_any_size_and_pin_no_device(network, tmp_path):
         np.testing.assert_allclose(onnx_out, ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("target", ["log_ratio", "log_images"])
 @pytest.mark.parametrize("fold", ["none", "T", "F"])
-def test_the_fields_graph_is_the_python_prediction(network, fold, tmp_path):
+def test_the_fields_graph_is_the_python_prediction(network, fold, target, tmp_path):
     """mask, area, alpha_x, alpha_y (float64) in, γ out: the same γ as GammaNetwork.predict,
-    in PyTorch, TorchScript and ONNX, on a closed basin, a periodic grid and both folds."""
+    in PyTorch, TorchScript and ONNX, on a closed basin, a periodic grid and both folds, with
+    the analytic and the images baselines."""
+    from dataclasses import replace
+
     import onnxruntime
+
+    network = replace(network, encoding=replace(network.encoding, target=target))
 
     from conftest import folded_fields
     from diffnorm.ml.export import export

@@ -12,6 +12,7 @@ from diffnorm.methods import (  # noqa: F401  (register)
     analytic,
     brute,
     cnn,
+    images,
     lattice,
     probing,
     randomization,

@@ -10,7 +10,10 @@ study found ocean-only statistics worse), stored with the model.
 
 Targets: ``log(γ²/γ²_analytic)`` (default: the network learns boundary and lattice effects
 only), ``log(γ²/γ²_lattice)`` (the homogeneous-lattice value, see
-:mod:`diffnorm.methods.lattice`: lattice effects and 1-D channels are then in the baseline) or
+:mod:`diffnorm.methods.lattice`: lattice effects and 1-D channels are then in the baseline),
+``log(γ²/γ²_images)`` (that value in each cell's straight-line box with wall images, see
+:mod:`diffnorm.methods.images`: straight coasts, corners, channels and rectangular basins are
+then exact in the baseline and the network learns what irregular coasts and varying κ add) or
 the study's standardized ``γ``.
 """
 
@@ -30,8 +33,8 @@ DISTANCES = ("none", "manhattan", "euclidean")
 # area channel: the cell area over the sample's mean ocean area (global: depends on the whole
 # grid), or log(area / mean area of the ocean cells around it) (local: 0 on uniform grids)
 AREAS = ("global", "local")
-TARGETS = ("log_ratio", "log_lattice", "gamma")
-LOG_TARGETS = ("log_ratio", "log_lattice")
+TARGETS = ("log_ratio", "log_lattice", "log_images", "gamma")
+LOG_TARGETS = ("log_ratio", "log_lattice", "log_images")
 DISTANCE_CLIP = 20.0  # cells: farther than this the coast no longer matters for γ
 
 
@@ -135,6 +138,10 @@ def baseline_gamma_squared(fields: Fields, kind: str) -> np.ndarray:
         from diffnorm.methods.lattice import lattice_gamma_squared
 
         return lattice_gamma_squared(fields)
+    if kind == "log_images":
+        from diffnorm.methods.images import images_gamma_squared
+
+        return images_gamma_squared(fields)
     raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
 
 

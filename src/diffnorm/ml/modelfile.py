@@ -28,7 +28,7 @@ from diffnorm import __version__
 from diffnorm.device import pick_device
 from diffnorm.fields import Fields
 from diffnorm.ml.encoding import Encoding
-from diffnorm.ml.features import Standardizer, channel_names, gamma_from_target
+from diffnorm.ml.features import LOG_TARGETS, Standardizer, channel_names, gamma_from_target
 from diffnorm.ml.networks import build_network, count_parameters
 
 FORMAT = "diffnorm-model"
@@ -135,7 +135,7 @@ class GammaNetwork:
                     patch = x[:, j : j1 + 2 * h, i : i1 + 2 * h]
                     pred[j:j1, i:i1] = self.net(patch[None])[0, 0]
         t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
-        if self.target in ("log_ratio", "log_lattice"):
+        if self.target in LOG_TARGETS:
             t = t * self.encoding.gate_weight(fields)  # no gate: weight 1
         return t
 

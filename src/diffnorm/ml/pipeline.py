@@ -7,7 +7,8 @@ slots across the wrap and the fold, the input channels (grid diffusivities, area
 signed Manhattan distance to the coast clipped at 20 cells by 20 relaxation sweeps, mask),
 standardization, halo, network, the gate of its correction if the model has one, and the
 baseline the network corrects (the homogeneous-lattice
-value from its table, bilinear in ``log κ``; or the analytic formula). Exported to TorchScript
+value from its table, bilinear in ``log κ``; the images value, by the very module the
+``images`` method runs; or the analytic formula). Exported to TorchScript
 (FTorch) or ONNX it is all a host needs.
 
 What it leaves out: the basin-area cap of the baselines and the exact solve of basins of at
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffnorm.ml.features import DISTANCE_CLIP, channel_kinds
+from diffnorm.methods.images import ImagesVariance, straight_runs
+from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, channel_kinds
 from diffnorm.ml.halo import pad_halo
 from diffnorm.ml.modelfile import GammaNetwork, ModelFileError
 from diffnorm.topology import CELL, FACE_X, FACE_Y, fold_recipe, parse_north_fold
@@ -42,7 +44,7 @@ class FieldsToGamma(nn.Module):
                 f"{model.name}: the pipeline computes Manhattan distances only; this model uses "
                 f"{enc.distance!r} (export its raw-feature graph instead)"
             )
-        if enc.target not in ("log_lattice", "log_ratio"):
+        if enc.target not in LOG_TARGETS:
             raise ModelFileError(f"{model.name}: target {enc.target!r} has no baseline to export")
         self.net = model.net.eval()
         self.halo = enc.halo
@@ -71,6 +73,8 @@ class FieldsToGamma(nn.Module):
             self.u_range = (float(u[0]), float(u[-1]))
             self.k_max = float(K_MAX)
             self.offset = float(OFFSET)
+        if self.target == "log_images":
+            self.images = ImagesVariance(self.steps)
 
     # -- topology ----------------------------------------------------------------------------
     def _pad(self, x: torch.Tensor, kind: str, fill: float = 0.0) -> torch.Tensor:
@@ -131,6 +135,12 @@ class FieldsToGamma(nn.Module):
         ax, nx_ = mean_open(east, west)
         ay, ny_ = mean_open(north, south)
         safe = torch.where(m > 0, area, 1.0)
+        if self.target == "log_images":
+            runs = straight_runs(m, self.periodic_x, self.north_fold != "none")
+            ocean = torch.nonzero(m.flatten() > 0)[:, 0]
+            cells = [t.flatten()[ocean] for t in (ax / safe, ay / safe) + runs]
+            v = torch.ones_like(m).flatten().index_put((ocean,), self.images(*cells))
+            return safe / v.view_as(m)
         if self.target == "log_lattice":
             kx = (ax / safe).clamp(0.0, self.k_max)
             ky = (ay / safe).clamp(0.0, self.k_max)
