@@ -2,6 +2,7 @@
 
     python benchmarks/bench_generalization.py [--model NAME_OR_FILE] [--samples 2]
         [--randomization 10000] [--cases orca1,natl025,toy_table8,rectangles,gyre]
+        [--baselines lattice,images] [--strata]
 
 Cases (exact γ by certified selinv on each):
 
@@ -116,7 +117,9 @@ def main() -> None:
     parser.add_argument("--cases", default="orca1,natl025,toy_table8,rectangles,gyre")
     parser.add_argument("--strata", action="store_true", help="also print the cnn's strata")
     parser.add_argument(
-        "--lattice", action="store_true", help="also score the lattice baseline the cnn corrects"
+        "--baselines",
+        default="",
+        help="also score these O(n) estimates (comma-separated: lattice, images, analytic)",
     )
     parser.add_argument(
         "--gate", default=None, help="A,B: fade the correction out from A·D to B·D off the coast"
@@ -133,9 +136,10 @@ def main() -> None:
     print("|" + "---|" * (7 + len(STRATA)))
     for name, samples in cases(args.cases.split(","), args.samples).items():
         rows: dict[str, dict] = {}
-        eps: dict[str, list] = {"cnn": [], "randomization": [], "lattice": []}
+        baselines = [b for b in args.baselines.split(",") if b]
+        eps: dict[str, list] = {"cnn": [], "randomization": [], **{b: [] for b in baselines}}
         dist: list[np.ndarray] = []
-        times: dict[str, float] = {"cnn": 0.0, "randomization": 0.0, "lattice": 0.0}
+        times = dict.fromkeys(eps, 0.0)
         model_name = ""
         parts = []
         for fields in samples:
@@ -154,10 +158,10 @@ def main() -> None:
             grid = np.full(fields.shape, np.nan)
             grid[m] = eps["cnn"][-1]
             parts.append(error_strata(grid, fields))
-            if args.lattice:
-                lat = estimate(fields, "lattice")
-                times["lattice"] += lat.wall_time
-                eps["lattice"].append(relative_error(lat.gamma, exact.gamma, m))
+            for b in baselines:
+                est = estimate(fields, b)
+                times[b] += est.wall_time
+                eps[b].append(relative_error(est.gamma, exact.gamma, m))
             if args.randomization:
                 r = estimate(fields, "randomization", samples=args.randomization, seed=0)
                 times["randomization"] += r.wall_time
@@ -166,10 +170,13 @@ def main() -> None:
             if not values:
                 continue
             rows[method] = {**metrics(values, dist), "s_per_sample": times[method] / len(samples)}
-            label = {
-                "cnn": f"cnn ({model_name})",
-                "lattice": "lattice (the cnn's baseline)",
-            }.get(method, f"randomization N={args.randomization}")
+            label = (
+                f"cnn ({model_name})"
+                if method == "cnn"
+                else f"randomization N={args.randomization}"
+                if method == "randomization"
+                else method
+            )
             m = rows[method]
             print(
                 f"| {name} | {m['cells']} | {label} | {m['mean_abs']:.2e} | {m['q9999']:.2e} "
