@@ -142,6 +142,7 @@ def main() -> None:
         times = dict.fromkeys(eps, 0.0)
         model_name = ""
         parts = []
+        covered: list[np.ndarray] = []  # |ε| ≤ the model's own per-cell error estimate
         for fields in samples:
             exact = estimate(fields, "selinv")
             m = fields.counted
@@ -155,6 +156,8 @@ def main() -> None:
             times["cnn"] += time.perf_counter() - t0
             model_name = cnn.info.get("model", "")
             eps["cnn"].append(relative_error(cnn.gamma, exact.gamma, m))
+            if cnn.error_estimate is not None:
+                covered.append(np.abs(eps["cnn"][-1]) <= cnn.error_estimate[m])
             grid = np.full(fields.shape, np.nan)
             grid[m] = eps["cnn"][-1]
             parts.append(error_strata(grid, fields))
@@ -190,6 +193,12 @@ def main() -> None:
                 rows["cnn"][k] <= rows["randomization"][k] for k in keys
             )
         rows["cnn_strata"] = merge_strata(parts)
+        if covered:
+            rows["cnn_error_estimate_coverage"] = float(np.concatenate(covered).mean())
+            print(
+                f"\n{name}: the cnn's |ε| is within its error estimate on "
+                f"{100 * rows['cnn_error_estimate_coverage']:.1f} % of the cells\n"
+            )
         if args.strata:
             print(f"\n{name}, cnn by stratum:\n\n{strata_table(rows['cnn_strata'])}\n")
         report[name] = rows

@@ -136,6 +136,18 @@ def test_evaluate_runs_in_eval_mode_and_writes_a_report(tiny_dataset, tiny_check
     worst = list(csv.DictReader((out / "worst_cells.csv").open()))
     assert worst and float(worst[0]["eps"]) != 0.0
     assert abs(float(worst[0]["eps"])) >= abs(float(worst[-1]["eps"]))
+    # its error model becomes the model's per-cell error estimate
+    model = tmp_path / "calibrated.pt"
+    args = ["export", "-m", str(tiny_checkpoint), "-o", str(model)]
+    res = CliRunner().invoke(app, args + ["--error-model", str(out / "evaluation.json")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    from diffnorm.data.dataset import load_split
+    from diffnorm.methods import estimate
+
+    f = load_split(tiny_dataset, "val")[0].fields
+    r = estimate(f, "cnn", model=str(model))
+    assert r.error_estimate is not None and r.info["error_quantile"] == 0.9
+    assert np.all(r.error_estimate[f.mask] > 0) and np.all(np.isnan(r.error_estimate[~f.mask]))
 
 
 def test_worst_cells_are_the_largest_errors_with_their_geometry():

@@ -636,6 +636,14 @@ def export(
             "model's card (repeatable)"
         ),
     ] = None,
+    error_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="model: DIR/evaluation.json from `diffnorm evaluate` on held-out data (not the "
+            "split the card reports): its per-cell |ε| quantiles become the model's error "
+            "estimate (written as gamma_error_estimate by `estimate --method cnn`)"
+        ),
+    ] = None,
 ) -> None:
     """Write a self-contained model file, or a TorchScript/ONNX graph + JSON card."""
     from diffnorm.ml.modelfile import resolve_model
@@ -663,6 +671,14 @@ def export(
                 if not sep:
                     raise ValueError(f"--metrics wants LABEL=PATH, got {item!r}")
                 net.metrics[label] = card_metrics(path)
+            if error_model is not None:
+                report = json.loads(Path(error_model).read_text())
+                if "error_model" not in report:
+                    raise ValueError(
+                        f"{error_model} holds no error model: run `diffnorm evaluate` again "
+                        "with this diffnorm"
+                    )
+                net.error_model = report["error_model"]
             written = [net.save(output)]
         else:
             from diffnorm.ml.export import export as run_export

@@ -66,4 +66,9 @@ def cnn(
         **{f"outside_{k}": v for k, v in report.items()},
     }
     flags.ravel()[fields.ocean[idx]] = 0  # solved exactly: on known ground
-    return MethodOutput(variance, tolerance=None, info=info, flags=flags)
+    error = net.error_estimate(fields)
+    if error is not None:
+        error = error.ravel()[fields.ocean]
+        error[idx] = 0.0
+        info["error_quantile"] = net.error_model["quantile"]
+    return MethodOutput(variance, tolerance=None, info=info, flags=flags, error_estimate=error)

@@ -26,6 +26,7 @@ from diffnorm.metrics import (
     merge_strata,
     relative_error,
 )
+from diffnorm.ml.calibration import ErrorModel
 from diffnorm.ml.modelfile import GammaNetwork, resolve_model
 from diffnorm.operator import make_operator
 
@@ -81,6 +82,7 @@ def evaluate(
     times: dict[str, list[float]] = {m: [] for m in methods}
     by_dist: dict[str, list[dict]] = {m: [] for m in methods}
     cnn_abs = []
+    cnn_eps: list[tuple[np.ndarray, Fields]] = []
     worst: list[dict] = []
     strata: dict[str, list[dict]] = {m: [] for m in methods}
     for k, s in enumerate(data):
@@ -105,6 +107,7 @@ def evaluate(
                 strata[name].append(error_strata(grid, f))
             if name == "cnn":
                 cnn_abs.append(np.abs(grid))
+                cnn_eps.append((grid, f))
                 cells = worst_cells(grid, s.gamma, dist, f, WORST_PER_SAMPLE)
                 worst += [{"sample": s.name, **c} for c in cells]
         if progress:
@@ -126,6 +129,9 @@ def evaluate(
         "strata": {name: merge_strata(parts) for name, parts in strata.items() if parts},
         "per_sample": per_sample,
         "worst_cells": sorted(worst, key=lambda c: -abs(c["eps"])),
+        # store with `diffnorm export --error-model` (calibrate on a split that is not the
+        # one the model's card reports)
+        "error_model": ErrorModel.fit(cnn_eps).to_dict(),
     }
     if out_dir is not None:
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -173,6 +179,7 @@ def write_report(report: dict, out: Path, fields, cnn_mean_abs: np.ndarray) -> N
     (out / "evaluation.md").write_text(text)
     summary = {"split": report["split"], "samples": report["samples"], **report["summary"]}
     summary["strata"] = report.get("strata", {})
+    summary["error_model"] = report["error_model"]
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
     with (out / "evaluation_per_sample.csv").open("w", newline="") as fh:
         w = csv.writer(fh)

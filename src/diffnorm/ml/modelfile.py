@@ -57,6 +57,8 @@ class GammaNetwork:
     metrics: dict[str, Any] = field(default_factory=dict)
     created: dict[str, Any] = field(default_factory=dict)
     name: str = "model"
+    # ErrorModel.to_dict(): a per-cell |ε| estimate calibrated on held-out data (or None)
+    error_model: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.net.eval()
@@ -139,6 +141,14 @@ class GammaNetwork:
             t = t * self.encoding.gate_weight(fields)  # no gate: weight 1
         return t
 
+    def error_estimate(self, fields: Fields) -> np.ndarray | None:
+        """The calibrated per-cell estimate of |ε| (NaN on land), if the model has one."""
+        if self.error_model is None:
+            return None
+        from diffnorm.ml.calibration import ErrorModel
+
+        return ErrorModel.from_dict(self.error_model).estimate(fields)
+
     def predict(
         self,
         fields: Fields,
@@ -178,6 +188,7 @@ class GammaNetwork:
             "data": self.data,
             "metrics": self.metrics,
             "created": self.created,
+            "error_model": self.error_model,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -217,6 +228,7 @@ class GammaNetwork:
             metrics=d.get("metrics", {}),
             created=d.get("created", {}),
             name=d.get("name", source),
+            error_model=d.get("error_model"),
         )
 
     @classmethod

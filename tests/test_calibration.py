@@ -1,0 +1,49 @@
+"""The per-cell error estimate: quantiles of |ε| by cell class, calibrated on held-out data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import random_fields
+from diffnorm.ml.calibration import MIN_CELLS, ErrorModel, cell_classes, coverage
+
+
+def _eps(fields, seed: int) -> np.ndarray:
+    """|ε| that grows toward the coast: 0.1/d times a uniform draw."""
+    di, _ = cell_classes(fields)
+    rng = np.random.default_rng(seed)
+    scale = np.array([0.1, 0.05, 0.02, 0.01, 0.005])[np.maximum(di, 0)]
+    return np.where(fields.mask, scale * rng.uniform(size=fields.shape), np.nan)
+
+
+def test_the_estimate_covers_its_quantile_on_data_like_the_held_out_set():
+    held = [random_fields(ny=30, nx=40, seed=s) for s in range(6)]
+    model = ErrorModel.fit([(_eps(f, s), f) for s, f in enumerate(held)], quantile=0.8)
+    fresh = random_fields(ny=30, nx=40, seed=99)
+    eps = _eps(fresh, 99)
+    est = model.estimate(fresh)
+    assert np.all(np.isnan(est[~fresh.mask]))
+    assert 0.7 < coverage(eps, est, fresh.counted) < 0.9
+    di, _ = cell_classes(fresh)
+    assert est[di == 0].min() > est[di == 4].max()  # the coast is where the error is
+    back = ErrorModel.from_dict(model.to_dict())
+    np.testing.assert_array_equal(back.estimate(fresh), est)
+
+
+def test_sparse_classes_take_their_distance_row():
+    f = random_fields(ny=30, nx=40, seed=1)
+    model = ErrorModel.fit([(_eps(f, 1), f)], quantile=0.5)
+    for row, counts in zip(model.table, model.cells, strict=True):
+        thin = [v for v, n in zip(row, counts, strict=True) if n < MIN_CELLS]
+        assert all(v == thin[0] for v in thin)
+
+
+def test_bad_quantile_and_other_classes_are_refused():
+    f = random_fields(ny=20, nx=20, seed=2)
+    with pytest.raises(ValueError, match="quantile"):
+        ErrorModel.fit([(_eps(f, 2), f)], quantile=1.5)
+    d = ErrorModel.fit([(_eps(f, 2), f)]).to_dict()
+    d["face_bins"] = [[0, 4]]
+    with pytest.raises(ValueError, match="calibrate it again"):
+        ErrorModel.from_dict(d)
