@@ -102,3 +102,22 @@ def test_images_method_on_a_folded_grid():
     f = folded_fields("F", ny=20, nx=26, steps=10, seed=3)
     r = estimate(f, "images")
     assert np.all(np.isfinite(r.gamma[f.mask])) and np.all(r.gamma[f.mask] > 0)
+
+
+def test_box_exact_cells_are_exact_and_the_others_are_not_claimed():
+    from diffnorm.methods.images import box_exact_cells
+
+    f = _box(30, 40, 2.0, 2.0)
+    assert box_exact_cells(f)[f.mask].all()  # a rectangle of one κ: every cell
+    mask = f.mask.copy()
+    mask[10, 25] = False
+    g = fields_from_cell_length_scales(box_grid(*mask.shape, mask=mask), 2.0, 2.0, 10)
+    exact = box_exact_cells(g)
+    err = np.abs(images_gamma_squared(g) / estimate(g, "brute").gamma ** 2 - 1)
+    assert exact.sum() > 0.3 * g.mask.sum()
+    assert err[exact].max() < 1e-5 and err[g.mask & ~exact].max() > 0.1
+    d1 = np.full(f.mask.shape, 2.0)
+    d1[:, 20:] = 2.5
+    varying = fields_from_cell_length_scales(box_grid(*f.mask.shape, mask=f.mask), d1, 2.0, 10)
+    exact = box_exact_cells(varying)
+    assert not exact[:, 12:28].any() and exact[:, :5].any()  # within reach of the step in κ

@@ -437,3 +437,47 @@ def test_a_gate_leaves_the_open_ocean_to_the_baseline(network, tmp_path):
     with torch.no_grad():
         graph = FieldsToGamma(back, False)(*(torch.from_numpy(a)[None] for a in arrays))[0]
     np.testing.assert_allclose(graph.numpy()[f.mask], gamma[f.mask], rtol=1e-5)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_an_images_model_leaves_box_exact_cells_to_the_exact_baseline(network, periodic, tmp_path):
+    """Where a cell's reach holds only its straight-line box and one κ, the images value is
+    exact and the network's correction is dropped, in Python and in the fields graph alike."""
+    from dataclasses import replace
+
+    from diffnorm.grid import box_grid, fields_from_cell_length_scales
+    from diffnorm.methods.images import box_exact_cells, images_gamma_squared
+    from diffnorm.ml.pipeline import FieldsToGamma
+
+    net = replace(network, encoding=replace(network.encoding, target="log_images"))
+    mask = np.zeros((28, 36), dtype=bool)
+    mask[1:-1, 1:-1] = True
+    if periodic:
+        mask[1:-1, :] = True
+    mask[8, 20] = False  # one land cell: the cells that reach it are not exact
+    grid = box_grid(*mask.shape, mask=mask, periodic_x=periodic)
+    f = fields_from_cell_length_scales(grid, 1.5, 1.5, net.steps)
+    exact = box_exact_cells(f)
+    assert 0 < exact.sum() < f.mask.sum()
+    gamma = net.predict(f, "cpu")
+    np.testing.assert_allclose(gamma[exact] ** 2, images_gamma_squared(f)[exact], rtol=1e-12)
+    assert (
+        np.abs(gamma[~exact & f.mask] ** 2 / images_gamma_squared(f)[~exact & f.mask] - 1).max()
+        > 1e-3
+    )
+    arrays = [f.mask.astype(np.float64), f.area, f.alpha_x, f.alpha_y]
+    inputs = tuple(torch.from_numpy(np.ascontiguousarray(a))[None] for a in arrays)
+    with torch.no_grad():
+        got = FieldsToGamma(net, f.periodic_x).eval()(*inputs)[0].numpy()
+    np.testing.assert_allclose(got[f.mask], gamma[f.mask], rtol=1e-5)
+    import onnxruntime
+
+    from diffnorm.ml.export import export
+
+    ts, _ = export(net, tmp_path / "b.ts", "torchscript", f.periodic_x)  # traced on 48×64
+    traced = torch.jit.load(str(ts))(*inputs)[0].detach().numpy()
+    np.testing.assert_allclose(traced[f.mask], gamma[f.mask], rtol=1e-5)
+    onnx, _ = export(net, tmp_path / "b.onnx", "onnx", f.periodic_x)
+    feed = dict(zip(["mask", "area", "alpha_x", "alpha_y"], (a[None] for a in arrays), strict=True))
+    out = onnxruntime.InferenceSession(str(onnx)).run(None, feed)[0][0]
+    np.testing.assert_allclose(out[f.mask], gamma[f.mask], rtol=1e-4)

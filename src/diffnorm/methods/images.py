@@ -109,6 +109,90 @@ def straight_runs(
     return out[0], out[1], out[2], out[3]
 
 
+# A cell is *box-exact* when nothing the images value leaves out is within reach: within
+# REACH·D cells (D = √(2Mκ), the largest of its faces) the ocean is exactly its straight-line
+# box and every open face has the same κ per direction. A wall farther than that changes γ²
+# by about the correlation at twice the distance, e^{-(2·REACH)²/2} ~ 1e-14 for a Gaussian;
+# tests/test_images.py measures it against exact γ.
+REACH = 4.0
+KAPPA_RTOL = 1e-6  # "the same κ": relative standard deviation over the window's open faces
+
+
+def _index_grids(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row and column index of every cell, and the grid's height and width, as tensors
+    computed from ``m`` (so that a traced graph keeps them dynamic)."""
+    ones = torch.ones_like(m, dtype=torch.int64)
+    rows = ones.cumsum(-2) - 1
+    cols = ones.cumsum(-1) - 1
+    return rows, cols, ones[:, :, 0].sum(-1).view(-1, 1, 1), ones[:, 0, :].sum(-1).view(-1, 1, 1)
+
+
+def _window_sum(prefix, height, width, y0, y1, x0, x1, periodic: bool) -> torch.Tensor:
+    """Σ over rows ``y0..y1`` (clipped to the grid: closed edges) and columns ``x0..x1``
+    (wrapped when ``periodic``, else clipped) per cell, from the summed-area table ``prefix``
+    ``(B, H+1, W+1)``; the bounds are int64 grids of the cells' shape."""
+    flat = prefix.flatten(1)
+    b = flat.shape[0]
+
+    def corner(y, k):  # sum over rows < y and columns < k
+        y = torch.minimum(y.clamp(min=0), height)
+        if periodic:
+            q = torch.div(k, width, rounding_mode="floor")
+            r = k - q * width
+        else:
+            q = torch.zeros_like(k)
+            r = torch.minimum(k.clamp(min=0), width)
+        row = y * (width + 1)
+        inside = flat.gather(1, (row + r).reshape(b, -1)).view_as(k.to(flat.dtype))
+        total = flat.gather(1, (row + width).reshape(b, -1)).view_as(inside)
+        return q.to(flat.dtype) * total + inside
+
+    return corner(y1 + 1, x1 + 1) - corner(y1 + 1, x0) - corner(y0, x1 + 1) + corner(y0, x0)
+
+
+def box_exact(
+    m: torch.Tensor,
+    slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    area: torch.Tensor,
+    runs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    steps: int,
+    periodic_x: bool,
+    folded: bool,
+) -> torch.Tensor:
+    """Where the images value is exact (see ``REACH``): ``(B, ny, nx)`` bool. ``slots``: alpha
+    of the east, west, north, south faces (0 if closed), ``runs``: :func:`straight_runs`."""
+    m = m.double()
+    east, west, north, south = (s.double() / torch.where(m > 0, area, 1.0) for s in slots)
+    rows, cols, height, width = _index_grids(m)
+    kmax = torch.maximum(torch.maximum(east, west), torch.maximum(north, south))
+    reach = torch.ceil(REACH * torch.sqrt(2.0 * steps * kmax)).clamp(min=1.0).long()
+    ok = (m > 0) & (reach <= CAP)
+    if periodic_x:
+        ok = ok & (2 * reach + 1 <= width)
+    if folded:
+        ok = ok & (rows + reach <= height - 3)  # the window stays clear of the fold
+    open_x = (east > 0).double() + (west > 0).double()
+    open_y = (north > 0).double() + (south > 0).double()
+    quantities = torch.stack(
+        [m, east + west, east**2 + west**2, open_x, north + south, north**2 + south**2, open_y]
+    )
+    prefix = torch.nn.functional.pad(quantities.cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+
+    def sums(y0, y1, x0, x1):
+        return [_window_sum(p, height, width, y0, y1, x0, x1, periodic_x) for p in prefix]
+
+    win = sums(rows - reach, rows + reach, cols - reach, cols + reach)
+    w, e, s, n = (torch.minimum(r.long(), reach) for r in runs)
+    box_ocean = sums(rows - s, rows + n, cols - w, cols + e)[0]
+    box_cells = ((s + n + 1) * (w + e + 1)).double()
+    ok = ok & (win[0] == box_cells) & (box_ocean == box_cells)
+    for total, squares, count in ((win[1], win[2], win[3]), (win[4], win[5], win[6])):
+        mean = total / count.clamp(min=1.0)
+        spread = squares / count.clamp(min=1.0) - mean**2
+        ok = ok & (spread <= (KAPPA_RTOL * mean) ** 2)
+    return ok
+
+
 class ImagesVariance(nn.Module):
     """``(S^M)_cc`` at unit area from κx, κy (cells²) and the four straight runs."""
 
@@ -176,6 +260,19 @@ class ImagesVariance(nn.Module):
 @functools.lru_cache(maxsize=8)
 def _module(steps: int) -> ImagesVariance:
     return ImagesVariance(steps)
+
+
+def box_exact_cells(fields: Fields) -> np.ndarray:
+    """:func:`box_exact` on fields: where the images value is exact."""
+    m = torch.from_numpy(np.array(fields.mask, dtype=np.float64))[None]
+    slots = tuple(torch.from_numpy(np.ascontiguousarray(s))[None] for s in fields.slot_alpha())
+    area = torch.from_numpy(np.where(fields.mask, fields.area, 1.0))[None]
+    runs = straight_runs(m, fields.periodic_x, fields.topology.folded)
+    with torch.no_grad():
+        ok = box_exact(
+            m, slots, area, runs, int(fields.steps), fields.periodic_x, fields.topology.folded
+        )
+    return ok[0].numpy()
 
 
 def images_gamma_squared(fields: Fields) -> np.ndarray:

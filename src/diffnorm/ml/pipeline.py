@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffnorm.methods.images import ImagesVariance, straight_runs
+from diffnorm.methods.images import ImagesVariance, box_exact, straight_runs
 from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, channel_kinds
 from diffnorm.ml.halo import pad_halo
 from diffnorm.ml.modelfile import GammaNetwork, ModelFileError
@@ -127,7 +127,7 @@ class FieldsToGamma(nn.Module):
         return torch.where(m > 0, torch.log(torch.where(m > 0, ratio, 1.0)), 0.0)
 
     # -- baselines -----------------------------------------------------------------------------
-    def _baseline(self, m, area, east, west, north, south) -> torch.Tensor:
+    def _baseline(self, m, area, east, west, north, south, runs=None) -> torch.Tensor:
         def mean_open(a, b):
             n = (a > 0).to(a.dtype) + (b > 0).to(b.dtype)
             return (a + b) / torch.where(n > 0, n, 1.0), n
@@ -135,8 +135,7 @@ class FieldsToGamma(nn.Module):
         ax, nx_ = mean_open(east, west)
         ay, ny_ = mean_open(north, south)
         safe = torch.where(m > 0, area, 1.0)
-        if self.target == "log_images":
-            runs = straight_runs(m, self.periodic_x, self.north_fold != "none")
+        if runs is not None:  # the images baseline
             ocean = torch.nonzero(m.flatten() > 0)[:, 0]
             cells = [t.flatten()[ocean] for t in (ax / safe, ay / safe) + runs]
             v = torch.ones_like(m).flatten().index_put((ocean,), self.images(*cells))
@@ -186,5 +185,12 @@ class FieldsToGamma(nn.Module):
             big = torch.sqrt((2 * self.steps - 4) * slots / safe).amax(dim=0)
             ratio = torch.where(big > 0, distance / torch.where(big > 0, big, 1.0), 0.0)
             t = t * ((b - ratio) / (b - a)).clamp(0.0, 1.0)
-        g2 = self._baseline(m, area, east, west, north, south) * torch.exp(t)
+        runs = None
+        if self.target == "log_images":  # no correction where the baseline is exact
+            folded = self.north_fold != "none"
+            runs = straight_runs(m, self.periodic_x, folded)
+            slots = (east, west, north, south)
+            exact = box_exact(m, slots, area, runs, self.steps, self.periodic_x, folded)
+            t = torch.where(exact, 0.0, t)
+        g2 = self._baseline(m, area, east, west, north, south, runs) * torch.exp(t)
         return torch.where(m > 0, torch.sqrt(g2), float("nan"))
