@@ -118,21 +118,11 @@ REACH = 4.0
 KAPPA_RTOL = 1e-6  # "the same κ": relative standard deviation over the window's open faces
 
 
-def _index_grids(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row and column index of every cell, and the grid's height and width, as tensors
-    computed from ``m`` (so that a traced graph keeps them dynamic)."""
-    ones = torch.ones_like(m, dtype=torch.int64)
-    rows = ones.cumsum(-2) - 1
-    cols = ones.cumsum(-1) - 1
-    return rows, cols, ones[:, :, 0].sum(-1).view(-1, 1, 1), ones[:, 0, :].sum(-1).view(-1, 1, 1)
-
-
-def _window_sum(prefix, height, width, y0, y1, x0, x1, periodic: bool) -> torch.Tensor:
+def _window_sum(flat, stride, height, width, base, y0, y1, x0, x1, periodic: bool):
     """Σ over rows ``y0..y1`` (clipped to the grid: closed edges) and columns ``x0..x1``
-    (wrapped when ``periodic``, else clipped) per cell, from the summed-area table ``prefix``
-    ``(B, H+1, W+1)``; the bounds are int64 grids of the cells' shape."""
-    flat = prefix.flatten(1)
-    b = flat.shape[0]
+    (wrapped when ``periodic``, else clipped) for a list of cells, from the flattened
+    summed-area tables ``flat`` (``(Q, B·(H+1)·(W+1))``); ``base`` is each cell's sample
+    offset in them, ``stride = W + 1``."""
 
     def corner(y, k):  # sum over rows < y and columns < k
         y = torch.minimum(y.clamp(min=0), height)
@@ -142,10 +132,8 @@ def _window_sum(prefix, height, width, y0, y1, x0, x1, periodic: bool) -> torch.
         else:
             q = torch.zeros_like(k)
             r = torch.minimum(k.clamp(min=0), width)
-        row = y * (width + 1)
-        inside = flat.gather(1, (row + r).reshape(b, -1)).view_as(k.to(flat.dtype))
-        total = flat.gather(1, (row + width).reshape(b, -1)).view_as(inside)
-        return q.to(flat.dtype) * total + inside
+        row = base + y * stride
+        return q.to(flat.dtype) * flat[:, row + width] + flat[:, row + r]
 
     return corner(y1 + 1, x1 + 1) - corner(y1 + 1, x0) - corner(y0, x1 + 1) + corner(y0, x0)
 
@@ -160,10 +148,16 @@ def box_exact(
     folded: bool,
 ) -> torch.Tensor:
     """Where the images value is exact (see ``REACH``): ``(B, ny, nx)`` bool. ``slots``: alpha
-    of the east, west, north, south faces (0 if closed), ``runs``: :func:`straight_runs`."""
+    of the east, west, north, south faces (0 if closed), ``runs``: :func:`straight_runs`.
+    Window sums (summed-area tables) are taken only at candidates, cells whose own open faces
+    agree per direction: none on a grid where κ varies smoothly."""
     m = m.double()
     east, west, north, south = (s.double() / torch.where(m > 0, area, 1.0) for s in slots)
-    rows, cols, height, width = _index_grids(m)
+    ones = torch.ones_like(m, dtype=torch.int64)
+    rows = ones.cumsum(-2) - 1
+    cols = ones.cumsum(-1) - 1
+    height = ones[:1, :, 0].sum()  # tensors from the data: a traced graph keeps them dynamic
+    width = ones[:1, 0, :].sum()
     kmax = torch.maximum(torch.maximum(east, west), torch.maximum(north, south))
     reach = torch.ceil(REACH * torch.sqrt(2.0 * steps * kmax)).clamp(min=1.0).long()
     ok = (m > 0) & (reach <= CAP)
@@ -171,26 +165,36 @@ def box_exact(
         ok = ok & (2 * reach + 1 <= width)
     if folded:
         ok = ok & (rows + reach <= height - 3)  # the window stays clear of the fold
+    for a, b in ((east, west), (north, south)):
+        ok = ok & ((a == 0) | (b == 0) | ((a - b).abs() <= KAPPA_RTOL * torch.maximum(a, b)))
     open_x = (east > 0).double() + (west > 0).double()
     open_y = (north > 0).double() + (south > 0).double()
     quantities = torch.stack(
         [m, east + west, east**2 + west**2, open_x, north + south, north**2 + south**2, open_y]
     )
     prefix = torch.nn.functional.pad(quantities.cumsum(-1).cumsum(-2), (1, 0, 1, 0))
+    flat = prefix.flatten(1)  # (Q, B·(H+1)·(W+1))
+    cells = torch.nonzero(ok.flatten())[:, 0]
+    per_sample = height * width
+    sample = torch.div(cells, per_sample, rounding_mode="floor")
+    base = sample * (height + 1) * (width + 1)
+    j, i, r = rows.flatten()[cells], cols.flatten()[cells], reach.flatten()[cells]
+    stride = width + 1
 
     def sums(y0, y1, x0, x1):
-        return [_window_sum(p, height, width, y0, y1, x0, x1, periodic_x) for p in prefix]
+        return _window_sum(flat, stride, height, width, base, y0, y1, x0, x1, periodic_x)
 
-    win = sums(rows - reach, rows + reach, cols - reach, cols + reach)
-    w, e, s, n = (torch.minimum(r.long(), reach) for r in runs)
-    box_ocean = sums(rows - s, rows + n, cols - w, cols + e)[0]
+    win = sums(j - r, j + r, i - r, i + r)
+    w, e, s, n = (torch.minimum(q.flatten()[cells].long(), r) for q in runs)
+    box_ocean = sums(j - s, j + n, i - w, i + e)[0]
     box_cells = ((s + n + 1) * (w + e + 1)).double()
-    ok = ok & (win[0] == box_cells) & (box_ocean == box_cells)
+    good = (win[0] == box_cells) & (box_ocean == box_cells)
     for total, squares, count in ((win[1], win[2], win[3]), (win[4], win[5], win[6])):
         mean = total / count.clamp(min=1.0)
         spread = squares / count.clamp(min=1.0) - mean**2
-        ok = ok & (spread <= (KAPPA_RTOL * mean) ** 2)
-    return ok
+        good = good & (spread <= (KAPPA_RTOL * mean) ** 2)
+    out = torch.zeros_like(ok.flatten()).index_put((cells,), good)
+    return out.view_as(ok)
 
 
 class ImagesVariance(nn.Module):
