@@ -63,7 +63,7 @@ def main() -> None:
         for seed in range(args.seeds):
             result = estimate(op, "randomization", samples=n, seed=seed)
             add(f"randomization N={n:g} (seed {seed})", result, result.wall_time)
-    for name in ("lattice", "analytic"):
+    for name in ("images", "lattice", "analytic"):
         result = estimate(fields, name)
         add(name, result, result.wall_time)
 
