@@ -139,3 +139,10 @@ def test_estimate_probing_probes_and_records_its_certificate(tmp_path):
     assert attrs["info_colours"] < fields.n_ocean / 4 and attrs["certified_tolerance"] == 1e-4
     exact = estimate(fields, "brute").gamma
     assert np.abs(gamma[fields.mask] ** 2 / exact[fields.mask] ** 2 - 1).max() <= 1e-4
+
+
+def test_every_registered_method_is_a_cli_choice():
+    from diffnorm.cli import MethodName
+    from diffnorm.methods import METHODS
+
+    assert {m.value for m in MethodName} == set(METHODS)

@@ -32,6 +32,7 @@ class MethodName(StrEnum):
     randomization = "randomization"
     analytic = "analytic"
     lattice = "lattice"
+    images = "images"
     cnn = "cnn"
 
 
@@ -354,7 +355,8 @@ def compare(
     methods: Annotated[
         str,
         typer.Option(
-            help="comma-separated: analytic, lattice, randomization:N, brute, probing, selinv"
+            help="comma-separated: analytic, lattice, images, randomization:N, brute, probing, "
+            "selinv"
         ),
     ] = "analytic,randomization:100,randomization:1000,randomization:10000",
     tolerance: Annotated[float, typer.Option(help="reference tolerance (selinv, probing)")] = 1e-6,
