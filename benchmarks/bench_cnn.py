@@ -15,6 +15,7 @@ line printed is one JSON object with all numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -91,12 +92,16 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
         result = {}
+        # a fresh copy each time: what Fields caches (distances, runs) must not flatter a repeat
+        fresh = iter([dataclasses.replace(fields) for _ in range(2 * args.repeats + 2)])
 
-        def run(dev=dev, result=result) -> None:
-            result["r"] = estimate(fields, "cnn", model=model, device=dev)
+        def run(dev=dev, result=result, fresh=fresh) -> None:
+            result["r"] = estimate(next(fresh), "cnn", model=model, device=dev)
 
         t = median_time(run, args.repeats)
-        forward = median_time(lambda dev=dev: model.predict_target(fields, dev), args.repeats)
+        forward = median_time(
+            lambda dev=dev, fresh=fresh: model.predict_target(next(fresh), dev), args.repeats
+        )
         rows[f"cnn ({dev})"] = {
             "time_s": t,
             "predict_target_s": forward,

@@ -207,7 +207,11 @@ def test_shipped_models_load_list_and_predict_well():
 
     assert DEFAULT in shipped_models()
     res = CliRunner().invoke(app, ["models"])
-    assert res.exit_code == 0 and "windows-m10 (default)" in res.output and "mean abs" in res.output
+    assert (
+        res.exit_code == 0
+        and "windows-images-m10 (default)" in res.output
+        and "mean abs" in res.output
+    )
     grid = built_in_grid("latlon", resolution=4.0, polar_cap=80.0)
     rng = np.random.default_rng(123)  # a sample the model never saw
     d1, d2 = random_cell_length_scales(

@@ -203,6 +203,14 @@ class Fields:
         factor = self.topology.cell_factor.ravel()[self.ocean]
         return self.area.ravel()[self.ocean].astype(np.float64) * factor
 
+    def distance_to_coast(self, metric: str = "euclidean") -> np.ndarray:
+        """Signed distance in cells to the coast (:meth:`Topology.distance_to_coast`), computed
+        once per metric (read-only): features, flags, strata and error estimates all ask."""
+        cache = self.__dict__.setdefault("_distance_cache", {})
+        if metric not in cache:
+            cache[metric] = _read_only(self.topology.distance_to_coast(self.mask, metric))
+        return cache[metric]
+
     @functools.cached_property
     def _open_faces(self) -> tuple[np.ndarray, np.ndarray]:
         open_x, open_y = self.topology.open_faces(self.mask)
@@ -218,9 +226,19 @@ class Fields:
         """Open north faces (both cells ocean; the last row is closed unless F-folded)."""
         return self._open_faces[1]
 
+    @functools.cached_property
+    def _slot_alpha(self) -> np.ndarray:
+        return _read_only(self.topology.slot_alpha(self.alpha_x, self.alpha_y, self.mask))
+
     def slot_alpha(self) -> np.ndarray:
-        """``(4, ny, nx)``: alpha of each cell's east, west, north, south face (0 if closed)."""
-        return self.topology.slot_alpha(self.alpha_x, self.alpha_y, self.mask)
+        """``(4, ny, nx)``: alpha of each cell's east, west, north, south face (0 if closed;
+        read-only, computed once)."""
+        return self._slot_alpha
+
+    @functools.cached_property
+    def basin_labels(self) -> np.ndarray:
+        """Connected ocean regions (:meth:`Topology.basin_labels`; read-only, computed once)."""
+        return _read_only(self.topology.basin_labels(self.mask))
 
     def replace(self, **changes: Any) -> Fields:
         """A copy with some fields changed (validated again)."""

@@ -62,7 +62,7 @@ def aggregate(per_sample: Iterable[dict[str, float]]) -> dict[str, tuple[float, 
 def distance_to_coast(fields: Fields, metric: str = "euclidean") -> np.ndarray:
     """Signed distance in cells to the coast (≥ 1 on ocean, ≤ −1 on land), across the wrap and
     the fold, closed edges counting as coast: see :meth:`Topology.distance_to_coast`."""
-    return fields.topology.distance_to_coast(fields.mask, metric)
+    return fields.distance_to_coast(metric)
 
 
 def error_by_distance(

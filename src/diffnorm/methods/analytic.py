@@ -42,7 +42,7 @@ def analytic_gamma_squared(fields: Fields) -> np.ndarray:
 
 def cap_by_basin_area(fields: Fields, g2: np.ndarray) -> np.ndarray:
     """``min(γ², area of the cell's basin)`` (the bound ``γ² ≤ A``), NaN on land."""
-    labels = fields.topology.basin_labels(fields.mask)
+    labels = fields.basin_labels
     weights = np.where(fields.mask, fields.area * fields.topology.cell_factor, 0.0)
     basin_area = np.bincount(labels.ravel(), weights=weights.ravel())
     return np.where(fields.mask, np.minimum(g2, basin_area[labels]), np.nan)

@@ -17,7 +17,7 @@ from diffnorm.operator import system_matrix
 def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of basins of ≤ ``max_cells`` cells,
     by dense algebra per basin; returns (ocean indices, variances)."""
-    ocean_labels = fields.topology.basin_labels(fields.mask).ravel()[fields.ocean]
+    ocean_labels = fields.basin_labels.ravel()[fields.ocean]
     sizes = np.bincount(ocean_labels)
     small = np.flatnonzero((sizes > 0) & (sizes <= max_cells))
     if max_cells < 1 or small.size == 0:

@@ -266,12 +266,22 @@ def _module(steps: int) -> ImagesVariance:
     return ImagesVariance(steps)
 
 
+def _fields_runs(fields: Fields) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The mask as a ``(1, ny, nx)`` tensor and its straight runs, once per Fields (the
+    baseline and the box-exact test both need them)."""
+    cache = fields.__dict__.setdefault("_straight_runs", {})
+    if not cache:
+        m = torch.from_numpy(np.array(fields.mask, dtype=np.float64))[None]
+        cache["m"] = m
+        cache["runs"] = straight_runs(m, fields.periodic_x, fields.topology.folded)
+    return cache["m"], cache["runs"]
+
+
 def box_exact_cells(fields: Fields) -> np.ndarray:
     """:func:`box_exact` on fields: where the images value is exact."""
-    m = torch.from_numpy(np.array(fields.mask, dtype=np.float64))[None]
+    m, runs = _fields_runs(fields)
     slots = tuple(torch.from_numpy(np.ascontiguousarray(s))[None] for s in fields.slot_alpha())
     area = torch.from_numpy(np.where(fields.mask, fields.area, 1.0))[None]
-    runs = straight_runs(m, fields.periodic_x, fields.topology.folded)
     with torch.no_grad():
         ok = box_exact(
             m, slots, area, runs, int(fields.steps), fields.periodic_x, fields.topology.folded
@@ -287,8 +297,7 @@ def images_gamma_squared(fields: Fields) -> np.ndarray:
 
     kx, ky = cell_kappa(fields)
     ocean = np.array(fields.mask, dtype=bool)
-    m = torch.from_numpy(ocean.astype(np.float64))[None]
-    runs = straight_runs(m, fields.periodic_x, fields.topology.folded)
+    m, runs = _fields_runs(fields)
     with torch.no_grad():
         cells = [torch.from_numpy(kx[ocean]), torch.from_numpy(ky[ocean])]
         v = _module(int(fields.steps))(*cells, *(r[0][m[0] > 0] for r in runs))

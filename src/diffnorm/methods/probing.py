@@ -286,7 +286,7 @@ class Reattribution:
 def reattribution(op: DiffusionOperator, col: Colouring) -> Reattribution:
     """The pairs of :class:`Reattribution`, from the cells near land or another basin."""
     ny, nx = op.fields.shape
-    labels = op.fields.topology.basin_labels(op.fields.mask)
+    labels = op.fields.basin_labels
     basin = labels.ravel()[op.ocean]
     index = np.full(ny * nx, -1, dtype=np.int64)
     index[op.ocean] = np.arange(op.n)

@@ -19,6 +19,7 @@ import numpy as np
 from diffnorm.fields import Fields
 
 DISTANCE_BINS = ((1, 1), (2, 2), (3, 4), (5, 7), (8, 10**9))  # cells from the coast
+METRIC = "manhattan"  # the distance the network's input has (computed once per fields)
 FACE_BINS = ((0, 2), (3, 3), (4, 4))  # open faces
 MIN_CELLS = 30
 
@@ -28,7 +29,7 @@ def cell_classes(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
     from diffnorm.cells import cell_geometry
     from diffnorm.metrics import distance_to_coast
 
-    d = np.rint(distance_to_coast(fields))
+    d = distance_to_coast(fields, METRIC)
     faces = cell_geometry(fields)["open_faces"]
     di = np.full(fields.shape, -1)
     fi = np.full(fields.shape, -1)
@@ -84,6 +85,7 @@ class ErrorModel:
     def to_dict(self) -> dict:
         return {
             "quantile": self.quantile,
+            "metric": METRIC,
             "distance_bins": [list(b) for b in DISTANCE_BINS],
             "face_bins": [list(b) for b in FACE_BINS],
             "table": self.table,
@@ -92,9 +94,11 @@ class ErrorModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> ErrorModel:
-        if [list(b) for b in DISTANCE_BINS] != d.get("distance_bins") or [
-            list(b) for b in FACE_BINS
-        ] != d.get("face_bins"):
+        if (
+            [list(b) for b in DISTANCE_BINS] != d.get("distance_bins")
+            or [list(b) for b in FACE_BINS] != d.get("face_bins")
+            or d.get("metric") != METRIC
+        ):
             raise ValueError("error model made with other cell classes: calibrate it again")
         return cls(float(d["quantile"]), d["table"], d["cells"])
 
