@@ -84,6 +84,11 @@ def card(model: GammaNetwork, periodic_x: bool, fmt: str, north_fold: str = "non
             "exactly as diffnorm.methods.lattice.lattice_gamma_squared (the homogeneous-lattice "
             "value from the cell-mean kappa of its open faces, capped by the basin area)"
             if model.target == "log_lattice"
+            else "gamma = sqrt(gamma2_images * exp(target)) on ocean cells, with gamma2_images "
+            "exactly as diffnorm.methods.images.images_gamma_squared (the lattice value in the "
+            "cell's straight-line box with wall images, capped by the basin area), and target "
+            "set to 0 on the cells diffnorm.methods.images.box_exact_cells finds"
+            if model.target == "log_images"
             else "gamma = target"
         ),
     }
