@@ -10,6 +10,11 @@ from diffnorm.topology import EAST, NORTH, SOUTH, WEST
 
 
 def cell_geometry(fields: Fields) -> dict[str, np.ndarray]:
+    """:func:`compute_cell_geometry`, once per Fields (read-only arrays)."""
+    return fields.derived("cell_geometry", lambda: compute_cell_geometry(fields))
+
+
+def compute_cell_geometry(fields: Fields) -> dict[str, np.ndarray]:
     """Per cell, on the ``(ny, nx)`` grid: ``d_max``/``d_min``/``d_mean``, the Daley length
     scale ``D = √(κ(2M − 4))`` in cells of its open faces (κ = alpha/area); ``anisotropy``, κx/κy
     from the mean of its open faces along each axis (NaN unless both axes are open);

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,13 +204,22 @@ class Fields:
         factor = self.topology.cell_factor.ravel()[self.ocean]
         return self.area.ravel()[self.ocean].astype(np.float64) * factor
 
+    def derived(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per Fields: quantities of the fields alone that features, flags,
+        baselines, strata and error estimates each need (distances, runs, cell geometry).
+        Arrays come back read-only. A changed field is a new Fields (:meth:`replace`), so the
+        memo never goes stale."""
+        memo = self.__dict__.setdefault("_derived", {})
+        if key not in memo:
+            memo[key] = _freeze(compute())
+        return memo[key]
+
     def distance_to_coast(self, metric: str = "euclidean") -> np.ndarray:
         """Signed distance in cells to the coast (:meth:`Topology.distance_to_coast`), computed
-        once per metric (read-only): features, flags, strata and error estimates all ask."""
-        cache = self.__dict__.setdefault("_distance_cache", {})
-        if metric not in cache:
-            cache[metric] = _read_only(self.topology.distance_to_coast(self.mask, metric))
-        return cache[metric]
+        once per metric (read-only)."""
+        return self.derived(
+            f"distance_{metric}", lambda: self.topology.distance_to_coast(self.mask, metric)
+        )
 
     @functools.cached_property
     def _open_faces(self) -> tuple[np.ndarray, np.ndarray]:
@@ -264,6 +274,17 @@ class Fields:
 # Grid diffusivities alpha/area beyond this (a length scale of ~1e4 cells at M = 10) leave no
 # digit in an implicit step: (W + K) is then K to round-off, whose kernel is the constants.
 GRID_DIFFUSIVITY_MAX = 1e8
+
+
+def _freeze(value: Any) -> Any:
+    """``value`` with every NumPy array in it (also in tuples and dicts) made read-only."""
+    if isinstance(value, np.ndarray):
+        return _read_only(value)
+    if isinstance(value, tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _freeze(v) for k, v in value.items()}
+    return value
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

@@ -22,10 +22,12 @@ column (across the wrap; at least ``CAP`` means that side is open, and so is the
 ``κ`` the mean of its open faces per direction, as in ``lattice``. Exact (to the ~1e-5 of the
 tabulated ``ive``) for rectangular basins with constant κ, at a straight coast and in a
 corner; elsewhere an approximation, since an irregular coast is seen only where it crosses
-the cell's row and column. Cost O(n): ``nodes(M) × (7 lookups + 3 exponentials)`` per cell and axis.
+the cell's row and column. Cost O(n): ``nodes(M) × (7 lookups + 3 exponentials)`` per cell
+and axis at most.
 
-One implementation in torch (float64) serves the ``images`` method and the exported
-fields→γ graph (:class:`diffnorm.ml.pipeline.FieldsToGamma`), which must agree.
+One implementation in torch (table and terms in float32, the quadrature sum in float64)
+serves the ``images`` method and the exported fields→γ graph
+(:class:`diffnorm.ml.pipeline.FieldsToGamma`), which must agree.
 """
 
 from __future__ import annotations
@@ -267,14 +269,14 @@ def _module(steps: int) -> ImagesVariance:
 
 
 def _fields_runs(fields: Fields) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """The mask as a ``(1, ny, nx)`` tensor and its straight runs, once per Fields (the
+    """The mask as a ``(1, ny, nx)`` tensor and its straight runs (once per Fields: the
     baseline and the box-exact test both need them)."""
-    cache = fields.__dict__.setdefault("_straight_runs", {})
-    if not cache:
+
+    def compute():
         m = torch.from_numpy(np.array(fields.mask, dtype=np.float64))[None]
-        cache["m"] = m
-        cache["runs"] = straight_runs(m, fields.periodic_x, fields.topology.folded)
-    return cache["m"], cache["runs"]
+        return m, straight_runs(m, fields.periodic_x, fields.topology.folded)
+
+    return fields.derived("straight_runs", compute)
 
 
 def box_exact_cells(fields: Fields) -> np.ndarray:
