@@ -49,6 +49,17 @@ class Encoding:
             ratio = np.where(big > 0, d / big, 0.0)
         return np.clip((b - ratio) / (b - a), 0.0, 1.0)
 
+    def correction_weight(self, fields: Fields) -> np.ndarray:
+        """Weight of the network's correction per cell: the gate's (:meth:`gate_weight`), and
+        0 where the images baseline is exact (``log_images``: its box-exact cells, see
+        :func:`diffnorm.methods.images.box_exact`)."""
+        weight = self.gate_weight(fields)
+        if self.target == "log_images":
+            from diffnorm.methods.images import box_exact_cells
+
+            weight = np.where(box_exact_cells(fields), 0.0, weight)
+        return weight
+
     def inputs(self, fields: Fields, stats: Standardizer) -> torch.Tensor:
         """Standardized input channels with their halo: ``(C, ny + 2·halo, nx + 2·halo)``."""
         raw = raw_features(fields, self.distance, self.area)

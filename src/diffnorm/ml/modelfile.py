@@ -138,11 +138,7 @@ class GammaNetwork:
                     pred[j:j1, i:i1] = self.net(patch[None])[0, 0]
         t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
         if self.target in LOG_TARGETS:
-            t = t * self.encoding.gate_weight(fields)  # no gate: weight 1
-        if self.target == "log_images":  # no correction where the baseline is exact
-            from diffnorm.methods.images import box_exact_cells
-
-            t = np.where(box_exact_cells(fields), 0.0, t)
+            t = t * self.encoding.correction_weight(fields)  # 1 without gate or exact cells
         return t
 
     def error_estimate(self, fields: Fields) -> np.ndarray | None:

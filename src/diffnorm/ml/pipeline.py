@@ -127,7 +127,16 @@ class FieldsToGamma(nn.Module):
         return torch.where(m > 0, torch.log(torch.where(m > 0, ratio, 1.0)), 0.0)
 
     # -- baselines -----------------------------------------------------------------------------
-    def _baseline(self, m, area, east, west, north, south, runs=None) -> torch.Tensor:
+    def _baseline(
+        self,
+        m: torch.Tensor,
+        area: torch.Tensor,
+        slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        runs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """γ² of the model's baseline; ``runs`` (:func:`straight_runs`) for the images one."""
+        east, west, north, south = slots
+
         def mean_open(a, b):
             n = (a > 0).to(a.dtype) + (b > 0).to(b.dtype)
             return (a + b) / torch.where(n > 0, n, 1.0), n
@@ -135,7 +144,8 @@ class FieldsToGamma(nn.Module):
         ax, nx_ = mean_open(east, west)
         ay, ny_ = mean_open(north, south)
         safe = torch.where(m > 0, area, 1.0)
-        if runs is not None:  # the images baseline
+        if self.target == "log_images":
+            assert runs is not None
             ocean = torch.nonzero(m.flatten() > 0)[:, 0]
             cells = [t.flatten()[ocean] for t in (ax / safe, ay / safe) + runs]
             v = torch.ones_like(m).flatten().index_put((ocean,), self.images(*cells))
@@ -185,12 +195,12 @@ class FieldsToGamma(nn.Module):
             big = torch.sqrt((2 * self.steps - 4) * slots / safe).amax(dim=0)
             ratio = torch.where(big > 0, distance / torch.where(big > 0, big, 1.0), 0.0)
             t = t * ((b - ratio) / (b - a)).clamp(0.0, 1.0)
+        slots = (east, west, north, south)
         runs = None
-        if self.target == "log_images":  # no correction where the baseline is exact
+        if self.target == "log_images":  # Encoding.correction_weight: none where exact
             folded = self.north_fold != "none"
             runs = straight_runs(m, self.periodic_x, folded)
-            slots = (east, west, north, south)
             exact = box_exact(m, slots, area, runs, self.steps, self.periodic_x, folded)
             t = torch.where(exact, 0.0, t)
-        g2 = self._baseline(m, area, east, west, north, south, runs) * torch.exp(t)
+        g2 = self._baseline(m, area, slots, runs) * torch.exp(t)
         return torch.where(m > 0, torch.sqrt(g2), float("nan"))
