@@ -2,7 +2,7 @@
 
     python benchmarks/bench_generalization.py [--model NAME_OR_FILE] [--samples 2]
         [--randomization 10000] [--cases orca1,natl025,toy_table8,rectangles,gyre]
-        [--baselines lattice,images] [--strata]
+        [--baselines lattice,images] [--strata] [--symmetries 8]
 
 Cases (exact γ by certified selinv on each):
 
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from common import random_fields_on
 
+from diffnorm.augment import symmetries
 from diffnorm.fields import Fields
 from diffnorm.grid import (
     box_grid,
@@ -122,6 +123,12 @@ def main() -> None:
         help="also score these O(n) estimates (comma-separated: lattice, images, analytic)",
     )
     parser.add_argument(
+        "--symmetries",
+        type=int,
+        default=1,
+        help="average the cnn over up to this many of each grid's symmetries",
+    )
+    parser.add_argument(
         "--gate", default=None, help="A,B: fade the correction out from A·D to B·D off the coast"
     )
     args = parser.parse_args()
@@ -151,10 +158,11 @@ def main() -> None:
                 net = resolve_model(args.model, fields)
                 gate = tuple(float(x) for x in args.gate.split(","))
                 options = {"model": replace(net, encoding=replace(net.encoding, gate=gate))}
+            sym = min(args.symmetries, len(symmetries(fields.topology)))
             t0 = time.perf_counter()
-            cnn = estimate(fields, "cnn", **options)
+            cnn = estimate(fields, "cnn", symmetries=sym, **options)
             times["cnn"] += time.perf_counter() - t0
-            model_name = cnn.info.get("model", "")
+            model_name = cnn.info.get("model", "") + (f", {sym} symmetries" if sym > 1 else "")
             eps["cnn"].append(relative_error(cnn.gamma, exact.gamma, m))
             if cnn.error_estimate is not None:
                 covered.append(np.abs(eps["cnn"][-1]) <= cnn.error_estimate[m])

@@ -24,6 +24,12 @@ def test_exact_gamma_commutes_with_every_symmetry(periodic_x):
         np.testing.assert_allclose(moved, t.cells(gamma), rtol=1e-11, equal_nan=True)
 
 
+def test_restore_cells_undoes_every_transform():
+    a = np.arange(7 * 9, dtype=float).reshape(7, 9)
+    for t in symmetries(Topology(7, 9)) + [Transform(flip_x=True, shift_x=4)]:
+        np.testing.assert_array_equal(t.restore_cells(t.cells(a)), a)
+
+
 def test_a_wrong_face_convention_would_be_caught():
     # flipping face fields like cell fields (no shift) breaks the symmetry: the test has teeth
     f = random_fields(ny=10, nx=13, periodic_x=True, anisotropy=2.0, seed=1, islands=False)

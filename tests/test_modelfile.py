@@ -44,6 +44,26 @@ def test_tiles_with_halos_reproduce_one_pass(network, sample):
     np.testing.assert_allclose(tiled, whole, rtol=1e-5, equal_nan=True)
 
 
+def test_the_symmetry_mean_commutes_with_the_grid_s_symmetries(network, sample):
+    from diffnorm.augment import symmetries
+
+    f = sample.fields
+    assert np.array_equal(
+        network.predict_target(f, "cpu", symmetries=1), network.predict_target(f, "cpu")
+    )
+    group = symmetries(f.topology)
+    full = len(group)
+    mean = network.predict_target(f, "cpu", symmetries=full)
+    assert not np.allclose(mean, network.predict_target(f, "cpu"), atol=1e-4)  # it averages
+    for t in group[1:]:
+        moved = network.predict_target(t.fields(f), "cpu", symmetries=full)
+        np.testing.assert_allclose(moved, t.cells(mean), atol=1e-5)
+    with pytest.raises(ValueError, match=f"symmetries: this grid .* has {full}"):
+        network.predict_target(f, "cpu", symmetries=full + 1)
+    r = estimate(f, "cnn", model=network, device="cpu", symmetries=2)
+    assert r.info["symmetries"] == 2 and np.all(np.isfinite(r.gamma[f.mask]))
+
+
 def test_cnn_method_and_exact_small_basins(network, sample):
     r = estimate(sample.fields, "cnn", model=network, device="cpu")
     assert r.method == "cnn" and r.info["model"] == "tiny"
@@ -140,6 +160,36 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
         ],
     )
     assert res.exit_code == 2 and "missing.pt" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(inp),
+            "-o",
+            str(tmp_path / "s.nc"),
+            "--model",
+            str(model),
+            "--symmetries",
+            "2",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    _, g3 = read_fields(tmp_path / "s.nc")
+    assert np.all(np.isfinite(g3[sample.fields.mask])) and not np.allclose(g3, g1, equal_nan=True)
+    res = runner.invoke(
+        app,
+        [
+            "estimate",
+            str(inp),
+            "-o",
+            str(tmp_path / "t.nc"),
+            "--method",
+            "lattice",
+            "--symmetries",
+            "2",
+        ],
+    )
+    assert res.exit_code == 2 and "--symmetries goes with --method cnn" in res.output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wrong = random_fields(steps=8)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffnorm.ml.halo import pad_halo
-from diffnorm.ml.networks import ResidualCNN, count_parameters
+from diffnorm.ml.networks import ResidualCNN, UNet, count_parameters, for_inference
 
 
 def test_study_network_has_299521_parameters():
@@ -71,3 +71,25 @@ def test_unet_keeps_any_grid_size(shape):
     assert net(x).shape == (2, 1, *shape)
     with pytest.raises(ValueError, match="arch must be one of"):
         build_network("transformer")
+
+
+@pytest.mark.parametrize("arch", ["unet", "residual"])
+def test_the_inference_copy_folds_batch_norm_and_predicts_the_same(arch):
+    torch.manual_seed(0)
+    if arch == "unet":
+        net = UNet(in_channels=5, width=8, levels=2, halo=4)
+    else:
+        net = ResidualCNN(in_channels=5, width=8, blocks=2, norm="batch")
+    for m in net.modules():  # running statistics far from the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1.0, 1.0)
+            m.running_var.uniform_(0.2, 3.0)
+            m.weight.data.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.5, 0.5)
+    net.eval()
+    fast = for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # left untouched
+    x = torch.randn(2, 5, 13 + 2 * net.halo, 17 + 2 * net.halo)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), rtol=1e-4, atol=1e-4)

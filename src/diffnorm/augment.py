@@ -59,6 +59,17 @@ class Transform:
             a = _flip_cells(a, 1)
         return np.ascontiguousarray(np.roll(a, self.shift_x, axis=1) if self.shift_x else a)
 
+    def restore_cells(self, a: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`cells`: a cell field of the transformed grid, back on the
+        original grid."""
+        if self.shift_x:
+            a = np.roll(a, -self.shift_x, axis=1)
+        if self.flip_x:
+            a = _flip_cells(a, 1)
+        if self.flip_y:
+            a = _flip_cells(a, 0)
+        return np.ascontiguousarray(a.T if self.transpose else a)
+
     def faces(self, alpha_x: np.ndarray, alpha_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The east- and north-face fields."""
         if self.transpose:

@@ -41,20 +41,25 @@ def cnn(
     device: str = "auto",
     tile: int | None = None,
     exact_basins: int = 64,
+    symmetries: int = 1,
     progress=None,
 ) -> MethodOutput:
     """``model``: a model file, a Lightning checkpoint, a shipped model's name or a loaded
     :class:`~diffnorm.ml.modelfile.GammaNetwork` (``None``: the shipped model for this M
     trained on the cell size closest to the grid's); ``tile``:
     predict in tiles of that many cells (with halos) to bound memory; ``exact_basins``: basins
-    of at most this many cells are computed exactly (0: the network everywhere)."""
+    of at most this many cells are computed exactly (0: the network everywhere);
+    ``symmetries``: average the network over that many of the grid's flips and turns (up to 8
+    on a closed grid, 4 on a periodic or folded one; costs as many passes)."""
     from diffnorm.device import pick_device
     from diffnorm.ml.features import gamma_from_target
     from diffnorm.ml.modelfile import resolve_model
 
     net = resolve_model(model, fields)
     flags, report = net.check_fields(fields)
-    gamma = gamma_from_target(fields, net.predict_target(fields, device, tile), net.target)
+    gamma = gamma_from_target(
+        fields, net.predict_target(fields, device, tile, symmetries), net.target
+    )
     variance = gamma.ravel()[fields.ocean] ** -2.0
     idx, exact = small_basin_variance(fields, exact_basins)
     variance[idx] = exact
@@ -62,6 +67,7 @@ def cnn(
         "model": net.name,
         "device": str(pick_device(device)),
         "exact_cells": int(idx.size),
+        "symmetries": int(symmetries),
         "solves": 0,
         **{f"outside_{k}": v for k, v in report.items()},
     }

@@ -34,7 +34,7 @@ class ExportedGamma(nn.Module):
     def __init__(self, model: GammaNetwork, periodic_x: bool, north_fold: str = "none"):
         super().__init__()
         s = model.stats
-        self.net = model.net.eval()
+        self.net = model.inference_net
         self.halo = model.encoding.halo
         self.periodic_x = bool(periodic_x)
         self.north_fold = north_fold

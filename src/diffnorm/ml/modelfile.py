@@ -29,7 +29,7 @@ from diffnorm.device import pick_device
 from diffnorm.fields import Fields
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import LOG_TARGETS, Standardizer, channel_names, gamma_from_target
-from diffnorm.ml.networks import build_network, count_parameters
+from diffnorm.ml.networks import build_network, count_parameters, for_inference
 
 FORMAT = "diffnorm-model"
 FORMAT_VERSION = 1
@@ -102,26 +102,37 @@ class GammaNetwork:
         return flags, report
 
     # -- prediction ----------------------------------------------------------------------------
+    @functools.cached_property
+    def inference_net(self) -> nn.Module:
+        """:func:`~diffnorm.ml.networks.for_inference` of the network: what predictions run."""
+        return for_inference(self.net)
+
     @torch.no_grad()
     def predict_target(
         self,
         fields: Fields,
         device: str | torch.device | None = "auto",
         tile: int | None = None,
+        symmetries: int = 1,
     ) -> np.ndarray:
         """The network's target (``log(γ²/γ²_analytic)`` or γ) on the grid, float64.
 
         ``tile``: predict ``tile × tile`` blocks one at a time, each with its halo cut from the
         padded grid, to bound memory on large grids; identical to one pass for networks with
-        ``exact_tiling``.
+        ``exact_tiling``. ``symmetries``: the mean of the target over the first that many of
+        the grid's symmetries (:func:`diffnorm.augment.symmetries`: flips, and transposes on
+        closed grids), each predicted on the transformed grid and mapped back; γ commutes with
+        them exactly, the network only approximately, so the mean cancels part of its error.
         """
+        if symmetries != 1:
+            return self._symmetry_mean(fields, device, tile, symmetries)
         dev = pick_device(device)
-        self.net.to(dev)
+        net = self.inference_net.to(dev)
         x = self.encoding.inputs(fields, self.stats).to(dev)
         ny, nx = fields.shape
         h = self.encoding.halo
         if tile is None or tile >= max(ny, nx):
-            pred = self.net(x[None])[0, 0]
+            pred = net(x[None])[0, 0]
         else:
             if tile < 1:
                 raise ValueError(f"tile must be >= 1 cell, got {tile}")
@@ -135,11 +146,28 @@ class GammaNetwork:
                 for i in range(0, nx, tile):
                     j1, i1 = min(j + tile, ny), min(i + tile, nx)
                     patch = x[:, j : j1 + 2 * h, i : i1 + 2 * h]
-                    pred[j:j1, i:i1] = self.net(patch[None])[0, 0]
+                    pred[j:j1, i:i1] = net(patch[None])[0, 0]
         t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
         if self.target in LOG_TARGETS:
             t = t * self.encoding.correction_weight(fields)  # 1 without gate or exact cells
         return t
+
+    def _symmetry_mean(
+        self, fields: Fields, device: str | torch.device | None, tile: int | None, count: int
+    ) -> np.ndarray:
+        from diffnorm.augment import symmetries
+
+        group = symmetries(fields.topology)
+        if not 1 <= count <= len(group):
+            raise ValueError(
+                f"symmetries: this grid ({fields.topology.describe()}) has {len(group)} "
+                f"symmetries the network can be averaged over, got {count}; use 1 to "
+                f"{len(group)}"
+            )
+        total = np.zeros(fields.shape)
+        for t in group[:count]:
+            total += t.restore_cells(self.predict_target(t.fields(fields), device, tile))
+        return total / count
 
     def error_estimate(self, fields: Fields) -> np.ndarray | None:
         """The calibrated per-cell estimate of |ε| (NaN on land), if the model has one."""

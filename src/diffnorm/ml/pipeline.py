@@ -46,7 +46,7 @@ class FieldsToGamma(nn.Module):
             )
         if enc.target not in LOG_TARGETS:
             raise ModelFileError(f"{model.name}: target {enc.target!r} has no baseline to export")
-        self.net = model.net.eval()
+        self.net = model.inference_net
         self.halo = enc.halo
         self.periodic_x = bool(periodic_x)
         self.north_fold = parse_north_fold(north_fold)
