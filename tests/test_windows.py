@@ -9,6 +9,7 @@ from diffnorm.data import generate
 from diffnorm.data.config import ConfigError, config_from_dict
 from diffnorm.data.windows import KINDS, sharp_steps, window_mask
 from diffnorm.fields import read_fields
+from diffnorm.methods import estimate
 from diffnorm.topology import Topology
 
 
@@ -79,3 +80,42 @@ def test_stretched_windows_vary_their_cell_sizes():
     np.testing.assert_allclose(m.e2v[:-1], 0.5 * (m.e2t[:-1] + m.e2t[1:]))
     again = stretched_metrics(np.random.default_rng(5), mask, 0.3)
     np.testing.assert_array_equal(again.e1t, m.e1t)  # the same stream, the same grid
+
+
+def test_polar_windows_are_fold_tops_with_areas_falling_to_the_pole(tmp_path):
+    raw = {
+        "grid": {"name": "windows", "ny": 16, "nx": 16},
+        "steps": 6,
+        "parameters": {"d_min": 1.5, "d_max": 3.0, "polar_fraction": 1.0},
+        "splits": {"train": 4},
+        "seed": 4,  # draws T and F folds
+    }
+    generate(config_from_dict(raw), tmp_path / "ds", workers=1)
+    folds = set()
+    for k in range(4):
+        fields, gamma = read_fields(tmp_path / "ds" / "train" / f"train_{k:05d}.nc")
+        assert fields.periodic_x
+        assert np.all(np.diff(fields.area[:, 0]) < 0)  # toward the pole
+        assert 0.35 < fields.area[-1, 0] / fields.area[-2, 0] < 0.995
+        if fields.north_fold not in folds:  # the target is exact γ: brute force, each fold
+            folds.add(fields.north_fold)
+            brute = estimate(fields, "brute").gamma
+            np.testing.assert_allclose(gamma[fields.mask], brute[fields.mask], rtol=1e-6)
+    assert folds == {"F", "T"}
+    with pytest.raises(ConfigError, match="polar_fraction must be in"):
+        config_from_dict({**raw, "parameters": {"polar_fraction": 1.5}})
+    with pytest.raises(ConfigError, match="polar_fraction .* goes with grid 'windows'"):
+        config_from_dict({"grid": {"name": "toy"}, "parameters": {"polar_fraction": 0.5}})
+
+
+def test_training_pools_dataset_folders(tmp_path):
+    from diffnorm.ml.data import TrainingDataModule
+
+    base = {"grid": {"name": "windows", "ny": 16, "nx": 16}, "steps": 6}
+    for name, polar, n in (("a", 0.0, 2), ("b", 1.0, 3)):
+        raw = {**base, "parameters": {"d_min": 1.5, "d_max": 3.0, "polar_fraction": polar}}
+        generate(config_from_dict({**raw, "splits": {"train": n, "val": 1}}), tmp_path / name, 1)
+    dm = TrainingDataModule(f"{tmp_path / 'a'}, {tmp_path / 'b'}", halo=4)
+    dm.setup()
+    assert len(dm.sets["train"]) == 5 and len(dm.sets["val"]) == 2
+    assert dm.info["north_fold"] != ["none"] and len(dm.info["dataset_config_digest"]) == 2

@@ -61,7 +61,11 @@ def sample_fields(config: DataConfig, split: str, index: int) -> Fields:
         from diffnorm.grid import box_grid
 
         mask = window_mask(rng, config.grid.ny, config.grid.nx)
-        if p.metric_std:
+        if p.polar_fraction and rng.random() < p.polar_fraction:
+            from diffnorm.data.windows import polar_metrics
+
+            metrics = polar_metrics(rng, mask)
+        elif p.metric_std:
             metrics = stretched_metrics(rng, mask, p.metric_std)
         else:
             metrics = box_grid(config.grid.ny, config.grid.nx, mask=mask)

@@ -13,6 +13,11 @@ Kinds (drawn with the weights of :data:`KINDS`):
 - ``channels``: basins joined by channels 1–3 cells wide, straight, bent or staircase-diagonal;
 - ``islands``: open water with islands of one cell up to blobs, and capes from the walls;
 - ``lakes``: open water with small isolated basins and one-cell dead ends.
+
+:func:`polar_metrics` puts a window at the top of a global grid instead: east–west periodic,
+with a T- or F-pivot north fold (ORCA's) or a closed edge, and cell areas that fall like cos φ
+toward the pole, by up to ~40 % a row in the last rows, as on a latitude–longitude grid that
+runs into a fold.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ KINDS: dict[str, float] = {
     "lakes": 0.1,
 }
 RESOLUTION_RANGE = (1.0 / 12.0, 2.0)  # degrees, log-uniform
+POLAR_FOLDS = ("F", "T", "none")  # drawn with equal weights
+POLAR_ROW_DEG = (0.1, 1.0)  # meridional spacing Δφ, log-uniform
+POLAR_GAP_ROWS = (0.3, 6.0)  # the top edge sits this many Δφ short of the pole
 OCEAN_FRACTION = (0.25, 0.97)
 
 
@@ -231,4 +239,42 @@ def stretched_metrics(rng: np.random.Generator, mask: np.ndarray, log_std: float
         e2v=face(e2, 0),
         periodic_x=False,
         name=f"windows{ny}x{nx}",
+    )
+
+
+def polar_metrics(rng: np.random.Generator, mask: np.ndarray):
+    """The top ``ny`` rows of an east–west periodic latitude–longitude grid, its north edge a
+    T or F fold or closed (:data:`POLAR_FOLDS`): rows of Δφ (:data:`POLAR_ROW_DEG`) ending
+    :data:`POLAR_GAP_ROWS` rows short of the pole, so that ``e1 ∝ cos φ`` and the cell areas
+    fall toward the top, by ``cos(φ−Δφ)/cos φ`` a row. Metrics depend on the row only, so the
+    fold's copies agree; ``mask``'s T-fold copies are made to agree (a copy of ``mask`` is
+    changed)."""
+    from diffnorm.grid import EARTH_RADIUS, GridMetrics
+    from diffnorm.topology import Topology
+
+    ny, nx = mask.shape
+    fold = POLAR_FOLDS[int(rng.integers(len(POLAR_FOLDS)))]
+    dphi = float(np.exp(rng.uniform(*np.log(POLAR_ROW_DEG))))
+    top = 90.0 - rng.uniform(*POLAR_GAP_ROWS) * dphi
+    edges = top - dphi * np.arange(ny, -1, -1)
+    lat_c = 0.5 * (edges[1:] + edges[:-1])
+    rep = Topology(ny, nx, True, fold).representative
+    mask = np.asarray(mask, dtype=bool).ravel()[rep].reshape(ny, nx)
+    dlam = np.radians(dphi)  # any Δλ: γ depends on the cell sizes only through their ratios
+    row = np.ones((1, nx))
+    e1t = EARTH_RADIUS * dlam * np.cos(np.radians(lat_c))[:, None] * row
+    e2t = EARTH_RADIUS * np.radians(dphi) * np.ones((ny, nx))
+    e1v = EARTH_RADIUS * dlam * np.cos(np.radians(edges[1:]))[:, None] * row
+    return GridMetrics(
+        mask=mask,
+        e1t=e1t,
+        e2t=e2t,
+        e1u=e1t,
+        e2u=e2t,
+        e1v=e1v,
+        e2v=e2t,
+        periodic_x=True,
+        north_fold=fold,
+        name=f"polar{ny}x{nx}{fold}",
+        lat=np.broadcast_to(lat_c[:, None], (ny, nx)).copy(),
     )

@@ -16,7 +16,6 @@ from diffnorm.data.dataset import (
     Sample,
     SplitLoaders,
     load_split,
-    sample_files,
 )
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
@@ -29,6 +28,19 @@ def fit_standardizer(samples: list[Sample], enc: Encoding) -> Standardizer:
         for s in samples
     ]
     return Standardizer.fit(raw, targets)
+
+
+def dataset_roots(root: str) -> list[str]:
+    """``root``: one dataset folder, or several joined by commas whose samples are pooled."""
+    roots = [r.strip() for r in str(root).split(",") if r.strip()]
+    if not roots:
+        raise DatasetFolderError(f"data.root names no dataset folder: {root!r}")
+    return roots
+
+
+def pooled_split(root: str, split: str) -> list[Sample]:
+    """The ``split`` samples of every folder of ``root`` (:func:`dataset_roots`), in order."""
+    return [s for folder in dataset_roots(root) for s in load_split(folder, split)]
 
 
 def data_info(samples: list[Sample], root: str) -> dict:
@@ -51,8 +63,12 @@ def data_info(samples: list[Sample], root: str) -> dict:
         faces |= set(np.unique(cells["open_faces"][f.mask]).tolist())
     d, dx = np.concatenate(d_cells), np.concatenate(sizes)
     ratio = np.concatenate(ratios)
-    manifest = Path(root) / MANIFEST_FILE
-    digest = json.loads(manifest.read_text()).get("config_digest") if manifest.exists() else None
+    digests = []
+    for folder in dataset_roots(root):
+        manifest = Path(folder) / MANIFEST_FILE
+        found = json.loads(manifest.read_text()) if manifest.exists() else {}
+        digests.append(found.get("config_digest"))
+    digest = digests[0] if len(digests) == 1 else digests
     return {
         "steps": steps,
         "d_cells": [float(np.quantile(d, 0.001)), float(np.quantile(d, 0.999))],
@@ -153,7 +169,8 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         stats_from: str | None = None,
         area: str = "global",
     ):
-        """``augment``: random grid symmetries of the training samples (see
+        """``root``: a dataset folder, or several joined by commas (their samples pooled);
+        ``augment``: random grid symmetries of the training samples (see
         :mod:`diffnorm.augment`), all of them (``True``) or that fraction of the draws;
         ``crop``: train on random ``crop × crop`` windows (large grids on small machines).
         Validation and test samples are never transformed. ``stats_from``: take the
@@ -171,7 +188,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
 
     def setup(self, stage: str | None = None) -> None:
         if self.stats is None:
-            train = load_split(self.hparams.root, "train")
+            train = pooled_split(self.hparams.root, "train")
             if not train:
                 raise DatasetFolderError(f"{self.hparams.root} has no training samples")
             if self.hparams.stats_from:
@@ -185,7 +202,6 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
                 train, self.enc, self.stats, self.hparams.augment, self.hparams.crop
             )
         for split in ("val", "test"):
-            if split not in self.sets and sample_files(self.hparams.root, split):
-                self.sets[split] = EncodedDataset(
-                    load_split(self.hparams.root, split), self.enc, self.stats
-                )
+            samples = [] if split in self.sets else pooled_split(self.hparams.root, split)
+            if samples:
+                self.sets[split] = EncodedDataset(samples, self.enc, self.stats)
