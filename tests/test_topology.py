@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import double_cover, folded_fields
+from conftest import double_cover, folded_fields, random_fields
 from diffnorm.augment import Transform, symmetries
 from diffnorm.fields import FieldsError, read_fields, write_fields
 from diffnorm.methods import estimate
@@ -230,3 +230,19 @@ def test_index_distance_goes_round_the_wrap_and_across_the_fold():
     assert topo.index_distance(9, 0, np.array([9]), np.array([11]))[0] == 1  # wrap and fold
     assert topo.index_distance(9, 2, np.array([9]), np.array([9]))[0] == 1  # across the fold
     assert Topology(10, 12).index_distance(9, 2, np.array([9]), np.array([9]))[0] == 7
+
+
+@pytest.mark.parametrize("fold", ["none", "T", "F"])
+def test_a_basin_s_dense_block_is_the_system_matrix_s(fold):
+    from diffnorm.operator import system_block
+
+    f = folded_fields(fold, seed=3) if fold != "none" else random_fields(ny=10, nx=12, seed=3)
+    a = system_matrix(f).toarray()
+    labels = f.basin_labels.ravel()[f.ocean]
+    for b in np.unique(labels):
+        idx = np.flatnonzero(labels == b)
+        np.testing.assert_array_equal(system_block(f, idx), a[np.ix_(idx, idx)])
+    some = np.arange(0, f.ocean.size, 3)  # not a basin: faces leaving the set stay in the diagonal
+    np.testing.assert_allclose(np.diag(system_block(f, some)), np.diag(a)[some])
+    off = system_block(f, some) - np.diag(np.diag(system_block(f, some)))
+    np.testing.assert_array_equal(off, (a - np.diag(np.diag(a)))[np.ix_(some, some)])

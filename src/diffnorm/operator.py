@@ -141,6 +141,25 @@ def system_matrix(fields: Fields) -> sp.csr_matrix:
     )
 
 
+def system_block(fields: Fields, unknowns: np.ndarray) -> np.ndarray:
+    """``W + K`` restricted to the unknowns at sorted positions ``unknowns`` (of
+    ``fields.ocean``), dense: :func:`system_matrix`'s rows and columns there, built from the
+    cells' own face slots (the whole grid's matrix is not assembled). Faces to unknowns outside
+    the set still count in the diagonal, so a set that is a union of basins is exact."""
+    topo = fields.topology
+    cells = fields.ocean[unknowns]
+    factor = topo.cell_factor.ravel()[cells]
+    coef = fields.slot_alpha().reshape(4, -1)[:, cells] * factor
+    block = np.diag(factor * fields.area.ravel()[cells] + coef.sum(axis=0))
+    opened = coef > 0
+    position = topo.unknown_index(fields.mask)[topo.neighbours[:, cells][opened]]
+    local = np.searchsorted(unknowns, position)
+    inside = (local < unknowns.size) & (unknowns[np.minimum(local, unknowns.size - 1)] == position)
+    rows = np.broadcast_to(np.arange(cells.size), coef.shape)[opened]
+    np.subtract.at(block, (rows[inside], local[inside]), coef[opened][inside])
+    return block
+
+
 class SparseOperator(DiffusionOperator):
     """``W + K`` factorized once (CHOLMOD through cholespy, else SciPy's SuperLU)."""
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from diffnorm.fields import Fields
 from diffnorm.methods.base import MethodOutput, register
-from diffnorm.operator import system_matrix
+from diffnorm.operator import system_block
 
 
 def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,12 +22,11 @@ def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np
     small = np.flatnonzero((sizes > 0) & (sizes <= max_cells))
     if max_cells < 1 or small.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
-    a = system_matrix(fields).tocsr()
     w = fields.weights
     idx_all, var_all = [], []
     for b in small:
         idx = np.flatnonzero(ocean_labels == b)
-        s = np.linalg.solve(a[idx][:, idx].toarray(), np.diag(w[idx]))
+        s = np.linalg.solve(system_block(fields, idx), np.diag(w[idx]))
         var_all.append(np.diag(np.linalg.matrix_power(s, fields.steps)) / w[idx])
         idx_all.append(idx)
     return np.concatenate(idx_all), np.concatenate(var_all)
