@@ -524,7 +524,9 @@ def evaluate(
     model: Annotated[
         str, typer.Option("--model", "-m", help="model file, checkpoint (.ckpt) or shipped name")
     ],
-    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
+    data: Annotated[
+        str, typer.Option("--data", "-d", help="dataset folder (several: comma-separated)")
+    ],
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
     samples: Annotated[
         str, typer.Option(help="randomization sample counts to compare with")

@@ -56,6 +56,19 @@ def load_split(root: str | Path, split: str) -> list[Sample]:
     return samples
 
 
+def dataset_roots(root: str) -> list[str]:
+    """``root``: one dataset folder, or several joined by commas whose samples are pooled."""
+    roots = [r.strip() for r in str(root).split(",") if r.strip()]
+    if not roots:
+        raise DatasetFolderError(f"data.root names no dataset folder: {root!r}")
+    return roots
+
+
+def pooled_split(root: str, split: str) -> list[Sample]:
+    """The ``split`` samples of every folder of ``root`` (:func:`dataset_roots`), in order."""
+    return [s for folder in dataset_roots(root) for s in load_split(folder, split)]
+
+
 class GammaDataset(Dataset):
     """Samples as tensors: ``fields`` ``(4, ny, nx)`` = mask, area, alpha_x, alpha_y and
     ``gamma`` ``(ny, nx)`` (0 on land), float64; ``transform`` maps a sample dict to another."""

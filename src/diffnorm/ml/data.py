@@ -15,7 +15,8 @@ from diffnorm.data.dataset import (
     DatasetFolderError,
     Sample,
     SplitLoaders,
-    load_split,
+    dataset_roots,
+    pooled_split,
 )
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
@@ -28,19 +29,6 @@ def fit_standardizer(samples: list[Sample], enc: Encoding) -> Standardizer:
         for s in samples
     ]
     return Standardizer.fit(raw, targets)
-
-
-def dataset_roots(root: str) -> list[str]:
-    """``root``: one dataset folder, or several joined by commas whose samples are pooled."""
-    roots = [r.strip() for r in str(root).split(",") if r.strip()]
-    if not roots:
-        raise DatasetFolderError(f"data.root names no dataset folder: {root!r}")
-    return roots
-
-
-def pooled_split(root: str, split: str) -> list[Sample]:
-    """The ``split`` samples of every folder of ``root`` (:func:`dataset_roots`), in order."""
-    return [s for folder in dataset_roots(root) for s in load_split(folder, split)]
 
 
 def data_info(samples: list[Sample], root: str) -> dict:

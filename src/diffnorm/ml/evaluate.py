@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from diffnorm.cells import cell_geometry
-from diffnorm.data.dataset import load_split
+from diffnorm.data.dataset import pooled_split
 from diffnorm.fields import Fields
 from diffnorm.methods import estimate
 from diffnorm.metrics import (
@@ -72,9 +72,10 @@ def evaluate(
 ) -> dict:
     """Per-sample DESIGN §5 metrics of the network (a model file or checkpoint, in eval mode)
     and of ``analytic`` and ``randomization`` with each N in ``samples`` on the same samples,
-    with wall times; tables and plots in ``out_dir``."""
+    with wall times; tables and plots in ``out_dir``. ``root``: a dataset folder, or several
+    joined by commas (pooled)."""
     model = resolve_model(checkpoint)
-    data = load_split(root, split)
+    data = pooled_split(str(root), split)
     if not data:
         raise ValueError(f"{root} has no {split!r} samples")
     methods = ["cnn", "analytic"] + [f"randomization N={n}" for n in samples]
