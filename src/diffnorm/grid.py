@@ -183,20 +183,11 @@ def spherical_grid(
     nx = int(round(360.0 / resolution_lon))
     if not math.isclose(nx * resolution_lon, 360.0):
         raise ValueError(f"resolution {resolution_lon}° must divide 360°")
-    dlam = math.radians(resolution_lon)
-    lat_c = 0.5 * (lat_edges[1:] + lat_edges[:-1])
-    dphi = np.radians(np.diff(lat_edges))
+    rows = latitude_rows(lat_edges, resolution_lon, nx)
+    lat2 = rows["lat"]
     lon_c = -180.0 + resolution_lon * (np.arange(nx) + 0.5)
-    ny = lat_c.size
-    lat2, lon2 = np.meshgrid(lat_c, lon_c, indexing="ij")
-    cos_c = np.cos(np.radians(lat2))
-    e1t = EARTH_RADIUS * cos_c * dlam
-    e2t = np.broadcast_to((EARTH_RADIUS * dphi)[:, None], (ny, nx)).copy()
-    # v points: on the northern edge of each cell, centre-to-centre meridional distance
-    lat_v = lat_edges[1:]
-    e1v = np.broadcast_to((EARTH_RADIUS * np.cos(np.radians(lat_v)) * dlam)[:, None], (ny, nx))
-    dist_v = np.append(np.diff(lat_c), np.diff(lat_c)[-1:] if ny > 1 else dphi[-1:])
-    e2v = np.broadcast_to((EARTH_RADIUS * np.radians(dist_v))[:, None], (ny, nx))
+    lon2 = np.broadcast_to(lon_c[None, :], lat2.shape).copy()
+    ny = lat2.shape[0]
     land = land_mask(
         lat2,
         lon2,
@@ -209,12 +200,7 @@ def spherical_grid(
     ocean = remove_small_basins(ocean, min_basin, Topology(ny, nx, True, north_fold))
     return GridMetrics(
         mask=ocean,
-        e1t=e1t,
-        e2t=e2t,
-        e1u=e1t,
-        e2u=e2t,
-        e1v=np.maximum(e1v, 1e-3 * e1t.max()),
-        e2v=e2v,
+        **{k: v for k, v in rows.items() if k != "lat"},
         periodic_x=True,
         name=name,
         lat=lat2,
@@ -222,6 +208,34 @@ def spherical_grid(
         north_fold=north_fold,
         attrs={"resolution_lon_deg": resolution_lon},
     )
+
+
+def latitude_rows(lat_edges: np.ndarray, resolution_lon: float, nx: int) -> dict[str, np.ndarray]:
+    """The metrics of ``nx`` columns of Δλ (degrees) between the rows' ``lat_edges``: ``e1 =
+    R cos φ Δλ`` (at the centres, and at the northern edges for v points), ``e2 = R Δφ``, v
+    points' ``e2`` the distance between centres; u points like t points; and ``lat``."""
+    lat_edges = np.asarray(lat_edges, dtype=np.float64)
+    dlam = math.radians(resolution_lon)
+    lat_c = 0.5 * (lat_edges[1:] + lat_edges[:-1])
+    dphi = np.radians(np.diff(lat_edges))
+    ny = lat_c.size
+    lat2 = np.broadcast_to(lat_c[:, None], (ny, nx)).copy()
+    e1t = EARTH_RADIUS * np.cos(np.radians(lat2)) * dlam
+    e2t = np.broadcast_to((EARTH_RADIUS * dphi)[:, None], (ny, nx)).copy()
+    e1v = np.broadcast_to(
+        (EARTH_RADIUS * np.cos(np.radians(lat_edges[1:])) * dlam)[:, None], (ny, nx)
+    )
+    dist_v = np.append(np.diff(lat_c), np.diff(lat_c)[-1:] if ny > 1 else dphi[-1:])
+    e2v = np.broadcast_to((EARTH_RADIUS * np.radians(dist_v))[:, None], (ny, nx))
+    return {
+        "e1t": e1t,
+        "e2t": e2t,
+        "e1u": e1t,
+        "e2u": e2t,
+        "e1v": np.maximum(e1v, 1e-3 * e1t.max()),
+        "e2v": e2v,
+        "lat": lat2,
+    }
 
 
 def latlon_grid(

@@ -249,7 +249,7 @@ def polar_metrics(rng: np.random.Generator, mask: np.ndarray):
     fall toward the top, by ``cos(φ−Δφ)/cos φ`` a row. Metrics depend on the row only, so the
     fold's copies agree; ``mask``'s T-fold copies are made to agree (a copy of ``mask`` is
     changed)."""
-    from diffnorm.grid import EARTH_RADIUS, GridMetrics
+    from diffnorm.grid import GridMetrics, latitude_rows
     from diffnorm.topology import Topology
 
     ny, nx = mask.shape
@@ -257,24 +257,13 @@ def polar_metrics(rng: np.random.Generator, mask: np.ndarray):
     dphi = float(np.exp(rng.uniform(*np.log(POLAR_ROW_DEG))))
     top = 90.0 - rng.uniform(*POLAR_GAP_ROWS) * dphi
     edges = top - dphi * np.arange(ny, -1, -1)
-    lat_c = 0.5 * (edges[1:] + edges[:-1])
     rep = Topology(ny, nx, True, fold).representative
     mask = np.asarray(mask, dtype=bool).ravel()[rep].reshape(ny, nx)
-    dlam = np.radians(dphi)  # any Δλ: γ depends on the cell sizes only through their ratios
-    row = np.ones((1, nx))
-    e1t = EARTH_RADIUS * dlam * np.cos(np.radians(lat_c))[:, None] * row
-    e2t = EARTH_RADIUS * np.radians(dphi) * np.ones((ny, nx))
-    e1v = EARTH_RADIUS * dlam * np.cos(np.radians(edges[1:]))[:, None] * row
+    # any Δλ: γ depends on the cell sizes only through their ratios
     return GridMetrics(
         mask=mask,
-        e1t=e1t,
-        e2t=e2t,
-        e1u=e1t,
-        e2u=e2t,
-        e1v=e1v,
-        e2v=e2t,
+        **latitude_rows(edges, dphi, nx),
         periodic_x=True,
         north_fold=fold,
         name=f"polar{ny}x{nx}{fold}",
-        lat=np.broadcast_to(lat_c[:, None], (ny, nx)).copy(),
     )
