@@ -282,7 +282,7 @@ def _fields_runs(fields: Fields) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]
 def box_exact_cells(fields: Fields) -> np.ndarray:
     """:func:`box_exact` on fields: where the images value is exact."""
     m, runs = _fields_runs(fields)
-    slots = tuple(torch.from_numpy(np.ascontiguousarray(s))[None] for s in fields.slot_alpha())
+    slots = tuple(torch.from_numpy(np.array(s))[None] for s in fields.slot_alpha())  # writable
     area = torch.from_numpy(np.where(fields.mask, fields.area, 1.0))[None]
     with torch.no_grad():
         ok = box_exact(
