@@ -11,7 +11,9 @@
 # windows-images-m10 (the default): the U-Net on 6 000 geometry windows with the images
 # baseline (windows_images_cpu.yaml for 5 epochs on the first 3 000, then
 # windows_images_6k_cpu.yaml from there), its error model calibrated on the val split and its
-# card from the test split. The shipped file went through three stages (see
+# card from the test split. windows-polar-m10 (chosen on grids with a north fold): that
+# model fine-tuned on pooled stretched and polar windows in two stages
+# (windows_images_polar_cpu.yaml, then windows_images_polar_anneal_cpu.yaml). The shipped file went through three stages (see
 # windows_images_6k_cpu.yaml: two were cosine runs stopped early); here the first is a
 # 5-epoch run and the second is left out (close, not equal).
 # Data generation resumes when run again; training starts a new run (runs/NAME/csv/version_N)
@@ -60,5 +62,27 @@ $BIN/diffnorm evaluate -m "$windows" -d data/windows_stretched --split test --sa
 $BIN/diffnorm export -m "$windows" -o $MODELS/windows-images-m10.pt --name windows-images-m10 \
   --metrics "windows test split=runs/eval_windows_test/evaluation.json" \
   --error-model runs/eval_windows_val/evaluation.json
+
+# windows-polar-m10 (the default on folded grids): that model fine-tuned on 9 000 stretched
+# and 2 000 polar windows (folds, areas falling toward the pole), then annealed
+$BIN/diffnorm generate -c configs/data/windows_stretched_9k.yaml -o data/windows_stretched -q
+$BIN/diffnorm generate -c configs/data/windows_polar.yaml -o data/windows_polar -q
+$BIN/diffnorm train fit --config configs/train/windows_images_polar_cpu.yaml \
+  --model.init_from "$windows" $(epochs)
+stage1=$(latest runs/windows_images_polar best)
+$BIN/diffnorm train fit --config configs/train/windows_images_polar_anneal_cpu.yaml \
+  --model.init_from "$stage1" $(epochs)
+polar=$(latest runs/windows_images_polar_b best)
+$BIN/diffnorm evaluate -m "$polar" -d data/windows_stretched,data/windows_polar --split val \
+  --samples 100 --out runs/eval_polarmodel_val -q
+$BIN/diffnorm evaluate -m "$polar" -d data/windows_polar --split test --samples 10000 \
+  --out runs/eval_polarmodel_polartest -q
+$BIN/diffnorm evaluate -m "$polar" -d data/windows_stretched --split test --samples 10000 \
+  --out runs/eval_polarmodel_test -q
+$BIN/diffnorm export -m "$polar" -o $MODELS/windows-polar-m10.pt --name windows-polar-m10 \
+  --metrics "polar windows test split=runs/eval_polarmodel_polartest/evaluation.json" \
+  --metrics "windows test split=runs/eval_polarmodel_test/evaluation.json" \
+  --note "windows-images-m10 fine-tuned on 9 000 stretched and 2 000 polar windows (T and F folds); the default on folded grids" \
+  --error-model runs/eval_polarmodel_val/evaluation.json
 
 $BIN/diffnorm models

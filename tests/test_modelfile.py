@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import random_fields
+from conftest import folded_fields, random_fields
 from diffnorm.cli import app
 from diffnorm.data.dataset import load_split
 from diffnorm.fields import write_fields
@@ -245,6 +245,13 @@ def test_the_shipped_choice_prefers_the_grid_s_own_model_then_the_general_one(ne
     other = random_fields(ny=20, nx=30, steps=6)  # a grid none was trained on: the general one
     assert closest_shipped(other, [coarse, fine, general], "general") is general
     assert closest_shipped(other, [coarse, fine]) is fine  # no default: nearest cell size
+    polar = copy.copy(general)
+    polar.data = {**general.data, "north_fold": ["F", "T", "none"]}
+    polar.name = "polar"
+    folded = folded_fields("F", steps=6, seed=1)  # folded: the general model that saw folds
+    models = [coarse, fine, general, polar]
+    assert closest_shipped(folded, models, "general") is polar
+    assert closest_shipped(other, models, "general") is general  # no fold: the default
     with pytest.raises(ModelFileError, match="no shipped model for M=8"):
         closest_shipped(random_fields(steps=8), [coarse, fine])
 
@@ -274,6 +281,10 @@ def test_shipped_models_load_list_and_predict_well():
     m = sample_metrics(cnn.gamma, exact, fields.mask)
     # measured 1.4e-2 / 2.2e-1 on the test split: far below analytic (0.68 mean)
     assert m["mean_abs"] < 0.03 and m["max_abs"] < 0.6, m
+    for fold in ("T", "F"):  # a folded grid: the general model that has seen folds
+        folded = folded_fields(fold, ny=20, nx=24, steps=10, seed=2)
+        r = estimate(folded, "cnn", device="cpu")
+        assert r.info["model"] == "windows-polar-m10" and r.info["outside_fold"] == 0
 
 
 def test_predicting_imports_no_training_framework():

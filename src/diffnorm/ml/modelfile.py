@@ -368,7 +368,8 @@ def closest_shipped(
     fields: Fields, models: list[GammaNetwork], default: str | None = None
 ) -> GammaNetwork:
     """Among models for the fields' M: one trained on this very grid (its shape and north fold
-    among the training ones) if there is one, else the ``default`` (the general model, trained on
+    among the training ones) if there is one; else, on a folded grid, one whose training data
+    had that fold (``windows-polar-m10``); else the ``default`` (the general model, trained on
     geometry windows), else any; ties go to the nearest training cell size."""
     same_m = [m for m in models if m.steps == fields.steps]
     if not same_m:
@@ -391,5 +392,7 @@ def closest_shipped(
         if shape in m.data.get("shapes", [])
         and fields.north_fold in m.data.get("north_fold", ["none"])
     ]
-    pool = home or [m for m in same_m if m.name == default] or same_m
+    fold = fields.north_fold
+    seen_fold = [m for m in same_m if fold != "none" and fold in m.data.get("north_fold", [])]
+    pool = home or seen_fold or [m for m in same_m if m.name == default] or same_m
     return min(pool, key=distance)

@@ -3,9 +3,11 @@
 Each ``NAME.pt`` here is a self-contained model file (see :mod:`diffnorm.ml.modelfile`).
 ``estimate(fields, "cnn")`` without a model uses the model trained on the fields' own grid when
 one is shipped (``latlon4-m10`` on the 4° grid; ``orca1-m10`` was trained on the ORCA1-like
-grid before it had its north fold, so it is used there only when asked for), else
-``DEFAULT``, the general model trained on geometry windows (``windows-images-m10``: a U-Net
-correcting the ``images`` estimate, with a per-cell error estimate).
+grid before it had its north fold, so it is used there only when asked for); else, on a grid
+with a north fold, ``windows-polar-m10`` (the general model fine-tuned with windows under T
+and F folds); else ``DEFAULT``, the general model trained on geometry windows
+(``windows-images-m10``: a U-Net correcting the ``images`` estimate, with a per-cell error
+estimate).
 """
 
 from __future__ import annotations
