@@ -117,24 +117,32 @@ class DiffusionOperator(abc.ABC):
         return self.sqrt_w if x.ndim == 1 else self.sqrt_w[:, None]
 
 
+def _rows(
+    fields: Fields, unknowns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of ``W + K`` in the rows of the unknowns at positions ``unknowns`` (of
+    ``fields.ocean``), from :meth:`Topology.stencil` (wrap and fold included): the diagonal,
+    and the off-diagonal entries as (row in ``unknowns``, column as an unknown, value)."""
+    topo = fields.topology
+    w, nbr, c = topo.stencil(fields.mask, fields.area, fields.slot_alpha())
+    cells = fields.ocean[unknowns]
+    coef = c[:, cells]
+    opened = coef > 0  # closed slots carry no entry: the pattern is the open faces'
+    rows = np.broadcast_to(np.arange(cells.size), coef.shape)[opened]
+    cols = topo.unknown_index(fields.mask)[nbr[:, cells][opened]]
+    return w[cells] + coef.sum(axis=0), rows, cols, -coef[opened]
+
+
 def system_matrix(fields: Fields) -> sp.csr_matrix:
     """``W + K`` on the unknowns (symmetric positive definite, an M-matrix), from the same
     stencil as the matrix-free backend (:meth:`Topology.stencil`: wrap and fold included)."""
-    topo = fields.topology
-    w, nbr, c = topo.stencil(fields.mask, fields.area, fields.alpha_x, fields.alpha_y)
-    ocean = fields.ocean
-    index = topo.unknown_index(fields.mask)
-    n = ocean.size
+    n = fields.ocean.size
+    diag, rows, cols, values = _rows(fields, np.arange(n))
     row = np.arange(n)
-    coef = c[:, ocean]
-    diag = w[ocean] + coef.sum(axis=0)
-    opened = coef > 0  # closed slots carry no entry: the pattern is the open faces'
-    rows = np.broadcast_to(row, coef.shape)[opened]
-    cols = index[nbr[:, ocean][opened]]
     # duplicate (row, col) entries, e.g. a T pivot's two half faces to one cell, are summed
     return sp.csr_matrix(
         (
-            np.concatenate([diag, -coef[opened]]),
+            np.concatenate([diag, values]),
             (np.concatenate([row, rows]), np.concatenate([row, cols])),
         ),
         shape=(n, n),
@@ -143,20 +151,14 @@ def system_matrix(fields: Fields) -> sp.csr_matrix:
 
 def system_block(fields: Fields, unknowns: np.ndarray) -> np.ndarray:
     """``W + K`` restricted to the unknowns at sorted positions ``unknowns`` (of
-    ``fields.ocean``), dense: :func:`system_matrix`'s rows and columns there, built from the
-    cells' own face slots (the whole grid's matrix is not assembled). Faces to unknowns outside
-    the set still count in the diagonal, so a set that is a union of basins is exact."""
-    topo = fields.topology
-    cells = fields.ocean[unknowns]
-    factor = topo.cell_factor.ravel()[cells]
-    coef = fields.slot_alpha().reshape(4, -1)[:, cells] * factor
-    block = np.diag(factor * fields.area.ravel()[cells] + coef.sum(axis=0))
-    opened = coef > 0
-    position = topo.unknown_index(fields.mask)[topo.neighbours[:, cells][opened]]
-    local = np.searchsorted(unknowns, position)
-    inside = (local < unknowns.size) & (unknowns[np.minimum(local, unknowns.size - 1)] == position)
-    rows = np.broadcast_to(np.arange(cells.size), coef.shape)[opened]
-    np.subtract.at(block, (rows[inside], local[inside]), coef[opened][inside])
+    ``fields.ocean``), dense: :func:`system_matrix`'s rows and columns there, without
+    assembling the whole grid's matrix. Faces to unknowns outside the set still count in the
+    diagonal, so a set that is a union of basins is exact."""
+    diag, rows, cols, values = _rows(fields, unknowns)
+    local = np.searchsorted(unknowns, cols)
+    inside = (local < unknowns.size) & (unknowns[np.minimum(local, unknowns.size - 1)] == cols)
+    block = np.diag(diag)
+    np.add.at(block, (rows[inside], local[inside]), values[inside])
     return block
 
 

@@ -211,13 +211,14 @@ class Topology:
         return out.reshape(4, *self.shape)
 
     def stencil(
-        self, mask: np.ndarray, area: np.ndarray, alpha_x: np.ndarray, alpha_y: np.ndarray
+        self, mask: np.ndarray, area: np.ndarray, slots: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(w, nbr, c)`` on the listed cells: ``(W + K)φ = wφ + Σ_s c_s (φ − φ[nbr_s])``,
-        zero on land and on copies; symmetric over the unknowns (see the module docstring)."""
+        zero on land and on copies; symmetric over the unknowns (see the module docstring).
+        ``slots``: :meth:`slot_alpha` of the fields."""
         f = np.where(mask, self.cell_factor, 0.0)
         w = (f * np.where(mask, area, 0.0)).ravel()
-        c = (self.slot_alpha(alpha_x, alpha_y, mask) * f[None]).reshape(4, -1)
+        c = (slots * f[None]).reshape(4, -1)
         return w, self.neighbours, c
 
     # -- faces ---------------------------------------------------------------------------------

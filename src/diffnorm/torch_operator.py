@@ -42,9 +42,7 @@ class TorchStencilOperator(DiffusionOperator):
         def tensor(a: np.ndarray) -> torch.Tensor:
             return torch.tensor(np.asarray(a), dtype=dtype, device=self.device)
 
-        w, nbr, c = fields.topology.stencil(
-            fields.mask, fields.area, fields.alpha_x, fields.alpha_y
-        )
+        w, nbr, c = fields.topology.stencil(fields.mask, fields.area, fields.slot_alpha())
         self.mask = tensor(fields.counted)
         self.area = tensor(w.reshape(ny, nx))
         self.coef = tensor(c.reshape(4, ny, nx))
