@@ -119,3 +119,7 @@ def test_training_pools_dataset_folders(tmp_path):
     dm.setup()
     assert len(dm.sets["train"]) == 5 and len(dm.sets["val"]) == 2
     assert dm.info["north_fold"] != ["none"] and len(dm.info["dataset_config_digest"]) == 2
+    from diffnorm.data.dataset import DatasetFolderError, pooled_split
+
+    with pytest.raises(DatasetFolderError, match="names no dataset folder"):
+        pooled_split(" , ", "train")

@@ -60,7 +60,9 @@ def dataset_roots(root: str) -> list[str]:
     """``root``: one dataset folder, or several joined by commas whose samples are pooled."""
     roots = [r.strip() for r in str(root).split(",") if r.strip()]
     if not roots:
-        raise DatasetFolderError(f"data.root names no dataset folder: {root!r}")
+        raise DatasetFolderError(
+            f"{root!r} names no dataset folder: give one, or several joined by commas"
+        )
     return roots
 
 
