@@ -123,3 +123,49 @@ def test_training_pools_dataset_folders(tmp_path):
 
     with pytest.raises(DatasetFolderError, match="names no dataset folder"):
         pooled_split(" , ", "train")
+
+
+def test_length_scales_set_in_metres_follow_the_metric():
+    from diffnorm.lengthscales import metric_cell_length_scales
+
+    ny, nx = 24, 20
+    lat = np.linspace(20.0, 70.0, ny)[:, None]
+    e1 = 1e5 * np.cos(np.radians(lat)) * np.ones((ny, nx))
+    e2 = 1e5 * np.ones((ny, nx))
+    mask = np.ones((ny, nx), dtype=bool)
+    seen = set()
+    for seed in range(12):
+        d1, d2 = metric_cell_length_scales(e1, e2, mask, np.random.default_rng(seed), 1.0, 50.0)
+        assert 1.0 <= min(d1.min(), d2.min()) and max(d1.max(), d2.max()) <= 50.0
+        free = (d1 > 1.0) & (d1 < 50.0) & (d2 > 1.0) & (d2 < 50.0)  # not clipped
+        assert free.mean() > 0.9
+        l1, l2 = (d1 * e1)[free], (d2 * e2)[free]  # the length scales in metres
+        constant, isotropic = np.ptp(np.log(l1)) < 1e-12, np.allclose(l1, l2)
+        seen.add((constant, isotropic))
+        np.testing.assert_allclose(l1 / l2, l1[0] / l2[0], rtol=1e-12)  # one ratio in metres
+        if constant:  # κ constant in m²: d₁ in cells grows like 1/cos φ
+            rows = np.flatnonzero(free[:, 0])
+            np.testing.assert_allclose(
+                d1[rows, 0] * np.cos(np.radians(lat[rows, 0])),
+                d1[rows[0], 0] * np.cos(np.radians(lat[rows[0], 0])),
+                rtol=1e-12,
+            )
+    assert seen == {(True, True), (True, False), (False, True), (False, False)}
+
+
+def test_metre_windows_are_drawn_and_checked(tmp_path):
+    raw = {
+        "grid": {"name": "windows", "ny": 16, "nx": 16},
+        "steps": 6,
+        "parameters": {"d_min": 1.5, "d_max": 3.0, "metric_std": 0.3, "metre_fraction": 1.0},
+        "splits": {"train": 2},
+        "seed": 3,
+    }
+    cfg = config_from_dict(raw)
+    assert cfg.digest() != config_from_dict({**raw, "parameters": {"metric_std": 0.3}}).digest()
+    generate(cfg, tmp_path / "ds", workers=1)
+    fields, gamma = read_fields(tmp_path / "ds" / "train" / "train_00000.nc")
+    brute = estimate(fields, "brute").gamma
+    np.testing.assert_allclose(gamma[fields.mask], brute[fields.mask], rtol=1e-6)
+    with pytest.raises(ConfigError, match="metre_fraction must be in"):
+        config_from_dict({**raw, "parameters": {"metre_fraction": -0.1}})

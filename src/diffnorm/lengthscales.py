@@ -69,3 +69,44 @@ def random_cell_length_scales(
     d1 = np.clip(d * ratio**0.25, d_min, d_max)
     d2 = np.clip(d * ratio**-0.25, d_min, d_max)
     return d1, d2
+
+
+def metric_cell_length_scales(
+    e1: np.ndarray,
+    e2: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    d_min: float = 1.5,
+    d_max: float = 6.0,
+    correlation_cells: float = 10.0,
+    topology: Topology | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Length scales in cells from one set in metres, ``dᵢ = L₁,₂/eᵢ``: the diffusivity that
+    data-assimilation systems often give (κ constant in m², the study's Table 8, or smooth in
+    m²), which makes the length scale in cells follow the grid's metric.
+
+    ``L`` is constant (half the draws) or smooth (log-std 0.25 over ``correlation_cells``);
+    its scale is log-uniform among those that keep the ocean's ``d`` inside ``[d_min, d_max]``
+    (centred when none does). Half the draws are isotropic in metres, the others have one
+    ratio ``L₁/L₂`` log-uniform in ``[1/√3, √3]``. Both are clipped into ``[d_min, d_max]``.
+    """
+    if not 0 < d_min <= d_max:
+        raise ValueError(f"need 0 < d_min <= d_max, got {d_min}, {d_max}")
+    topo = topology if topology is not None else Topology.of(e1.shape, periodic_x=False)
+    log_l = np.zeros(e1.shape)
+    if rng.random() < 0.5:
+        log_l = 0.25 * smooth_random_field(e1.shape, correlation_cells, rng, topo)
+    half_ratio = 0.0 if rng.random() < 0.5 else rng.uniform(-0.25, 0.25) * math.log(3.0)
+    log_d1 = log_l + half_ratio - np.log(e1)
+    log_d2 = log_l - half_ratio - np.log(e2)
+    ocean = np.asarray(mask, dtype=bool)
+    if not ocean.any():
+        ocean = np.ones(e1.shape, dtype=bool)
+    # the shift that keeps every ocean cell inside [d_min, d_max] when the spread allows it,
+    # so that most draws are not clipped (the cell-unit draws cover the extremes)
+    both = np.concatenate([log_d1[ocean], log_d2[ocean]])
+    lo, hi = math.log(d_min) - both.min(), math.log(d_max) - both.max()
+    shift = rng.uniform(lo, hi) if lo <= hi else 0.5 * (lo + hi)
+    d1 = np.clip(np.exp(log_d1 + shift), d_min, d_max)
+    d2 = np.clip(np.exp(log_d2 + shift), d_min, d_max)
+    return d1, d2

@@ -43,6 +43,7 @@ class ParameterSpec:
     sharp_fraction: float = 0.0  # share of samples with a sharp step in D (data.windows)
     metric_std: float = 0.0  # windows: log-std of smooth random cell sizes (stretched grids)
     polar_fraction: float = 0.0  # windows: share drawn as the top of a folded global grid
+    metre_fraction: float = 0.0  # share whose length scale is set in metres, not in cells
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class DataConfig:
         for name in ("drop_halo", "north_fold"):
             if d["grid"][name] is None:
                 del d["grid"][name]  # the default: digests of older configs stay valid
-        for name in ("sharp_fraction", "metric_std", "polar_fraction"):
+        for name in ("sharp_fraction", "metric_std", "polar_fraction", "metre_fraction"):
             if d["parameters"][name] == 0.0:
                 del d["parameters"][name]  # likewise
         d["parameters"]["anisotropy"] = list(d["parameters"]["anisotropy"])
@@ -151,6 +152,10 @@ def _check(cfg: DataConfig, where: str) -> None:
         raise ConfigError(
             f"{where}parameters.polar_fraction must be in [0, 1] and goes with grid 'windows', "
             f"got {p.polar_fraction} on {g.name!r}"
+        )
+    if not 0.0 <= p.metre_fraction <= 1.0:
+        raise ConfigError(
+            f"{where}parameters.metre_fraction must be in [0, 1], got {p.metre_fraction}"
         )
     if not 0.0 <= p.sharp_fraction <= 1.0:
         raise ConfigError(

@@ -71,17 +71,31 @@ def sample_fields(config: DataConfig, split: str, index: int) -> Fields:
             metrics = box_grid(config.grid.ny, config.grid.nx, mask=mask)
     else:
         metrics = grid_metrics(config.grid)
-    d1, d2 = random_cell_length_scales(
-        metrics.shape,
-        rng,
-        d_min=p.d_min,
-        d_max=p.d_max,
-        anisotropy=tuple(p.anisotropy),
-        correlation_cells=p.correlation_cells,
-        topology=metrics.topology,
-        lat=metrics.lat,
-        lat_amplitude=p.lat_amplitude,
-    )
+    if p.metre_fraction and rng.random() < p.metre_fraction:
+        from diffnorm.lengthscales import metric_cell_length_scales
+
+        d1, d2 = metric_cell_length_scales(
+            metrics.e1t,
+            metrics.e2t,
+            metrics.mask,
+            rng,
+            d_min=p.d_min,
+            d_max=p.d_max,
+            correlation_cells=p.correlation_cells,
+            topology=metrics.topology,
+        )
+    else:
+        d1, d2 = random_cell_length_scales(
+            metrics.shape,
+            rng,
+            d_min=p.d_min,
+            d_max=p.d_max,
+            anisotropy=tuple(p.anisotropy),
+            correlation_cells=p.correlation_cells,
+            topology=metrics.topology,
+            lat=metrics.lat,
+            lat_amplitude=p.lat_amplitude,
+        )
     if p.sharp_fraction and rng.random() < p.sharp_fraction:
         from diffnorm.data.windows import sharp_steps
 
