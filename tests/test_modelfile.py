@@ -71,6 +71,26 @@ def test_cnn_method_and_exact_small_basins(network, sample):
     assert "option_model" not in r.attrs()  # an object is named in info, not written
 
 
+@pytest.mark.parametrize("fold", ["T", "F"])
+def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
+    from conftest import folded_fields
+
+    f = folded_fields(fold, ny=30, nx=20, steps=6, seed=1, kappa=0.3)
+    exact = estimate(f, "selinv", tolerance=1e-9).gamma
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny network has seen no fold
+        r = estimate(f, "cnn", model=network, device="cpu", exact_fold_rows=3)
+        none = estimate(f, "cnn", model=network, device="cpu", exact_fold_rows=0)
+    top = f.mask.astype(bool) & (np.arange(30) >= 27)[:, None]
+    np.testing.assert_allclose(r.gamma[top], exact[top], rtol=1e-4)
+    assert r.info["exact_fold_cells"] == np.count_nonzero(f.counted[-3:])
+    assert none.info["exact_fold_cells"] == 0
+    assert np.abs(none.gamma[top] / exact[top] - 1).max() > 1e-3  # the network alone is not
+    rest = f.mask.astype(bool) & ~top
+    np.testing.assert_array_equal(r.gamma[rest], none.gamma[rest])
+    assert not r.flags[top].any()
+
+
 def test_wrong_steps_is_refused_and_out_of_range_warns(network):
     with pytest.raises(ModelFileError, match="steps: the fields have M=8"):
         network.predict(random_fields(steps=8), "cpu")
@@ -190,6 +210,12 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
         ],
     )
     assert res.exit_code == 2 and "--symmetries goes with --method cnn" in res.output
+    for args, message in (
+        (["--method", "lattice", "--exact-fold-rows", "2"], "--exact-fold-rows goes with"),
+        (["--method", "cnn", "--exact-fold-rows", "-1"], "--exact-fold-rows must be >= 0"),
+    ):
+        res = runner.invoke(app, ["estimate", str(inp), "-o", str(tmp_path / "t.nc"), *args])
+        assert res.exit_code == 2 and message in res.output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         wrong = random_fields(steps=8)

@@ -158,6 +158,13 @@ def estimate(
             "to 8 closed, 4 periodic or folded): as many passes, smaller errors"
         ),
     ] = 1,
+    exact_fold_rows: Annotated[
+        int,
+        typer.Option(
+            help="cnn: on a grid with a north fold, solve this many rows under it exactly (a "
+            "band padded by a halo; 0: the network there too)"
+        ),
+    ] = 6,
     verify: Annotated[
         int,
         typer.Option(
@@ -187,11 +194,21 @@ def estimate(
     elif method is MethodName.selinv:
         options = {"tolerance": tolerance}
     elif method is MethodName.cnn:
-        options = {"model": model, "device": device, "tile": tile, "symmetries": symmetries}
+        options = {
+            "model": model,
+            "device": device,
+            "tile": tile,
+            "symmetries": symmetries,
+            "exact_fold_rows": exact_fold_rows,
+        }
     elif model is not None:
         usage_error("--model goes with --method cnn")
     elif symmetries != 1:
         usage_error("--symmetries goes with --method cnn")
+    elif exact_fold_rows != 6:
+        usage_error("--exact-fold-rows goes with --method cnn")
+    if exact_fold_rows < 0:
+        usage_error(f"--exact-fold-rows must be >= 0, got {exact_fold_rows}")
     if stride is not None and method is not MethodName.probing:
         usage_error("--stride goes with --method probing (selinv needs no stride)")
     with user_errors():
@@ -570,6 +587,9 @@ def predict(
         int,
         typer.Option(help="average over this many of the grid's flips and turns (up to 8)"),
     ] = 1,
+    exact_fold_rows: Annotated[
+        int, typer.Option(help="rows under a north fold solved exactly (0: none)")
+    ] = 6,
 ) -> None:
     """γ from a trained network (same as `estimate --method cnn`)."""
     estimate(
@@ -580,6 +600,7 @@ def predict(
         device=device,
         tile=tile,
         symmetries=symmetries,
+        exact_fold_rows=exact_fold_rows,
     )
 
 

@@ -2,7 +2,10 @@
 
 Basins of at most ``exact_basins`` cells (lakes, enclosed seas of a coarse grid) are solved
 exactly instead: their ``W + K`` block is tiny and dense, and they are where a local network is
-weakest (its input says nothing of a basin's total area, which bounds γ² there).
+weakest (its input says nothing of a basin's total area, which bounds γ² there). So are the top
+``exact_fold_rows`` rows of a grid with a north fold (:func:`diffnorm.subgrid.fold_band_variance`:
+the band under the fold, padded by a halo of rows): the network's largest errors sat at the
+fold's pivots, where a cell's northern neighbour is its own eastern or western one.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def cnn(
     device: str = "auto",
     tile: int | None = None,
     exact_basins: int = 64,
+    exact_fold_rows: int = 6,
     symmetries: int = 1,
     progress=None,
 ) -> MethodOutput:
@@ -48,29 +52,40 @@ def cnn(
     trained on the cell size closest to the grid's); ``tile``:
     predict in tiles of that many cells (with halos) to bound memory; ``exact_basins``: basins
     of at most this many cells are computed exactly (0: the network everywhere);
+    ``exact_fold_rows``: on a grid with a north fold, so are that many rows under it;
     ``symmetries``: average the network over that many of the grid's flips and turns (up to 8
     on a closed grid, 4 on a periodic or folded one; costs as many passes)."""
     from diffnorm.device import pick_device
     from diffnorm.ml.features import gamma_from_target
     from diffnorm.ml.modelfile import resolve_model
 
+    if exact_fold_rows < 0:
+        raise ValueError(f"exact_fold_rows must be >= 0 (0: none), got {exact_fold_rows}")
     net = resolve_model(model, fields)
     flags, report = net.check_fields(fields)
     gamma = gamma_from_target(
         fields, net.predict_target(fields, device, tile, symmetries), net.target
     )
     variance = gamma.ravel()[fields.ocean] ** -2.0
+    from diffnorm.subgrid import fold_band_variance
+
     idx, exact = small_basin_variance(fields, exact_basins)
+    fold_idx, fold_exact = fold_band_variance(fields, exact_fold_rows)
+    variance[fold_idx] = fold_exact
     variance[idx] = exact
+    idx = np.union1d(idx, fold_idx)
     info = {
         "model": net.name,
         "device": str(pick_device(device)),
         "exact_cells": int(idx.size),
+        "exact_fold_cells": int(fold_idx.size),
         "symmetries": int(symmetries),
         "solves": 0,
         **{f"outside_{k}": v for k, v in report.items()},
     }
     flags.ravel()[fields.ocean[idx]] = 0  # solved exactly: on known ground
+    if fold_idx.size:
+        flags[-exact_fold_rows:] = 0  # T-fold copies too
     error = net.error_estimate(fields)
     if error is not None:
         error = error.ravel()[fields.ocean]

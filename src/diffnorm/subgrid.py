@@ -1,4 +1,4 @@
-"""Exact γ on part of a large grid: solve a crop padded by a halo, keep its interior.
+"""Exact γ on part of a grid: solve a sub-grid padded by a halo, keep its interior.
 
 A crop's edges are walls. A wall ``H`` cells away changes the variance at a cell by about the
 kernel of ``S^M`` at the image distance ``2H`` (DESIGN §1: γ² halves *at* a wall), so a halo
@@ -6,6 +6,10 @@ whose kernel has fallen below the tolerance at ``2H`` leaves the interior's γ a
 grid. :func:`halo_width` finds that ``H`` from the homogeneous-lattice kernel at the largest
 grid diffusivity of the crop (tested against whole-grid solves), which makes training targets
 from grids too large to solve whole (1/12° crops) at a fraction of the cost.
+
+:func:`fold_band_variance` does the same for the rows under a north fold: the band of the top
+rows, the whole width, keeps the wrap and the fold and gets a wall only at its south edge. The
+``cnn`` method solves those rows so, where the network is weakest (the fold's pivots).
 """
 
 from __future__ import annotations
@@ -76,3 +80,54 @@ def interior_gamma(
     sub = crop(fields, slice(r0, r1), cols)
     gamma = estimate(sub, "selinv", tolerance=tolerance / 10).gamma
     return gamma[j0 - r0 : j1 - r0, start : start + (i1 - i0)], (hy, hx)
+
+
+def fold_band(fields: Fields, rows: int, tolerance: float = 1e-4) -> tuple[Fields, int]:
+    """The top ``rows`` rows of a folded grid padded by :func:`halo_width` rows below (at the
+    band's largest grid diffusivity): the whole width with the grid's wrap and fold, closed
+    only along its south edge; and the first kept row of the band."""
+    ny, _ = fields.shape
+    if not fields.topology.folded:
+        raise ValueError("fold_band needs a grid with a north fold (north_fold T or F)")
+    if not 0 < rows <= ny:
+        raise ValueError(f"rows must be in [1, {ny}], got {rows}")
+    gx, gy = fields.grid_diffusivity()
+    top = slice(ny - rows, ny)
+    hy, _ = halo_width(float(gx[top].max()), float(gy[top].max()), fields.steps, tolerance)
+    r0 = max(0, ny - rows - hy)
+    band = Fields(
+        fields.mask[r0:].astype(np.int8),
+        fields.area[r0:],
+        fields.alpha_x[r0:],
+        fields.alpha_y[r0:],
+        fields.steps,
+        fields.periodic_x,
+        attrs=dict(fields.attrs),
+        north_fold=fields.north_fold,
+    )
+    return band, ny - rows - r0
+
+
+def fold_band_variance(
+    fields: Fields, rows: int, tolerance: float = 1e-4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``v = 1/γ²`` on the ocean cells of the top ``rows`` rows of a folded grid, from
+    :func:`fold_band` solved by ``selinv``; returns (indices into ``fields.ocean``,
+    variances). A no-op (empty arrays) on grids without a fold or with ``rows = 0``."""
+    from diffnorm.methods import estimate
+
+    empty = np.zeros(0, dtype=np.int64), np.zeros(0)
+    if rows < 1 or not fields.topology.folded or not fields.n_ocean:
+        return empty
+    rows = min(rows, fields.shape[0])
+    band, first = fold_band(fields, rows, tolerance)
+    if not band.n_ocean:
+        return empty
+    gamma = estimate(band, "selinv", tolerance=tolerance / 10).gamma
+    ny, nx = fields.shape
+    keep = np.zeros(fields.shape, dtype=bool)
+    keep[ny - rows :] = True
+    cells = fields.ocean[keep.ravel()[fields.ocean]]  # flat indices, top rows, ocean
+    j, i = np.divmod(cells, nx)
+    idx = np.searchsorted(fields.ocean, cells)
+    return idx, gamma[j - (ny - band.shape[0]), i] ** -2.0

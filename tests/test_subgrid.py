@@ -1,0 +1,64 @@
+"""Exact γ on sub-grids: a crop padded by halo_width, the band under a fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import random_fields
+from diffnorm.methods import estimate
+from diffnorm.subgrid import halo_width, interior_gamma
+
+
+@pytest.mark.parametrize("periodic_x", [True, False])
+def test_the_interior_of_a_padded_crop_is_the_whole_grid_gamma(periodic_x):
+    fields = random_fields(ny=60, nx=70, steps=10, periodic_x=periodic_x, kappa=0.3, seed=2)
+    whole = estimate(fields, "selinv", tolerance=1e-9).gamma
+    for tol, box in ((1e-3, (20, 40, 0, 25)), (1e-5, (25, 35, 50, 66))):
+        inner, (hy, hx) = interior_gamma(fields, *box, tolerance=tol)
+        j0, j1, i0, i1 = box
+        ref = whole[j0:j1, i0:i1]
+        m = np.isfinite(ref)
+        assert np.abs(inner[m] ** 2 / ref[m] ** 2 - 1).max() <= tol
+        # and the halo is needed: half of it gives a larger error somewhere
+    small, _ = interior_gamma(fields, 20, 40, 0, 25, tolerance=0.3)
+    ref = whole[20:40, 0:25]
+    m = np.isfinite(ref)
+    assert np.abs(small[m] ** 2 / ref[m] ** 2 - 1).max() > 1e-3
+
+
+def test_halo_grows_with_the_length_scale_and_the_tolerance():
+    assert halo_width(0.5, 0.5, 10, 1e-6) < halo_width(2.0, 2.0, 10, 1e-6)
+    hy, hx = halo_width(4.0, 0.25, 10, 1e-6)
+    assert hx > hy  # anisotropic: wider along the long axis
+    assert halo_width(1.0, 1.0, 10, 1e-3) < halo_width(1.0, 1.0, 10, 1e-8)
+
+
+@pytest.mark.parametrize("fold", ["T", "F"])
+def test_the_band_under_a_fold_gives_the_whole_grid_gamma(fold):
+    from conftest import folded_fields
+    from diffnorm.subgrid import fold_band, fold_band_variance
+
+    fields = folded_fields(fold, ny=40, nx=24, steps=10, seed=3, kappa=0.3)
+    whole = estimate(fields, "selinv", tolerance=1e-9).gamma
+    band, first = fold_band(fields, 4, tolerance=1e-5)
+    assert band.north_fold == fold and band.periodic_x and first == band.shape[0] - 4
+    assert band.shape[0] < fields.shape[0]  # a band, not the grid
+    idx, v = fold_band_variance(fields, 4, tolerance=1e-5)
+    cells = fields.ocean[idx]
+    assert np.all(cells // fields.shape[1] >= fields.shape[0] - 4)
+    assert idx.size == np.count_nonzero(fields.counted[-4:])  # each unknown of the rows once
+    ref = whole.ravel()[cells] ** -2.0
+    assert np.abs(v / ref - 1).max() <= 1e-5
+    # the halo is needed: a band with none is walled too close
+    thin, _ = fold_band(fields, 4, tolerance=0.9)
+    assert thin.shape[0] < band.shape[0]
+
+
+def test_the_fold_band_is_a_no_op_without_a_fold():
+    from diffnorm.subgrid import fold_band, fold_band_variance
+
+    idx, v = fold_band_variance(random_fields(), 4)
+    assert idx.size == 0 and v.size == 0
+    with pytest.raises(ValueError, match="north fold"):
+        fold_band(random_fields(), 4)
