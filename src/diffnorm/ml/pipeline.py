@@ -14,6 +14,9 @@ value from its table, bilinear in ``log κ``; the images value, by the very modu
 What it leaves out: the basin-area cap of the baselines and the exact solve of basins of at
 most 64 cells (``cnn``'s ``exact_basins``), which need connected components; a host with
 lakes or enclosed seas that small should mask them or solve them exactly (they are tiny).
+Nor does it solve the rows under a north fold (``cnn``'s ``exact_fold_rows``, a sparse solve
+on a band of the grid): there the graph gives the network's γ, whose largest errors sit at
+the fold's pivots; a host that needs them exact solves that band (``diffnorm.subgrid``).
 """
 
 from __future__ import annotations
