@@ -246,3 +246,14 @@ def test_a_basin_s_dense_block_is_the_system_matrix_s(fold):
     np.testing.assert_allclose(np.diag(system_block(f, some)), np.diag(a)[some])
     off = system_block(f, some) - np.diag(np.diag(system_block(f, some)))
     np.testing.assert_array_equal(off, (a - np.diag(np.diag(a)))[np.ix_(some, some)])
+
+
+def test_fields_of_one_grid_share_a_read_only_topology():
+    a, b = random_fields(seed=1), random_fields(seed=2)
+    assert a.topology is b.topology  # one set of neighbour tables for many samples
+    assert random_fields(periodic_x=False).topology is not a.topology
+    nbr = a.topology.neighbours
+    with pytest.raises(ValueError, match="read-only"):
+        nbr[0, 0] = 3
+    big = Topology.shared(1025, 1024)  # above SHARED_CELLS: its own
+    assert big is not Topology.shared(1025, 1024) and big == Topology.shared(1025, 1024)

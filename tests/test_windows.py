@@ -169,3 +169,22 @@ def test_metre_windows_are_drawn_and_checked(tmp_path):
     np.testing.assert_allclose(gamma[fields.mask], brute[fields.mask], rtol=1e-6)
     with pytest.raises(ConfigError, match="metre_fraction must be in"):
         config_from_dict({**raw, "parameters": {"metre_fraction": -0.1}})
+
+
+def test_periodic_windows_have_cells_far_from_any_wall(tmp_path):
+    raw = {
+        "grid": {"name": "windows", "ny": 16, "nx": 16},
+        "steps": 6,
+        "parameters": {"d_min": 1.5, "d_max": 3.0, "periodic_fraction": 1.0},
+        "splits": {"train": 1},
+        "seed": 1,
+    }
+    generate(config_from_dict(raw), tmp_path / "ds", workers=1)
+    fields, gamma = read_fields(tmp_path / "ds" / "train" / "train_00000.nc")
+    assert fields.periodic_x and fields.north_fold == "none"
+    brute = estimate(fields, "brute").gamma
+    np.testing.assert_allclose(gamma[fields.mask], brute[fields.mask], rtol=1e-6)
+    with pytest.raises(ConfigError, match="periodic_fraction .* uniform cells"):
+        config_from_dict({**raw, "parameters": {"periodic_fraction": 1.0, "metric_std": 0.3}})
+    with pytest.raises(ConfigError, match="periodic_fraction must be in"):
+        config_from_dict({**raw, "parameters": {"periodic_fraction": 2.0}})

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from diffnorm.topology import EAST, NORTH, Topology, TopologyError, parse_north_fold
+from diffnorm.topology import EAST, NORTH, Topology, TopologyError
 
 FIELD_NAMES: tuple[str, ...] = ("mask", "area", "alpha_x", "alpha_y")
 FILE_LAYOUT_HINT = (
@@ -124,7 +124,7 @@ class Fields:
             raise FieldsError(f"periodic_x must be 0 or 1, got {self.periodic_x!r}")
         periodic = bool(self.periodic_x)
         try:
-            topology = Topology(shape[0], shape[1], periodic, parse_north_fold(self.north_fold))
+            topology = Topology.shared(shape[0], shape[1], periodic, self.north_fold)
         except TopologyError as exc:
             raise FieldsError(str(exc)) from exc
         _check_fold_copies(topology, {"mask": raw_mask}, mask)

@@ -97,6 +97,17 @@ class Topology:
     def of(cls, shape: tuple[int, int], periodic_x: bool = False, north_fold: str = "none"):
         return cls(int(shape[0]), int(shape[1]), periodic_x, north_fold)
 
+    @classmethod
+    def shared(cls, ny: int, nx: int, periodic_x: bool = False, north_fold: str = "none"):
+        """One instance per distinct topology of at most :data:`SHARED_CELLS` cells (its
+        cached index arrays are read-only), so that thousands of same-sized samples in memory
+        share them instead of each holding ~100 bytes a cell of neighbour tables; larger grids
+        get their own (a kept copy would pin hundreds of MB)."""
+        fold = parse_north_fold(north_fold)
+        if int(ny) * int(nx) > SHARED_CELLS:
+            return cls(int(ny), int(nx), bool(periodic_x), fold)
+        return _shared_topology(int(ny), int(nx), bool(periodic_x), fold)
+
     @property
     def shape(self) -> tuple[int, int]:
         return (self.ny, self.nx)
@@ -119,12 +130,12 @@ class Topology:
             half = self.nx // 2
             cols = np.arange(half + 1, self.nx)
             rep[-1, cols] = (self.ny - 1) * self.nx + (self.nx - cols)
-        return rep.ravel()
+        return _frozen(rep.ravel())
 
     @functools.cached_property
     def duplicate(self) -> np.ndarray:
         """Cells that are copies of another cell (T fold: the east half of the fold row)."""
-        return (self.representative != np.arange(self.ny * self.nx)).reshape(self.shape)
+        return _frozen((self.representative != np.arange(self.ny * self.nx)).reshape(self.shape))
 
     @functools.cached_property
     def cell_factor(self) -> np.ndarray:
@@ -132,7 +143,7 @@ class Topology:
         f = np.where(self.duplicate, 0.0, 1.0)
         if self.north_fold == "T":
             f[-1, 0] = f[-1, self.nx // 2] = 0.5
-        return f
+        return _frozen(f)
 
     def counted(self, mask: np.ndarray) -> np.ndarray:
         """Ocean cells that statistics count (each T-fold cell once)."""
@@ -193,7 +204,7 @@ class Topology:
         nbr = np.where(nbr >= 0, rep[np.maximum(nbr, 0)], -1)
         # int32 halves the memory of these 8 arrays of the grid's size (1/12°: 9 M cells)
         small = np.int32 if 2 * ny * nx < 2**31 else np.int64
-        return nbr.reshape(4, -1).astype(small), face.reshape(4, -1).astype(small)
+        return _frozen(nbr.reshape(4, -1).astype(small)), _frozen(face.reshape(4, -1).astype(small))
 
     @property
     def neighbours(self) -> np.ndarray:
@@ -249,7 +260,7 @@ class Topology:
             rx[-1, cols] = (self.ny - 1) * nx + (nx - 1 - cols)
         elif self.north_fold == "F":
             ry[-1, cols] = (self.ny - 1) * nx + (nx - 1 - cols)
-        return rx, ry
+        return _frozen(rx), _frozen(ry)
 
     def cell_sums(self, slot_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per cell, the sum of ``(4, ny, nx)`` slot values along x (east + west) and along y
@@ -385,3 +396,16 @@ class Topology:
     def any_shift(self) -> bool:
         """Whether every east–west shift is a symmetry (periodic grids without a fold)."""
         return self.periodic_x and not self.folded
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+SHARED_CELLS = 1 << 20
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_topology(ny: int, nx: int, periodic_x: bool, north_fold: str) -> Topology:
+    return Topology(ny, nx, periodic_x, north_fold)

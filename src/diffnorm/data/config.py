@@ -44,6 +44,7 @@ class ParameterSpec:
     metric_std: float = 0.0  # windows: log-std of smooth random cell sizes (stretched grids)
     polar_fraction: float = 0.0  # windows: share drawn as the top of a folded global grid
     metre_fraction: float = 0.0  # share whose length scale is set in metres, not in cells
+    periodic_fraction: float = 0.0  # windows on uniform grids: share made east–west periodic
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,13 @@ class DataConfig:
         for name in ("drop_halo", "north_fold"):
             if d["grid"][name] is None:
                 del d["grid"][name]  # the default: digests of older configs stay valid
-        for name in ("sharp_fraction", "metric_std", "polar_fraction", "metre_fraction"):
+        for name in (
+            "sharp_fraction",
+            "metric_std",
+            "polar_fraction",
+            "metre_fraction",
+            "periodic_fraction",
+        ):
             if d["parameters"][name] == 0.0:
                 del d["parameters"][name]  # likewise
         d["parameters"]["anisotropy"] = list(d["parameters"]["anisotropy"])
@@ -152,6 +159,14 @@ def _check(cfg: DataConfig, where: str) -> None:
         raise ConfigError(
             f"{where}parameters.polar_fraction must be in [0, 1] and goes with grid 'windows', "
             f"got {p.polar_fraction} on {g.name!r}"
+        )
+    if not 0.0 <= p.periodic_fraction <= 1.0 or (
+        p.periodic_fraction and (g.name != "windows" or p.metric_std)
+    ):
+        raise ConfigError(
+            f"{where}parameters.periodic_fraction must be in [0, 1] and goes with grid "
+            f"'windows' on uniform cells (metric_std 0), got {p.periodic_fraction} on "
+            f"{g.name!r} with metric_std {p.metric_std}"
         )
     if not 0.0 <= p.metre_fraction <= 1.0:
         raise ConfigError(

@@ -67,8 +67,9 @@ def sample_fields(config: DataConfig, split: str, index: int) -> Fields:
             metrics = polar_metrics(rng, mask)
         elif p.metric_std:
             metrics = stretched_metrics(rng, mask, p.metric_std)
-        else:
-            metrics = box_grid(config.grid.ny, config.grid.nx, mask=mask)
+        else:  # east–west periodic on request: cells far from any wall, as in open oceans
+            periodic = bool(p.periodic_fraction) and rng.random() < p.periodic_fraction
+            metrics = box_grid(config.grid.ny, config.grid.nx, periodic_x=periodic, mask=mask)
     else:
         metrics = grid_metrics(config.grid)
     if p.metre_fraction and rng.random() < p.metre_fraction:
