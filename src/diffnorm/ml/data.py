@@ -17,6 +17,7 @@ from diffnorm.data.dataset import (
     SplitLoaders,
     dataset_roots,
     pooled_split,
+    release_free_memory,
 )
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
@@ -101,6 +102,8 @@ class EncodedDataset(Dataset):
         self.samples, self.enc, self.stats, self.crop = samples, enc, stats, crop
         always = self.augment == 1.0
         self.items = None if always else [enc.encode(s, stats) for s in samples]
+        for s in samples:  # transforms build new Fields: the originals' memos are dead weight
+            s.fields.drop_caches()
         self.names = [s.name for s in samples]
 
     def __len__(self) -> int:
@@ -193,3 +196,4 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
             samples = [] if split in self.sets else pooled_split(self.hparams.root, split)
             if samples:
                 self.sets[split] = EncodedDataset(samples, self.enc, self.stats)
+        release_free_memory()
