@@ -60,5 +60,13 @@ def test_the_fold_band_is_a_no_op_without_a_fold():
 
     idx, v = fold_band_variance(random_fields(), 4)
     assert idx.size == 0 and v.size == 0
+    from conftest import folded_fields
+
+    f = folded_fields("F", ny=20, nx=12)
+    mask = f.mask.copy()
+    mask[-6:] = 0  # land under the fold, ocean below it
+    land_top = f.replace(mask=mask)
+    idx, v = fold_band_variance(land_top, 4)
+    assert idx.size == 0 and v.size == 0
     with pytest.raises(ValueError, match="north fold"):
         fold_band(random_fields(), 4)

@@ -120,9 +120,9 @@ def fold_band_variance(
     if rows < 1 or not fields.topology.folded or not fields.n_ocean:
         return empty
     rows = min(rows, fields.shape[0])
-    band, first = fold_band(fields, rows, tolerance)
-    if not band.n_ocean:
+    if not fields.mask[-rows:].any():  # land under the fold: nothing to solve
         return empty
+    band, first = fold_band(fields, rows, tolerance)
     gamma = estimate(band, "selinv", tolerance=tolerance / 10).gamma
     ny, nx = fields.shape
     keep = np.zeros(fields.shape, dtype=bool)
