@@ -278,6 +278,9 @@ def test_the_shipped_choice_prefers_the_grid_s_own_model_then_the_general_one(ne
     models = [coarse, fine, general, polar]
     assert closest_shipped(folded, models, "general") is polar
     assert closest_shipped(other, models, "general") is general  # no fold: the default
+    both = copy.copy(polar)
+    both.name = "both"  # a default that has seen folds wins over the fold specialist
+    assert closest_shipped(folded, [*models, both], "both") is both
     with pytest.raises(ModelFileError, match="no shipped model for M=8"):
         closest_shipped(random_fields(steps=8), [coarse, fine])
 
@@ -292,7 +295,7 @@ def test_shipped_models_load_list_and_predict_well():
     res = CliRunner().invoke(app, ["models"])
     assert (
         res.exit_code == 0
-        and "windows-images-m10 (default)" in res.output
+        and "windows-general-m10 (default)" in res.output
         and "mean abs" in res.output
     )
     grid = built_in_grid("latlon", resolution=4.0, polar_cap=80.0)
@@ -307,10 +310,10 @@ def test_shipped_models_load_list_and_predict_well():
     m = sample_metrics(cnn.gamma, exact, fields.mask)
     # measured 1.4e-2 / 2.2e-1 on the test split: far below analytic (0.68 mean)
     assert m["mean_abs"] < 0.03 and m["max_abs"] < 0.6, m
-    for fold in ("T", "F"):  # a folded grid: the general model that has seen folds
+    for fold in ("T", "F"):  # a folded grid: the general model, which has seen folds
         folded = folded_fields(fold, ny=20, nx=24, steps=10, seed=2)
         r = estimate(folded, "cnn", device="cpu")
-        assert r.info["model"] == "windows-polar-m10" and r.info["outside_fold"] == 0
+        assert r.info["model"] == "windows-general-m10" and r.info["outside_fold"] == 0
 
 
 def test_predicting_imports_no_training_framework():

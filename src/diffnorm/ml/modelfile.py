@@ -369,8 +369,9 @@ def closest_shipped(
 ) -> GammaNetwork:
     """Among models for the fields' M: one trained on this very grid (its shape and north fold
     among the training ones) if there is one; else, on a folded grid, one whose training data
-    had that fold (``windows-polar-m10``); else the ``default`` (the general model, trained on
-    geometry windows), else any; ties go to the nearest training cell size."""
+    had that fold (the ``default`` first, ``windows-general-m10``, which has); else the
+    ``default`` (the general model, trained on geometry windows), else any; ties go to the
+    nearest training cell size."""
     same_m = [m for m in models if m.steps == fields.steps]
     if not same_m:
         have = sorted({m.steps for m in models}) or "none"
@@ -394,5 +395,6 @@ def closest_shipped(
     ]
     fold = fields.north_fold
     seen_fold = [m for m in same_m if fold != "none" and fold in m.data.get("north_fold", [])]
-    pool = home or seen_fold or [m for m in same_m if m.name == default] or same_m
+    general = [m for m in same_m if m.name == default]
+    pool = home or [m for m in seen_fold if m in general] or seen_fold or general or same_m
     return min(pool, key=distance)

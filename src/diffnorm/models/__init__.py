@@ -3,11 +3,12 @@
 Each ``NAME.pt`` here is a self-contained model file (see :mod:`diffnorm.ml.modelfile`).
 ``estimate(fields, "cnn")`` without a model uses the model trained on the fields' own grid when
 one is shipped (``latlon4-m10`` on the 4° grid; ``orca1-m10`` was trained on the ORCA1-like
-grid before it had its north fold, so it is used there only when asked for); else, on a grid
-with a north fold, ``windows-polar-m10`` (the general model fine-tuned with windows under T
-and F folds); else ``DEFAULT``, the general model trained on geometry windows
-(``windows-images-m10``: a U-Net correcting the ``images`` estimate, with a per-cell error
-estimate).
+grid before it had its north fold, so it is used there only when asked for); else ``DEFAULT``,
+the general model trained on geometry windows (``windows-general-m10``: a U-Net correcting
+the ``images`` estimate, trained on closed, stretched, polar (T and F folds), metre-κ and
+uniform windows, with a per-cell error estimate). Its ancestors ``windows-images-m10`` (no
+fold, no metre κ) and ``windows-polar-m10`` (the first with folds) stay shipped for
+comparison and as the recipe's starting points.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-DEFAULT = "windows-images-m10"
+DEFAULT = "windows-general-m10"
 
 
 def shipped_models() -> list[str]:
