@@ -85,4 +85,26 @@ $BIN/diffnorm export -m "$polar" -o $MODELS/windows-polar-m10.pt --name windows-
   --note "windows-images-m10 fine-tuned on 9 000 stretched and 2 000 polar windows (T and F folds); the default on folded grids" \
   --error-model runs/eval_polarmodel_val/evaluation.json
 
+# windows-general-m10 (the default): windows-polar-m10 trained on the stretched and polar
+# windows pooled with windows whose length scale is set in metres (stretched and uniform
+# cells); best checkpoint by validation loss (the shipped one after 5 of the 6 epochs)
+$BIN/diffnorm generate -c configs/data/windows_metres.yaml -o data/windows_metres -q
+$BIN/diffnorm generate -c configs/data/windows_uniform.yaml -o data/windows_uniform -q
+$BIN/diffnorm train fit --config configs/train/windows_general_cpu.yaml $(epochs)
+general=$(latest runs/windows_general best)
+pooled=data/windows_stretched,data/windows_polar,data/windows_metres,data/windows_uniform
+$BIN/diffnorm evaluate -m "$general" -d $pooled --split val --samples "" \
+  --out runs/eval_general_val -q
+for t in stretched polar metres uniform; do
+  $BIN/diffnorm evaluate -m "$general" -d data/windows_$t --split test --samples "" \
+    --out runs/eval_general_$t -q
+done
+$BIN/diffnorm export -m "$general" -o $MODELS/windows-general-m10.pt --name windows-general-m10 \
+  --metrics "windows test split=runs/eval_general_stretched/evaluation.json" \
+  --metrics "polar windows test split=runs/eval_general_polar/evaluation.json" \
+  --metrics "metre windows test split=runs/eval_general_metres/evaluation.json" \
+  --metrics "uniform windows test split=runs/eval_general_uniform/evaluation.json" \
+  --note "windows-polar-m10 trained 5 epochs on stretched, polar, metre and uniform windows (configs/train/windows_general_cpu.yaml); the default" \
+  --error-model runs/eval_general_val/evaluation.json
+
 $BIN/diffnorm models
