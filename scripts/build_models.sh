@@ -90,7 +90,8 @@ $BIN/diffnorm export -m "$polar" -o $MODELS/windows-polar-m10.pt --name windows-
 # cells); best checkpoint by validation loss (the shipped one after 5 of the 6 epochs)
 $BIN/diffnorm generate -c configs/data/windows_metres.yaml -o data/windows_metres -q
 $BIN/diffnorm generate -c configs/data/windows_uniform.yaml -o data/windows_uniform -q
-$BIN/diffnorm train fit --config configs/train/windows_general_cpu.yaml $(epochs)
+$BIN/diffnorm train fit --config configs/train/windows_general_cpu.yaml \
+  --model.init_from "$polar" $(epochs)
 general=$(latest runs/windows_general best)
 pooled=data/windows_stretched,data/windows_polar,data/windows_metres,data/windows_uniform
 $BIN/diffnorm evaluate -m "$general" -d $pooled --split val --samples "" \
