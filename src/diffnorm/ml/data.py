@@ -101,9 +101,13 @@ class EncodedDataset(Dataset):
         self.augment = augment_probability(augment)
         self.samples, self.enc, self.stats, self.crop = samples, enc, stats, crop
         always = self.augment == 1.0
-        self.items = None if always else [enc.encode(s, stats) for s in samples]
-        for s in samples:  # transforms build new Fields: the originals' memos are dead weight
-            s.fields.drop_caches()
+        self.items = None if always else []
+        for k, s in enumerate(samples):
+            if self.items is not None:
+                self.items.append(enc.encode(s, stats))
+            s.fields.drop_caches()  # transforms build new Fields: these memos are dead weight
+            if k % 512 == 511:
+                release_free_memory()  # else the peak holds every encoding's temporaries
         self.names = [s.name for s in samples]
 
     def __len__(self) -> int:
