@@ -153,37 +153,34 @@ def test_length_scales_set_in_metres_follow_the_metric():
     assert seen == {(True, True), (True, False), (False, True), (False, False)}
 
 
-def test_metre_windows_are_drawn_and_checked(tmp_path):
+def _window_checked(tmp_path, parameters: dict, seed: int) -> tuple[dict, object]:
+    """A one-window dataset of 16×16 cells with these parameters, its exact γ checked against
+    brute force; the raw config and the window's fields."""
     raw = {
         "grid": {"name": "windows", "ny": 16, "nx": 16},
         "steps": 6,
-        "parameters": {"d_min": 1.5, "d_max": 3.0, "metric_std": 0.3, "metre_fraction": 1.0},
-        "splits": {"train": 2},
-        "seed": 3,
+        "parameters": {"d_min": 1.5, "d_max": 3.0, **parameters},
+        "splits": {"train": 1},
+        "seed": seed,
     }
-    cfg = config_from_dict(raw)
-    assert cfg.digest() != config_from_dict({**raw, "parameters": {"metric_std": 0.3}}).digest()
-    generate(cfg, tmp_path / "ds", workers=1)
+    generate(config_from_dict(raw), tmp_path / "ds", workers=1)
     fields, gamma = read_fields(tmp_path / "ds" / "train" / "train_00000.nc")
     brute = estimate(fields, "brute").gamma
     np.testing.assert_allclose(gamma[fields.mask], brute[fields.mask], rtol=1e-6)
+    return raw, fields
+
+
+def test_metre_windows_are_drawn_and_checked(tmp_path):
+    raw, _ = _window_checked(tmp_path, {"metric_std": 0.3, "metre_fraction": 1.0}, seed=3)
+    stretched = {**raw, "parameters": {"metric_std": 0.3}}
+    assert config_from_dict(raw).digest() != config_from_dict(stretched).digest()
     with pytest.raises(ConfigError, match="metre_fraction must be in"):
         config_from_dict({**raw, "parameters": {"metre_fraction": -0.1}})
 
 
-def test_periodic_windows_have_cells_far_from_any_wall(tmp_path):
-    raw = {
-        "grid": {"name": "windows", "ny": 16, "nx": 16},
-        "steps": 6,
-        "parameters": {"d_min": 1.5, "d_max": 3.0, "periodic_fraction": 1.0},
-        "splits": {"train": 1},
-        "seed": 1,
-    }
-    generate(config_from_dict(raw), tmp_path / "ds", workers=1)
-    fields, gamma = read_fields(tmp_path / "ds" / "train" / "train_00000.nc")
+def test_periodic_windows_are_drawn_and_checked(tmp_path):
+    raw, fields = _window_checked(tmp_path, {"periodic_fraction": 1.0}, seed=1)
     assert fields.periodic_x and fields.north_fold == "none"
-    brute = estimate(fields, "brute").gamma
-    np.testing.assert_allclose(gamma[fields.mask], brute[fields.mask], rtol=1e-6)
     with pytest.raises(ConfigError, match="periodic_fraction .* uniform cells"):
         config_from_dict({**raw, "parameters": {"periodic_fraction": 1.0, "metric_std": 0.3}})
     with pytest.raises(ConfigError, match="periodic_fraction must be in"):
