@@ -146,15 +146,3 @@ def test_a_transposed_file_is_read_by_dim_names(tmp_path):
         ds.rename({"x": "i", "y": "j"}).to_netcdf(tmp_path / "ij.nc")
     with pytest.raises(FieldsError, match=r"name them \(y, x\)"):
         read_fields(tmp_path / "ij.nc")
-
-
-def test_dropped_caches_are_recomputed_the_same():
-    from conftest import random_fields
-
-    f = random_fields(seed=4)
-    before = (f.distance_to_coast("manhattan").copy(), f.slot_alpha().copy(), f.ocean.copy())
-    f.drop_caches()
-    assert "_derived" not in f.__dict__ and "_slot_alpha" not in f.__dict__
-    after = (f.distance_to_coast("manhattan"), f.slot_alpha(), f.ocean)
-    for a, b in zip(before, after, strict=True):
-        np.testing.assert_array_equal(a, b)

@@ -214,13 +214,6 @@ class Fields:
             memo[key] = _freeze(compute())
         return memo[key]
 
-    def drop_caches(self) -> None:
-        """Forget the memoized quantities (:meth:`derived`, face slots, basins, unknowns):
-        they are recomputed on demand. Training sets that hold thousands of samples call it
-        once a sample is encoded (~0.4 MB a 64×64 sample)."""
-        for key in ("_derived", "_slot_alpha", "_open_faces", "basin_labels", "counted", "ocean"):
-            self.__dict__.pop(key, None)
-
     def distance_to_coast(self, metric: str = "euclidean") -> np.ndarray:
         """Signed distance in cells to the coast (:meth:`Topology.distance_to_coast`), computed
         once per metric (read-only)."""

@@ -105,7 +105,6 @@ class EncodedDataset(Dataset):
         for k, s in enumerate(samples):
             if self.items is not None:
                 self.items.append(enc.encode(s, stats))
-            s.fields.drop_caches()  # transforms build new Fields: these memos are dead weight
             if k % 512 == 511:
                 release_free_memory()  # else the peak holds every encoding's temporaries
         self.names = [s.name for s in samples]
