@@ -125,9 +125,7 @@ def fold_band_variance(
     band, first = fold_band(fields, rows, tolerance)
     gamma = estimate(band, "selinv", tolerance=tolerance / 10).gamma
     ny, nx = fields.shape
-    keep = np.zeros(fields.shape, dtype=bool)
-    keep[ny - rows :] = True
-    cells = fields.ocean[keep.ravel()[fields.ocean]]  # flat indices, top rows, ocean
-    j, i = np.divmod(cells, nx)
-    idx = np.searchsorted(fields.ocean, cells)
-    return idx, gamma[j - (ny - band.shape[0]), i] ** -2.0
+    # the unknowns are row-major: those of the top rows are the last ones
+    idx = np.arange(np.searchsorted(fields.ocean, (ny - rows) * nx), fields.n_ocean)
+    j, i = np.divmod(fields.ocean[idx], nx)
+    return idx, gamma[j - (ny - rows) + first, i] ** -2.0

@@ -15,6 +15,7 @@ import numpy as np
 from diffnorm.fields import Fields
 from diffnorm.methods.base import MethodOutput, register
 from diffnorm.operator import system_block
+from diffnorm.subgrid import fold_band_variance
 
 
 def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +68,6 @@ def cnn(
         fields, net.predict_target(fields, device, tile, symmetries), net.target
     )
     variance = gamma.ravel()[fields.ocean] ** -2.0
-    from diffnorm.subgrid import fold_band_variance
-
     idx, exact = small_basin_variance(fields, exact_basins)
     fold_idx, fold_exact = fold_band_variance(fields, exact_fold_rows)
     variance[fold_idx] = fold_exact
