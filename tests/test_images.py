@@ -121,3 +121,37 @@ def test_box_exact_cells_are_exact_and_the_others_are_not_claimed():
     varying = fields_from_cell_length_scales(box_grid(*f.mask.shape, mask=f.mask), d1, 2.0, 10)
     exact = box_exact_cells(varying)
     assert not exact[:, 12:28].any() and exact[:, :5].any()  # within reach of the step in κ
+
+
+def _sea_on_latitudes(kappa, lat_max: float = 64.0):
+    """A closed 2° lat–lon basin from the equator to ``lat_max``: only the metric varies."""
+    from dataclasses import replace
+
+    from diffnorm.grid import fields_from_metrics, latlon_grid
+
+    g = latlon_grid(2.0, lat_min=0.0, lat_max=lat_max, polar_cap=None)
+    names = ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v", "lat", "lon")
+    cut = {k: np.ascontiguousarray(getattr(g, k)[:, :40]) for k in names}
+    mask = np.zeros(cut["e1t"].shape, dtype=bool)
+    mask[1:-1, 1:-1] = True
+    grid = replace(g, periodic_x=False, mask=mask, name="sea", **cut)
+    return fields_from_metrics(grid, kappa, kappa, steps=10)
+
+
+def test_uniform_physical_kappa_in_the_open_sea_counts_as_exact():
+    """κ constant in m² on lat–lon cells: the grid-unit κ varies with cos φ, yet the images
+    value holds in the open sea (PHYSICAL_RTOL); a random κ or a wall within reach does not
+    pass, and ``physical_rtol=0`` keeps the strict test."""
+    from diffnorm.methods.images import box_exact_cells
+    from diffnorm.metrics import distance_to_coast
+
+    f = _sea_on_latitudes(3e9)
+    relaxed = box_exact_cells(f)
+    assert not box_exact_cells(f, physical_rtol=0.0).any()
+    assert relaxed.sum() > 0.2 * f.mask.sum()
+    assert distance_to_coast(f, "manhattan")[relaxed].min() > 3  # open sea only
+    err = np.abs(images_gamma_squared(f) / estimate(f, "selinv").gamma ** 2 - 1)
+    assert err[relaxed].max() < 1e-3 < err[f.mask & ~relaxed].max()
+    rng = np.random.default_rng(0)
+    noisy = _sea_on_latitudes(3e9 * np.exp(0.3 * rng.standard_normal(f.shape)))
+    assert not box_exact_cells(noisy).any()

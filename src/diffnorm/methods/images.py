@@ -118,6 +118,18 @@ def straight_runs(
 # tests/test_images.py measures it against exact γ.
 REACH = 4.0
 KAPPA_RTOL = 1e-6  # "the same κ": relative standard deviation over the window's open faces
+# It is as good as exact in the open sea when the *physical* diffusivity is uniform over that
+# window and only the metric varies, smoothly (κ in m² constant on a lat–lon grid, the study's
+# Table 8): γ² → 4π(M−1)κ_phys in the continuum, and the images value at the cell's own
+# grid-unit κ and area tracks it. κ_phys = area·√(κx·κy) (κ in grid units ≈ κ/e², area =
+# e1·e2); a window with no land, whose log κ_phys has standard deviation ≤ PHYSICAL_RTOL and
+# whose grid-unit κ varies by ≤ GRID_RTOL (relative standard deviation, per direction) counts
+# as box-exact. Measured (bench_generalization's grids, 60 held-out windows of each
+# training set): on Table 8's grid 37 % of the cells gain, images |ε| ≤ 1.9e-4 there against
+# the network's mean 4.0e-3 (max 1.7e-2); on the metre-κ windows 11 %, 1.9e-3 against 3.8e-3
+# (max 2.8e-2 against 4.5e-2); none or a few dozen cells on the random-κ grids and windows.
+PHYSICAL_RTOL = 1e-2
+GRID_RTOL = 0.6
 
 
 def _window_sum(flat, stride, height, width, base, y0, y1, x0, x1, periodic: bool):
@@ -148,13 +160,18 @@ def box_exact(
     steps: int,
     periodic_x: bool,
     folded: bool,
+    kappa_rtol: float = KAPPA_RTOL,
+    physical_rtol: float = PHYSICAL_RTOL,
+    grid_rtol: float = GRID_RTOL,
 ) -> torch.Tensor:
-    """Where the images value is exact (see ``REACH``): ``(B, ny, nx)`` bool. ``slots``: alpha
-    of the east, west, north, south faces (0 if closed), ``runs``: :func:`straight_runs`.
-    Window sums (summed-area tables) are taken only at candidates, cells whose own open faces
-    agree per direction: none on a grid where κ varies smoothly."""
+    """Where the images value is exact (see ``REACH``, ``PHYSICAL_RTOL``): ``(B, ny, nx)``
+    bool. ``slots``: alpha of the east, west, north, south faces (0 if closed), ``runs``:
+    :func:`straight_runs`; ``physical_rtol = 0``: uniform grid-unit κ only. Window sums
+    (summed-area tables) are taken only at candidates, cells whose own open faces agree per
+    direction (to ``grid_rtol`` when ``physical_rtol > 0``, else ``kappa_rtol``)."""
     m = m.double()
-    east, west, north, south = (s.double() / torch.where(m > 0, area, 1.0) for s in slots)
+    safe = torch.where(m > 0, area, 1.0)
+    east, west, north, south = (s.double() / safe for s in slots)
     ones = torch.ones_like(m, dtype=torch.int64)
     rows = ones.cumsum(-2) - 1
     cols = ones.cumsum(-1) - 1
@@ -167,35 +184,66 @@ def box_exact(
         ok = ok & (2 * reach + 1 <= width)
     if folded:
         ok = ok & (rows + reach <= height - 3)  # the window stays clear of the fold
+    relaxed = physical_rtol > 0
+    agree = torch.ones_like(ok)  # own faces agree to kappa_rtol: a candidate of the strict test
     for a, b in ((east, west), (north, south)):
-        ok = ok & ((a == 0) | (b == 0) | ((a - b).abs() <= KAPPA_RTOL * torch.maximum(a, b)))
+        gap = (a - b).abs()
+        closed = (a == 0) | (b == 0)
+        agree = agree & (closed | (gap <= kappa_rtol * torch.maximum(a, b)))
+        if relaxed:
+            ok = ok & (closed | (gap <= max(kappa_rtol, grid_rtol) * torch.maximum(a, b)))
+    if relaxed:  # the rest must see no land along their row and column within reach
+        clear = torch.minimum(torch.minimum(runs[0], runs[1]), torch.minimum(runs[2], runs[3]))
+        ok = ok & (agree | (clear >= reach))
+    else:
+        ok = ok & agree
+    cells = torch.nonzero(ok.flatten())[:, 0]
+    stride = width + 1
+    base = torch.div(cells, height * width, rounding_mode="floor") * (height + 1) * stride
+    j, i, r = rows.flatten()[cells], cols.flatten()[cells], reach.flatten()[cells]
+
+    def table(quantities: list[torch.Tensor]) -> torch.Tensor:
+        prefix = torch.stack(quantities).cumsum(-1).cumsum(-2)
+        return torch.nn.functional.pad(prefix, (1, 0, 1, 0)).flatten(1)  # (Q, B·(H+1)·(W+1))
+
+    # the geometry first: the κ sums only where the window's ocean is the box
+    flat = table([m, torch.ones_like(m)] if relaxed else [m])
+    win = _window_sum(flat, stride, height, width, base, j - r, j + r, i - r, i + r, periodic_x)
+    w, e, s, n = (torch.minimum(q.flatten()[cells].long(), r) for q in runs)
+    box_ocean = _window_sum(
+        flat, stride, height, width, base, j - s, j + n, i - w, i + e, periodic_x
+    )
+    box_cells = ((s + n + 1) * (w + e + 1)).double()
+    good = (win[0] == box_cells) & (box_ocean[0] == box_cells)
+    open_sea = (win[0] == win[1]) if relaxed else torch.zeros_like(good)  # no wall within reach
+    keep = torch.nonzero(good & (agree.flatten()[cells] | open_sea))[:, 0]
+    j, i, r, base, count = j[keep], i[keep], r[keep], base[keep], win[0][keep]
     open_x = (east > 0).double() + (west > 0).double()
     open_y = (north > 0).double() + (south > 0).double()
-    quantities = torch.stack(
-        [m, east + west, east**2 + west**2, open_x, north + south, north**2 + south**2, open_y]
+    kappa = [east + west, east**2 + west**2, open_x, north + south, north**2 + south**2, open_y]
+    if relaxed:
+        kx = (east + west) / open_x.clamp(min=1.0)
+        ky = (north + south) / open_y.clamp(min=1.0)
+        kx, ky = torch.where(open_x > 0, kx, ky), torch.where(open_y > 0, ky, kx)
+        log_phys = torch.log(torch.where((m > 0) & (kx > 0), area * torch.sqrt(kx * ky), 1.0))
+        log_phys = torch.where(m > 0, log_phys - log_phys.amax(), 0.0)  # small sums
+        kappa += [log_phys, log_phys**2]
+    win = _window_sum(
+        table(kappa), stride, height, width, base, j - r, j + r, i - r, i + r, periodic_x
     )
-    prefix = torch.nn.functional.pad(quantities.cumsum(-1).cumsum(-2), (1, 0, 1, 0))
-    flat = prefix.flatten(1)  # (Q, B·(H+1)·(W+1))
-    cells = torch.nonzero(ok.flatten())[:, 0]
-    per_sample = height * width
-    sample = torch.div(cells, per_sample, rounding_mode="floor")
-    base = sample * (height + 1) * (width + 1)
-    j, i, r = rows.flatten()[cells], cols.flatten()[cells], reach.flatten()[cells]
-    stride = width + 1
-
-    def sums(y0, y1, x0, x1):
-        return _window_sum(flat, stride, height, width, base, y0, y1, x0, x1, periodic_x)
-
-    win = sums(j - r, j + r, i - r, i + r)
-    w, e, s, n = (torch.minimum(q.flatten()[cells].long(), r) for q in runs)
-    box_ocean = sums(j - s, j + n, i - w, i + e)[0]
-    box_cells = ((s + n + 1) * (w + e + 1)).double()
-    good = (win[0] == box_cells) & (box_ocean == box_cells)
-    for total, squares, count in ((win[1], win[2], win[3]), (win[4], win[5], win[6])):
-        mean = total / count.clamp(min=1.0)
-        spread = squares / count.clamp(min=1.0) - mean**2
-        good = good & (spread <= (KAPPA_RTOL * mean) ** 2)
-    out = torch.zeros_like(ok.flatten()).index_put((cells,), good)
+    uniform = torch.ones_like(keep, dtype=torch.bool)
+    smooth = torch.ones_like(uniform)
+    for total, squares, faces in ((win[0], win[1], win[2]), (win[3], win[4], win[5])):
+        mean = total / faces.clamp(min=1.0)
+        spread = squares / faces.clamp(min=1.0) - mean**2
+        uniform = uniform & (spread <= (kappa_rtol * mean) ** 2)
+        smooth = smooth & (spread <= (grid_rtol * mean) ** 2)
+    if relaxed:
+        mean = win[6] / count.clamp(min=1.0)
+        spread = win[7] / count.clamp(min=1.0) - mean**2
+        uniform = uniform | (smooth & open_sea[keep] & (spread <= physical_rtol**2))
+    found = torch.zeros_like(good).index_put((keep,), uniform)
+    out = torch.zeros_like(ok.flatten()).index_put((cells,), found)
     return out.view_as(ok)
 
 
@@ -279,14 +327,22 @@ def _fields_runs(fields: Fields) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]
     return fields.derived("straight_runs", compute)
 
 
-def box_exact_cells(fields: Fields) -> np.ndarray:
-    """:func:`box_exact` on fields: where the images value is exact."""
+def box_exact_cells(fields: Fields, **tolerances: float) -> np.ndarray:
+    """:func:`box_exact` on fields: where the images value is exact (``tolerances``:
+    ``kappa_rtol``, ``physical_rtol``, ``grid_rtol``)."""
     m, runs = _fields_runs(fields)
     slots = tuple(torch.from_numpy(np.array(s))[None] for s in fields.slot_alpha())  # writable
     area = torch.from_numpy(np.where(fields.mask, fields.area, 1.0))[None]
     with torch.no_grad():
         ok = box_exact(
-            m, slots, area, runs, int(fields.steps), fields.periodic_x, fields.topology.folded
+            m,
+            slots,
+            area,
+            runs,
+            int(fields.steps),
+            fields.periodic_x,
+            fields.topology.folded,
+            **tolerances,
         )
     return ok[0].numpy()
 
