@@ -238,17 +238,19 @@ def box_exact(
     clear = torch.minimum(torch.minimum(runs[0], runs[1]), torch.minimum(runs[2], runs[3]))
     cells = torch.nonzero((ok & (clear >= reach)).flatten())[:, 0]
     j, i, r = rows.flatten()[cells], cols.flatten()[cells], reach.flatten()[cells]
-    sea = window([m, torch.ones_like(m)], cells, j - r, j + r, i - r, i + r)
-    keep = torch.nonzero(sea[0] == sea[1])[:, 0]
-    cells, j, i, r, count = cells[keep], j[keep], i[keep], r[keep], sea[0][keep]
     kx = (east + west) / open_x.clamp(min=1.0)
     ky = (north + south) / open_y.clamp(min=1.0)
     kx, ky = torch.where(open_x > 0, kx, ky), torch.where(open_y > 0, ky, kx)
     log_phys = torch.log(torch.where((m > 0) & (kx > 0), area * torch.sqrt(kx * ky), 1.0))
     log_phys = torch.where(m > 0, log_phys - log_phys.amax(), 0.0)  # small sums
-    win = window(kappa + [log_phys, log_phys**2], cells, j - r, j + r, i - r, i + r)
-    mean = win[6] / count
-    good = spreads_within(win, grid_rtol) & (win[7] / count - mean**2 <= physical_rtol**2)
+    # the sea and κ_phys first: on a random-κ grid no cell passes, and the grid-unit sums
+    # are taken on none
+    win = window([m, torch.ones_like(m), log_phys, log_phys**2], cells, j - r, j + r, i - r, i + r)
+    mean = win[2] / win[0].clamp(min=1.0)
+    phys = win[3] / win[0].clamp(min=1.0) - mean**2 <= physical_rtol**2
+    keep = torch.nonzero((win[0] == win[1]) & phys)[:, 0]
+    cells, j, i, r = cells[keep], j[keep], i[keep], r[keep]
+    good = spreads_within(window(kappa, cells, j - r, j + r, i - r, i + r), grid_rtol)
     out = out | torch.zeros_like(out).index_put((cells,), good)
     return out.view_as(m)
 
