@@ -196,10 +196,13 @@ def box_exact(
             ok = ok & ((a == 0) | (b == 0) | ((a - b).abs() <= rtol * torch.maximum(a, b)))
         return ok, reach
 
-    def window(quantities: list[torch.Tensor], cells, y0, y1, x0, x1) -> torch.Tensor:
-        """Σ of each quantity over rows y0..y1 and columns x0..x1 of each of ``cells``."""
+    def table(quantities: list[torch.Tensor]) -> torch.Tensor:
+        """Summed-area tables of the quantities, ``(Q, B·(H+1)·(W+1))``."""
         prefix = torch.stack(quantities).cumsum(-1).cumsum(-2)
-        flat = torch.nn.functional.pad(prefix, (1, 0, 1, 0)).flatten(1)
+        return torch.nn.functional.pad(prefix, (1, 0, 1, 0)).flatten(1)
+
+    def window(flat: torch.Tensor, cells, y0, y1, x0, x1) -> torch.Tensor:
+        """Σ of each tabled quantity over rows y0..y1 and columns x0..x1 of each of ``cells``."""
         stride = width + 1
         base = torch.div(cells, height * width, rounding_mode="floor") * (height + 1) * stride
         return _window_sum(flat, stride, height, width, base, y0, y1, x0, x1, periodic_x)
@@ -223,12 +226,13 @@ def box_exact(
     cells = torch.nonzero(ok.flatten())[:, 0]
     j, i, r = rows.flatten()[cells], cols.flatten()[cells], reach.flatten()[cells]
     w, e, s, n = (torch.minimum(q.flatten()[cells].long(), r) for q in runs)
-    sea = window([m], cells, j - r, j + r, i - r, i + r)[0]
-    box = window([m], cells, j - s, j + n, i - w, i + e)[0]
+    ocean = table([m])
+    sea = window(ocean, cells, j - r, j + r, i - r, i + r)[0]
+    box = window(ocean, cells, j - s, j + n, i - w, i + e)[0]
     box_cells = ((s + n + 1) * (w + e + 1)).double()
     keep = torch.nonzero((sea == box_cells) & (box == box_cells))[:, 0]
     cells, j, i, r = cells[keep], j[keep], i[keep], r[keep]
-    good = spreads_within(window(kappa, cells, j - r, j + r, i - r, i + r), kappa_rtol)
+    good = spreads_within(window(table(kappa), cells, j - r, j + r, i - r, i + r), kappa_rtol)
     out = out.index_put((cells,), good)
     if physical_rtol <= 0:
         return out.view_as(m)
@@ -245,12 +249,13 @@ def box_exact(
     log_phys = torch.where(m > 0, log_phys - log_phys.amax(), 0.0)  # small sums
     # the sea and κ_phys first: on a random-κ grid no cell passes, and the grid-unit sums
     # are taken on none
-    win = window([m, torch.ones_like(m), log_phys, log_phys**2], cells, j - r, j + r, i - r, i + r)
+    first = table([m, torch.ones_like(m), log_phys, log_phys**2])
+    win = window(first, cells, j - r, j + r, i - r, i + r)
     mean = win[2] / win[0].clamp(min=1.0)
     phys = win[3] / win[0].clamp(min=1.0) - mean**2 <= physical_rtol**2
     keep = torch.nonzero((win[0] == win[1]) & phys)[:, 0]
     cells, j, i, r = cells[keep], j[keep], i[keep], r[keep]
-    good = spreads_within(window(kappa, cells, j - r, j + r, i - r, i + r), grid_rtol)
+    good = spreads_within(window(table(kappa), cells, j - r, j + r, i - r, i + r), grid_rtol)
     out = out | torch.zeros_like(out).index_put((cells,), good)
     return out.view_as(m)
 
