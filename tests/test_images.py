@@ -158,3 +158,19 @@ def test_uniform_physical_kappa_in_the_open_sea_counts_as_exact():
     rng = np.random.default_rng(0)
     noisy = _sea_on_latitudes(3e9 * np.exp(0.3 * rng.standard_normal(f.shape)))
     assert not box_exact_cells(noisy).any()
+
+
+def test_a_jump_in_resolution_is_not_open_sea():
+    """κ constant in m² across a column where the cell area doubles: κ_phys stays uniform, but
+    the images value is 9 % off next to the jump; METRIC_CURVATURE keeps those cells out."""
+    from diffnorm.fields import Fields
+    from diffnorm.methods.images import box_exact_cells
+
+    ny, nx = 40, 60
+    alpha = np.full((ny, nx), 0.3e8)
+    area = np.where(np.arange(nx)[None, :] < 30, 1e8, 2e8) * np.ones((ny, 1))
+    f = Fields(np.ones((ny, nx)), area, alpha, alpha, 10, False)
+    passed = box_exact_cells(f)
+    err = np.abs(images_gamma_squared(f) / estimate(f, "selinv").gamma ** 2 - 1)
+    assert passed.sum() > 50 and err[passed].max() < 1e-4
+    assert err[~passed].max() > 0.05  # the cells it keeps out needed it
