@@ -142,6 +142,13 @@ OPEN_REACH = 2.5
 METRIC_CURVATURE = 0.1
 
 
+def open_mean(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of a cell's two opposite faces over those open (> 0), and how many are (0: the
+    mean is 0), as ``lattice.cell_kappa`` in NumPy."""
+    n = (a > 0).to(a.dtype) + (b > 0).to(b.dtype)
+    return (a + b) / torch.where(n > 0, n, 1.0), n
+
+
 def _window_sum(flat, stride, height, width, base, y0, y1, x0, x1, periodic: bool):
     """Σ over rows ``y0..y1`` (clipped to the grid: closed edges) and columns ``x0..x1``
     (wrapped when ``periodic``, else clipped) for a list of cells, from the flattened
@@ -223,9 +230,12 @@ def box_exact(
             ok = ok & (squares / faces.clamp(min=1.0) - mean**2 <= (rtol * mean) ** 2)
         return ok
 
-    open_x = (east > 0).double() + (west > 0).double()
-    open_y = (north > 0).double() + (south > 0).double()
-    kappa = [east + west, east**2 + west**2, open_x, north + south, north**2 + south**2, open_y]
+    kx, open_x = open_mean(east, west)
+    ky, open_y = open_mean(north, south)
+    # sums of κ, κ² and open faces per direction: both tests' grid-unit spreads
+    kappa = table(
+        [east + west, east**2 + west**2, open_x, north + south, north**2 + south**2, open_y]
+    )
     out = torch.zeros_like(m, dtype=torch.bool).flatten()
 
     # strict: the window's ocean is the cell's box, one κ per direction
@@ -239,7 +249,7 @@ def box_exact(
     box_cells = ((s + n + 1) * (w + e + 1)).double()
     keep = torch.nonzero((sea == box_cells) & (box == box_cells))[:, 0]
     cells, j, i, r = cells[keep], j[keep], i[keep], r[keep]
-    good = spreads_within(window(table(kappa), cells, j - r, j + r, i - r, i + r), kappa_rtol)
+    good = spreads_within(window(kappa, cells, j - r, j + r, i - r, i + r), kappa_rtol)
     out = out.index_put((cells,), good)
     if physical_rtol <= 0:
         return out.view_as(m)
@@ -249,8 +259,6 @@ def box_exact(
     clear = torch.minimum(torch.minimum(runs[0], runs[1]), torch.minimum(runs[2], runs[3]))
     cells = torch.nonzero((ok & (clear >= reach)).flatten())[:, 0]
     j, i, r = rows.flatten()[cells], cols.flatten()[cells], reach.flatten()[cells]
-    kx = (east + west) / open_x.clamp(min=1.0)
-    ky = (north + south) / open_y.clamp(min=1.0)
     kx, ky = torch.where(open_x > 0, kx, ky), torch.where(open_y > 0, ky, kx)
     log_phys = torch.log(torch.where((m > 0) & (kx > 0), area * torch.sqrt(kx * ky), 1.0))
     log_phys = torch.where(m > 0, log_phys - log_phys.amax(), 0.0)  # small sums
@@ -271,7 +279,7 @@ def box_exact(
     smooth = win[4] <= METRIC_CURVATURE**2
     keep = torch.nonzero((win[0] == win[1]) & phys & smooth)[:, 0]
     cells, j, i, r = cells[keep], j[keep], i[keep], r[keep]
-    good = spreads_within(window(table(kappa), cells, j - r, j + r, i - r, i + r), grid_rtol)
+    good = spreads_within(window(kappa, cells, j - r, j + r, i - r, i + r), grid_rtol)
     out = out | torch.zeros_like(out).index_put((cells,), good)
     return out.view_as(m)
 

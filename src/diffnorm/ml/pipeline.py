@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffnorm.methods.images import ImagesVariance, box_exact, straight_runs
+from diffnorm.methods.images import ImagesVariance, box_exact, open_mean, straight_runs
 from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, channel_kinds
 from diffnorm.ml.halo import pad_halo
 from diffnorm.ml.modelfile import GammaNetwork, ModelFileError
@@ -139,13 +139,8 @@ class FieldsToGamma(nn.Module):
     ) -> torch.Tensor:
         """γ² of the model's baseline; ``runs`` (:func:`straight_runs`) for the images one."""
         east, west, north, south = slots
-
-        def mean_open(a, b):
-            n = (a > 0).to(a.dtype) + (b > 0).to(b.dtype)
-            return (a + b) / torch.where(n > 0, n, 1.0), n
-
-        ax, nx_ = mean_open(east, west)
-        ay, ny_ = mean_open(north, south)
+        ax, nx_ = open_mean(east, west)
+        ay, ny_ = open_mean(north, south)
         safe = torch.where(m > 0, area, 1.0)
         if self.target == "log_images":
             assert runs is not None
