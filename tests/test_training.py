@@ -365,3 +365,24 @@ def test_hard_cells_weigh_more_in_the_loss(tiny_dataset):
         w = 1 + 4.0 * batch["hard"][m].double()
         expected = (w * e2).sum() / w.sum()
         torch.testing.assert_close(hard._loss(pred, batch).double(), expected, rtol=1e-6, atol=0)
+
+
+def test_setup_in_worker_processes_gives_what_one_process_gives(tiny_dataset):
+    """``num_workers`` reads, standardizes and encodes in that many processes: same samples,
+    statistics and encodings, in the same order."""
+    from diffnorm.data.dataset import parallel_map
+
+    assert [
+        int(t.sum()) for t in parallel_map(lambda k: torch.full((3,), k), list(range(9)), 3)
+    ] == [3 * k for k in range(9)]
+    modules = []
+    for workers in (0, 2):
+        dm = TrainingDataModule(str(tiny_dataset), num_workers=workers)
+        dm.setup("fit")
+        modules.append(dm)
+    one, many = modules
+    np.testing.assert_array_equal(one.stats.mean, many.stats.mean)
+    assert one.sets["train"].names == many.sets["train"].names
+    for a, b in zip(one.sets["train"].items, many.sets["train"].items, strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key])

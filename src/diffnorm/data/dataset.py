@@ -45,17 +45,67 @@ def sample_files(root: str | Path, split: str) -> list[Path]:
     return files
 
 
-def load_split(root: str | Path, split: str) -> list[Sample]:
-    """Every sample of a split, read into memory (datasets are small)."""
-    samples = []
-    for k, path in enumerate(sample_files(root, split)):
-        fields, gamma = read_fields(path)
-        if gamma is None:
-            raise DatasetFolderError(f"{path}: sample without gamma; regenerate it")
-        samples.append(Sample(fields, gamma, path.stem))
+class _Mapped(Dataset):
+    def __init__(self, fn, items):
+        self.fn, self.items = fn, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int):
+        return self.fn(self.items[k])
+
+
+def _as_is(item):
+    return item
+
+
+def _own(result):
+    """``result`` with its tensors copied out of the worker's shared memory: kept by the
+    thousand, shared tensors would each hold a file descriptor."""
+    if isinstance(result, torch.Tensor):
+        return result.clone()
+    if isinstance(result, dict):
+        return {k: _own(v) for k, v in result.items()}
+    if isinstance(result, (list, tuple)):
+        return type(result)(_own(v) for v in result)
+    return result
+
+
+def parallel_map(fn, items: list, workers: int = 0) -> list:
+    """``[fn(x) for x in items]``, in order, in ``workers`` processes (0 or 1: this one).
+    Torch's DataLoader workers: forked, so ``fn`` needs no pickling, only its results do; the
+    heap is trimmed every 512 results either way."""
+    out = []
+    if workers > 1 and len(items) > 1:
+        loader = DataLoader(
+            _Mapped(fn, items),
+            batch_size=None,
+            num_workers=min(workers, len(items)),
+            collate_fn=_as_is,
+            prefetch_factor=8,
+        )
+        results = (_own(r) for r in loader)
+    else:
+        results = (fn(x) for x in items)
+    for k, result in enumerate(results):
+        out.append(result)
         if k % 512 == 511:
             release_free_memory()
-    return samples
+    return out
+
+
+def _read_sample(path: Path) -> Sample:
+    fields, gamma = read_fields(path)
+    if gamma is None:
+        raise DatasetFolderError(f"{path}: sample without gamma; regenerate it")
+    return Sample(fields, gamma, path.stem)
+
+
+def load_split(root: str | Path, split: str, workers: int = 0) -> list[Sample]:
+    """Every sample of a split, read into memory (datasets are small), by ``workers``
+    processes (:func:`parallel_map`)."""
+    return parallel_map(_read_sample, sample_files(root, split), workers)
 
 
 def release_free_memory() -> None:
@@ -82,9 +132,9 @@ def dataset_roots(root: str) -> list[str]:
     return roots
 
 
-def pooled_split(root: str, split: str) -> list[Sample]:
+def pooled_split(root: str, split: str, workers: int = 0) -> list[Sample]:
     """The ``split`` samples of every folder of ``root`` (:func:`dataset_roots`), in order."""
-    return [s for folder in dataset_roots(root) for s in load_split(folder, split)]
+    return [s for folder in dataset_roots(root) for s in load_split(folder, split, workers)]
 
 
 class GammaDataset(Dataset):

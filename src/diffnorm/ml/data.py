@@ -16,6 +16,7 @@ from diffnorm.data.dataset import (
     Sample,
     SplitLoaders,
     dataset_roots,
+    parallel_map,
     pooled_split,
     release_free_memory,
 )
@@ -23,13 +24,14 @@ from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
 
 
-def fit_standardizer(samples: list[Sample], enc: Encoding) -> Standardizer:
-    raw = [raw_features(s.fields, enc.distance, enc.area) for s in samples]
-    targets = [
-        raw_target(s.fields, np.where(s.fields.mask, s.gamma, 1.0), enc.target)[s.fields.mask]
-        for s in samples
-    ]
-    return Standardizer.fit(raw, targets)
+def fit_standardizer(samples: list[Sample], enc: Encoding, workers: int = 0) -> Standardizer:
+    def raw(s: Sample) -> tuple[np.ndarray, np.ndarray]:
+        f = s.fields
+        target = raw_target(f, np.where(f.mask, s.gamma, 1.0), enc.target)[f.mask]
+        return raw_features(f, enc.distance, enc.area), target
+
+    pairs = parallel_map(raw, samples, workers)
+    return Standardizer.fit([p[0] for p in pairs], [p[1] for p in pairs])
 
 
 def data_info(samples: list[Sample], root: str) -> dict:
@@ -97,16 +99,15 @@ class EncodedDataset(Dataset):
         stats: Standardizer,
         augment: bool | float = False,
         crop: int | None = None,
+        workers: int = 0,
     ):
+        """``workers``: encode in that many processes (:func:`parallel_map`)."""
         self.augment = augment_probability(augment)
         self.samples, self.enc, self.stats, self.crop = samples, enc, stats, crop
         always = self.augment == 1.0
-        self.items = None if always else []
-        for k, s in enumerate(samples):
-            if self.items is not None:
-                self.items.append(enc.encode(s, stats))
-            if k % 512 == 511:
-                release_free_memory()  # else the peak holds every encoding's temporaries
+        self.items = (
+            None if always else parallel_map(lambda s: enc.encode(s, stats), samples, workers)
+        )
         self.names = [s.name for s in samples]
 
     def __len__(self) -> int:
@@ -182,7 +183,8 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
 
     def setup(self, stage: str | None = None) -> None:
         if self.stats is None:
-            train = pooled_split(self.hparams.root, "train")
+            workers = self.num_workers  # the loaders' processes read and encode too
+            train = pooled_split(self.hparams.root, "train", workers)
             if not train:
                 raise DatasetFolderError(f"{self.hparams.root} has no training samples")
             if self.hparams.stats_from:
@@ -190,13 +192,13 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
 
                 self.stats = resolve_model(self.hparams.stats_from).stats
             else:
-                self.stats = fit_standardizer(train, self.enc)
+                self.stats = fit_standardizer(train, self.enc, workers)
             self.info = data_info(train, self.hparams.root)
             self.sets["train"] = EncodedDataset(
-                train, self.enc, self.stats, self.hparams.augment, self.hparams.crop
+                train, self.enc, self.stats, self.hparams.augment, self.hparams.crop, workers
             )
         for split in ("val", "test"):
-            samples = [] if split in self.sets else pooled_split(self.hparams.root, split)
+            samples = [] if split in self.sets else pooled_split(self.hparams.root, split, workers)
             if samples:
-                self.sets[split] = EncodedDataset(samples, self.enc, self.stats)
+                self.sets[split] = EncodedDataset(samples, self.enc, self.stats, workers=workers)
         release_free_memory()
