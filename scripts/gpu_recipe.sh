@@ -10,7 +10,8 @@
 #   QUICK=1 bash scripts/gpu_recipe.sh          # a CPU smoke run of every step (~3 minutes)
 #
 # BUDGET (s, default 570) is the whole call; EPOCHS (20), WIDTH (40) and LOADERS (cores − 2)
-# override the config. Each step's wall time goes to $OUT/recipe.log.
+# override the config; INIT=windows-general-m10 (with WIDTH=24) trains the shipped network on
+# instead of a new one. Each step's wall time goes to $OUT/recipe.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -68,7 +69,8 @@ max_time=$(printf '00:%02d:%02d:%02d' $((left / 3600)) $((left % 3600 / 60)) $((
 step "training: up to $EPOCHS epochs or $max_time, width $WIDTH, $LOADERS loader processes"
 $DN train fit --config configs/train/windows_general_gpu.yaml --data.root "$pooled" \
   --data.num_workers "$LOADERS" --model.width "$WIDTH" --trainer.max_epochs "$EPOCHS" \
-  --trainer.max_time "$max_time" --trainer.default_root_dir "$RUN" 2>&1 | tail -n 5
+  --trainer.max_time "$max_time" --trainer.default_root_dir "$RUN" \
+  ${INIT:+--model.init_from "$INIT"} 2>&1 | tail -n 5
 version=$(ls -td "$RUN"/csv/version_* | head -n 1)
 best=$version/checkpoints/best.ckpt  # by validation loss; last.ckpt if no epoch ended
 [[ -f $best ]] || best=$version/checkpoints/last.ckpt
