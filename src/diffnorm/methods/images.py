@@ -202,7 +202,8 @@ def box_exact(
     """Where the images value is exact (see ``REACH``, ``PHYSICAL_RTOL``, ``WALL_REACH``):
     ``(B, ny, nx)`` bool. ``slots``: alpha of the east, west, north, south faces (0 if closed),
     ``runs``: :func:`straight_runs`; ``physical_rtol = 0``: uniform grid-unit κ only;
-    ``wall_reach ≥ OPEN_REACH``: no wall in the open-sea window. Window sums (summed-area
+    ``wall_reach ≥ OPEN_REACH``: no wall in the open-sea window (land in its corners beyond
+    ``DISK_REACH·D`` still counts as far enough). Window sums (summed-area
     tables) are taken only at candidates: cells whose own open faces agree per direction (to
     ``kappa_rtol``; to ``grid_rtol`` with no land along their row and column within
     ``wall_reach·D`` for the open-sea test)."""
