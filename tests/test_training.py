@@ -375,10 +375,16 @@ def test_setup_in_worker_processes_gives_what_one_process_gives(tiny_dataset):
     assert [
         int(t.sum()) for t in parallel_map(lambda k: torch.full((3,), k), list(range(9)), 3)
     ] == [3 * k for k in range(9)]
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    parallel_map(abs, [-1, -2, -3], 2)
+    assert torch.equal(torch.rand(1), expected)  # the global generator (shuffling) untouched
     modules = []
     for workers in (0, 2):
         dm = TrainingDataModule(str(tiny_dataset), num_workers=workers)
         dm.setup("fit")
+        dm.setup("test")  # a second call: the statistics and sets are kept
         modules.append(dm)
     one, many = modules
     np.testing.assert_array_equal(one.stats.mean, many.stats.mean)

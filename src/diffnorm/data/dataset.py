@@ -67,15 +67,22 @@ def _own(result):
         return result.clone()
     if isinstance(result, dict):
         return {k: _own(v) for k, v in result.items()}
-    if isinstance(result, (list, tuple)):
-        return type(result)(_own(v) for v in result)
+    if isinstance(result, list):
+        return [_own(v) for v in result]
+    if isinstance(result, tuple):  # named tuples too
+        return (
+            type(result)(*map(_own, result))
+            if hasattr(result, "_fields")
+            else tuple(map(_own, result))
+        )
     return result
 
 
 def parallel_map(fn, items: list, workers: int = 0) -> list:
     """``[fn(x) for x in items]``, in order, in ``workers`` processes (0 or 1: this one).
-    Torch's DataLoader workers: forked, so ``fn`` needs no pickling, only its results do; the
-    heap is trimmed every 512 results either way."""
+    Torch's DataLoader workers, forked, so ``fn`` needs no pickling, only its results do, and
+    seeded from their own generator: the global one, which shuffles training, is left as it
+    was. The heap is trimmed every 512 results either way."""
     out = []
     if workers > 1 and len(items) > 1:
         loader = DataLoader(
@@ -84,6 +91,8 @@ def parallel_map(fn, items: list, workers: int = 0) -> list:
             num_workers=min(workers, len(items)),
             collate_fn=_as_is,
             prefetch_factor=8,
+            multiprocessing_context="fork",
+            generator=torch.Generator(),
         )
         results = (_own(r) for r in loader)
     else:

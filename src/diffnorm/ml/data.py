@@ -182,8 +182,8 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         self.sets: dict[str, EncodedDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        workers = self.num_workers  # the loaders' processes read and encode too
         if self.stats is None:
-            workers = self.num_workers  # the loaders' processes read and encode too
             train = pooled_split(self.hparams.root, "train", workers)
             if not train:
                 raise DatasetFolderError(f"{self.hparams.root} has no training samples")
