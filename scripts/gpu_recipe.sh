@@ -21,13 +21,13 @@ LOG=$OUT/recipe.log
 : > "$LOG"
 step() { echo "[$((SECONDS - start)) s] $*" | tee -a "$LOG"; }
 
-if [[ -d .whl ]] && ! python3 -c "import cholespy, global_land_mask, jsonargparse" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+PY=${PY:-python3}
+if [[ -d .whl ]] && ! $PY -c "import cholespy, global_land_mask, jsonargparse" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-PY=${PY:-python3}
 DN="$PY -m diffnorm"
 cores=$(nproc)
 LOADERS=${LOADERS:-$((cores > 2 ? cores - 2 : 1))}

@@ -387,6 +387,8 @@ def test_setup_in_worker_processes_gives_what_one_process_gives(tiny_dataset):
         dm.setup("test")  # a second call: the statistics and sets are kept
         modules.append(dm)
     one, many = modules
+    read = [s.fields.topology for s in many.sets["train"].samples]
+    assert all(t is read[0] for t in read)  # one shared topology, pickled back as such
     np.testing.assert_array_equal(one.stats.mean, many.stats.mean)
     assert one.sets["train"].names == many.sets["train"].names
     for a, b in zip(one.sets["train"].items, many.sets["train"].items, strict=True):

@@ -46,6 +46,8 @@ def sample_files(root: str | Path, split: str) -> list[Path]:
 
 
 class _Mapped(Dataset):
+    """``fn`` over ``items``, one item at a time (what :func:`parallel_map`'s workers run)."""
+
     def __init__(self, fn, items):
         self.fn, self.items = fn, items
 
@@ -67,14 +69,8 @@ def _own(result):
         return result.clone()
     if isinstance(result, dict):
         return {k: _own(v) for k, v in result.items()}
-    if isinstance(result, list):
-        return [_own(v) for v in result]
-    if isinstance(result, tuple):  # named tuples too
-        return (
-            type(result)(*map(_own, result))
-            if hasattr(result, "_fields")
-            else tuple(map(_own, result))
-        )
+    if isinstance(result, (list, tuple)):
+        return type(result)(map(_own, result))
     return result
 
 
@@ -113,7 +109,7 @@ def _read_sample(path: Path) -> Sample:
 
 def load_split(root: str | Path, split: str, workers: int = 0) -> list[Sample]:
     """Every sample of a split, read into memory (datasets are small), by ``workers``
-    processes (:func:`parallel_map`)."""
+    processes (:func:`parallel_map`; samples of one shape share their topology either way)."""
     return parallel_map(_read_sample, sample_files(root, split), workers)
 
 
