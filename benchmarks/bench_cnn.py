@@ -5,17 +5,18 @@
 
 On one sample of the grid (D between 1.5 and 6 cells, M = 10): wall time of the ``cnn``
 method (features, forward pass, γ; warm, median of repeats) on CPU and, when there is one, on
-the GPU; of ``selinv`` (the default exact method, tolerance 1e-6, the reference: warm, its
-ordering cached, as for every sample after the first on a grid) and ``randomization`` with N
-samples; the CNN's error against selinv; the ratios. Then training throughput (samples/s, forward +
-backward + step, batch of 4) of the same network on CPU and GPU at the grid's size. The last
-line printed is one JSON object with all numbers.
+the GPU, in float32 and in bfloat16; of ``selinv`` (the default exact method, tolerance 1e-6,
+the reference: warm, its ordering cached, as for every sample after the first on a grid) and
+``randomization`` with N samples; the CNN's error against selinv; the ratios. Then training
+throughput (samples/s, forward + backward + step, batch of 4) of the same network on CPU and
+GPU at the grid's size. The last line printed is one JSON object with all numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import platform
 import statistics
@@ -27,7 +28,7 @@ from common import benchmark_fields
 from diffnorm.methods import estimate
 from diffnorm.metrics import sample_metrics
 from diffnorm.ml.modelfile import resolve_model
-from diffnorm.ml.networks import build_network
+from diffnorm.ml.networks import PRECISIONS, build_network
 
 
 def median_time(fn, repeats: int) -> float:
@@ -90,19 +91,23 @@ def main() -> None:
             **sample_metrics(r.gamma, exact.gamma, fields.counted),
         }
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for dev in devices:
+    for dev, precision in itertools.product(devices, PRECISIONS):
         result = {}
         # a fresh copy each time: what Fields caches (distances, runs) must not flatter a repeat
         fresh = iter([dataclasses.replace(fields) for _ in range(2 * args.repeats + 2)])
+        options = {"model": model, "device": dev, "precision": precision}
 
-        def run(dev=dev, result=result, fresh=fresh) -> None:
-            result["r"] = estimate(next(fresh), "cnn", model=model, device=dev)
+        def run(result=result, fresh=fresh, options=options) -> None:
+            result["r"] = estimate(next(fresh), "cnn", **options)
 
         t = median_time(run, args.repeats)
         forward = median_time(
-            lambda dev=dev, fresh=fresh: model.predict_target(next(fresh), dev), args.repeats
+            lambda dev=dev, fresh=fresh, p=precision: model.predict_target(
+                next(fresh), dev, precision=p
+            ),
+            args.repeats,
         )
-        rows[f"cnn ({dev})"] = {
+        rows[f"cnn ({dev}, {precision})"] = {
             "time_s": t,
             "predict_target_s": forward,
             **sample_metrics(result["r"].gamma, exact.gamma, fields.counted),

@@ -64,6 +64,17 @@ def test_the_symmetry_mean_commutes_with_the_grid_s_symmetries(network, sample):
     assert r.info["symmetries"] == 2 and np.all(np.isfinite(r.gamma[f.mask]))
 
 
+def test_bfloat16_predictions_stay_close_to_float32(network, sample):
+    f = sample.fields
+    full = estimate(f, "cnn", model=network, device="cpu")
+    low = estimate(f, "cnn", model=network, device="cpu", precision="bfloat16")
+    assert low.info["precision"] == "bfloat16" and full.info["precision"] == "float32"
+    ratio = (low.gamma / full.gamma)[f.mask] ** 2 - 1.0
+    assert 0.0 < np.abs(ratio).max() < 0.02
+    with pytest.raises(ValueError, match="precision must be one of"):
+        network.predict_target(f, "cpu", precision="half")
+
+
 def test_cnn_method_and_exact_small_basins(network, sample):
     r = estimate(sample.fields, "cnn", model=network, device="cpu")
     assert r.method == "cnn" and r.info["model"] == "tiny"
@@ -213,6 +224,8 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
     for args, message in (
         (["--method", "lattice", "--exact-fold-rows", "2"], "--exact-fold-rows goes with"),
         (["--method", "cnn", "--exact-fold-rows", "-1"], "--exact-fold-rows must be >= 0"),
+        (["--method", "lattice", "--precision", "bfloat16"], "--precision goes with"),
+        (["--method", "cnn", "--precision", "half"], "--precision must be float32 or"),
     ):
         res = runner.invoke(app, ["estimate", str(inp), "-o", str(tmp_path / "t.nc"), *args])
         assert res.exit_code == 2 and message in res.output

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from diffnorm.ml.halo import pad_halo
-from diffnorm.ml.networks import ResidualCNN, UNet, count_parameters, for_inference
+from diffnorm.ml.networks import (
+    PRECISIONS,
+    Float32Block,
+    ResidualCNN,
+    UNet,
+    count_parameters,
+    for_inference,
+)
 
 
 def test_study_network_has_299521_parameters():
@@ -93,3 +100,27 @@ def test_the_inference_copy_folds_batch_norm_and_predicts_the_same(arch):
     x = torch.randn(2, 5, 13 + 2 * net.halo, 17 + 2 * net.halo)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["unet", "residual"])
+def test_the_bfloat16_copy_keeps_its_input_block_in_float32_and_stays_close(arch):
+    torch.manual_seed(0)
+    if arch == "unet":
+        net = UNet(in_channels=5, width=8, levels=2, halo=4).eval()
+        first = lambda n: n.down[0]  # noqa: E731
+    else:
+        net = ResidualCNN(in_channels=5, width=8, blocks=2, norm="batch").eval()
+        first = lambda n: n.stem  # noqa: E731
+    low = for_inference(net, "bfloat16")
+    assert isinstance(first(low), Float32Block) and not isinstance(first(net), Float32Block)
+    x = torch.randn(2, 5, 13 + 2 * net.halo, 17 + 2 * net.halo)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = low(x)
+        inner = first(low)(x)
+    exact = net(x).detach()
+    assert inner.dtype == torch.float32  # the input block ran in float32 under autocast
+    assert not torch.equal(y.float(), exact)  # the rest did not
+    torch.testing.assert_close(y.float(), exact, rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        for_inference(net, "float16")
+    assert PRECISIONS == ("float32", "bfloat16")  # the literals the CLI checks

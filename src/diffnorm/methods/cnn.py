@@ -46,6 +46,7 @@ def cnn(
     exact_basins: int = 64,
     exact_fold_rows: int = 6,
     symmetries: int = 1,
+    precision: str = "float32",
     progress=None,
 ) -> MethodOutput:
     """``model``: a model file, a Lightning checkpoint, a shipped model's name or a loaded
@@ -55,7 +56,9 @@ def cnn(
     of at most this many cells are computed exactly (0: the network everywhere);
     ``exact_fold_rows``: on a grid with a north fold, so are that many rows under it;
     ``symmetries``: average the network over that many of the grid's flips and turns (up to 8
-    on a closed grid, 4 on a periodic or folded one; costs as many passes)."""
+    on a closed grid, 4 on a periodic or folded one; costs as many passes); ``precision``:
+    ``float32`` or ``bfloat16`` (the network under bfloat16 autocast: faster on hardware with
+    bfloat16 arithmetic, slightly larger errors; see ``GammaNetwork.predict_target``)."""
     from diffnorm.device import pick_device
     from diffnorm.ml.features import gamma_from_target
     from diffnorm.ml.modelfile import resolve_model
@@ -65,7 +68,7 @@ def cnn(
     net = resolve_model(model, fields)
     flags, report = net.check_fields(fields)
     gamma = gamma_from_target(
-        fields, net.predict_target(fields, device, tile, symmetries), net.target
+        fields, net.predict_target(fields, device, tile, symmetries, precision), net.target
     )
     variance = gamma.ravel()[fields.ocean] ** -2.0
     idx, exact = small_basin_variance(fields, exact_basins)
@@ -79,6 +82,7 @@ def cnn(
         "exact_cells": int(idx.size),
         "exact_fold_cells": int(fold_idx.size),
         "symmetries": int(symmetries),
+        "precision": precision,
         "solves": 0,
         **{f"outside_{k}": v for k, v in report.items()},
     }

@@ -29,7 +29,7 @@ from diffnorm.device import pick_device
 from diffnorm.fields import Fields
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import LOG_TARGETS, Standardizer, channel_names, gamma_from_target
-from diffnorm.ml.networks import build_network, count_parameters, for_inference
+from diffnorm.ml.networks import PRECISIONS, build_network, count_parameters, for_inference
 
 FORMAT = "diffnorm-model"
 FORMAT_VERSION = 1
@@ -107,6 +107,10 @@ class GammaNetwork:
         """:func:`~diffnorm.ml.networks.for_inference` of the network: what predictions run."""
         return for_inference(self.net)
 
+    @functools.cached_property
+    def _bfloat16_net(self) -> nn.Module:
+        return for_inference(self.net, "bfloat16")
+
     @torch.no_grad()
     def predict_target(
         self,
@@ -114,6 +118,7 @@ class GammaNetwork:
         device: str | torch.device | None = "auto",
         tile: int | None = None,
         symmetries: int = 1,
+        precision: str = "float32",
     ) -> np.ndarray:
         """The network's target (``log(γ²/γ²_analytic)`` or γ) on the grid, float64.
 
@@ -123,13 +128,32 @@ class GammaNetwork:
         the grid's symmetries (:func:`diffnorm.augment.symmetries`: flips, and transposes on
         closed grids), each predicted on the transformed grid and mapped back; γ commutes with
         them exactly, the network only approximately, so the mean cancels part of its error.
+        ``precision``: ``float32``, or ``bfloat16`` (autocast, the input block in float32:
+        :func:`~diffnorm.ml.networks.for_inference`), ~2.5× faster where the hardware has
+        bfloat16 arithmetic (CPUs with AMX or AVX-512 BF16, GPUs) and slower where it has not;
+        on the unseen grids of ``bench_generalization`` it changed the mean |ε| by +0.4 %
+        (ORCA1), +1.6 % (North Atlantic) and −0.1 % (Table 8), the maxima by under 1 %.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if symmetries != 1:
-            return self._symmetry_mean(fields, device, tile, symmetries)
+            return self._symmetry_mean(fields, device, tile, symmetries, precision)
         dev = pick_device(device)
-        net = self.inference_net.to(dev)
+        low = precision == "bfloat16"
+        net = (self._bfloat16_net if low else self.inference_net).to(dev)
         x = self.encoding.inputs(fields, self.stats).to(dev)
-        ny, nx = fields.shape
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
+            pred = self._forward(net, x, fields.shape, tile, dev)
+        t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
+        if self.target in LOG_TARGETS:
+            t = t * self.encoding.correction_weight(fields)  # 1 without gate or exact cells
+        return t
+
+    def _forward(
+        self, net: nn.Module, x: torch.Tensor, shape: tuple[int, int], tile: int | None, dev
+    ) -> torch.Tensor:
+        """The network on the padded inputs ``x``, whole or by tiles: ``(ny, nx)``."""
+        ny, nx = shape
         h = self.encoding.halo
         if tile is None or tile >= max(ny, nx):
             pred = net(x[None])[0, 0]
@@ -147,13 +171,15 @@ class GammaNetwork:
                     j1, i1 = min(j + tile, ny), min(i + tile, nx)
                     patch = x[:, j : j1 + 2 * h, i : i1 + 2 * h]
                     pred[j:j1, i:i1] = net(patch[None])[0, 0]
-        t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
-        if self.target in LOG_TARGETS:
-            t = t * self.encoding.correction_weight(fields)  # 1 without gate or exact cells
-        return t
+        return pred.float()
 
     def _symmetry_mean(
-        self, fields: Fields, device: str | torch.device | None, tile: int | None, count: int
+        self,
+        fields: Fields,
+        device: str | torch.device | None,
+        tile: int | None,
+        count: int,
+        precision: str,
     ) -> np.ndarray:
         from diffnorm.augment import symmetries
 
@@ -166,7 +192,9 @@ class GammaNetwork:
             )
         total = np.zeros(fields.shape)
         for t in group[:count]:
-            total += t.restore_cells(self.predict_target(t.fields(fields), device, tile))
+            total += t.restore_cells(
+                self.predict_target(t.fields(fields), device, tile, precision=precision)
+            )
         return total / count
 
     def error_estimate(self, fields: Fields) -> np.ndarray | None:

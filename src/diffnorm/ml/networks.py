@@ -214,12 +214,37 @@ def build_network(arch: str, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
-def for_inference(net: nn.Module) -> nn.Module:
+PRECISIONS = ("float32", "bfloat16")
+
+
+class Float32Block(nn.Module):
+    """Runs ``block`` in float32 inside a bfloat16 autocast region. The block that reads the
+    standardized inputs: bfloat16's 8-bit mantissa there made most of the rounding error
+    (ORCA1, shipped U-Net: RMS change of the output 1.3e-2 standardized units with every layer
+    in bfloat16, 7.9e-3 with this block in float32)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.block(x.float())
+
+
+def for_inference(net: nn.Module, precision: str = "float32") -> nn.Module:
     """A copy of ``net`` for prediction only (eval mode): each convolution followed by batch
     norm becomes one convolution, ``w' = w·g/σ``, ``b' = (b − μ)·g/σ + β`` with the running
     statistics, and the weights are laid out channels-last, oneDNN's fast path on CPU (ORCA1
-    forward pass 0.127 → 0.078 s on 2 cores). Outputs agree to float32 round-off."""
+    forward pass 0.127 → 0.078 s on 2 cores). Outputs agree to float32 round-off.
+
+    ``precision="bfloat16"``: the first block stays float32 (:class:`Float32Block`) and the
+    caller runs the copy under ``torch.autocast(dtype=torch.bfloat16)``: on a CPU with AMX or
+    AVX-512 BF16, and on GPUs, the other convolutions run about 2.5× faster."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
     net = copy.deepcopy(net).eval()
     for block in net.modules():
@@ -229,6 +254,11 @@ def for_inference(net: nn.Module) -> nn.Module:
             conv, norm = block[k], block[k + 1]
             if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
                 block[k], block[k + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
+    if precision == "bfloat16":
+        if isinstance(net, UNet):
+            net.down[0] = Float32Block(net.down[0])
+        else:
+            net.stem = Float32Block(net.stem)
     return net.to(memory_format=torch.channels_last)
 
 
