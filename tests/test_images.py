@@ -86,6 +86,26 @@ def test_quadrature_matches_the_lattice_integral(steps, rtol):
     np.testing.assert_allclose(v.numpy(), want, rtol=rtol)
 
 
+@pytest.mark.parametrize("steps", [2, 6, 10])
+def test_dropping_the_quadrature_tail_changes_v_by_at_most_its_bound(steps, monkeypatch):
+    import diffnorm.methods.images as images
+
+    rng = np.random.default_rng(steps)
+    n = 400
+    kx, ky = (torch.from_numpy(10.0 ** rng.uniform(-2, 2, n)) for _ in range(2))
+    runs = [torch.from_numpy(rng.integers(0, CAP + 1, n).astype(np.float64)) for _ in range(4)]
+    runs[0][:20] = runs[1][:20] = runs[2][:20] = runs[3][:20] = 0.0  # one-cell basins: S = 1
+    with torch.no_grad():
+        short = ImagesVariance(steps)
+        monkeypatch.setattr(images, "QUADRATURE_TAIL", 0.0)
+        full = ImagesVariance(steps)
+        assert short.t.numel() < full.t.numel()
+        v_short, v_full = short(kx, ky, *runs), full(kx, ky, *runs)
+    rel = (v_full / v_short - 1.0).numpy()
+    assert np.all(rel >= 0.0) and rel.max() <= 1e-8  # a non-negative tail, within its bound
+    assert rel[:20].max() > 1e-12  # where S = 1 the tail is all that differs
+
+
 def test_runs_cross_the_wrap_and_stop_at_land_and_closed_edges():
     m = np.ones((3, 8))
     m[1, 2] = 0.0

@@ -71,10 +71,20 @@ def log_ive_table() -> np.ndarray:
         return np.maximum(np.log(ive(n, np.exp(u)[None, :])), -200.0)
 
 
+# Trailing nodes whose weights sum to at most this are dropped. The integrand f = S_x·S_y is
+# a heat-kernel diagonal, non-increasing in t, so the dropped part is at most
+# f(t_last kept)·Σ dropped w ≤ QUADRATURE_TAIL·v: 4 of the 16 nodes at M = 10 (25 % of the cost)
+QUADRATURE_TAIL = 1e-8
+
+
 def quadrature(steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``t_j`` and weights of ``Γ(M)⁻¹ ∫ t^{M−1} e^{−t} f(t) dt ≈ Σ w_j f(t_j)``."""
+    """Nodes ``t_j`` and weights of ``Γ(M)⁻¹ ∫ t^{M−1} e^{−t} f(t) dt ≈ Σ w_j f(t_j)``, without
+    the trailing nodes whose weights sum to at most ``QUADRATURE_TAIL``."""
     t, w = roots_genlaguerre(nodes(steps), steps - 1)
-    return t, w * np.exp(-gammaln(steps))
+    w = w * np.exp(-gammaln(steps))
+    tail = np.cumsum(w[::-1])[::-1]  # tail[j] = Σ_{k ≥ j} w_k
+    keep = max(1, int(np.count_nonzero(tail > QUADRATURE_TAIL)))
+    return t[:keep], w[:keep]
 
 
 def _shift(x: torch.Tensor, axis: int, step: int, periodic: bool, fill: float) -> torch.Tensor:
