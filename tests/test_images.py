@@ -9,7 +9,13 @@ import torch
 from conftest import folded_fields, random_fields
 from diffnorm.grid import box_grid, fields_from_cell_length_scales
 from diffnorm.methods import estimate
-from diffnorm.methods.images import CAP, ImagesVariance, images_gamma_squared, straight_runs
+from diffnorm.methods.images import (
+    CAP,
+    ImagesVariance,
+    images_gamma_squared,
+    straight_runs,
+    straight_runs_numpy,
+)
 from diffnorm.methods.lattice import lattice_point_variance
 
 
@@ -104,6 +110,18 @@ def test_dropping_the_quadrature_tail_changes_v_by_at_most_its_bound(steps, monk
     rel = (v_full / v_short - 1.0).numpy()
     assert np.all(rel >= 0.0) and rel.max() <= 1e-8  # a non-negative tail, within its bound
     assert rel[:20].max() > 1e-12  # where S = 1 the tail is all that differs
+
+
+def test_the_numpy_runs_equal_the_traceable_ones():
+    rng = np.random.default_rng(5)
+    for _ in range(120):
+        ny, nx = rng.integers(1, 12), rng.integers(1, 45)
+        m = (rng.random((2, ny, nx)) < rng.uniform(0.3, 1.0)).astype(np.float64)
+        periodic, folded, cap = bool(rng.integers(2)), bool(rng.integers(2)), rng.integers(1, 40)
+        want = straight_runs(torch.from_numpy(m), periodic, folded, int(cap))
+        got = straight_runs_numpy(m, periodic, folded, int(cap))
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_array_equal(g, w.numpy())
 
 
 def test_runs_cross_the_wrap_and_stop_at_land_and_closed_edges():

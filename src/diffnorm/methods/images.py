@@ -121,6 +121,35 @@ def straight_runs(
     return out[0], out[1], out[2], out[3]
 
 
+def straight_runs_numpy(
+    m: np.ndarray, periodic_x: bool, folded: bool, cap: int = CAP
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`straight_runs` by running maxima instead of ``cap`` shifts (~10× faster on
+    ORCA1; not traceable to ONNX, so the exported graph keeps the shifts). Same values."""
+    land = np.asarray(m) <= 0
+
+    def toward_low(land: np.ndarray, periodic: bool, open_edge: bool) -> np.ndarray:
+        # along the last axis: ocean cells at i − 1, i − 2, … before the first land
+        n = land.shape[-1]
+        seen = np.concatenate([land, land], -1) if periodic else land
+        k = np.arange(seen.shape[-1])
+        last = np.maximum.accumulate(np.where(seen, k, -1), axis=-1)
+        before = np.concatenate([np.full((*last.shape[:-1], 1), -1), last[..., :-1]], -1)
+        r = (k - 1 - before).astype(np.float64)
+        if periodic:  # a row without land runs round the wrap for ever
+            r = np.where(land.any(-1, keepdims=True), r[..., n:], float(cap))
+        elif open_edge:  # no land before the edge: the run leaves through the fold
+            r = np.where(before < 0, float(cap), r)
+        return np.minimum(r, float(cap))
+
+    flip_t = np.swapaxes(land, -1, -2)
+    west = toward_low(land, periodic_x, False)
+    east = toward_low(land[..., ::-1], periodic_x, False)[..., ::-1]
+    south = np.swapaxes(toward_low(flip_t, False, False), -1, -2)
+    north = np.swapaxes(toward_low(flip_t[..., ::-1], False, folded)[..., ::-1], -1, -2)
+    return west, east, south, north
+
+
 # A cell is *box-exact* when nothing the images value leaves out is within reach: within
 # REACH·D cells (D = √(2Mκ), the largest of its faces) the ocean is exactly its straight-line
 # box and every open face has the same κ per direction. A wall farther than that changes γ²
@@ -408,8 +437,9 @@ def _fields_runs(fields: Fields) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]
     baseline and the box-exact test both need them)."""
 
     def compute():
-        m = torch.from_numpy(np.array(fields.mask, dtype=np.float64))[None]
-        return m, straight_runs(m, fields.periodic_x, fields.topology.folded)
+        m = np.array(fields.mask, dtype=np.float64)[None]
+        runs = straight_runs_numpy(m, fields.periodic_x, fields.topology.folded)
+        return torch.from_numpy(m), tuple(torch.from_numpy(np.ascontiguousarray(r)) for r in runs)
 
     return fields.derived("straight_runs", compute)
 
