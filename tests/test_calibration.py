@@ -47,3 +47,41 @@ def test_bad_quantile_and_other_classes_are_refused():
     d["face_bins"] = [[0, 4]]
     with pytest.raises(ValueError, match="calibrate it again"):
         ErrorModel.from_dict(d)
+
+
+def _with_correction(fields, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A correction t and |ε| = |t|·uniform: the farther the network moved, the larger."""
+    rng = np.random.default_rng(seed)
+    t = np.where(fields.mask, rng.choice([0.01, 0.05, 0.2, 0.6], size=fields.shape), 0.0)
+    return np.where(fields.mask, t * rng.uniform(size=fields.shape), np.nan), t
+
+
+def test_the_correction_bins_sharpen_the_estimate_and_old_models_still_load():
+    held = [random_fields(ny=30, nx=40, seed=s) for s in range(6)]
+    triples = [(*_with_correction(f, s), f) for s, f in enumerate(held)]
+    model = ErrorModel.fit([(e, f, t) for e, t, f in triples], quantile=0.8)
+    blunt = ErrorModel.fit([(e, f) for e, _, f in triples], quantile=0.8)
+    assert model.by_correction is not None and blunt.by_correction is None
+    fresh = random_fields(ny=30, nx=40, seed=99)
+    eps, t = _with_correction(fresh, 99)
+    sharp = model.estimate(fresh, t)
+    assert 0.7 < coverage(eps, sharp, fresh.counted) < 0.9
+    assert 0.7 < coverage(eps, blunt.estimate(fresh), fresh.counted) < 0.9
+    ocean = fresh.counted
+    # (sparse classes fall back to their class's value in every bin)
+    assert np.median(sharp[ocean & (t == 0.6)]) > 10 * np.median(sharp[ocean & (t == 0.01)])
+    # sharper: the cells with large errors are the ones it flags
+    big = ocean & (eps > 0.3)
+    assert np.mean(sharp[big] > 0.3) > 0.8 and np.mean(blunt.estimate(fresh)[big] > 0.3) < 0.2
+    assert np.isfinite(model.estimate(fresh)[ocean]).all()  # without a correction: by class
+    back = ErrorModel.from_dict(model.to_dict())
+    np.testing.assert_array_equal(back.estimate(fresh, t), sharp)
+    old = blunt.to_dict()  # a file from before the bins: the correction is ignored
+    assert "by_correction" not in old
+    np.testing.assert_array_equal(
+        ErrorModel.from_dict(old).estimate(fresh, t), blunt.estimate(fresh)
+    )
+    d = model.to_dict()
+    d["correction_edges"] = [0.5]
+    with pytest.raises(ValueError, match="calibrate it again"):
+        ErrorModel.from_dict(d)

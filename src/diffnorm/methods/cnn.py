@@ -60,16 +60,15 @@ def cnn(
     ``float32`` or ``bfloat16`` (the network under bfloat16 autocast: faster on hardware with
     bfloat16 arithmetic, slightly larger errors; see ``GammaNetwork.predict_target``)."""
     from diffnorm.device import pick_device
-    from diffnorm.ml.features import gamma_from_target
+    from diffnorm.ml.features import LOG_TARGETS, gamma_from_target
     from diffnorm.ml.modelfile import resolve_model
 
     if exact_fold_rows < 0:
         raise ValueError(f"exact_fold_rows must be >= 0 (0: none), got {exact_fold_rows}")
     net = resolve_model(model, fields)
     flags, report = net.check_fields(fields)
-    gamma = gamma_from_target(
-        fields, net.predict_target(fields, device, tile, symmetries, precision), net.target
-    )
+    target = net.predict_target(fields, device, tile, symmetries, precision)
+    gamma = gamma_from_target(fields, target, net.target)
     variance = gamma.ravel()[fields.ocean] ** -2.0
     idx, exact = small_basin_variance(fields, exact_basins)
     fold_idx, fold_exact = fold_band_variance(fields, exact_fold_rows)
@@ -89,7 +88,7 @@ def cnn(
     flags.ravel()[fields.ocean[idx]] = 0  # solved exactly: on known ground
     if fold_idx.size:
         flags[-exact_fold_rows:] = 0  # T-fold copies too
-    error = net.error_estimate(fields)
+    error = net.error_estimate(fields, target if net.target in LOG_TARGETS else None)
     if error is not None:
         error = error.ravel()[fields.ocean]
         error[idx] = 0.0

@@ -26,7 +26,7 @@ from diffnorm.metrics import (
     merge_strata,
     relative_error,
 )
-from diffnorm.ml.calibration import ErrorModel
+from diffnorm.ml.calibration import ErrorModel, Sample, network_correction
 from diffnorm.ml.modelfile import GammaNetwork, resolve_model
 from diffnorm.operator import make_operator
 
@@ -83,7 +83,7 @@ def evaluate(
     times: dict[str, list[float]] = {m: [] for m in methods}
     by_dist: dict[str, list[dict]] = {m: [] for m in methods}
     cnn_abs = []
-    cnn_eps: list[tuple[np.ndarray, Fields]] = []
+    cnn_eps: list[Sample] = []
     worst: list[dict] = []
     strata: dict[str, list[dict]] = {m: [] for m in methods}
     for k, s in enumerate(data):
@@ -108,7 +108,8 @@ def evaluate(
                 strata[name].append(error_strata(grid, f))
             if name == "cnn":
                 cnn_abs.append(np.abs(grid))
-                cnn_eps.append((grid, f))
+                t = network_correction(f, gamma_hat, model.target)
+                cnn_eps.append((grid, f) if t is None else (grid, f, t))
                 cells = worst_cells(grid, s.gamma, dist, f, WORST_PER_SAMPLE)
                 worst += [{"sample": s.name, **c} for c in cells]
         if progress:

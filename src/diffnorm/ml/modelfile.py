@@ -197,13 +197,17 @@ class GammaNetwork:
             )
         return total / count
 
-    def error_estimate(self, fields: Fields) -> np.ndarray | None:
-        """The calibrated per-cell estimate of |ε| (NaN on land), if the model has one."""
+    def error_estimate(
+        self, fields: Fields, correction: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """The calibrated per-cell estimate of |ε| (NaN on land), if the model has one;
+        ``correction``: the predicted target of a log-target model (``log(γ̂²/γ²_baseline)``),
+        which sharpens it (:class:`~diffnorm.ml.calibration.ErrorModel`)."""
         if self.error_model is None:
             return None
         from diffnorm.ml.calibration import ErrorModel
 
-        return ErrorModel.from_dict(self.error_model).estimate(fields)
+        return ErrorModel.from_dict(self.error_model).estimate(fields, correction)
 
     def predict(
         self,
