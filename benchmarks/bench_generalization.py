@@ -52,6 +52,9 @@ from diffnorm.nemo import mesh_mask_grid
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "nemo"
 
 
+FLAG = 0.055  # |ε|: about randomization 10⁴'s maximum on these grids
+
+
 def _random(metrics, seed: int) -> Fields:
     return random_fields_on(metrics, d_min=1.5, d_max=6.0, steps=10, seed=seed)
 
@@ -150,6 +153,7 @@ def main() -> None:
         model_name = ""
         parts = []
         covered: list[np.ndarray] = []  # |ε| ≤ the model's own per-cell error estimate
+        flagged: list[tuple[np.ndarray, np.ndarray]] = []  # (|ε|, estimate)
         for fields in samples:
             exact = estimate(fields, "selinv")
             m = fields.counted
@@ -166,6 +170,7 @@ def main() -> None:
             eps["cnn"].append(relative_error(cnn.gamma, exact.gamma, m))
             if cnn.error_estimate is not None:
                 covered.append(np.abs(eps["cnn"][-1]) <= cnn.error_estimate[m])
+                flagged.append((np.abs(eps["cnn"][-1]), cnn.error_estimate[m]))
             grid = np.full(fields.shape, np.nan)
             grid[m] = eps["cnn"][-1]
             parts.append(error_strata(grid, fields))
@@ -203,9 +208,22 @@ def main() -> None:
         rows["cnn_strata"] = merge_strata(parts)
         if covered:
             rows["cnn_error_estimate_coverage"] = float(np.concatenate(covered).mean())
+            err = np.concatenate([f[0] for f in flagged])
+            est = np.concatenate([f[1] for f in flagged])
+            bad = err > FLAG
+            rows["cnn_error_estimate_flags"] = {
+                "bad_cells": int(bad.sum()),
+                "bad_flagged": float(np.mean(est[bad] > FLAG)) if bad.any() else None,
+                "all_flagged": float(np.mean(est > FLAG)),
+            }
+            share = rows["cnn_error_estimate_flags"]["bad_flagged"]
             print(
                 f"\n{name}: the cnn's |ε| is within its error estimate on "
-                f"{100 * rows['cnn_error_estimate_coverage']:.1f} % of the cells\n"
+                f"{100 * rows['cnn_error_estimate_coverage']:.1f} % of the cells; of the "
+                f"{int(bad.sum())} cells with |ε| > {FLAG:g}, "
+                + ("none" if share is None else f"{100 * share:.0f} %")
+                + f" have an estimate above it ({100 * np.mean(est > FLAG):.1f} % of all "
+                "cells do)\n"
             )
         if args.strata:
             print(f"\n{name}, cnn by stratum:\n\n{strata_table(rows['cnn_strata'])}\n")
