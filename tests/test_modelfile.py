@@ -250,6 +250,22 @@ def test_small_basins_are_exact_in_the_cnn_method(small_fields):
     assert small_basin_variance(small_fields, 0)[0].size == 0
 
 
+def test_several_small_basins_are_each_exact():
+    from diffnorm.grid import box_grid, fields_from_cell_length_scales
+    from diffnorm.methods.cnn import small_basin_variance
+
+    mask = np.zeros((12, 14), dtype=bool)
+    mask[1:3, 1:4] = True  # 6 cells
+    mask[5, 1] = True  # 1 cell
+    mask[8:11, 2] = True  # 3 cells, a channel
+    mask[1:11, 6:13] = True  # 70 cells: left to the network
+    f = fields_from_cell_length_scales(box_grid(*mask.shape, mask=mask), 2.0, 3.0, 6)
+    idx, var = small_basin_variance(f, 10)
+    assert idx.size == 10
+    brute = estimate(f, "brute").variance[f.mask]
+    np.testing.assert_allclose(var, brute[idx], rtol=1e-12)
+
+
 def test_demo_quick_runs_the_whole_pipeline(tmp_path):
     """`diffnorm demo --quick`: exact data, training, evaluation, model file, plots."""
     res = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path), "--workers", "1"])

@@ -117,19 +117,29 @@ class DiffusionOperator(abc.ABC):
         return self.sqrt_w if x.ndim == 1 else self.sqrt_w[:, None]
 
 
+Stencil = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def grid_stencil(fields: Fields) -> Stencil:
+    """:meth:`Topology.stencil` of the fields (weights, neighbours, coefficients) and the
+    unknown index of every cell: what :func:`system_block` reads, to share between blocks."""
+    topo = fields.topology
+    w, nbr, c = topo.stencil(fields.mask, fields.area, fields.slot_alpha())
+    return w, nbr, c, topo.unknown_index(fields.mask)
+
+
 def _rows(
-    fields: Fields, unknowns: np.ndarray
+    fields: Fields, unknowns: np.ndarray, stencil: Stencil | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The entries of ``W + K`` in the rows of the unknowns at positions ``unknowns`` (of
     ``fields.ocean``), from :meth:`Topology.stencil` (wrap and fold included): the diagonal,
     and the off-diagonal entries as (row in ``unknowns``, column as an unknown, value)."""
-    topo = fields.topology
-    w, nbr, c = topo.stencil(fields.mask, fields.area, fields.slot_alpha())
+    w, nbr, c, index = grid_stencil(fields) if stencil is None else stencil
     cells = fields.ocean[unknowns]
     coef = c[:, cells]
     opened = coef > 0  # closed slots carry no entry: the pattern is the open faces'
     rows = np.broadcast_to(np.arange(cells.size), coef.shape)[opened]
-    cols = topo.unknown_index(fields.mask)[nbr[:, cells][opened]]
+    cols = index[nbr[:, cells][opened]]
     return w[cells] + coef.sum(axis=0), rows, cols, -coef[opened]
 
 
@@ -149,12 +159,15 @@ def system_matrix(fields: Fields) -> sp.csr_matrix:
     )
 
 
-def system_block(fields: Fields, unknowns: np.ndarray) -> np.ndarray:
+def system_block(
+    fields: Fields, unknowns: np.ndarray, stencil: Stencil | None = None
+) -> np.ndarray:
     """``W + K`` restricted to the unknowns at sorted positions ``unknowns`` (of
     ``fields.ocean``), dense: :func:`system_matrix`'s rows and columns there, without
     assembling the whole grid's matrix. Faces to unknowns outside the set still count in the
-    diagonal, so a set that is a union of basins is exact."""
-    diag, rows, cols, values = _rows(fields, unknowns)
+    diagonal, so a set that is a union of basins is exact. ``stencil``: :func:`grid_stencil`,
+    computed once for many blocks of the same fields."""
+    diag, rows, cols, values = _rows(fields, unknowns, stencil)
     local = np.searchsorted(unknowns, cols)
     inside = (local < unknowns.size) & (unknowns[np.minimum(local, unknowns.size - 1)] == cols)
     block = np.diag(diag)
