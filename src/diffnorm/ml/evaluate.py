@@ -26,7 +26,7 @@ from diffnorm.metrics import (
     merge_strata,
     relative_error,
 )
-from diffnorm.ml.calibration import ErrorModel, Sample, network_correction
+from diffnorm.ml.calibration import ErrorModel, HeldOut, network_correction
 from diffnorm.ml.modelfile import GammaNetwork, resolve_model
 from diffnorm.operator import make_operator
 
@@ -83,7 +83,7 @@ def evaluate(
     times: dict[str, list[float]] = {m: [] for m in methods}
     by_dist: dict[str, list[dict]] = {m: [] for m in methods}
     cnn_abs = []
-    cnn_eps: list[Sample] = []
+    cnn_eps: list[HeldOut] = []
     worst: list[dict] = []
     strata: dict[str, list[dict]] = {m: [] for m in methods}
     for k, s in enumerate(data):
