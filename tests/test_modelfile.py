@@ -96,6 +96,8 @@ def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
     np.testing.assert_allclose(r.gamma[top], exact[top], rtol=1e-4)
     assert r.info["exact_fold_cells"] == np.count_nonzero(f.counted[-3:])
     assert none.info["exact_fold_cells"] == 0
+    assert r.exact.sum() == r.info["exact_fold_cells"] and not r.exact[~top].any()
+    assert not none.exact.any()  # the cells a caller may leave out of the network's errors
     assert np.abs(none.gamma[top] / exact[top] - 1).max() > 1e-3  # the network alone is not
     rest = f.mask.astype(bool) & ~top
     np.testing.assert_array_equal(r.gamma[rest], none.gamma[rest])
@@ -225,7 +227,7 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
         (["--method", "lattice", "--exact-fold-rows", "2"], "--exact-fold-rows goes with"),
         (["--method", "cnn", "--exact-fold-rows", "-1"], "--exact-fold-rows must be >= 0"),
         (["--method", "lattice", "--precision", "bfloat16"], "--precision goes with"),
-        (["--method", "cnn", "--precision", "half"], "--precision must be float32 or"),
+        (["--method", "cnn", "--precision", "half"], "--precision must be one of float32"),
     ):
         res = runner.invoke(app, ["estimate", str(inp), "-o", str(tmp_path / "t.nc"), *args])
         assert res.exit_code == 2 and message in res.output

@@ -219,8 +219,10 @@ def estimate(
         usage_error("--exact-fold-rows goes with --method cnn")
     if exact_fold_rows < 0:
         usage_error(f"--exact-fold-rows must be >= 0, got {exact_fold_rows}")
-    if precision not in ("float32", "bfloat16"):  # diffnorm.ml.networks.PRECISIONS
-        usage_error(f"--precision must be float32 or bfloat16, got {precision!r}")
+    from diffnorm.ml.networks import PRECISIONS
+
+    if precision not in PRECISIONS:
+        usage_error(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if stride is not None and method is not MethodName.probing:
         usage_error("--stride goes with --method probing (selinv needs no stride)")
     with user_errors():

@@ -120,6 +120,10 @@ def estimate(
         error = None
         if out.error_estimate is not None:
             error = fields.to_grid(out.error_estimate)
+        exact = None
+        if out.exact is not None:
+            exact = np.zeros(fields.shape, dtype=bool)
+            exact.ravel()[fields.ocean[out.exact]] = True
     info = dict(out.info)
     if op is not None:
         info.setdefault("backend", op.backend)
@@ -137,4 +141,5 @@ def estimate(
         error_estimate=error,
         info=info,
         flags=out.flags,
+        exact=exact,
     )

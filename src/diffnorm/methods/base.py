@@ -32,6 +32,8 @@ class GammaResult:
     error_estimate: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
     flags: np.ndarray | None = None  # (ny, nx) uint8 bits of diffnorm.ml.domain.FLAGS (cnn)
+    # (ny, nx) bool: cells a hybrid method solved exactly (cnn: small basins, the fold band)
+    exact: np.ndarray | None = None
 
     def variables(self) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
         """Per-cell results beside γ, to write with it: the method's error estimate and the
@@ -90,6 +92,7 @@ class MethodOutput:
     error_estimate: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
     flags: np.ndarray | None = None  # (ny, nx) per-cell bits (cnn: diffnorm.ml.domain)
+    exact: np.ndarray | None = None  # ocean-cell indices solved exactly by a hybrid method
 
 
 @dataclass(frozen=True)

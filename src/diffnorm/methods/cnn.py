@@ -96,4 +96,6 @@ def cnn(
         error = error.ravel()[fields.ocean]
         error[idx] = 0.0
         info["error_quantile"] = net.error_model["quantile"]
-    return MethodOutput(variance, tolerance=None, info=info, flags=flags, error_estimate=error)
+    return MethodOutput(
+        variance, tolerance=None, info=info, flags=flags, error_estimate=error, exact=idx
+    )

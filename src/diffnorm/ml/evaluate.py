@@ -108,8 +108,10 @@ def evaluate(
                 strata[name].append(error_strata(grid, f))
             if name == "cnn":
                 cnn_abs.append(np.abs(grid))
+                # the error model describes the network: cells solved exactly stay out of it
+                held = np.where(c.exact, np.nan, grid) if c.exact is not None else grid
                 t = network_correction(f, gamma_hat, model.target)
-                cnn_eps.append((grid, f) if t is None else (grid, f, t))
+                cnn_eps.append((held, f) if t is None else (held, f, t))
                 cells = worst_cells(grid, s.gamma, dist, f, WORST_PER_SAMPLE)
                 worst += [{"sample": s.name, **c} for c in cells]
         if progress:
