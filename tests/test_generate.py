@@ -119,6 +119,9 @@ def test_dask_two_workers_match_one(tmp_path):
     "change, pattern",
     [
         ({"steps": 5}, "steps must be an even"),
+        ({"steps": [4, 5]}, "steps must be an even"),
+        ({"steps": [4, 4]}, "list of distinct"),
+        ({"steps": []}, "steps must be an even"),
         ({"grid": {"name": "moon"}}, "grid.name must be one of"),
         ({"parameters": {"d_min": 3, "d_max": 2}}, "d_min <= d_max"),
         ({"method": "randomization"}, "exact one"),
@@ -202,3 +205,20 @@ def test_a_mesh_config_can_set_the_fold_and_old_digests_stay(tmp_path):
 
     assert sample_fields(folded, "train", 0).north_fold == "F"
     assert sample_fields(plain, "train", 0).north_fold == "none"
+
+
+def test_a_list_of_steps_draws_m_per_sample_and_single_m_configs_stay():
+    from diffnorm.data.generate import sample_fields
+
+    several = config_from_dict({**BOX, "steps": [4, 8, 12]})
+    assert several.step_choices == (4, 8, 12) and several.to_dict()["steps"] == [4, 8, 12]
+    drawn = [sample_fields(several, "train", i).steps for i in range(12)]
+    assert set(drawn) == {4, 8, 12}
+    assert drawn == [sample_fields(several, "train", i).steps for i in range(12)]  # seeded
+    assert config_from_dict({**BOX, "steps": [6]}).steps == 6  # a list of one is that M
+    one = config_from_dict({**BOX, "steps": 6})
+    assert one.to_dict()["steps"] == 6 and one.step_choices == (6,)
+    # the M is drawn last: a sample keeps its geometry and length scales in cells
+    a, b = sample_fields(one, "train", 3), sample_fields(several, "train", 3)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_allclose(a.alpha_x * (2 * a.steps - 4), b.alpha_x * (2 * b.steps - 4))

@@ -682,6 +682,13 @@ def export(
             "'features' (raw feature channels in, the target out)"
         ),
     ] = "fields",
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="torchscript/onnx fields graph: the grids' M (needed for a model with M as an "
+            "input: a graph serves one M)"
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="model: the model's name")] = None,
     note: Annotated[
         str | None, typer.Option(help="model: a line for the model card (how it was trained)")
@@ -753,7 +760,9 @@ def export(
                 raise ValueError("--north-fold needs --periodic-x (every ORCA grid is cyclic)")
             net = resolve_model(model)
             written = list(
-                run_export(net, output, format.value, periodic_x, north_fold=fold, graph=graph)
+                run_export(
+                    net, output, format.value, periodic_x, north_fold=fold, graph=graph, steps=steps
+                )
             )
     console.print(f"wrote {', '.join(map(str, written))}")
 

@@ -50,7 +50,8 @@ class ParameterSpec:
 @dataclass(frozen=True)
 class DataConfig:
     grid: GridSpec = field(default_factory=GridSpec)
-    steps: int = 10
+    # M, or a list of M each sample draws one of (uniformly): a network for several M
+    steps: int | tuple[int, ...] = 10
     parameters: ParameterSpec = field(default_factory=ParameterSpec)
     splits: dict[str, int] = field(default_factory=lambda: {"train": 40, "val": 8, "test": 8})
     method: str = "selinv"
@@ -72,7 +73,14 @@ class DataConfig:
             if d["parameters"][name] == 0.0:
                 del d["parameters"][name]  # likewise
         d["parameters"]["anisotropy"] = list(d["parameters"]["anisotropy"])
+        if not isinstance(self.steps, int):
+            d["steps"] = list(self.steps)
         return d
+
+    @property
+    def step_choices(self) -> tuple[int, ...]:
+        """The M a sample can have (one value unless ``steps`` is a list)."""
+        return (self.steps,) if isinstance(self.steps, int) else tuple(self.steps)
 
     def digest(self) -> str:
         """Hash of everything that determines the samples (provenance and resume check).
@@ -118,9 +126,12 @@ def config_from_dict(raw: dict[str, Any], where: str = "") -> DataConfig:
     for name, count in splits.items():
         if not isinstance(count, int) or count < 0:
             raise ConfigError(f"{where}splits.{name} must be a count >= 0, got {count!r}")
+    steps = raw.get("steps", 10)
+    if isinstance(steps, list | tuple):
+        steps = tuple(steps) if len(steps) != 1 else steps[0]
     cfg = DataConfig(
         grid=grid,
-        steps=raw.get("steps", 10),
+        steps=steps,
         parameters=params,
         splits={s: int(splits[s]) for s in SPLITS if s in splits},
         method=raw.get("method", "selinv"),
@@ -176,8 +187,13 @@ def _check(cfg: DataConfig, where: str) -> None:
         raise ConfigError(
             f"{where}parameters.sharp_fraction must be in [0, 1], got {p.sharp_fraction}"
         )
-    if not isinstance(cfg.steps, int) or cfg.steps < 4 or cfg.steps % 2:
-        raise ConfigError(f"{where}steps must be an even integer >= 4, got {cfg.steps!r}")
+    choices = cfg.steps if isinstance(cfg.steps, tuple) else (cfg.steps,)
+    bad = [m for m in choices if isinstance(m, bool) or not isinstance(m, int) or m < 4 or m % 2]
+    if bad or not choices or len(set(choices)) != len(choices):
+        raise ConfigError(
+            f"{where}steps must be an even integer >= 4, or a list of distinct ones (each "
+            f"sample draws one), got {cfg.steps!r}"
+        )
     if not 0 < p.d_min <= p.d_max:
         raise ConfigError(f"{where}parameters: need 0 < d_min <= d_max, got {p.d_min}, {p.d_max}")
     if len(p.anisotropy) != 2 or not 0 < p.anisotropy[0] <= p.anisotropy[1]:

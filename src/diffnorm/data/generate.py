@@ -101,7 +101,10 @@ def sample_fields(config: DataConfig, split: str, index: int) -> Fields:
         from diffnorm.data.windows import sharp_steps
 
         d1, d2 = sharp_steps(rng, d1, d2, p.d_min, p.d_max)
-    return fields_from_cell_length_scales(metrics, d1, d2, config.steps)
+    choices = config.step_choices
+    # drawn last, and only for a list: the samples of single-M configs stay as they were
+    steps = choices[0] if len(choices) == 1 else choices[int(rng.integers(len(choices)))]
+    return fields_from_cell_length_scales(metrics, d1, d2, steps)
 
 
 def sample_path(out: Path, split: str, index: int) -> Path:

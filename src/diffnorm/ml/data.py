@@ -28,7 +28,7 @@ def fit_standardizer(samples: list[Sample], enc: Encoding, workers: int = 0) -> 
     def raw(s: Sample) -> tuple[np.ndarray, np.ndarray]:
         f = s.fields
         target = raw_target(f, np.where(f.mask, s.gamma, 1.0), enc.target)[f.mask]
-        return raw_features(f, enc.distance, enc.area), target
+        return raw_features(f, enc.distance, enc.area, enc.steps_input), target
 
     pairs = parallel_map(raw, samples, workers)
     return Standardizer.fit([p[0] for p in pairs], [p[1] for p in pairs])
@@ -163,6 +163,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         crop: int | None = None,
         stats_from: str | None = None,
         area: str = "global",
+        steps_input: bool = False,
     ):
         """``root``: a dataset folder, or several joined by commas (their samples pooled);
         ``augment``: random grid symmetries of the training samples (see
@@ -176,7 +177,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
         self.eval_batch_size = 1  # metrics are per sample
-        self.enc = Encoding(distance, target, halo, area)
+        self.enc = Encoding(distance, target, halo, area, steps_input=steps_input)
         self.stats: Standardizer | None = None
         self.info: dict = {}
         self.sets: dict[str, EncodedDataset] = {}
@@ -190,7 +191,9 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
             if self.hparams.stats_from:
                 from diffnorm.ml.modelfile import resolve_model
 
-                self.stats = resolve_model(self.hparams.stats_from).stats
+                # a network extended with inputs (the M channel) keeps its source's statistics
+                stats = resolve_model(self.hparams.stats_from).stats
+                self.stats = stats.with_channels(len(self.enc.channels))
             else:
                 self.stats = fit_standardizer(train, self.enc, workers)
             self.info = data_info(train, self.hparams.root)

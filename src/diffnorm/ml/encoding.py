@@ -10,7 +10,13 @@ import numpy as np
 import torch
 
 from diffnorm.fields import Fields
-from diffnorm.ml.features import Standardizer, channel_kinds, raw_features, raw_target
+from diffnorm.ml.features import (
+    Standardizer,
+    channel_kinds,
+    channel_names,
+    raw_features,
+    raw_target,
+)
 from diffnorm.ml.halo import pad_halo
 
 if TYPE_CHECKING:
@@ -27,6 +33,7 @@ class Encoding:
     area: str = "global"
     # (a, b): the correction fades from full at d = a·D to none at d = b·D cells from the coast
     gate: tuple[float, float] | None = None
+    steps_input: bool = False  # M as an input channel (a network for several M)
 
     def gate_weight(self, fields: Fields) -> np.ndarray:
         """Weight of the network's correction per cell (1 without a gate).
@@ -62,11 +69,15 @@ class Encoding:
 
     def inputs(self, fields: Fields, stats: Standardizer) -> torch.Tensor:
         """Standardized input channels with their halo: ``(C, ny + 2·halo, nx + 2·halo)``."""
-        raw = raw_features(fields, self.distance, self.area)
+        raw = raw_features(fields, self.distance, self.area, self.steps_input)
         x = torch.from_numpy(stats.inputs(raw)).float()[None]
-        land = torch.from_numpy(stats.land(self.distance)).float()
-        kinds = channel_kinds(self.distance)
+        land = torch.from_numpy(stats.land(self.distance, self.steps_input)).float()
+        kinds = channel_kinds(self.distance, self.steps_input)
         return pad_halo(x, self.halo, fields.periodic_x, land, fields.north_fold, kinds)[0]
+
+    @property
+    def channels(self) -> list[str]:
+        return channel_names(self.distance, self.area, self.steps_input)
 
     def encode(self, sample: Sample, stats: Standardizer) -> dict[str, torch.Tensor]:
         f = sample.fields

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffnorm.ml.features import channel_kinds, channel_names
+from diffnorm.ml.features import channel_kinds
 from diffnorm.ml.halo import pad_halo
 from diffnorm.ml.modelfile import GammaNetwork
 
@@ -34,14 +34,15 @@ class ExportedGamma(nn.Module):
     def __init__(self, model: GammaNetwork, periodic_x: bool, north_fold: str = "none"):
         super().__init__()
         s = model.stats
+        enc = model.encoding
         self.net = model.inference_net
         self.halo = model.encoding.halo
         self.periodic_x = bool(periodic_x)
         self.north_fold = north_fold
-        self.kinds = channel_kinds(model.encoding.distance)
+        self.kinds = channel_kinds(enc.distance, enc.steps_input)
         self.register_buffer("mean", torch.tensor(s.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(s.std, dtype=torch.float32).view(1, -1, 1, 1))
-        land = s.land(model.encoding.distance)
+        land = s.land(enc.distance, enc.steps_input)
         self.register_buffer("land", torch.tensor(land, dtype=torch.float32).view(1, -1, 1, 1))
         self.target_mean = float(s.target_mean)
         self.target_std = float(s.target_std)
@@ -52,26 +53,24 @@ class ExportedGamma(nn.Module):
         return self.net(x)[:, 0] * self.target_std + self.target_mean
 
 
-def card(model: GammaNetwork, periodic_x: bool, fmt: str, north_fold: str = "none") -> dict:
+def card(
+    model: GammaNetwork, periodic_x: bool, fmt: str, north_fold: str = "none", steps=None
+) -> dict:
+    """``steps``: the M of a fields graph (None: the model's M, or its range)."""
     return {
         "model": model.name,
         "format": fmt,
         "input": {
             "name": "raw_features",
-            "shape": [
-                "batch",
-                len(channel_names(model.encoding.distance, model.encoding.area)),
-                "ny",
-                "nx",
-            ],
-            "channels": channel_names(model.encoding.distance, model.encoding.area),
+            "shape": ["batch", len(model.encoding.channels), "ny", "nx"],
+            "channels": model.encoding.channels,
             "dtype": "float32",
             "min_nx": model.encoding.halo,
         },
         "output": {"name": "target", "shape": ["batch", "ny", "nx"], "means": model.target},
         "periodic_x": bool(periodic_x),
         "north_fold": north_fold,
-        "steps": model.steps,
+        "steps": steps if steps is not None else model.steps_label,
         "halo": model.encoding.halo,
         "gamma": (
             "gamma = sqrt(gamma2_analytic * exp(target)) on ocean cells, with gamma2_analytic "
@@ -106,12 +105,15 @@ def export(
     example_shape: tuple[int, int] = (48, 64),
     north_fold: str = "none",
     graph: str = "fields",
+    steps: int | None = None,
 ) -> tuple[Path, Path]:
     """Write ``path`` in ``fmt`` and ``path.json`` (the card); returns both paths.
 
     ``graph="fields"``: the whole prediction (:class:`diffnorm.ml.pipeline.FieldsToGamma`):
     ``mask, area, alpha_x, alpha_y`` ``(B, ny, nx)``, any float type, in; γ (m) out.
     ``graph="features"``: the raw feature channels in, the target out (:class:`ExportedGamma`).
+    ``steps``: the M of a fields graph (needed for a model with M as an input; the features
+    graph takes M in its ``log_steps`` channel).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -120,9 +122,10 @@ def export(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if graph == "fields":
-        from diffnorm.ml.pipeline import FieldsToGamma
+        from diffnorm.ml.pipeline import FieldsToGamma, export_steps
 
-        module = FieldsToGamma(model, periodic_x, north_fold).eval()
+        steps = export_steps(model, steps)
+        module = FieldsToGamma(model, periodic_x, north_fold, steps).eval()
         rng = np.random.default_rng(0)
         mask = (rng.random((1, *example_shape)) > 0.2).astype(np.float64)
         example = (torch.from_numpy(mask),) + tuple(
@@ -131,7 +134,8 @@ def export(
         names, outputs = FIELD_INPUTS, ["gamma"]
     else:
         module = ExportedGamma(model, periodic_x, north_fold).eval()
-        c = len(channel_names(model.encoding.distance, model.encoding.area))
+        steps = None
+        c = len(model.encoding.channels)
         example = (torch.randn(1, c, *example_shape),)
         names, outputs = ["raw_features"], ["target"]
     with torch.no_grad(), warnings.catch_warnings():
@@ -157,7 +161,7 @@ def export(
                 dynamo=False,
             )
     meta = path.with_name(path.name + ".json")
-    info = card(model, periodic_x, fmt, north_fold)
+    info = card(model, periodic_x, fmt, north_fold, steps)
     if graph == "fields":
         info["input"] = {
             "names": FIELD_INPUTS,

@@ -4,7 +4,9 @@ Inputs (per cell, all dimensionless so that scaling ``alpha`` and ``area`` toget
 nothing): the grid diffusivities ``alpha_x/area`` and ``alpha_y/area`` on the east and north
 faces (0 on closed faces), the area relative to the sample's mean ocean area (``global``) or
 to its neighbours' (``local``, which means the same on any grid), the signed
-distance to the coast in cells (periodic in x; optional, Manhattan or Euclidean) and the mask.
+distance to the coast in cells (periodic in x; optional, Manhattan or Euclidean), the mask
+and, for a network that serves several M, ``log(M / STEPS_REFERENCE)`` on ocean cells (last,
+so that a single-M network extends to it with zero weights and starts where it was).
 Each channel is standardized with statistics of the training split over *all* cells (the
 study found ocean-only statistics worse), stored with the model.
 
@@ -19,6 +21,7 @@ the study's standardized ``γ``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,9 +39,10 @@ AREAS = ("global", "local")
 TARGETS = ("log_ratio", "log_lattice", "log_images", "gamma")
 LOG_TARGETS = ("log_ratio", "log_lattice", "log_images")
 DISTANCE_CLIP = 20.0  # cells: farther than this the coast no longer matters for γ
+STEPS_REFERENCE = 10  # the M channel is log(M / this): 0 for the M most networks know
 
 
-def channel_names(distance: str, area: str = "global") -> list[str]:
+def channel_names(distance: str, area: str = "global", steps_input: bool = False) -> list[str]:
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     if area not in AREAS:
@@ -46,13 +50,18 @@ def channel_names(distance: str, area: str = "global") -> list[str]:
     names = ["kappa_x", "kappa_y", "area_rel" if area == "global" else "area_local"]
     if distance != "none":
         names.append(f"distance_{distance}")
-    return names + ["mask"]
+    return names + ["mask"] + (["log_steps"] if steps_input else [])
 
 
-def channel_kinds(distance: str) -> list[str]:
+def channel_kinds(distance: str, steps_input: bool = False) -> list[str]:
     """Where each channel lives (cell, east face, north face): a fold mirrors them
     differently (:func:`diffnorm.topology.fold_recipe`)."""
-    return [FACE_X, FACE_Y] + [CELL] * (len(channel_names(distance)) - 2)
+    return [FACE_X, FACE_Y] + [CELL] * (len(channel_names(distance, "global", steps_input)) - 2)
+
+
+def steps_channel(fields: Fields) -> np.ndarray:
+    """``log(M / STEPS_REFERENCE)`` on ocean cells, 0 on land (as the other channels)."""
+    return np.where(fields.mask, math.log(fields.steps / STEPS_REFERENCE), 0.0)
 
 
 def local_area(fields: Fields) -> np.ndarray:
@@ -67,9 +76,11 @@ def local_area(fields: Fields) -> np.ndarray:
         return np.where(fields.mask, np.log(area * sums[1] / sums[0]), 0.0)
 
 
-def raw_features(fields: Fields, distance: str = "manhattan", area_kind: str = "global"):
+def raw_features(
+    fields: Fields, distance: str = "manhattan", area_kind: str = "global", steps_input=False
+) -> np.ndarray:
     """Unstandardized input channels ``(C, ny, nx)`` (see :func:`channel_names`)."""
-    names = channel_names(distance, area_kind)
+    names = channel_names(distance, area_kind, steps_input)
     mask = fields.mask
     area = np.where(mask, fields.area, 0.0)
     mean_area = area[mask].mean()
@@ -82,15 +93,17 @@ def raw_features(fields: Fields, distance: str = "manhattan", area_kind: str = "
         d = distance_to_coast(fields, distance)
         channels.append(np.clip(d, -DISTANCE_CLIP, DISTANCE_CLIP))
     channels.append(mask.astype(np.float64))
+    if steps_input:
+        channels.append(steps_channel(fields))
     out = np.stack(channels)
     assert out.shape[0] == len(names)
     return out
 
 
-def land_features(distance: str) -> np.ndarray:
+def land_features(distance: str, steps_input: bool = False) -> np.ndarray:
     """The raw features of a land cell just beyond the grid (for closed halos)."""
     values = [0.0, 0.0, 0.0] + ([-1.0] if distance != "none" else []) + [0.0]
-    return np.array(values)
+    return np.array(values + ([0.0] if steps_input else []))
 
 
 @dataclass
@@ -114,8 +127,21 @@ class Standardizer:
     def inputs(self, raw: np.ndarray) -> np.ndarray:
         return (raw - self.mean[:, None, None]) / self.std[:, None, None]
 
-    def land(self, distance: str) -> np.ndarray:
-        return (land_features(distance) - self.mean) / self.std
+    def land(self, distance: str, steps_input: bool = False) -> np.ndarray:
+        return (land_features(distance, steps_input) - self.mean) / self.std
+
+    def with_channels(self, count: int) -> Standardizer:
+        """These statistics for ``count`` channels: new last channels as they are (mean 0,
+        std 1; the M channel is O(1) already), for a network extended with inputs."""
+        extra = count - self.mean.size
+        if extra < 0:
+            raise ValueError(f"cannot cut {self.mean.size} channels' statistics to {count}")
+        return Standardizer(
+            np.concatenate([self.mean, np.zeros(extra)]),
+            np.concatenate([self.std, np.ones(extra)]),
+            self.target_mean,
+            self.target_std,
+        )
 
     def to_dict(self) -> dict:
         return {

@@ -15,7 +15,7 @@ import lightning
 import torch
 
 from diffnorm.ml.features import LOG_TARGETS, Standardizer
-from diffnorm.ml.networks import build_network
+from diffnorm.ml.networks import build_network, first_conv
 
 LOSSES = ("eps2", "mse")
 SCHEDULES = ("cosine", "constant")
@@ -67,6 +67,7 @@ class GammaModel(lightning.LightningModule):
         tail_scale: float | None = None,
         area: str = "global",
         hard_weight: float = 0.0,
+        steps_input: bool = False,
     ):
         """``arch="residual"`` uses width/blocks/layers_per_block/skip/dilation;
         ``arch="unet"`` uses width/levels/unet_halo. ``schedule="cosine"`` anneals the learning
@@ -77,7 +78,9 @@ class GammaModel(lightning.LightningModule):
         ``tail_scale``: τ of the loss ``E[ε² + ε⁴/τ²]`` (``loss="eps2"`` only; None: ``E[ε²]``).
         ``area``: the area channel, ``global`` or ``local`` (see :mod:`diffnorm.ml.features`).
         ``hard_weight``: cells near the coast or in passages
-        (:func:`diffnorm.ml.encoding.hard_cells`) weigh ``1 + hard_weight`` in the loss."""
+        (:func:`diffnorm.ml.encoding.hard_cells`) weigh ``1 + hard_weight`` in the loss.
+        ``steps_input``: M is an input channel (``log(M/10)``), for data with several M; a
+        single-M ``init_from`` network gets it with zero weights (it starts as it was)."""
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -88,7 +91,7 @@ class GammaModel(lightning.LightningModule):
                 f"tail_scale must be > 0 and needs loss='eps2', got {tail_scale} with {loss!r}"
             )
         self.save_hyperparameters()
-        in_channels = 4 + (distance != "none")
+        in_channels = 4 + (distance != "none") + bool(steps_input)
         self.arch = architecture(
             arch,
             in_channels,
@@ -112,12 +115,21 @@ class GammaModel(lightning.LightningModule):
         from diffnorm.ml.modelfile import resolve_model
 
         start = resolve_model(path)  # a file, a checkpoint or a shipped model's name
-        if start.arch != self.arch:
+        extend = self.hparams.steps_input and not start.encoding.steps_input
+        want = dict(self.arch, in_channels=self.arch["in_channels"] - 1) if extend else self.arch
+        if start.arch != want:
             raise ValueError(
                 f"init_from {path}: its network {start.arch} is not this model's {self.arch}; "
                 "set the model options to the pretrained ones"
             )
-        self.net.load_state_dict(start.net.state_dict())
+        state = start.net.state_dict()
+        if extend:  # the M channel's first-layer weights start at zero
+            first = first_conv(self.net)
+            key = next(n for n, p in self.net.named_parameters() if p is first.weight)
+            w = torch.zeros_like(first.weight)
+            w[:, :-1] = state[key]
+            state[key] = w
+        self.net.load_state_dict(state)
 
     @property
     def halo(self) -> int:
@@ -156,11 +168,12 @@ class GammaModel(lightning.LightningModule):
         if dm is not None and getattr(dm, "stats", None) is not None:
             enc = dm.enc
             h = self.hparams
-            if (enc.distance, enc.target, enc.area) != (h.distance, h.target, h.area):
+            ours = (h.distance, h.target, h.area, bool(h.get("steps_input", False)))
+            if (enc.distance, enc.target, enc.area, enc.steps_input) != ours:
                 raise ValueError(
                     f"data encodes distance={enc.distance!r}, target={enc.target!r}, "
-                    f"area={enc.area!r} but the model expects {h.distance!r}, {h.target!r}, "
-                    f"{h.area!r}"
+                    f"area={enc.area!r}, steps_input={enc.steps_input} but the model expects "
+                    f"{ours[0]!r}, {ours[1]!r}, {ours[2]!r}, steps_input={ours[3]}"
                 )
             if enc.halo != self.halo:
                 raise ValueError(f"data halo {enc.halo} != network halo {self.halo}")

@@ -3,8 +3,9 @@
 A model file (``torch.save`` of plain data, loaded with ``weights_only=True``) holds the
 architecture's constructor arguments, the weights, the input encoding (distance map, target,
 halo), the standardization statistics of the training split, the number of diffusion steps M
-and the range of length scales (in cells) and cell sizes it was trained on, the training
-data's provenance, its measured errors when evaluated, and the package version that wrote it.
+(or, for a network with M as an input channel, the range of M it was trained on), the range of
+length scales (in cells) and cell sizes it was trained on, the training data's provenance, its
+measured errors when evaluated, and the package version that wrote it.
 The inputs are dimensionless (κ in cells², relative areas), so what must match is M and the
 length scales in cells — those are checked; the cell sizes in km are recorded for information.
 A Lightning checkpoint of :class:`~diffnorm.ml.lit.GammaModel` loads the same way, so every
@@ -28,7 +29,7 @@ from diffnorm import __version__
 from diffnorm.device import pick_device
 from diffnorm.fields import Fields
 from diffnorm.ml.encoding import Encoding
-from diffnorm.ml.features import LOG_TARGETS, Standardizer, channel_names, gamma_from_target
+from diffnorm.ml.features import LOG_TARGETS, Standardizer, gamma_from_target
 from diffnorm.ml.networks import PRECISIONS, build_network, count_parameters, for_inference
 
 FORMAT = "diffnorm-model"
@@ -59,10 +60,19 @@ class GammaNetwork:
     name: str = "model"
     # ErrorModel.to_dict(): a per-cell |ε| estimate calibrated on held-out data (or None)
     error_model: dict[str, Any] | None = None
+    # M as an input (encoding.steps_input): the smallest and largest M of its training data,
+    # every even M between served (``steps`` is then the smallest)
+    step_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.net.eval()
-        channels = channel_names(self.encoding.distance, self.encoding.area)
+        if self.encoding.steps_input != (self.step_range is not None):
+            raise ModelFileError(
+                f"{self.name}: a network with M as an input needs the range of M it was "
+                f"trained on, and only such a network has one (steps_input "
+                f"{self.encoding.steps_input}, step_range {self.step_range})"
+            )
+        channels = self.encoding.channels
         if self.arch.get("in_channels") != len(channels):
             raise ModelFileError(
                 f"{self.name}: the network takes {self.arch.get('in_channels')} input channels "
@@ -75,15 +85,27 @@ class GammaNetwork:
             )
 
     # -- checks --------------------------------------------------------------------------------
+    def serves(self, steps: int) -> bool:
+        """Whether the model predicts for fields of ``steps`` diffusion steps M."""
+        if self.step_range is None:
+            return steps == self.steps
+        return self.step_range[0] <= steps <= self.step_range[1]
+
+    @property
+    def steps_label(self) -> str:
+        """``10``, or ``4–20`` for a model with M as an input."""
+        return str(self.steps) if self.step_range is None else "{}–{}".format(*self.step_range)
+
     def check_fields(self, fields: Fields) -> tuple[np.ndarray, dict]:
-        """Refuse fields of another M; flag the cells outside what the model was trained on
-        (:mod:`diffnorm.ml.domain`) and warn with the counts when more than 1 % are."""
+        """Refuse fields of an M the model does not serve; flag the cells outside what the
+        model was trained on (:mod:`diffnorm.ml.domain`) and warn with the counts when more
+        than 1 % are."""
         from diffnorm.ml.domain import domain_flags
 
-        if fields.steps != self.steps:
+        if not self.serves(fields.steps):
             raise ModelFileError(
                 f"steps: the fields have M={fields.steps} but model {self.name!r} was trained "
-                f"for M={self.steps}; use a model trained for M={fields.steps} (diffnorm "
+                f"for M={self.steps_label}; use a model trained for M={fields.steps} (diffnorm "
                 "models lists them) or an exact method"
             )
         flags, report = domain_flags(fields, self.data, self.encoding.halo)
@@ -242,10 +264,12 @@ class GammaNetwork:
                 "halo": self.encoding.halo,
                 "area": self.encoding.area,
                 "gate": list(self.encoding.gate) if self.encoding.gate else None,
-                "channels": channel_names(self.encoding.distance, self.encoding.area),
+                "steps_input": self.encoding.steps_input,
+                "channels": self.encoding.channels,
             },
             "standardizer": self.stats.to_dict(),
             "steps": int(self.steps),
+            "step_range": list(self.step_range) if self.step_range else None,
             "data": self.data,
             "metrics": self.metrics,
             "created": self.created,
@@ -282,9 +306,11 @@ class GammaNetwork:
                 enc["halo"],
                 enc.get("area", "global"),
                 tuple(enc["gate"]) if enc.get("gate") else None,
+                bool(enc.get("steps_input", False)),
             ),
             stats=Standardizer.from_dict(d["standardizer"]),
             steps=int(d["steps"]),
+            step_range=tuple(d["step_range"]) if d.get("step_range") else None,
             data=d.get("data", {}),
             metrics=d.get("metrics", {}),
             created=d.get("created", {}),
@@ -307,17 +333,21 @@ class GammaNetwork:
             raise ModelFileError(f"{path}: checkpoint holds no standardization statistics")
         h = model.hparams
         steps = model.data_info.get("steps") or []
-        if len(steps) != 1:
+        steps_input = bool(h.get("steps_input", False))
+        if not steps or (len(steps) != 1 and not steps_input):
             raise ModelFileError(
                 f"{path}: the checkpoint does not record one number of diffusion steps M "
-                f"(found {steps}); it was trained with an older diffnorm — train it again"
+                f"(found {steps}): train a network for several M with steps_input, or one "
+                "whose data has one M"
             )
+        area = h.get("area", "global")
         return cls(
             net=model.net,
             arch=model.arch,
-            encoding=Encoding(h.distance, h.target, model.halo, h.get("area", "global")),
+            encoding=Encoding(h.distance, h.target, model.halo, area, steps_input=steps_input),
             stats=model.stats,
-            steps=steps[0],
+            steps=min(steps),
+            step_range=(min(steps), max(steps)) if steps_input else None,
             data=dict(model.data_info),
             created={
                 "package_version": __version__,
@@ -353,7 +383,7 @@ def describe(net: GammaNetwork) -> dict[str, Any]:
         "name": net.name,
         "arch": net.arch["arch"],
         "parameters": net.parameters,
-        "steps": net.steps,
+        "steps": net.steps if net.step_range is None else net.steps_label,
         "target": net.target,
         "distance": net.encoding.distance,
         "d_cells": d.get("d_cells"),
@@ -405,9 +435,9 @@ def closest_shipped(
     had that fold (the ``default`` first, ``windows-general-m10``, which has); else the
     ``default`` (the general model, trained on geometry windows), else any; ties go to the
     nearest training cell size."""
-    same_m = [m for m in models if m.steps == fields.steps]
+    same_m = [m for m in models if m.serves(fields.steps)]
     if not same_m:
-        have = sorted({m.steps for m in models}) or "none"
+        have = ", ".join(sorted({m.steps_label for m in models})) or "none"
         raise ModelFileError(
             f"steps: no shipped model for M={fields.steps} (shipped: M={have}); train one "
             "(diffnorm train) or use an exact method"

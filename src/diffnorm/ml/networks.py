@@ -262,5 +262,10 @@ def for_inference(net: nn.Module, precision: str = "float32") -> nn.Module:
     return net.to(memory_format=torch.channels_last)
 
 
+def first_conv(net: nn.Module) -> nn.Conv2d:
+    """The convolution that reads the input channels."""
+    return next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

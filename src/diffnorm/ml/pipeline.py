@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from diffnorm.methods.images import ImagesVariance, box_exact, open_mean, straight_runs
-from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, channel_kinds
+from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, STEPS_REFERENCE, channel_kinds
 from diffnorm.ml.halo import pad_halo
 from diffnorm.ml.modelfile import GammaNetwork, ModelFileError
 from diffnorm.topology import CELL, FACE_X, FACE_Y, fold_recipe, parse_north_fold
@@ -36,10 +36,35 @@ from diffnorm.topology import CELL, FACE_X, FACE_Y, fold_recipe, parse_north_fol
 TABLE_POINTS = 961  # lattice table nodes per axis: bilinear error ~1e-5 in log γ²
 
 
+def export_steps(model: GammaNetwork, steps: int | None) -> int:
+    """The M a graph of ``model`` is built for: ``steps``, which a model with M as an input
+    needs and any other must match."""
+    if steps is None:
+        if model.step_range is not None:
+            raise ModelFileError(
+                f"steps: model {model.name!r} takes M ({model.steps_label}) as an input; a "
+                "graph serves one M: give it (diffnorm export --steps M)"
+            )
+        return int(model.steps)
+    if not model.serves(int(steps)):
+        raise ModelFileError(
+            f"steps: model {model.name!r} serves M={model.steps_label}, not M={steps}"
+        )
+    return int(steps)
+
+
 class FieldsToGamma(nn.Module):
     """``(mask, area, alpha_x, alpha_y)`` → γ (m, NaN on land); see the module docstring."""
 
-    def __init__(self, model: GammaNetwork, periodic_x: bool, north_fold: str = "none"):
+    def __init__(
+        self,
+        model: GammaNetwork,
+        periodic_x: bool,
+        north_fold: str = "none",
+        steps: int | None = None,
+    ):
+        """``steps``: the M of the fields (a graph serves one: the images quadrature depends
+        on it); needed for a model with M as an input, else the model's M."""
         super().__init__()
         enc = model.encoding
         if enc.distance not in ("none", "manhattan"):
@@ -56,13 +81,15 @@ class FieldsToGamma(nn.Module):
         self.distance = enc.distance
         self.area_kind = enc.area
         self.target = enc.target
-        self.steps = int(model.steps)
+        self.steps = export_steps(model, steps)
+        self.steps_input = enc.steps_input
         self.gate = tuple(enc.gate) if enc.gate else None
-        self.kinds = channel_kinds(enc.distance)
+        self.kinds = channel_kinds(enc.distance, enc.steps_input)
         s = model.stats
         self.register_buffer("mean", torch.tensor(s.mean, dtype=torch.float64).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(s.std, dtype=torch.float64).view(1, -1, 1, 1))
-        land = torch.tensor(s.land(enc.distance), dtype=torch.float32).view(1, -1, 1, 1)
+        land = s.land(enc.distance, enc.steps_input)
+        land = torch.tensor(land, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("land", land)
         self.target_mean = float(s.target_mean)
         self.target_std = float(s.target_std)
@@ -183,6 +210,8 @@ class FieldsToGamma(nn.Module):
         if self.distance != "none":
             channels.append(distance)
         channels.append(m)
+        if self.steps_input:  # features.steps_channel
+            channels.append(m * math.log(self.steps / STEPS_REFERENCE))
         raw = torch.stack(channels, dim=1)
         x = ((raw - self.mean) / self.std).to(torch.float32)
         x = pad_halo(x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds)

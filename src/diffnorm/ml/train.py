@@ -37,6 +37,7 @@ class DiffnormCLI(LightningCLI):
         parser.link_arguments("model.distance", "data.distance")
         parser.link_arguments("model.area", "data.area")
         parser.link_arguments("model.target", "data.target")
+        parser.link_arguments("model.steps_input", "data.steps_input")
         parser.link_arguments("model.init_from", "data.stats_from")
         parser.link_arguments(
             (
