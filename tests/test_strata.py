@@ -14,7 +14,7 @@ def test_every_cell_in_one_bin_and_the_means_add_up():
     eps = np.where(fields.mask, np.linspace(-0.1, 0.1, fields.mask.size).reshape(14, 17), np.nan)
     strata = error_strata(eps, fields)
     n = fields.n_ocean
-    for name in ("coast distance", "open faces", "passage"):
+    for name in ("coast distance", "open faces", "passage", "steps M"):
         rows = strata[name]
         assert sum(r["cells"] for r in rows.values()) == n, name
         total = sum(r["mean_abs"] * r["cells"] for r in rows.values())
@@ -23,6 +23,9 @@ def test_every_cell_in_one_bin_and_the_means_add_up():
     both = merge_strata([strata, strata])
     assert both["passage"]["no"]["cells"] == 2 * strata["passage"]["no"]["cells"]
     assert "| open faces 0 | 1 |" in strata_table(strata)
+    other = error_strata(eps, fields.replace(steps=16))  # M: one bin per sample
+    assert list(other["steps M"]) == ["14-20"] and list(strata["steps M"]) == ["4-6"]
+    assert set(merge_strata([strata, other])["steps M"]) == {"4-6", "14-20"}
 
 
 def test_geometry_knows_passages_and_counts_a_t_fold_cell_once():

@@ -91,6 +91,10 @@ STRATA: dict[str, tuple[str, tuple[tuple[str, float, float], ...]]] = {
         "anisotropy",
         (("<1/3", 0, 1 / 3), ("1/3-3", 1 / 3, 3), (">3", 3, np.inf)),
     ),
+    "steps M": (
+        "steps",
+        (("4-6", 0, 7), ("8-12", 7, 13), ("14-20", 13, 21), (">20", 21, np.inf)),
+    ),
 }
 
 
@@ -101,6 +105,7 @@ def error_strata(eps_grid: np.ndarray, fields: Fields) -> dict[str, dict[str, di
 
     cells = {k: v.astype(np.float64) for k, v in cell_geometry(fields).items()}
     cells["distance"] = distance_to_coast(fields)
+    cells["steps"] = np.full(fields.shape, float(fields.steps))  # one per sample
     m = fields.counted & np.isfinite(eps_grid)
     a = np.abs(eps_grid)
     out: dict[str, dict[str, dict]] = {}
