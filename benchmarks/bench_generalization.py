@@ -13,9 +13,9 @@ Cases (exact γ by certified selinv on each):
 - ``gyre``: the NEMO GYRE basin read from ``../shared/data/nemo`` (mesh_mask), D = 3 cells.
 
 ``--steps M`` puts every case at that M (the same length scales in cells; Table 8 keeps its κ);
-the default model is then the shipped choice for M. For each: mean, Q99.99 and max of |ε| for the network and (``--randomization N``, 0 to skip)
-randomization, and whether the network is at or below it on all three. The last line is one
-JSON object.
+the default model is then the shipped choice for M. For each: mean, Q99.99 and max of |ε| for
+the network and (``--randomization N``, 0 to skip) randomization, and whether the network is at
+or below it on all three. The last line is one JSON object.
 """
 
 from __future__ import annotations
