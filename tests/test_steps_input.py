@@ -90,11 +90,17 @@ def test_a_network_for_several_m_serves_its_range_only(network, tmp_path):
     assert loaded.step_range == (4, 8) and loaded.encoding.steps_input
     with pytest.raises(ModelFileError, match="range of M"):
         replace(several, step_range=None)
-    # the shipped choice: the single-M model for its M, the range for the others
+    # the shipped choice: a model trained for the fields' M, else one serving a range; even
+    # where the range model was trained on this very grid (and the other not)
     general = copy.copy(network)
     general.name = "general"
+    several.data = {**network.data, "shapes": ["14x17"]}
+    general.data = {**network.data, "shapes": ["64x64"]}
     assert closest_shipped(f6, [several, general], "general") is general
+    assert closest_shipped(f6, [several, general]) is general
     assert closest_shipped(random_fields(steps=8), [several, general], "general") is several
+    with pytest.raises(ModelFileError, match="smallest"):
+        replace(several, step_range=(8, 4))
     with pytest.raises(ModelFileError, match=r"shipped: M=4–8, 6"):
         closest_shipped(random_fields(steps=12), [several, general], "general")
 
@@ -131,9 +137,42 @@ def test_the_fields_graph_of_a_network_for_several_m_is_built_for_one(network, f
         traced = torch.jit.load(str(ts))(*inputs)[0].detach().numpy()
         np.testing.assert_allclose(traced[f.mask], want[f.mask], rtol=1e-5)
         assert f'"steps": {m}' in card.read_text()
+        with pytest.raises(ValueError, match="fields graph only"):
+            export(several, tmp_path / "g.ts", "torchscript", graph="features", steps=m)
         preds[m] = np.where(f.mask, want, 0.0)
     assert not np.allclose(preds[4], preds[8])
     with pytest.raises(ModelFileError, match="give it"):
         FieldsToGamma(several, True)
     with pytest.raises(ModelFileError, match="not M=10"):
         FieldsToGamma(several, True, steps=10)
+
+
+def test_training_on_several_m_needs_the_m_input_and_records_the_range(tmp_path):
+    import lightning
+
+    from conftest import trainer
+    from diffnorm.data import generate
+    from diffnorm.data.config import config_from_dict
+    from diffnorm.ml.data import TrainingDataModule
+
+    config = {
+        "grid": {"name": "box", "ny": 12, "nx": 14, "periodic_x": False},
+        "steps": [4, 8],
+        "parameters": {"d_min": 1.2, "d_max": 2.5, "correlation_cells": 4.0},
+        "splits": {"train": 4, "val": 1},
+        "method": "brute",
+        "seed": 5,
+    }
+    generate(config_from_dict(config), tmp_path / "data", workers=1)
+    without = small_model()
+    dm = TrainingDataModule(str(tmp_path / "data"), halo=without.halo, batch_size=2)
+    with pytest.raises(ValueError, match="steps_input"):
+        trainer(tmp_path, max_epochs=1).fit(without, dm)
+    torch.manual_seed(0)
+    model = small_model(steps_input=True)
+    dm = TrainingDataModule(str(tmp_path / "data"), halo=model.halo, batch_size=2, steps_input=True)
+    ckpt = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    trainer(tmp_path, max_epochs=1, callbacks=[ckpt]).fit(model, dm)
+    net = GammaNetwork.from_checkpoint(ckpt.last_model_path)
+    assert net.step_range == (4, 8) and net.serves(6) and net.encoding.steps_input
+    assert net.to_dict()["format_version"] == 2

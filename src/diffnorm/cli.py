@@ -639,9 +639,11 @@ def models(
     for c in cards:
         star = " (default)" if c["name"] == DEFAULT else ""
         d = c["d_cells"] or (float("nan"), float("nan"))
+        m = c["steps"]  # an M, or [smallest, largest] for a network with M as an input
+        m = "{}–{}".format(*m) if isinstance(m, list) else m
         out.print(
             f"[bold]{c['name']}[/]{star}: {c['arch']}, {c['parameters']:,} parameters, "
-            f"M={c['steps']}, target {c['target']}, trained on {c['trained_on']} "
+            f"M={m}, target {c['target']}, trained on {c['trained_on']} "
             f"({c['train_samples']} samples), D {d[0]:.2g}–{d[1]:.2g} cells"
         )
         if c["fine_tuned_from"]:
@@ -722,6 +724,9 @@ def export(
     with user_errors():
         if format is ExportFormat.model:
             from diffnorm.ml.evaluate import card_metrics
+
+            if steps is not None:
+                raise ValueError("--steps is for torchscript/onnx fields graphs, not model files")
 
             net = resolve_model(model)
             if name:

@@ -138,6 +138,10 @@ def merge_strata(parts: list[dict[str, dict[str, dict]]]) -> dict[str, dict[str,
                 ) / total
                 acc["cells"] = total
                 acc["max_abs"] = max(acc["max_abs"], r["max_abs"])
+    for name, rows in out.items():  # the bins in their order, whichever sample came first
+        if name in STRATA:
+            order = [label for label, _, _ in STRATA[name][1]]
+            out[name] = {k: rows[k] for k in sorted(rows, key=order.index)}
     return out
 
 

@@ -70,7 +70,13 @@ def card(
         "output": {"name": "target", "shape": ["batch", "ny", "nx"], "means": model.target},
         "periodic_x": bool(periodic_x),
         "north_fold": north_fold,
-        "steps": steps if steps is not None else model.steps_label,
+        "steps": (
+            steps
+            if steps is not None
+            else model.steps
+            if model.step_range is None
+            else list(model.step_range)
+        ),
         "halo": model.encoding.halo,
         "gamma": (
             "gamma = sqrt(gamma2_analytic * exp(target)) on ocean cells, with gamma2_analytic "
@@ -133,8 +139,12 @@ def export(
         )
         names, outputs = FIELD_INPUTS, ["gamma"]
     else:
+        if steps is not None:
+            raise ValueError(
+                "steps: the features graph takes M in its log_steps channel (a model with M as "
+                "an input) or serves its model's M; give steps for a fields graph only"
+            )
         module = ExportedGamma(model, periodic_x, north_fold).eval()
-        steps = None
         c = len(model.encoding.channels)
         example = (torch.randn(1, c, *example_shape),)
         names, outputs = ["raw_features"], ["target"]

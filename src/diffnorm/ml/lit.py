@@ -177,6 +177,12 @@ class GammaModel(lightning.LightningModule):
                 )
             if enc.halo != self.halo:
                 raise ValueError(f"data halo {enc.halo} != network halo {self.halo}")
+            steps = getattr(dm, "info", {}).get("steps") or []
+            if len(steps) > 1 and not enc.steps_input:
+                raise ValueError(
+                    f"the training data hold several M ({steps}) but the network does not take "
+                    "M as an input: set model.steps_input true, or train on one M"
+                )
             self.stats = dm.stats
             self.data_info = dict(getattr(dm, "info", {}))
             if self.hparams.init_from:

@@ -33,7 +33,9 @@ from diffnorm.ml.features import LOG_TARGETS, Standardizer, gamma_from_target
 from diffnorm.ml.networks import PRECISIONS, build_network, count_parameters, for_inference
 
 FORMAT = "diffnorm-model"
-FORMAT_VERSION = 1
+# 2: M as an input (encoding.steps_input, step_range); single-M models are still written as 1,
+# so that older diffnorm versions keep reading them and refuse, by version, what they cannot
+FORMAT_VERSION = 2
 MODEL_SUFFIX = ".pt"
 
 
@@ -72,6 +74,13 @@ class GammaNetwork:
                 f"trained on, and only such a network has one (steps_input "
                 f"{self.encoding.steps_input}, step_range {self.step_range})"
             )
+        if self.step_range is not None:
+            lo, hi = self.step_range
+            if not (4 <= lo <= hi and self.steps == lo):
+                raise ModelFileError(
+                    f"{self.name}: step_range {self.step_range} must be (smallest, largest) "
+                    f"with 4 <= smallest <= largest, and steps ({self.steps}) the smallest"
+                )
         channels = self.encoding.channels
         if self.arch.get("in_channels") != len(channels):
             raise ModelFileError(
@@ -254,7 +263,7 @@ class GammaNetwork:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.step_range is not None else 1,
             "name": self.name,
             "arch": dict(self.arch),
             "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
@@ -289,10 +298,11 @@ class GammaNetwork:
     def from_dict(cls, d: dict[str, Any], source: str = "model") -> GammaNetwork:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ModelFileError(f"{source}: not a diffnorm model file")
-        if d.get("format_version") != FORMAT_VERSION:
+        if d.get("format_version") not in range(1, FORMAT_VERSION + 1):
             raise ModelFileError(
                 f"{source}: model file format {d.get('format_version')} but this diffnorm "
-                f"({__version__}) reads format {FORMAT_VERSION}; re-export it with this version"
+                f"({__version__}) reads formats 1 to {FORMAT_VERSION}; re-export it with this "
+                "version, or update diffnorm"
             )
         enc = d["encoding"]
         net = build_network(**d["arch"])
@@ -383,7 +393,7 @@ def describe(net: GammaNetwork) -> dict[str, Any]:
         "name": net.name,
         "arch": net.arch["arch"],
         "parameters": net.parameters,
-        "steps": net.steps if net.step_range is None else net.steps_label,
+        "steps": net.steps if net.step_range is None else list(net.step_range),
         "target": net.target,
         "distance": net.encoding.distance,
         "d_cells": d.get("d_cells"),
@@ -430,12 +440,15 @@ def _load(path: Path) -> GammaNetwork:
 def closest_shipped(
     fields: Fields, models: list[GammaNetwork], default: str | None = None
 ) -> GammaNetwork:
-    """Among models for the fields' M: one trained on this very grid (its shape and north fold
+    """Among models trained for the fields' M (those serving a range of M only when none
+    is): one trained on this very grid (its shape and north fold
     among the training ones) if there is one; else, on a folded grid, one whose training data
     had that fold (the ``default`` first, ``windows-general-m10``, which has); else the
     ``default`` (the general model, trained on geometry windows), else any; ties go to the
     nearest training cell size."""
-    same_m = [m for m in models if m.serves(fields.steps)]
+    serving = [m for m in models if m.serves(fields.steps)]
+    # a model trained for this very M beats one that serves a range (the default at M = 10)
+    same_m = [m for m in serving if m.step_range is None] or serving
     if not same_m:
         have = ", ".join(sorted({m.steps_label for m in models})) or "none"
         raise ModelFileError(
