@@ -345,6 +345,13 @@ def test_shipped_models_load_list_and_predict_well():
         folded = folded_fields(fold, ny=20, nx=24, steps=10, seed=2)
         r = estimate(folded, "cnn", device="cpu")
         assert r.info["model"] == "windows-general-m10" and r.info["outside_fold"] == 0
+    # another M: the network with M as an input
+    fields6 = fields_from_cell_length_scales(grid, d1, d2, 6)
+    cnn6 = estimate(fields6, "cnn", device="cpu")
+    assert cnn6.info["model"] == "windows-general-m4-20"
+    m6 = sample_metrics(cnn6.gamma, estimate(fields6, "brute").gamma, fields6.mask)
+    # measured 2.8e-2 / 0.43: the 4° grid is all coast, and its own model knows M = 10 only
+    assert m6["mean_abs"] < 0.05 and m6["max_abs"] < 0.8, m6
 
 
 def test_predicting_imports_no_training_framework():

@@ -8,7 +8,10 @@ the general model trained on geometry windows (``windows-general-m10``: a U-Net 
 the ``images`` estimate, trained on closed, stretched, polar (T and F folds), metre-κ and
 uniform windows, with a per-cell error estimate). Its ancestors ``windows-images-m10`` (no
 fold, no metre κ) and ``windows-polar-m10`` (the first with folds) stay shipped for
-comparison and as the recipe's starting points.
+comparison and as the recipe's starting points. For any other M from 4 to 20 the choice is
+``windows-general-m4-20``: the default network with M as an input channel, fine-tuned on
+windows whose M is drawn from 4, 6, …, 20 (less accurate than the default at M = 10, which
+keeps it).
 """
 
 from __future__ import annotations
