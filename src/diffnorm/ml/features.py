@@ -77,7 +77,10 @@ def local_area(fields: Fields) -> np.ndarray:
 
 
 def raw_features(
-    fields: Fields, distance: str = "manhattan", area_kind: str = "global", steps_input=False
+    fields: Fields,
+    distance: str = "manhattan",
+    area_kind: str = "global",
+    steps_input: bool = False,
 ) -> np.ndarray:
     """Unstandardized input channels ``(C, ny, nx)`` (see :func:`channel_names`)."""
     names = channel_names(distance, area_kind, steps_input)
