@@ -85,3 +85,26 @@ def test_the_correction_bins_sharpen_the_estimate_and_old_models_still_load():
     d["correction_edges"] = [0.5]
     with pytest.raises(ValueError, match="calibrate it again"):
         ErrorModel.from_dict(d)
+
+
+def test_data_with_several_m_scale_each_group_to_its_quantile():
+    """A network twice as wrong at M = 4 as at M = 16: pooled, M = 4 is under-covered; the
+    factor per M group covers the quantile in each."""
+    held = [random_fields(ny=30, nx=40, seed=s, steps=4 if s % 2 else 16) for s in range(8)]
+
+    def eps(f, seed):
+        return _eps(f, seed) * (2.0 if f.steps == 4 else 1.0)
+
+    model = ErrorModel.fit([(eps(f, s), f) for s, f in enumerate(held)], quantile=0.8)
+    assert model.by_steps is not None and model.by_steps[0] > 1.0 > model.by_steps[2]
+    pooled = ErrorModel(model.quantile, model.table, model.cells)
+    for steps, seed in ((4, 101), (16, 100)):
+        fresh = random_fields(ny=30, nx=40, seed=seed, steps=steps)
+        e = eps(fresh, seed)
+        assert 0.72 < coverage(e, model.estimate(fresh), fresh.counted) < 0.88
+        if steps == 4:
+            assert coverage(e, pooled.estimate(fresh), fresh.counted) < 0.72
+    back = ErrorModel.from_dict(model.to_dict())
+    np.testing.assert_array_equal(back.estimate(fresh), model.estimate(fresh))
+    one_m = ErrorModel.fit([(_eps(f, 0), f) for f in held[::2]])  # one M: no factors
+    assert one_m.by_steps is None and "by_steps" not in one_m.to_dict()
