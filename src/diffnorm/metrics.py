@@ -76,6 +76,8 @@ def error_by_distance(
 
 
 # cells are sorted by these (name, descriptor, bins as (label, low, high) with low <= x < high)
+# groups of M (even, inclusive): the "steps M" strata and the error model's factors per M
+STEP_BINS = ((4, 6), (8, 12), (14, 20), (22, 10**9))
 STRATA: dict[str, tuple[str, tuple[tuple[str, float, float], ...]]] = {
     "coast distance": (
         "distance",
@@ -93,7 +95,10 @@ STRATA: dict[str, tuple[str, tuple[tuple[str, float, float], ...]]] = {
     ),
     "steps M": (
         "steps",
-        (("4-6", 0, 7), ("8-12", 7, 13), ("14-20", 13, 21), (">20", 21, np.inf)),
+        tuple(
+            (f"{lo}-{hi}" if hi < STEP_BINS[-1][1] else f">{lo - 2}", lo, hi + 1)
+            for lo, hi in STEP_BINS
+        ),
     ),
 }
 

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffnorm.fields import Fields
+from diffnorm.metrics import STEP_BINS
 
 DISTANCE_BINS = ((1, 1), (2, 2), (3, 4), (5, 7), (8, 10**9))  # cells from the coast
 METRIC = "manhattan"  # the distance the network's input has (computed once per fields)
 FACE_BINS = ((0, 2), (3, 3), (4, 4))  # open faces
 CORRECTION_EDGES = (0.03, 0.1, 0.3)  # |log(γ̂²/γ²_baseline)|: bins below, between, above
 MIN_CELLS = 30
-STEP_BINS = ((4, 6), (8, 12), (14, 20), (22, 10**9))  # M, as the "steps M" error strata
 
 
 def step_bin(steps: int) -> int:
@@ -163,8 +163,9 @@ class ErrorModel:
             values = np.asarray(self.by_correction)[d, f, correction_bins(correction)]
         else:
             values = np.asarray(self.table)[d, f]
-        if self.by_steps is not None and step_bin(fields.steps) >= 0:
-            values = values * self.by_steps[step_bin(fields.steps)]
+        group = step_bin(fields.steps)
+        if self.by_steps is not None and group >= 0:
+            values = values * self.by_steps[group]
         return np.where(fields.mask, values, np.nan)
 
     def to_dict(self) -> dict:

@@ -71,13 +71,21 @@ class Encoding:
         """Standardized input channels with their halo: ``(C, ny + 2·halo, nx + 2·halo)``."""
         raw = raw_features(fields, self.distance, self.area, self.steps_input)
         x = torch.from_numpy(stats.inputs(raw)).float()[None]
-        land = torch.from_numpy(stats.land(self.distance, self.steps_input)).float()
-        kinds = channel_kinds(self.distance, self.steps_input)
-        return pad_halo(x, self.halo, fields.periodic_x, land, fields.north_fold, kinds)[0]
+        land = torch.from_numpy(self.land(stats)).float()
+        return pad_halo(x, self.halo, fields.periodic_x, land, fields.north_fold, self.kinds)[0]
 
     @property
     def channels(self) -> list[str]:
         return channel_names(self.distance, self.area, self.steps_input)
+
+    @property
+    def kinds(self) -> list[str]:
+        """Where each input channel lives (cell or face): how the halo mirrors it."""
+        return channel_kinds(self.distance, self.steps_input)
+
+    def land(self, stats: Standardizer) -> np.ndarray:
+        """The standardized inputs of a land cell beyond the grid (closed halos)."""
+        return stats.land(self.distance, self.steps_input)
 
     def encode(self, sample: Sample, stats: Standardizer) -> dict[str, torch.Tensor]:
         f = sample.fields

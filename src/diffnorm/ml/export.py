@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffnorm.ml.features import channel_kinds
 from diffnorm.ml.halo import pad_halo
 from diffnorm.ml.modelfile import GammaNetwork
 
@@ -39,10 +38,10 @@ class ExportedGamma(nn.Module):
         self.halo = model.encoding.halo
         self.periodic_x = bool(periodic_x)
         self.north_fold = north_fold
-        self.kinds = channel_kinds(enc.distance, enc.steps_input)
+        self.kinds = enc.kinds
         self.register_buffer("mean", torch.tensor(s.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(s.std, dtype=torch.float32).view(1, -1, 1, 1))
-        land = s.land(enc.distance, enc.steps_input)
+        land = enc.land(s)
         self.register_buffer("land", torch.tensor(land, dtype=torch.float32).view(1, -1, 1, 1))
         self.target_mean = float(s.target_mean)
         self.target_std = float(s.target_std)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from diffnorm.methods.images import ImagesVariance, box_exact, open_mean, straight_runs
-from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, STEPS_REFERENCE, channel_kinds
+from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, STEPS_REFERENCE
 from diffnorm.ml.halo import pad_halo
 from diffnorm.ml.modelfile import GammaNetwork, ModelFileError
 from diffnorm.topology import CELL, FACE_X, FACE_Y, fold_recipe, parse_north_fold
@@ -84,11 +84,11 @@ class FieldsToGamma(nn.Module):
         self.steps = export_steps(model, steps)
         self.steps_input = enc.steps_input
         self.gate = tuple(enc.gate) if enc.gate else None
-        self.kinds = channel_kinds(enc.distance, enc.steps_input)
+        self.kinds = enc.kinds
         s = model.stats
         self.register_buffer("mean", torch.tensor(s.mean, dtype=torch.float64).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(s.std, dtype=torch.float64).view(1, -1, 1, 1))
-        land = s.land(enc.distance, enc.steps_input)
+        land = enc.land(s)
         land = torch.tensor(land, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("land", land)
         self.target_mean = float(s.target_mean)
