@@ -257,3 +257,60 @@ def test_fields_of_one_grid_share_a_read_only_topology():
         nbr[0, 0] = 3
     big = Topology.shared(1025, 1024)  # above SHARED_CELLS: its own
     assert big is not Topology.shared(1025, 1024) and big == Topology.shared(1025, 1024)
+
+
+def _graph_labels(topo: Topology, mask: np.ndarray) -> np.ndarray:
+    """Basins as one graph of every cell (the definition): neighbour faces and copies."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    m = mask.ravel()
+    nbr = topo.neighbours
+    ok = (nbr >= 0) & m[None, :] & m[np.maximum(nbr, 0)]
+    src = np.concatenate([np.broadcast_to(np.arange(m.size), nbr.shape)[ok], np.arange(m.size)])
+    dst = np.concatenate([nbr[ok], topo.representative])
+    graph = coo_matrix((np.ones(src.size), (src, dst)), shape=(m.size,) * 2)
+    return connected_components(graph, directed=False)[1].reshape(mask.shape)
+
+
+@pytest.mark.parametrize("fold", ["none", "T", "F"])
+@pytest.mark.parametrize("periodic", [False, True])
+def test_basin_labels_and_coast_distance_match_their_definitions(fold, periodic):
+    if fold != "none" and not periodic:
+        pytest.skip("a fold needs a periodic grid")
+    rng = np.random.default_rng(5)
+    for _ in range(15):
+        ny, nx = int(rng.integers(3, 14)), 2 * int(rng.integers(2, 12))
+        lone = rng.random() < 0.3  # one land cell in a tall grid: the wrap is the short way
+        ny = 2 * nx if lone else ny
+        topo = Topology(ny, nx, periodic, fold)
+        mask = rng.random((ny, nx)) < rng.uniform(0.2, 1.0)
+        if lone:
+            mask[:] = True
+            mask[ny // 2, rng.integers(nx)] = False
+        mask = mask.ravel()[topo.representative].reshape(ny, nx)  # copies agree
+        labels = topo.basin_labels(mask)
+        ref = _graph_labels(topo, mask)
+        # the same partition of the ocean, numbered by first cell in row-major order
+        assert labels[~mask].max(initial=0) == 0 and labels[mask].min(initial=1) == 1
+        pairs = set(zip(labels[mask].tolist(), ref[mask].tolist()))
+        assert len(pairs) == labels.max() == len(set(ref[mask].tolist()))
+        first = [np.flatnonzero(labels.ravel() == k)[0] for k in range(1, labels.max() + 1)]
+        assert first == sorted(first)
+        if fold != "none" or not (~mask).any():
+            continue
+        # Manhattan distance to the nearest land cell, the short way round the wrap, with
+        # closed edges as coast (a land row/column just beyond them)
+        dist = topo.distance_to_coast(mask, "manhattan")
+        jl, il = np.nonzero(~mask)
+        edges_j = np.r_[np.full(nx, -1), np.full(nx, ny)]
+        edges_i = np.r_[np.arange(nx), np.arange(nx)]
+        if not periodic:
+            edges_j = np.r_[edges_j, np.arange(ny), np.arange(ny)]
+            edges_i = np.r_[edges_i, np.full(ny, -1), np.full(ny, nx)]
+        jl, il = np.r_[jl, edges_j], np.r_[il, edges_i]
+        for j, i in zip(*np.nonzero(mask)):
+            dx = np.abs(il - i)
+            if periodic:
+                dx = np.minimum(dx, nx - dx)
+            assert dist[j, i] == (np.abs(jl - j) + dx).min()
