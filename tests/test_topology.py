@@ -293,7 +293,7 @@ def test_basin_labels_and_coast_distance_match_their_definitions(fold, periodic)
         ref = _graph_labels(topo, mask)
         # the same partition of the ocean, numbered by first cell in row-major order
         assert labels[~mask].max(initial=0) == 0 and labels[mask].min(initial=1) == 1
-        pairs = set(zip(labels[mask].tolist(), ref[mask].tolist()))
+        pairs = set(zip(labels[mask].tolist(), ref[mask].tolist(), strict=True))
         assert len(pairs) == labels.max() == len(set(ref[mask].tolist()))
         first = [np.flatnonzero(labels.ravel() == k)[0] for k in range(1, labels.max() + 1)]
         assert first == sorted(first)
@@ -309,7 +309,7 @@ def test_basin_labels_and_coast_distance_match_their_definitions(fold, periodic)
             edges_j = np.r_[edges_j, np.arange(ny), np.arange(ny)]
             edges_i = np.r_[edges_i, np.full(ny, -1), np.full(ny, nx)]
         jl, il = np.r_[jl, edges_j], np.r_[il, edges_i]
-        for j, i in zip(*np.nonzero(mask)):
+        for j, i in zip(*np.nonzero(mask), strict=True):
             dx = np.abs(il - i)
             if periodic:
                 dx = np.minimum(dx, nx - dx)
