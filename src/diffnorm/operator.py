@@ -120,11 +120,12 @@ class DiffusionOperator(abc.ABC):
 Stencil = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def grid_stencil(fields: Fields) -> Stencil:
+def grid_stencil(fields: Fields, cells: np.ndarray | None = None) -> Stencil:
     """:meth:`Topology.stencil` of the fields (weights, neighbours, coefficients) and the
-    unknown index of every cell: what :func:`system_block` reads, to share between blocks."""
+    unknown index of every cell: what :func:`system_block` reads, to share between blocks;
+    ``cells`` (flat grid indices): only the rows of those cells are filled."""
     topo = fields.topology
-    w, nbr, c = topo.stencil(fields.mask, fields.area, fields.slot_alpha())
+    w, nbr, c = topo.stencil(fields.mask, fields.area, fields.slot_alpha(), cells)
     return w, nbr, c, topo.unknown_index(fields.mask)
 
 

@@ -27,15 +27,14 @@ def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np
     if max_cells < 1 or small.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     w = fields.weights
-    stencil = grid_stencil(fields)
     by_label = np.argsort(ocean_labels, kind="stable")  # each basin's cells, in order
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    idx_all, var_all = [], []
-    for b in small:
-        idx = by_label[starts[b] : starts[b + 1]]
+    idx_all = [by_label[starts[b] : starts[b + 1]] for b in small]
+    stencil = grid_stencil(fields, fields.ocean[np.concatenate(idx_all)])
+    var_all = []
+    for idx in idx_all:
         s = np.linalg.solve(system_block(fields, idx, stencil), np.diag(w[idx]))
         var_all.append(np.diag(np.linalg.matrix_power(s, fields.steps)) / w[idx])
-        idx_all.append(idx)
     return np.concatenate(idx_all), np.concatenate(var_all)
 
 
