@@ -313,3 +313,17 @@ def test_basin_labels_and_coast_distance_match_their_definitions(fold, periodic)
             if periodic:
                 dx = np.minimum(dx, nx - dx)
             assert dist[j, i] == (np.abs(jl - j) + dx).min()
+
+
+@pytest.mark.parametrize("fold", ["none", "T", "F"])
+def test_stencil_of_some_cells_is_the_grid_s_there_and_zero_elsewhere(fold):
+    f = folded_fields(fold, seed=4) if fold != "none" else random_fields(ny=10, nx=12, seed=4)
+    topo = f.topology
+    w, nbr, c = topo.stencil(f.mask, f.area, f.slot_alpha())
+    cells = np.flatnonzero(f.mask.ravel())[::3]
+    ws, nbrs, cs = topo.stencil(f.mask, f.area, f.slot_alpha(), cells)
+    np.testing.assert_array_equal(ws[cells], w[cells])
+    np.testing.assert_array_equal(cs[:, cells], c[:, cells])
+    others = np.setdiff1d(np.arange(w.size), cells)
+    assert not ws[others].any() and not cs[:, others].any() and w[cells].any()
+    assert nbrs is nbr
