@@ -321,10 +321,10 @@ class Topology:
         _, comp = connected_components(graph, directed=False)
         merged = comp[flat]  # plane label 0 (land) maps to a component of its own
         ocean_comp = merged[m]
-        _, first = np.unique(ocean_comp, return_index=True)
+        basins, first = np.unique(ocean_comp, return_index=True)
         order = np.argsort(first)  # label basins by their first cell
         relabel = np.zeros(comp.max() + 1, dtype=np.int64)
-        relabel[np.unique(ocean_comp)[order]] = np.arange(1, order.size + 1)
+        relabel[basins[order]] = np.arange(1, order.size + 1)
         labels = np.where(m, relabel[merged], 0)
         return labels.reshape(self.shape)
 

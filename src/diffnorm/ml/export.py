@@ -69,13 +69,7 @@ def card(
         "output": {"name": "target", "shape": ["batch", "ny", "nx"], "means": model.target},
         "periodic_x": bool(periodic_x),
         "north_fold": north_fold,
-        "steps": (
-            steps
-            if steps is not None
-            else model.steps
-            if model.step_range is None
-            else list(model.step_range)
-        ),
+        "steps": steps if steps is not None else model.steps_served,
         "halo": model.encoding.halo,
         "gamma": (
             "gamma = sqrt(gamma2_analytic * exp(target)) on ocean cells, with gamma2_analytic "

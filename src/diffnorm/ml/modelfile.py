@@ -101,6 +101,12 @@ class GammaNetwork:
         return self.step_range[0] <= steps <= self.step_range[1]
 
     @property
+    def steps_served(self) -> int | list[int]:
+        """M for a single-M model, ``[smallest, largest]`` for one with M as an input: what
+        model cards and exported graphs' cards record."""
+        return self.steps if self.step_range is None else list(self.step_range)
+
+    @property
     def steps_label(self) -> str:
         """``10``, or ``4–20`` for a model with M as an input."""
         return str(self.steps) if self.step_range is None else "{}–{}".format(*self.step_range)
@@ -393,7 +399,7 @@ def describe(net: GammaNetwork) -> dict[str, Any]:
         "name": net.name,
         "arch": net.arch["arch"],
         "parameters": net.parameters,
-        "steps": net.steps if net.step_range is None else list(net.step_range),
+        "steps": net.steps_served,
         "target": net.target,
         "distance": net.encoding.distance,
         "d_cells": d.get("d_cells"),
