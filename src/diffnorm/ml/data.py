@@ -22,6 +22,7 @@ from diffnorm.data.dataset import (
 )
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
+from diffnorm.ml.sampling import PrioritySampler
 
 
 def fit_standardizer(samples: list[Sample], enc: Encoding, workers: int = 0) -> Standardizer:
@@ -122,7 +123,8 @@ class EncodedDataset(Dataset):
             t = random_transform(rng, s.fields.topology)
             fields, gamma = t.sample(s.fields, s.gamma)
             item = self.enc.encode(Sample(fields, gamma, s.name), self.stats)
-        return random_crop(item, self.crop, self.enc.halo, rng) if self.crop else item
+        item = random_crop(item, self.crop, self.enc.halo, rng) if self.crop else item
+        return {**item, "index": torch.tensor(i)}  # which window: its priority score
 
 
 def random_crop(item: dict, size: int, halo: int, rng: np.random.Generator) -> dict:
@@ -164,6 +166,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         stats_from: str | None = None,
         area: str = "global",
         steps_input: bool = False,
+        priority: float = 0.0,
     ):
         """``root``: a dataset folder, or several joined by commas (their samples pooled);
         ``augment``: random grid symmetries of the training samples (see
@@ -171,8 +174,12 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         ``crop``: train on random ``crop × crop`` windows (large grids on small machines).
         Validation and test samples are never transformed. ``stats_from``: take the
         standardization statistics of this model file, checkpoint or shipped model
-        (fine-tuning) instead of fitting them on the training split."""
+        (fine-tuning) instead of fitting them on the training split. ``priority``: the share
+        of training draws made by each window's last loss instead of uniformly
+        (:class:`~diffnorm.ml.sampling.PrioritySampler`; 0 shuffles as usual)."""
         augment_probability(augment)  # fail before the Trainer is built
+        if not 0.0 <= priority <= 1.0:
+            raise ValueError(f"data.priority must be a share in [0, 1], got {priority}")
         super().__init__()
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
@@ -181,6 +188,8 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         self.stats: Standardizer | None = None
         self.info: dict = {}
         self.sets: dict[str, EncodedDataset] = {}
+        self.priority_sampler: PrioritySampler | None = None
+        self._sampler_state: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         workers = self.num_workers  # the loaders' processes read and encode too
@@ -200,8 +209,34 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
             self.sets["train"] = EncodedDataset(
                 train, self.enc, self.stats, self.hparams.augment, self.hparams.crop, workers
             )
+            if self.hparams.priority > 0:
+                seed = int(torch.randint(2**31 - 1, ()))  # from the run's seed_everything
+                self.priority_sampler = PrioritySampler(len(train), self.hparams.priority, seed)
+                if self._sampler_state is not None:
+                    self.priority_sampler.load_state_dict(self._sampler_state)
         for split in ("val", "test"):
             samples = [] if split in self.sets else pooled_split(self.hparams.root, split, workers)
             if samples:
                 self.sets[split] = EncodedDataset(samples, self.enc, self.stats, workers=workers)
         release_free_memory()
+
+    def train_dataloader(self):
+        if self.priority_sampler is None:
+            return super().train_dataloader()
+        from torch.utils.data import DataLoader
+
+        return DataLoader(
+            self.sets["train"],
+            batch_size=self.batch_size,
+            sampler=self.priority_sampler,
+            num_workers=self.num_workers,
+        )
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: a resumed run draws as the killed one would have."""
+        return {"priority": self.priority_sampler.state_dict()} if self.priority_sampler else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._sampler_state = state.get("priority")
+        if self.priority_sampler is not None and self._sampler_state is not None:
+            self.priority_sampler.load_state_dict(self._sampler_state)

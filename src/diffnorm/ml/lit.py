@@ -149,18 +149,28 @@ class GammaModel(lightning.LightningModule):
         return (t_hat / batch["gamma"]) ** 2 - 1.0
 
     def _loss(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:
+        return self._window_losses(pred, batch)[0]
+
+    def _window_losses(self, pred: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and each window's own (the same average over its cells alone)."""
         mask = batch["mask"]
         if not mask.any():  # a batch of land-only crops: nothing to learn, no NaN
-            return pred.sum() * 0.0
+            zero = pred.sum() * 0.0
+            return zero, torch.zeros(pred.shape[0], dtype=pred.dtype, device=pred.device)
         if self.hparams.loss == "eps2":
-            e2 = self.relative_error(pred, batch)[mask] ** 2
+            cell = self.relative_error(pred, batch) ** 2
             if self.hparams.tail_scale is not None:
-                e2 = e2 + e2**2 / self.hparams.tail_scale**2
-            if self.hparams.hard_weight and "hard" in batch:
-                w = 1.0 + self.hparams.hard_weight * batch["hard"][mask].to(e2.dtype)
-                return ((w * e2).sum() / w.sum()).float()
-            return e2.mean().float()
-        return ((pred - batch["target"])[mask] ** 2).mean()
+                cell = cell + cell**2 / self.hparams.tail_scale**2
+        else:
+            cell = (pred - batch["target"]).double() ** 2
+        cell = torch.where(mask, cell, 0.0)  # land: no target, and ε may overflow there
+        weight = mask.to(cell.dtype)
+        if self.hparams.loss == "eps2" and self.hparams.hard_weight and "hard" in batch:
+            weight = weight * (1.0 + self.hparams.hard_weight * batch["hard"].to(cell.dtype))
+        total = (weight * cell).sum() / weight.sum()
+        dims = tuple(range(1, cell.ndim))
+        per = (weight * cell).sum(dims) / weight.sum(dims).clamp_min(1e-12)
+        return total.float(), per.detach()
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -189,7 +199,10 @@ class GammaModel(lightning.LightningModule):
                 self.data_info["fine_tuned_from"] = str(self.hparams.init_from)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["x"]), batch)
+        loss, per_window = self._window_losses(self(batch["x"]), batch)
+        sampler = getattr(getattr(self.trainer, "datamodule", None), "priority_sampler", None)
+        if sampler is not None and "index" in batch:
+            sampler.update(batch["index"], per_window)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["x"].shape[0])
         return loss
 
