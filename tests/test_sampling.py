@@ -84,3 +84,20 @@ def test_training_scores_windows_and_resumes_with_their_scores(tiny_dataset, tmp
     torch.testing.assert_close(resumed.priority_sampler.scores, scores)  # nothing left to train
     with pytest.raises(ValueError, match="data.priority"):
         TrainingDataModule(str(tiny_dataset), halo=4, priority=2.0)
+
+
+def test_land_outputs_never_reach_the_loss_or_its_gradient(tiny_dataset):
+    model = small_model(tail_scale=0.1, target="log_images")
+    dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, batch_size=2, target="log_images")
+    dm.setup()
+    model.stats = dm.stats
+    batch = next(iter(dm.train_dataloader()))
+    batch["mask"] = batch["mask"].clone()
+    batch["mask"][:, :3] = False  # land: no target there
+    pred = model(batch["x"]).detach()
+    wild = torch.where(batch["mask"], pred, 1e4).requires_grad_()  # ε² overflows on land
+    loss = model._loss(wild, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(wild.grad).all()
+    assert (wild.grad[~batch["mask"]] == 0).all() and (wild.grad[batch["mask"]] != 0).any()
+    torch.testing.assert_close(loss, model._loss(pred, batch))

@@ -233,7 +233,9 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         )
 
     def state_dict(self) -> dict:
-        """Saved in checkpoints: a resumed run draws as the killed one would have."""
+        """Saved in checkpoints: the windows' scores and the sampler's generator, so a run
+        resumed from an end-of-epoch checkpoint (the default ones) draws as the killed one
+        would have; from a mid-epoch one, with the scores it had then."""
         return {"priority": self.priority_sampler.state_dict()} if self.priority_sampler else {}
 
     def load_state_dict(self, state: dict) -> None:

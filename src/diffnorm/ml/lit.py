@@ -158,12 +158,13 @@ class GammaModel(lightning.LightningModule):
             zero = pred.sum() * 0.0
             return zero, torch.zeros(pred.shape[0], dtype=pred.dtype, device=pred.device)
         if self.hparams.loss == "eps2":
-            cell = self.relative_error(pred, batch) ** 2
+            # land cells get their target: ε = 0 there, and no inf/NaN reaches the gradient
+            cell = self.relative_error(torch.where(mask, pred, batch["target"]), batch) ** 2
             if self.hparams.tail_scale is not None:
                 cell = cell + cell**2 / self.hparams.tail_scale**2
         else:
             cell = (pred - batch["target"]).double() ** 2
-        cell = torch.where(mask, cell, 0.0)  # land: no target, and ε may overflow there
+        cell = torch.where(mask, cell, 0.0)
         weight = mask.to(cell.dtype)
         if self.hparams.loss == "eps2" and self.hparams.hard_weight and "hard" in batch:
             weight = weight * (1.0 + self.hparams.hard_weight * batch["hard"].to(cell.dtype))
@@ -202,7 +203,12 @@ class GammaModel(lightning.LightningModule):
         loss, per_window = self._window_losses(self(batch["x"]), batch)
         sampler = getattr(getattr(self.trainer, "datamodule", None), "priority_sampler", None)
         if sampler is not None and "index" in batch:
-            sampler.update(batch["index"], per_window)
+            index, scored = batch["index"], batch["mask"].flatten(1).any(1)
+            if self.trainer.world_size > 1:  # every rank's sampler keeps every window's score
+                index, per_window, scored = (
+                    self.all_gather(t).flatten() for t in (index, per_window, scored)
+                )
+            sampler.update(index[scored], per_window[scored])
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["x"].shape[0])
         return loss
 

@@ -9,6 +9,9 @@ most steps where it already fits; :class:`PrioritySampler` draws window ``i`` wi
 ``s_i`` the training loss of window ``i`` the last time it was drawn and ``p`` the priority
 share. A window not drawn yet scores ``UNSEEN`` (far above any loss of a trained network),
 so the first draws visit every window before the scores take over.
+
+Under DDP Lightning wraps the sampler and draws each epoch's list at its start, from the
+scores as they stand then (every rank records every rank's windows, so their lists agree).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-UNSEEN = 1.0  # score of a window not drawn yet: the tail loss of a network off by ~30 %
+UNSEEN = 1e6  # score of a window not drawn yet: above any loss a window can have
 REDRAW = 64  # indices drawn per look at the scores (updated after every batch)
 
 
