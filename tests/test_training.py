@@ -14,6 +14,7 @@ from diffnorm.fields import Fields
 from diffnorm.ml.data import TrainingDataModule
 from diffnorm.ml.lit import GammaModel
 from diffnorm.ml.modelfile import GammaNetwork
+from diffnorm.ml.sampling import UNSEEN
 
 
 def test_overfitting_one_sample_drives_the_loss_down(tiny_dataset, tmp_path):
@@ -172,7 +173,8 @@ def test_worst_cells_are_the_largest_errors_with_their_geometry():
 
 
 def test_ddp_with_two_cpu_processes(tiny_dataset, tmp_path):
-    """The LightningCLI entry point trains under DDP (2 CPU processes, gloo) and saves once."""
+    """The LightningCLI entry point trains under DDP (2 CPU processes, gloo) and saves once,
+    with prioritized replay (its scores gathered across ranks and saved)."""
     import os
     import subprocess
     import sys
@@ -181,7 +183,7 @@ def test_ddp_with_two_cpu_processes(tiny_dataset, tmp_path):
 
     cfg = {
         "model": {"width": 8, "blocks": 1, "lr": 0.003},
-        "data": {"root": str(tiny_dataset), "batch_size": 1},
+        "data": {"root": str(tiny_dataset), "batch_size": 1, "priority": 0.5},
         "trainer": {
             "max_epochs": 2,
             "default_root_dir": str(tmp_path / "run"),
@@ -203,6 +205,8 @@ def test_ddp_with_two_cpu_processes(tiny_dataset, tmp_path):
     assert len(ckpts) == 1
     state = torch.load(ckpts[0], map_location="cpu", weights_only=False)
     assert state["global_step"] == 2  # 2 samples / (2 processes × batch 1) × 2 epochs
+    scores = state["TrainingDataModule"]["priority"]["scores"]
+    assert torch.isfinite(scores).all() and (scores < UNSEEN).any()
 
 
 def test_crops_are_windows_of_the_whole_grid_prediction(tiny_dataset):
