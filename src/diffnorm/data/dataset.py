@@ -176,13 +176,15 @@ class SplitLoaders:
     eval_batch_size: int
     num_workers: int
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, sampler=None) -> DataLoader:
+        """``sampler``: draws the items instead of ``shuffle`` (prioritized replay)."""
         if split not in self.sets:
             raise DatasetFolderError(f"{self.root} has no {split!r} samples")
         return DataLoader(
             self.sets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
         )
 

@@ -221,16 +221,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         release_free_memory()
 
     def train_dataloader(self):
-        if self.priority_sampler is None:
-            return super().train_dataloader()
-        from torch.utils.data import DataLoader
-
-        return DataLoader(
-            self.sets["train"],
-            batch_size=self.batch_size,
-            sampler=self.priority_sampler,
-            num_workers=self.num_workers,
-        )
+        return self._loader("train", True, self.priority_sampler)
 
     def state_dict(self) -> dict:
         """Saved in checkpoints: the windows' scores and the sampler's generator, so a run
