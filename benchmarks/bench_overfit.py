@@ -14,6 +14,7 @@ the full data was passes over them. Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 
@@ -23,9 +24,6 @@ import torch
 from diffnorm.data.dataset import load_split
 from diffnorm.ml.lit import GammaModel
 from diffnorm.ml.modelfile import resolve_model
-
-ARCH_KEYS = ("arch", "width", "blocks", "layers_per_block", "activation", "norm", "skip")
-ARCH_KEYS += ("dilation", "levels", "unet_halo")
 
 
 def main() -> None:
@@ -41,21 +39,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     base = resolve_model(args.model)
+    # the start model's own training options (architecture, encoding, τ), weights if asked
     hp = base.created.get("hyperparameters", {})
-    enc = base.encoding
+    options = inspect.signature(GammaModel).parameters
     model = GammaModel(
-        **{k: hp[k] for k in ARCH_KEYS if k in hp},
-        distance=enc.distance,
-        target=enc.target,
-        area=enc.area,
-        tail_scale=hp.get("tail_scale"),
-        steps_input=enc.steps_input,
+        **{k: v for k, v in hp.items() if k in options and k != "init_from"},
+        init_from=args.model if args.start == "model" else None,
     )
     if model.arch != base.arch:
         raise SystemExit(f"{args.model}: rebuilt {model.arch} != stored {base.arch}")
-    if args.start == "model":
-        model.net.load_state_dict(base.net.state_dict())
     model.stats = base.stats
+    enc = base.encoding
     items = [enc.encode(s, base.stats) for s in load_split(args.data, "train")[: args.windows]]
     batch_all = {k: torch.stack([it[k] for it in items]) for k in items[0]}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)

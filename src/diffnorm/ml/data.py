@@ -22,7 +22,7 @@ from diffnorm.data.dataset import (
 )
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
-from diffnorm.ml.sampling import PrioritySampler
+from diffnorm.ml.sampling import PrioritySampler, check_share
 
 
 def fit_standardizer(samples: list[Sample], enc: Encoding, workers: int = 0) -> Standardizer:
@@ -178,8 +178,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         of training draws made by each window's last loss instead of uniformly
         (:class:`~diffnorm.ml.sampling.PrioritySampler`; 0 shuffles as usual)."""
         augment_probability(augment)  # fail before the Trainer is built
-        if not 0.0 <= priority <= 1.0:
-            raise ValueError(f"data.priority must be a share in [0, 1], got {priority}")
+        check_share(priority, "data.priority")
         super().__init__()
         self.save_hyperparameters()
         self.root, self.batch_size, self.num_workers = root, batch_size, num_workers
@@ -189,7 +188,6 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         self.info: dict = {}
         self.sets: dict[str, EncodedDataset] = {}
         self.priority_sampler: PrioritySampler | None = None
-        self._sampler_state: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         workers = self.num_workers  # the loaders' processes read and encode too
@@ -212,8 +210,6 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
             if self.hparams.priority > 0:
                 seed = int(torch.randint(2**31 - 1, ()))  # from the run's seed_everything
                 self.priority_sampler = PrioritySampler(len(train), self.hparams.priority, seed)
-                if self._sampler_state is not None:
-                    self.priority_sampler.load_state_dict(self._sampler_state)
         for split in ("val", "test"):
             samples = [] if split in self.sets else pooled_split(self.hparams.root, split, workers)
             if samples:
@@ -230,6 +226,6 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         return {"priority": self.priority_sampler.state_dict()} if self.priority_sampler else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self._sampler_state = state.get("priority")
-        if self.priority_sampler is not None and self._sampler_state is not None:
-            self.priority_sampler.load_state_dict(self._sampler_state)
+        """Lightning calls it after :meth:`setup`, so the sampler exists if the run has one."""
+        if self.priority_sampler is not None and "priority" in state:
+            self.priority_sampler.load_state_dict(state["priority"])

@@ -164,8 +164,7 @@ class GammaModel(lightning.LightningModule):
                 cell = cell + cell**2 / self.hparams.tail_scale**2
         else:
             cell = (pred - batch["target"]).double() ** 2
-        cell = torch.where(mask, cell, 0.0)
-        weight = mask.to(cell.dtype)
+        weight = mask.to(cell.dtype)  # land: weight 0 on a finite cell loss
         if self.hparams.loss == "eps2" and self.hparams.hard_weight and "hard" in batch:
             weight = weight * (1.0 + self.hparams.hard_weight * batch["hard"].to(cell.dtype))
         total = (weight * cell).sum() / weight.sum()

@@ -25,15 +25,20 @@ UNSEEN = 1e6  # score of a window not drawn yet: above any loss a window can hav
 REDRAW = 64  # indices drawn per look at the scores (updated after every batch)
 
 
+def check_share(share: float, name: str = "priority") -> float:
+    """The priority share, refused outside [0, 1]."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"{name} must be a share in [0, 1], got {share}")
+    return float(share)
+
+
 class PrioritySampler(Sampler[int]):
     """``len`` draws per epoch, with replacement, from the mixture above (seeded)."""
 
     def __init__(self, size: int, share: float, seed: int = 0):
         if size < 1:
             raise ValueError(f"a priority sampler needs at least one window, got {size}")
-        if not 0.0 <= share <= 1.0:
-            raise ValueError(f"priority must be a share in [0, 1], got {share}")
-        self.size, self.share = size, float(share)
+        self.size, self.share = size, check_share(share)
         self.scores = torch.full((size,), UNSEEN, dtype=torch.float64)
         self.generator = torch.Generator().manual_seed(seed)
 
