@@ -613,3 +613,40 @@ def test_an_images_model_leaves_box_exact_cells_to_the_exact_baseline(network, p
     feed = dict(zip(["mask", "area", "alpha_x", "alpha_y"], (a[None] for a in arrays), strict=True))
     out = onnxruntime.InferenceSession(str(onnx)).run(None, feed)[0][0]
     np.testing.assert_allclose(out[f.mask], gamma[f.mask], rtol=1e-4)
+
+
+def test_a_unet_model_reads_wrap_context_on_a_periodic_grid(network, tmp_path):
+    """A U-Net's receptive field outgrows its halo: on a periodic grid the prediction pads
+    its ``wrap_context`` too, so it moves with the grid when the seam moves by whole pooling
+    cells, and the TorchScript and ONNX fields graphs pad the same."""
+    from dataclasses import replace
+
+    import onnxruntime
+
+    from diffnorm.augment import Transform
+    from diffnorm.ml.export import export
+    from diffnorm.ml.networks import build_network
+
+    arch = {"arch": "unet", "in_channels": network.arch["in_channels"], "width": 4}
+    arch |= {"levels": 2, "halo": network.encoding.halo}
+    torch.manual_seed(0)
+    unet = replace(network, net=build_network(**arch), arch=arch, name="tiny-unet")
+    assert unet.wrap_context(True) != (0, 0) and unet.wrap_context(False) == (0, 0)
+    f = random_fields(ny=20, nx=24, steps=network.steps, islands=True, periodic_x=True)
+    t = unet.predict_target(f, "cpu")
+    for shift in (4, 12):
+        moved = Transform(shift_x=shift).fields(f)
+        np.testing.assert_allclose(
+            unet.predict_target(moved, "cpu"), np.roll(t, shift, axis=1), atol=1e-6
+        )
+    want, m = unet.predict(f, "cpu"), f.mask
+    arrays = [f.mask.astype(np.float64), f.area, f.alpha_x, f.alpha_y]
+    ts, card = export(unet, tmp_path / "u.ts", "torchscript", True)
+    inputs = tuple(torch.from_numpy(np.ascontiguousarray(a))[None] for a in arrays)
+    traced = torch.jit.load(str(ts))(*inputs)[0].detach().numpy()
+    np.testing.assert_allclose(traced[m], want[m], rtol=1e-5)
+    assert '"wrap_context"' in card.read_text()
+    onnx, _ = export(unet, tmp_path / "u.onnx", "onnx", True)
+    feed = dict(zip(["mask", "area", "alpha_x", "alpha_y"], (a[None] for a in arrays), strict=True))
+    out = onnxruntime.InferenceSession(str(onnx)).run(None, feed)[0][0]
+    np.testing.assert_allclose(out[m], want[m], rtol=1e-4)

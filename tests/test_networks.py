@@ -12,6 +12,7 @@ from diffnorm.ml.networks import (
     UNet,
     count_parameters,
     for_inference,
+    unet_extent,
 )
 
 
@@ -45,6 +46,51 @@ def test_periodic_halo_makes_the_network_translation_equivariant_in_x():
     for k in (1, 5, 15):
         yk = net(pad_halo(torch.roll(x, k, dims=-1), net.halo, periodic_x=True, fill=-1.0))
         torch.testing.assert_close(yk, torch.roll(y, k, dims=-1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_unet_extent_bounds_what_an_output_column_reads(levels):
+    """Changing the input just beyond ``unet_extent`` never moves the output column; the
+    bound is the published ``7·2**levels − 5``."""
+    torch.manual_seed(levels)
+    net = UNet(in_channels=1, width=2, levels=levels, halo=1).double().eval()
+    m = 2**levels
+    width = 16 * m
+    x = torch.randn(1, 1, 6, width, dtype=torch.float64)
+    y = net(x)
+    for phase in range(m):
+        col = 6 * m + phase  # input column; the network crops one column of halo
+        west, east = unet_extent(levels, phase)
+        assert max(west, east) <= 7 * m - 5
+        for beyond in (col - west - 1, col + east + 1):
+            z = x.clone()
+            z[..., beyond] += 10.0 * torch.randn(6, dtype=torch.float64)
+            assert torch.equal(net(z)[..., col - 1], y[..., col - 1])
+    assert max(max(unet_extent(levels, p)) for p in range(m)) == 7 * m - 5
+
+
+@pytest.mark.parametrize("halo", [3, 8])
+def test_wrap_context_makes_a_unet_blind_to_where_the_seam_is(halo):
+    """With the wrap context the prediction of a periodic grid moves with the grid when its
+    seam moves by whole pooling cells; with the halo alone it does not."""
+    torch.manual_seed(0)
+    net = UNet(in_channels=2, width=4, levels=2, halo=halo).double().eval()
+    wrap = net.wrap_context
+    assert wrap[0] % 4 == 0 and wrap != (0, 0)
+    x = torch.randn(1, 2, 12, 28, dtype=torch.float64)
+
+    def predict(a, context):
+        y = net(pad_halo(a, halo, periodic_x=True, fill=-1.0, wrap=context))
+        return y[..., context[0] : context[0] + a.shape[-1]]
+
+    y = predict(x, wrap)
+    assert y.shape == (1, 1, 12, 28)
+    for k in (4, 8, 24):
+        yk = predict(torch.roll(x, k, dims=-1), wrap)
+        torch.testing.assert_close(yk, torch.roll(y, k, dims=-1), rtol=1e-12, atol=1e-12)
+    plain = predict(x, (0, 0))
+    rolled = predict(torch.roll(x, 8, dims=-1), (0, 0))
+    assert not torch.allclose(rolled, torch.roll(plain, 8, dims=-1), atol=1e-6)
 
 
 def test_halo_padding_topology():

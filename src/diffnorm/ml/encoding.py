@@ -67,12 +67,16 @@ class Encoding:
             weight = np.where(box_exact_cells(fields), 0.0, weight)
         return weight
 
-    def inputs(self, fields: Fields, stats: Standardizer) -> torch.Tensor:
-        """Standardized input channels with their halo: ``(C, ny + 2·halo, nx + 2·halo)``."""
+    def inputs(
+        self, fields: Fields, stats: Standardizer, wrap: tuple[int, int] = (0, 0)
+    ) -> torch.Tensor:
+        """Standardized input channels with their halo: ``(C, ny + 2·halo, nx + 2·halo)``, and
+        on a periodic grid ``wrap`` more columns west and east (a network's ``wrap_context``)."""
         raw = raw_features(fields, self.distance, self.area, self.steps_input)
         x = torch.from_numpy(stats.inputs(raw)).float()[None]
         land = torch.from_numpy(self.land(stats)).float()
-        return pad_halo(x, self.halo, fields.periodic_x, land, fields.north_fold, self.kinds)[0]
+        periodic, fold = fields.periodic_x, fields.north_fold
+        return pad_halo(x, self.halo, periodic, land, fold, self.kinds, wrap)[0]
 
     @property
     def channels(self) -> list[str]:

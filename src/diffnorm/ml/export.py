@@ -37,6 +37,7 @@ class ExportedGamma(nn.Module):
         self.net = model.inference_net
         self.halo = model.encoding.halo
         self.periodic_x = bool(periodic_x)
+        self.wrap = model.wrap_context(self.periodic_x)
         self.north_fold = north_fold
         self.kinds = enc.kinds
         self.register_buffer("mean", torch.tensor(s.mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -48,8 +49,12 @@ class ExportedGamma(nn.Module):
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         x = (raw.to(self.mean.dtype) - self.mean) / self.std  # float64 hosts welcome
-        x = pad_halo(x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds)
-        return self.net(x)[:, 0] * self.target_std + self.target_mean
+        x = pad_halo(
+            x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds, self.wrap
+        )
+        y = self.net(x)[:, 0, :, self.wrap[0] :]
+        y = y[..., : raw.shape[-1]] if self.wrap[1] else y
+        return y * self.target_std + self.target_mean
 
 
 def card(
@@ -71,6 +76,8 @@ def card(
         "north_fold": north_fold,
         "steps": steps if steps is not None else model.steps_served,
         "halo": model.encoding.halo,
+        # columns of wrap-around read beyond the halo on a periodic grid (the graph pads them)
+        "wrap_context": list(model.wrap_context(periodic_x)),
         "gamma": (
             "gamma = sqrt(gamma2_analytic * exp(target)) on ocean cells, with gamma2_analytic "
             "exactly as diffnorm.methods.analytic.analytic_gamma_squared: 4 pi (M-1) "

@@ -18,17 +18,19 @@ def pad_halo(
     fill: torch.Tensor | float = 0.0,
     north_fold: str = "none",
     kinds: Sequence[str] | None = None,
+    wrap: tuple[int, int] = (0, 0),
 ) -> torch.Tensor:
     """Pad ``(B, C, H, W)`` by ``halo`` cells on each side.
 
-    East–west: wrap-around when ``periodic_x`` (any halo, even wider than the grid), else
-    ``fill``. North: the mirrored rows of a ``T`` or ``F`` fold, where ``kinds`` says per
+    East–west: wrap-around when ``periodic_x`` (any halo, even wider than the grid; ``wrap``
+    more columns west and east, a network's ``wrap_context``), else ``fill`` (``wrap``
+    unused). North: the mirrored rows of a ``T`` or ``F`` fold, where ``kinds`` says per
     channel whether it lives on cells (default), east faces or north faces; else closed like
     the south: ``fill``, a scalar or one value per channel (the features of a land cell).
     """
     if halo < 0:
         raise ValueError(f"halo must be >= 0, got {halo}")
-    if halo == 0:
+    if halo == 0 and not (periodic_x and any(wrap)):
         return x
     if torch.is_tensor(fill):
         # a module's buffer moves with the module: no device constant in an exported graph
@@ -48,8 +50,9 @@ def pad_halo(
     # gather the wrapped columns: any halo, even wider than the grid, with W symbolic in an
     # exported graph (slices would bake in the example's halo <= W)
     # (indices built from x itself: an arange would pin the exporter's device into the graph)
-    row = torch.nn.functional.pad(x[0, 0, 0], (halo, halo))
-    cols = torch.remainder(torch.ones_like(row, dtype=torch.long).cumsum(0) - 1 - halo, x.shape[-1])
+    west, east = halo + wrap[0], halo + wrap[1]
+    row = torch.nn.functional.pad(x[0, 0, 0], (west, east))
+    cols = torch.remainder(torch.ones_like(row, dtype=torch.long).cumsum(0) - 1 - west, x.shape[-1])
     return x.index_select(-1, cols)
 
 

@@ -148,6 +148,11 @@ class GammaNetwork:
     def _bfloat16_net(self) -> nn.Module:
         return for_inference(self.net, "bfloat16")
 
+    def wrap_context(self, periodic_x: bool) -> tuple[int, int]:
+        """Wrapped columns the network reads beyond its halo, west and east, on a periodic grid
+        (``(0, 0)`` on a closed one, or for a network whose halo is all it reads)."""
+        return tuple(getattr(self.net, "wrap_context", (0, 0))) if periodic_x else (0, 0)
+
     @torch.no_grad()
     def predict_target(
         self,
@@ -179,22 +184,30 @@ class GammaNetwork:
         dev = pick_device(device)
         low = precision == "bfloat16"
         net = (self._bfloat16_net if low else self.inference_net).to(dev)
-        x = self.encoding.inputs(fields, self.stats).to(dev)
+        wrap = self.wrap_context(fields.periodic_x)
+        x = self.encoding.inputs(fields, self.stats, wrap).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
-            pred = self._forward(net, x, fields.shape, tile, dev)
+            pred = self._forward(net, x, fields.shape, tile, dev, wrap[0])
         t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
         if self.target in LOG_TARGETS:
             t = t * self.encoding.correction_weight(fields)  # 1 without gate or exact cells
         return t
 
     def _forward(
-        self, net: nn.Module, x: torch.Tensor, shape: tuple[int, int], tile: int | None, dev
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        shape: tuple[int, int],
+        tile: int | None,
+        dev,
+        west: int = 0,
     ) -> torch.Tensor:
-        """The network on the padded inputs ``x``, whole or by tiles: ``(ny, nx)``."""
+        """The network on the padded inputs ``x``, whole or by tiles: ``(ny, nx)``; ``west``
+        columns of wrap context before the halo (none with tiles)."""
         ny, nx = shape
         h = self.encoding.halo
         if tile is None or tile >= max(ny, nx):
-            pred = net(x[None])[0, 0]
+            pred = net(x[None])[0, 0, :, west : west + nx]
         else:
             if tile < 1:
                 raise ValueError(f"tile must be >= 1 cell, got {tile}")

@@ -77,6 +77,7 @@ class FieldsToGamma(nn.Module):
         self.net = model.inference_net
         self.halo = enc.halo
         self.periodic_x = bool(periodic_x)
+        self.wrap = model.wrap_context(self.periodic_x)
         self.north_fold = parse_north_fold(north_fold)
         self.distance = enc.distance
         self.area_kind = enc.area
@@ -214,8 +215,12 @@ class FieldsToGamma(nn.Module):
             channels.append(m * math.log(self.steps / STEPS_REFERENCE))
         raw = torch.stack(channels, dim=1)
         x = ((raw - self.mean) / self.std).to(torch.float32)
-        x = pad_halo(x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds)
-        t = self.net(x)[:, 0].to(torch.float64) * self.target_std + self.target_mean
+        x = pad_halo(
+            x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds, self.wrap
+        )
+        t = self.net(x)[:, 0, :, self.wrap[0] :]
+        t = t[..., : m.shape[-1]] if self.wrap[1] else t
+        t = t.to(torch.float64) * self.target_std + self.target_mean
         if self.gate is not None:  # Encoding.gate_weight
             a, b = self.gate
             slots = torch.stack([east, west, north, south])
