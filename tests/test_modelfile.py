@@ -424,6 +424,34 @@ def test_cells_outside_the_training_data_are_flagged_and_written(network, tmp_pa
         assert ds.attrs["info_outside_anisotropy"] == report_count(written, steep)
 
 
+def test_a_periodic_grid_narrower_than_its_kernel_is_flagged(network):
+    """A network cannot tell a periodic grid from the same grid tiled twice, while exact γ
+    changes once the kernel meets itself across the wrap: such cells are flagged, and a grid
+    one cell wide predicts instead of failing in the images baseline."""
+    import warnings
+
+    from diffnorm.grid import box_grid, fields_from_cell_length_scales
+    from diffnorm.ml.domain import FLAGS, WRAP_REACH
+
+    def channel(nx: int):
+        mask = np.ones((40, nx), bool)
+        mask[[0, -1]] = False
+        grid = box_grid(40, nx, periodic_x=True, mask=mask)
+        return fields_from_cell_length_scales(grid, 2.0, 2.0, network.steps)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        for nx in (1, 4):
+            f = channel(nx)
+            flags, report = network.check_fields(f)
+            assert report["wrap"] == f.n_ocean and np.all(flags[f.mask] & FLAGS["wrap"])
+            assert np.all(np.isfinite(network.predict(f, "cpu")[f.mask]))
+    wide = channel(int(WRAP_REACH * 2.0 * 1.5))
+    assert network.check_fields(wide)[1]["wrap"] == 0
+    closed = random_fields(ny=20, nx=24, steps=network.steps, periodic_x=False)
+    assert network.check_fields(closed)[1]["wrap"] == 0
+
+
 def report_count(flags, fields):
     return int(((flags & 2) > 0)[fields.counted].sum())
 
@@ -530,6 +558,12 @@ def test_the_fields_graph_is_the_python_prediction(network, fold, target, tmp_pa
         m = f.mask
         np.testing.assert_allclose(got[m], want[m], rtol=1e-5)
         assert np.all(np.isnan(got[~m]))
+        if fold == "T":  # a T-fold copy is its cell: one γ for both (they were up to 20 % apart)
+            rep = f.topology.representative.reshape(f.shape)
+            copies = f.topology.duplicate & m
+            assert copies.any()
+            np.testing.assert_array_equal(want[copies], want.ravel()[rep[copies]])
+            np.testing.assert_array_equal(got[copies], got.ravel()[rep[copies]])
         ts, card = export(
             network, tmp_path / "f.ts", "torchscript", f.periodic_x, north_fold=f.north_fold
         )

@@ -439,7 +439,8 @@ def _fields_runs(fields: Fields) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]
     def compute():
         m = np.array(fields.mask, dtype=np.float64)[None]
         runs = straight_runs_numpy(m, fields.periodic_x, fields.topology.folded)
-        return torch.from_numpy(m), tuple(torch.from_numpy(np.ascontiguousarray(r)) for r in runs)
+        # a copy: a flipped axis of size 1 passes as contiguous with a negative stride
+        return torch.from_numpy(m), tuple(torch.from_numpy(r.copy()) for r in runs)
 
     return fields.derived("straight_runs", compute)
 

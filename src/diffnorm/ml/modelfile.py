@@ -39,6 +39,14 @@ FORMAT_VERSION = 2
 MODEL_SUFFIX = ".pt"
 
 
+def same_on_copies(fields: Fields, values: np.ndarray) -> np.ndarray:
+    """``(ny, nx)`` values with each T-fold copy given its cell's value: the two are one cell
+    (the network, seeing each from its own side of the fold, predicts them apart)."""
+    if fields.north_fold != "T":
+        return values
+    return np.asarray(values).ravel()[fields.topology.representative].reshape(fields.shape)
+
+
 class ModelFileError(ValueError):
     """A file that is not a usable diffnorm model, or a model that does not fit the fields."""
 
@@ -191,7 +199,7 @@ class GammaNetwork:
         t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
         if self.target in LOG_TARGETS:
             t = t * self.encoding.correction_weight(fields)  # 1 without gate or exact cells
-        return t
+        return same_on_copies(fields, t)
 
     def _forward(
         self,
@@ -268,7 +276,8 @@ class GammaNetwork:
     ) -> np.ndarray:
         """γ on the grid (NaN on land) by one forward pass (or one per tile)."""
         self.check_fields(fields)
-        return gamma_from_target(fields, self.predict_target(fields, device, tile), self.target)
+        gamma = gamma_from_target(fields, self.predict_target(fields, device, tile), self.target)
+        return same_on_copies(fields, gamma)
 
     @property
     def target(self) -> str:

@@ -190,9 +190,10 @@ class UNet(nn.Module):
     @property
     def wrap_context(self) -> tuple[int, int]:
         """Columns of wrapped input to add west and east of the halo on a periodic grid so that
-        every cell's whole dependency set is real data: the prediction is then the same
-        wherever the grid's seam is cut (for seams ``2**levels`` columns apart; other shifts
-        move the pooling lattice). With the halo alone, the cells next to a seam saw zero
+        every cell's whole dependency set is real data: on a grid whose width is a multiple
+        of ``2**levels`` the prediction is then the same wherever the seam is cut, in steps of
+        ``2**levels`` columns (other shifts, or other widths, move the pooling lattice under
+        the cells across the seam). With the halo alone, the cells next to a seam saw zero
         padding a few dozen columns out (up to 0.15 in log γ² on ORCA1). The west context is a
         multiple of ``2**levels``: the grid keeps its place in the pooling lattice."""
         m = 2**self.levels

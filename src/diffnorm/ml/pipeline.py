@@ -235,4 +235,12 @@ class FieldsToGamma(nn.Module):
             exact = box_exact(m, slots, area, runs, self.steps, self.periodic_x, folded)
             t = torch.where(exact, 0.0, t)
         g2 = self._baseline(m, area, slots, runs) * torch.exp(t)
-        return torch.where(m > 0, torch.sqrt(g2), float("nan"))
+        gamma = torch.where(m > 0, torch.sqrt(g2), float("nan"))
+        if self.north_fold == "T":  # a copy is its cell (Topology.representative)
+            last = gamma[:, -1]
+            shift = fold_recipe("T", CELL)[1]
+            mirrored = torch.roll(last.flip(-1), shift, -1)  # column c ← column nx − c
+            cols = torch.ones_like(last, dtype=torch.long).cumsum(-1)  # 1 … nx: nx stays dynamic
+            last = torch.where(2 * (cols - 1) > cols[:, -1:], mirrored, last)  # east half
+            gamma = torch.cat([gamma[:, :-1], last[:, None]], dim=1)
+        return gamma
