@@ -558,7 +558,7 @@ def test_the_fields_graph_is_the_python_prediction(network, fold, target, tmp_pa
         m = f.mask
         np.testing.assert_allclose(got[m], want[m], rtol=1e-5)
         assert np.all(np.isnan(got[~m]))
-        if fold == "T":  # a T-fold copy is its cell: one γ for both (they were up to 20 % apart)
+        if fold == "T":  # a T-fold copy is its cell: one γ for both (log γ² was up to 0.2 apart)
             rep = f.topology.representative.reshape(f.shape)
             copies = f.topology.duplicate & m
             assert copies.any()
