@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffnorm.ml.halo import pad_halo
+from diffnorm.ml.halo import pad_halo, same_on_copies
 from diffnorm.ml.modelfile import GammaNetwork
 
 FORMATS = ("torchscript", "onnx")
@@ -54,7 +54,7 @@ class ExportedGamma(nn.Module):
         )
         y = self.net(x)[:, 0, :, self.wrap[0] :]
         y = y[..., : raw.shape[-1]] if self.wrap[1] else y
-        return y * self.target_std + self.target_mean
+        return same_on_copies(y * self.target_std + self.target_mean, self.north_fold)
 
 
 def card(

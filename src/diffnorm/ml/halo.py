@@ -70,3 +70,16 @@ def _fold_rows(x: torch.Tensor, halo: int, north_fold: str, kinds: Sequence[str]
         rows = x[:, k : k + 1, h - offset - halo : h - offset].flip(-2).flip(-1)
         parts.append(torch.roll(rows, shift, -1) if shift else rows)
     return torch.cat(parts, dim=1)
+
+
+def same_on_copies(x: torch.Tensor, north_fold: str) -> torch.Tensor:
+    """``(B, H, W)`` with each T-fold copy (the east half of the fold row) given its cell's
+    value, as :attr:`Topology.representative` (column ``c`` ← column ``W − c``); ``W`` stays
+    symbolic in an exported graph."""
+    if north_fold != "T":
+        return x
+    last = x[:, -1]
+    mirrored = torch.roll(last.flip(-1), fold_recipe("T", CELL)[1], -1)
+    cols = torch.ones_like(last, dtype=torch.long).cumsum(-1)  # 1 … W
+    last = torch.where(2 * (cols - 1) > cols[:, -1:], mirrored, last)
+    return torch.cat([x[:, :-1], last[:, None]], dim=1)

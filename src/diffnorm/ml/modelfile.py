@@ -39,7 +39,7 @@ FORMAT_VERSION = 2
 MODEL_SUFFIX = ".pt"
 
 
-def same_on_copies(fields: Fields, values: np.ndarray) -> np.ndarray:
+def _copies_as_cells(fields: Fields, values: np.ndarray) -> np.ndarray:
     """``(ny, nx)`` values with each T-fold copy given its cell's value: the two are one cell
     (the network, seeing each from its own side of the fold, predicts them apart)."""
     if fields.north_fold != "T":
@@ -199,7 +199,7 @@ class GammaNetwork:
         t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
         if self.target in LOG_TARGETS:
             t = t * self.encoding.correction_weight(fields)  # 1 without gate or exact cells
-        return same_on_copies(fields, t)
+        return _copies_as_cells(fields, t)
 
     def _forward(
         self,
@@ -277,7 +277,7 @@ class GammaNetwork:
         """γ on the grid (NaN on land) by one forward pass (or one per tile)."""
         self.check_fields(fields)
         gamma = gamma_from_target(fields, self.predict_target(fields, device, tile), self.target)
-        return same_on_copies(fields, gamma)
+        return _copies_as_cells(fields, gamma)
 
     @property
     def target(self) -> str:

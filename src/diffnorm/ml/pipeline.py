@@ -29,7 +29,7 @@ from torch import nn
 
 from diffnorm.methods.images import ImagesVariance, box_exact, open_mean, straight_runs
 from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, STEPS_REFERENCE
-from diffnorm.ml.halo import pad_halo
+from diffnorm.ml.halo import pad_halo, same_on_copies
 from diffnorm.ml.modelfile import GammaNetwork, ModelFileError
 from diffnorm.topology import CELL, FACE_X, FACE_Y, fold_recipe, parse_north_fold
 
@@ -235,12 +235,4 @@ class FieldsToGamma(nn.Module):
             exact = box_exact(m, slots, area, runs, self.steps, self.periodic_x, folded)
             t = torch.where(exact, 0.0, t)
         g2 = self._baseline(m, area, slots, runs) * torch.exp(t)
-        gamma = torch.where(m > 0, torch.sqrt(g2), float("nan"))
-        if self.north_fold == "T":  # a copy is its cell (Topology.representative)
-            last = gamma[:, -1]
-            shift = fold_recipe("T", CELL)[1]
-            mirrored = torch.roll(last.flip(-1), shift, -1)  # column c ← column nx − c
-            cols = torch.ones_like(last, dtype=torch.long).cumsum(-1)  # 1 … nx: nx stays dynamic
-            last = torch.where(2 * (cols - 1) > cols[:, -1:], mirrored, last)  # east half
-            gamma = torch.cat([gamma[:, :-1], last[:, None]], dim=1)
-        return gamma
+        return same_on_copies(torch.where(m > 0, torch.sqrt(g2), float("nan")), self.north_fold)
