@@ -426,18 +426,25 @@ def test_cells_outside_the_training_data_are_flagged_and_written(network, tmp_pa
 
 def test_a_periodic_grid_narrower_than_its_kernel_is_flagged(network):
     """A network cannot tell a periodic grid from the same grid tiled twice, while exact γ
-    changes once the kernel meets itself across the wrap: such cells are flagged, and a grid
-    one cell wide predicts instead of failing in the images baseline."""
+    changes once the kernel meets itself across the wrap: such cells are flagged (by the
+    east–west length scale only), carry no error estimate, and a grid one cell wide predicts
+    instead of failing in the images baseline."""
     import warnings
+    from dataclasses import replace
 
     from diffnorm.grid import box_grid, fields_from_cell_length_scales
-    from diffnorm.ml.domain import FLAGS, WRAP_REACH
+    from diffnorm.ml.calibration import ErrorModel
+    from diffnorm.ml.domain import FLAGS
 
-    def channel(nx: int):
-        mask = np.ones((40, nx), bool)
+    held = random_fields(ny=30, nx=40, seed=0)
+    calibrated = ErrorModel.fit([(np.where(held.mask, 0.01, np.nan), held)])
+    network = replace(network, error_model=calibrated.to_dict())
+
+    def channel(nx: int, dx: float = 2.0, dy: float = 2.0):
+        mask = np.ones((80, nx), bool)  # > 64 cells: not a small basin solved exactly
         mask[[0, -1]] = False
-        grid = box_grid(40, nx, periodic_x=True, mask=mask)
-        return fields_from_cell_length_scales(grid, 2.0, 2.0, network.steps)
+        grid = box_grid(80, nx, periodic_x=True, mask=mask)
+        return fields_from_cell_length_scales(grid, dx, dy, network.steps)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)
@@ -446,8 +453,14 @@ def test_a_periodic_grid_narrower_than_its_kernel_is_flagged(network):
             flags, report = network.check_fields(f)
             assert report["wrap"] == f.n_ocean and np.all(flags[f.mask] & FLAGS["wrap"])
             assert np.all(np.isfinite(network.predict(f, "cpu")[f.mask]))
-    wide = channel(int(WRAP_REACH * 2.0 * 1.5))
-    assert network.check_fields(wide)[1]["wrap"] == 0
+            r = estimate(f, "cnn", model=network)
+            assert np.all(np.isnan(r.error_estimate[f.mask]))
+        wide = estimate(channel(40), "cnn", model=network).error_estimate
+        assert np.all(np.isfinite(wide[channel(40).mask]))
+        # κ along y does not wrap: a long D across the channel is no reason to flag
+        assert network.check_fields(channel(16, dx=1.5, dy=5.0))[1]["wrap"] == 0
+        assert network.check_fields(channel(16, dx=5.0, dy=1.5))[1]["wrap"] > 0
+        assert network.check_fields(channel(40))[1]["wrap"] == 0
     closed = random_fields(ny=20, nx=24, steps=network.steps, periodic_x=False)
     assert network.check_fields(closed)[1]["wrap"] == 0
 

@@ -62,6 +62,7 @@ def cnn(
     ``float32`` or ``bfloat16`` (the network under bfloat16 autocast: faster on hardware with
     bfloat16 arithmetic, slightly larger errors; see ``GammaNetwork.predict_target``)."""
     from diffnorm.device import pick_device
+    from diffnorm.ml.domain import FLAGS
     from diffnorm.ml.features import LOG_TARGETS, gamma_from_target
     from diffnorm.ml.modelfile import resolve_model
 
@@ -93,6 +94,8 @@ def cnn(
     error = net.error_estimate(fields, target if net.target in LOG_TARGETS else None)
     if error is not None:
         error = error.ravel()[fields.ocean]
+        # no held-out cell was on a grid its kernel wraps around: no estimate there
+        error[(flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0] = np.nan
         error[idx] = 0.0
         info["error_quantile"] = net.error_model["quantile"]
     return MethodOutput(

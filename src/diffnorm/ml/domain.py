@@ -11,9 +11,9 @@ bit  name             the cell …
 4    stretching       sits where cell sizes change faster than anywhere in training (|log ratio|)
 8    geometry         has a number of open faces (0–4: dead end 1, channel 2) never seen
 16   fold             is within the network's halo of a north fold the model never saw
-32   wrap             sits on a periodic grid narrower than ``WRAP_REACH·D``: its kernel meets
-                      itself across the wrap, which a network cannot see (a periodic grid and
-                      the same grid tiled twice give it the same input)
+32   wrap             sits on a periodic grid too narrow for its kernel (:func:`wrap_reach`):
+                      the kernel meets itself across the wrap, which a network cannot see (a
+                      periodic grid and the same grid tiled twice give it the same input)
 ==== ================ =========================================================================
 
 Older model files lack some ranges; those bits are then never set (``unknown`` in the report).
@@ -35,11 +35,30 @@ FLAGS = {
     "fold": 16,
     "wrap": 32,
 }
-# The lattice kernel of S^M at 4·D (D the Daley length scale √(κ(2M−4))) is below ~1e-3 of its
-# peak (diffnorm.subgrid.halo_width); on a narrower periodic grid a cell's kernel overlaps its
-# own image. Measured (shipped default, a 40-row periodic channel, D = 3 cells): mean |ε| 10 %
-# at nx = 8, 94 % at nx = 4, with no flag before this one.
-WRAP_REACH = 4.0
+# A cell's kernel overlaps its own image across the wrap when the grid is narrower than twice
+# the distance at which the lattice kernel of S^M falls below WRAP_TOLERANCE of its peak along
+# x (diffnorm.subgrid.halo_width): on a periodic channel with D = 3 cells exact γ² moved by
+# −5.8e-3 at nx = 12 against nx = 96 for M = 10, −3.1e-2 for M = 4. Before this flag, the
+# shipped default was off by 10 % on average at nx = 8 and 94 % at nx = 4, unflagged.
+WRAP_TOLERANCE = 1e-3
+
+
+def wrap_reach(fields: Fields) -> np.ndarray:
+    """Per cell, the narrowest periodic width at which its kernel no longer meets itself:
+    ``2·H_x`` of :func:`diffnorm.subgrid.halo_width` at the largest κ of the cell's east and
+    west faces (grid units) and the fields' M; H grows like D = √(2Mκ), so it is taken at the
+    grid's largest κ_x and scaled to each cell's D."""
+    from diffnorm.subgrid import halo_width
+    from diffnorm.topology import EAST, WEST
+
+    slots = fields.slot_alpha()
+    area = np.where(fields.mask, fields.area, np.inf)
+    kx = np.maximum(slots[EAST], slots[WEST]) / area
+    top = float(kx.max())
+    if top <= 0:
+        return np.zeros(fields.shape)
+    reach = 2.0 * halo_width(top, top, fields.steps, WRAP_TOLERANCE)[1]
+    return reach * np.sqrt(kx / top)
 
 
 def cell_descriptors(fields: Fields) -> dict[str, np.ndarray]:
@@ -80,7 +99,7 @@ def domain_flags(fields: Fields, seen: dict[str, Any], halo: int) -> tuple[np.nd
     mark("stretching", None if s is None else np.abs(cells["stretching"]) > 1.1 * s + 0.05)
     faces = seen.get("open_faces_seen")
     mark("geometry", None if faces is None else ~np.isin(cells["open_faces"], faces))
-    mark("wrap", fields.periodic_x & (fields.shape[1] < WRAP_REACH * cells["d_max"]))
+    mark("wrap", fields.periodic_x and (fields.shape[1] < wrap_reach(fields)))
     folds = seen.get("north_fold")
     if fields.north_fold == "none":
         mark("fold", np.zeros(fields.shape, dtype=bool))

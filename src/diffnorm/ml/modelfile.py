@@ -137,10 +137,17 @@ class GammaNetwork:
         if sum(counted.values()) > 0.01 * n:
             parts = ", ".join(f"{k} {v}" for k, v in counted.items())
             lo, hi = self.data.get("d_cells", (float("nan"),) * 2)
+            narrow = (
+                "; wrap: the periodic grid is narrower than those cells' kernels reach, which "
+                "no network can see"
+                if counted.get("wrap")
+                else ""
+            )
             warnings.warn(
                 f"model {self.name!r}: cells outside the trained range of its data (of "
-                f"{fields.n_ocean} ocean cells: {parts}; trained D {lo:.2g}–{hi:.2g} cells); "
-                "their γ is less reliable: check them with --verify, or use an exact method",
+                f"{fields.n_ocean} ocean cells: {parts}; trained D {lo:.2g}–{hi:.2g} cells"
+                f"{narrow}); their γ is less reliable: check them with --verify, or use an "
+                "exact method",
                 OutOfRangeWarning,
                 stacklevel=3,
             )
