@@ -165,6 +165,14 @@ class Topology:
         index[ocean] = np.arange(ocean.size)
         return index[self.representative]
 
+    def same_on_copies(self, values: np.ndarray) -> np.ndarray:
+        """``(ny, nx)`` values with each T-fold copy given its cell's value: for grid-shaped
+        results computed cell by cell, where a copy, seen from its own side of the fold, came
+        out apart (the network; the images value's straight runs)."""
+        if self.north_fold != "T":
+            return values
+        return np.asarray(values).ravel()[self.representative].reshape(self.shape)
+
     def to_grid(self, values: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> np.ndarray:
         """Unknown-ordered values on the ``(ny, nx)`` grid (copies get their cell's value)."""
         index = self.unknown_index(mask)

@@ -45,15 +45,13 @@ WRAP_TOLERANCE = 1e-3
 
 def wrap_reach(fields: Fields) -> np.ndarray:
     """Per cell, the narrowest periodic width at which its kernel no longer meets itself:
-    ``2·H_x`` of :func:`diffnorm.subgrid.halo_width` at the largest κ of the cell's east and
-    west faces (grid units) and the fields' M; H grows like D = √(2Mκ), so it is taken at the
-    grid's largest κ_x and scaled to each cell's D."""
+    ``2·H_x`` of :func:`diffnorm.subgrid.halo_width` at the cell's κ along x (grid units,
+    :func:`~diffnorm.methods.lattice.cell_kappa`) and the fields' M; H grows like
+    D = √(2Mκ), so it is taken at the grid's largest κ_x and scaled to each cell's D."""
+    from diffnorm.methods.lattice import cell_kappa
     from diffnorm.subgrid import halo_width
-    from diffnorm.topology import EAST, WEST
 
-    slots = fields.slot_alpha()
-    area = np.where(fields.mask, fields.area, np.inf)
-    kx = np.maximum(slots[EAST], slots[WEST]) / area
+    kx = cell_kappa(fields)[0]
     top = float(kx.max())
     if top <= 0:
         return np.zeros(fields.shape)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffnorm.ml.halo import pad_halo, same_on_copies
+from diffnorm.ml.halo import crop_wrap, pad_halo, same_on_copies
 from diffnorm.ml.modelfile import GammaNetwork
 
 FORMATS = ("torchscript", "onnx")
@@ -52,8 +52,7 @@ class ExportedGamma(nn.Module):
         x = pad_halo(
             x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds, self.wrap
         )
-        y = self.net(x)[:, 0, :, self.wrap[0] :]
-        y = y[..., : raw.shape[-1]] if self.wrap[1] else y
+        y = crop_wrap(self.net(x)[:, 0], self.wrap, raw.shape[-1])
         return same_on_copies(y * self.target_std + self.target_mean, self.north_fold)
 
 

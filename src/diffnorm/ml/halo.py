@@ -72,10 +72,16 @@ def _fold_rows(x: torch.Tensor, halo: int, north_fold: str, kinds: Sequence[str]
     return torch.cat(parts, dim=1)
 
 
+def crop_wrap(y: torch.Tensor, wrap: tuple[int, int], width: int) -> torch.Tensor:
+    """The grid's ``width`` columns of a network output on input padded with ``wrap``
+    (:func:`pad_halo`): the west context off, and the east."""
+    return y[..., wrap[0] : wrap[0] + width]
+
+
 def same_on_copies(x: torch.Tensor, north_fold: str) -> torch.Tensor:
     """``(B, H, W)`` with each T-fold copy (the east half of the fold row) given its cell's
-    value, as :attr:`Topology.representative` (column ``c`` ← column ``W − c``); ``W`` stays
-    symbolic in an exported graph."""
+    value: :meth:`Topology.same_on_copies` for a graph, where ``W`` stays symbolic (column
+    ``c`` ← column ``W − c``)."""
     if north_fold != "T":
         return x
     last = x[:, -1]

@@ -30,6 +30,7 @@ from diffnorm.device import pick_device
 from diffnorm.fields import Fields
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import LOG_TARGETS, Standardizer, gamma_from_target
+from diffnorm.ml.halo import crop_wrap
 from diffnorm.ml.networks import PRECISIONS, build_network, count_parameters, for_inference
 
 FORMAT = "diffnorm-model"
@@ -37,14 +38,6 @@ FORMAT = "diffnorm-model"
 # so that older diffnorm versions keep reading them and refuse, by version, what they cannot
 FORMAT_VERSION = 2
 MODEL_SUFFIX = ".pt"
-
-
-def _copies_as_cells(fields: Fields, values: np.ndarray) -> np.ndarray:
-    """``(ny, nx)`` values with each T-fold copy given its cell's value: the two are one cell
-    (the network, seeing each from its own side of the fold, predicts them apart)."""
-    if fields.north_fold != "T":
-        return values
-    return np.asarray(values).ravel()[fields.topology.representative].reshape(fields.shape)
 
 
 class ModelFileError(ValueError):
@@ -206,7 +199,7 @@ class GammaNetwork:
         t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
         if self.target in LOG_TARGETS:
             t = t * self.encoding.correction_weight(fields)  # 1 without gate or exact cells
-        return _copies_as_cells(fields, t)
+        return fields.topology.same_on_copies(t)  # the network sees a copy from its own side
 
     def _forward(
         self,
@@ -222,7 +215,7 @@ class GammaNetwork:
         ny, nx = shape
         h = self.encoding.halo
         if tile is None or tile >= max(ny, nx):
-            pred = net(x[None])[0, 0, :, west : west + nx]
+            pred = crop_wrap(net(x[None])[0, 0], (west, 0), nx)
         else:
             if tile < 1:
                 raise ValueError(f"tile must be >= 1 cell, got {tile}")
@@ -283,8 +276,7 @@ class GammaNetwork:
     ) -> np.ndarray:
         """γ on the grid (NaN on land) by one forward pass (or one per tile)."""
         self.check_fields(fields)
-        gamma = gamma_from_target(fields, self.predict_target(fields, device, tile), self.target)
-        return _copies_as_cells(fields, gamma)
+        return gamma_from_target(fields, self.predict_target(fields, device, tile), self.target)
 
     @property
     def target(self) -> str:

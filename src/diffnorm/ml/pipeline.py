@@ -29,7 +29,7 @@ from torch import nn
 
 from diffnorm.methods.images import ImagesVariance, box_exact, open_mean, straight_runs
 from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, STEPS_REFERENCE
-from diffnorm.ml.halo import pad_halo, same_on_copies
+from diffnorm.ml.halo import crop_wrap, pad_halo, same_on_copies
 from diffnorm.ml.modelfile import GammaNetwork, ModelFileError
 from diffnorm.topology import CELL, FACE_X, FACE_Y, fold_recipe, parse_north_fold
 
@@ -218,9 +218,8 @@ class FieldsToGamma(nn.Module):
         x = pad_halo(
             x, self.halo, self.periodic_x, self.land, self.north_fold, self.kinds, self.wrap
         )
-        t = self.net(x)[:, 0, :, self.wrap[0] :]
-        t = t[..., : m.shape[-1]] if self.wrap[1] else t
-        t = t.to(torch.float64) * self.target_std + self.target_mean
+        t = crop_wrap(self.net(x)[:, 0], self.wrap, m.shape[-1]).to(torch.float64)
+        t = t * self.target_std + self.target_mean  # float64 from here
         if self.gate is not None:  # Encoding.gate_weight
             a, b = self.gate
             slots = torch.stack([east, west, north, south])
