@@ -135,7 +135,7 @@ def random_crop(item: dict, size: int, halo: int, rng: np.random.Generator) -> d
     16-cell halo (:func:`~diffnorm.ml.networks.unet_extent`), which a crop fills with zeros.
     Fine-tuning the shipped U-Net on 32-cell crops of its training windows took its whole-window
     validation loss from 1.74e-3 to 3.6e-3 in one epoch (2.6e-3 with the crops placed at the
-    cells where its baseline is worst, batch norms frozen)."""
+    cells where its baseline is worst, batch norms frozen; 1.9e-3 on whole windows)."""
     ny, nx = item["mask"].shape
     if size >= ny and size >= nx:
         return item
