@@ -340,8 +340,8 @@ def box_exact(
     # lone cell) has no √(κx·κy), and standing in the window's corners, beyond the disk, it
     # does not make the sea near the cell less uniform. Taking its κy for κx had kept out,
     # where the grid-unit κ is anisotropic, 178 cells of Table 8's grid (images |ε| 1.9e-4
-    # against the network's 4.6e-3, max 2.7e-4 against 1.5e-2) and, of 80 held-out windows,
-    # 110 metre-κ (1.7e-3 against 4.2e-3) and 333 uniform ones (7e-6 against 4.4e-3)
+    # against the network's 4.6e-3, max 2.7e-4 against 1.5e-2), 110 of 30 held-out metre-κ
+    # windows (1.7e-3 against 4.2e-3) and 333 of 20 uniform ones (7e-6 against 4.4e-3)
     both = ((m > 0) & (open_x > 0) & (open_y > 0)).to(m.dtype)
     log_phys = torch.log(torch.where(both > 0, area * torch.sqrt(kx * ky), 1.0))
     log_phys = torch.where(both > 0, log_phys - log_phys.amax(), 0.0)  # small sums
