@@ -131,8 +131,9 @@ def random_crop(item: dict, size: int, halo: int, rng: np.random.Generator) -> d
     """A ``size × size`` window of an encoded sample (its inputs keep their halo), holding at
     least one ocean cell: with valid convolutions (``arch="residual"``) the network's output
     there is exactly its output on the whole grid, so large grids train on crops at a fraction
-    of the cost. Not so for the U-Net: it pads inside and reads up to 51 cells beyond its
-    16-cell halo (:func:`~diffnorm.ml.networks.unet_extent`), which a crop fills with zeros.
+    of the cost. Not so for the U-Net: it pads inside and reads up to ``7·2^L − 5`` cells
+    (51 at 3 levels; :func:`~diffnorm.ml.networks.unet_extent`), beyond its halo (16 in the
+    shipped ones), which a crop fills with zeros.
     Fine-tuning the shipped U-Net on 32-cell crops of its training windows took its whole-window
     validation loss from 1.74e-3 to 3.6e-3 in one epoch (2.6e-3 with the crops placed at the
     cells where its baseline is worst, batch norms frozen; 1.9e-3 on whole windows)."""
