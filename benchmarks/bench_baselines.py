@@ -8,8 +8,9 @@ A network trained against a baseline errs in proportion to how far that baseline
 prints, per baseline, mean |t| and the cells with |t| ≥ 0.1 and ≥ 0.4, and their ratio to the
 images baseline's. Besides ``images`` and ``lattice`` it scores smoothed images values: the
 geometric mean of a cell's images γ² and the mean of log γ²_images over the ocean cells of
-the k×k square around it (``ocean_mean_k``, weight w; across the wrap and the fold), a
-candidate baseline for the next network. The last line is one JSON object.
+the k×k square around it (``ocean_mean_k``, weight w; across the wrap and the fold; the
+images value on its box-exact cells), :func:`diffnorm.ml.features.smoothed_images_gamma_squared`,
+whose 3×3, w 0.5 is the ``log_images_smooth`` target's baseline. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -19,27 +20,13 @@ import json
 
 import numpy as np
 from bench_generalization import cases
-from scipy import ndimage
 
 from diffnorm.methods import estimate
 from diffnorm.methods.images import images_gamma_squared
 from diffnorm.methods.lattice import lattice_gamma_squared
+from diffnorm.ml.features import smoothed_images_gamma_squared
 
 SMOOTHED = ((3, 0.5), (3, 1.0), (5, 0.5), (5, 1.0))  # (k, w)
-
-
-def smoothed_images(fields, g2: np.ndarray, k: int, w: float) -> np.ndarray:
-    """``exp((1 − w)·log γ²_images + w·mean_k(log γ²_images))`` on ocean cells, the k×k
-    mean over ocean cells only, across the grid's wrap and fold (``Topology.pad``)."""
-    mask = np.asarray(fields.mask, dtype=bool)
-    log = np.where(mask, np.log(np.where(mask, g2, 1.0)), 0.0)
-    h = k // 2
-    sums = []
-    for a in (mask.astype(float), log):
-        padded = fields.topology.pad(a, h)
-        sums.append(ndimage.uniform_filter(padded, k, mode="constant")[h:-h, h:-h])
-    mean = sums[1] / np.maximum(sums[0], 1e-12)
-    return np.where(mask, np.exp((1.0 - w) * log + w * mean), np.nan)
 
 
 def main() -> None:
@@ -58,7 +45,7 @@ def main() -> None:
             images = images_gamma_squared(fields)
             bases = {"images": images, "lattice": lattice_gamma_squared(fields)}
             for k, w in SMOOTHED:
-                bases[f"ocean_mean_{k}, w {w:g}"] = smoothed_images(fields, images, k, w)
+                bases[f"ocean_mean_{k}, w {w:g}"] = smoothed_images_gamma_squared(fields, k, w)
             for label, base in bases.items():
                 t.setdefault(label, []).append(np.abs(np.log(exact[mask] / base[mask])))
         rows = {}

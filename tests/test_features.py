@@ -38,7 +38,7 @@ def test_distance_channel_wraps_east_west():
     assert d[0, 0] == 1 and d[4, 3] == 5
 
 
-@pytest.mark.parametrize("kind", ["log_ratio", "log_lattice", "gamma"])
+@pytest.mark.parametrize("kind", ["log_ratio", "log_lattice", "log_images_smooth", "gamma"])
 def test_target_round_trip(small_fields, kind):
     gamma = estimate(small_fields, "brute").gamma
     t = raw_target(small_fields, gamma, kind)
@@ -75,3 +75,26 @@ def test_local_area_means_the_same_on_any_grid():
     np.testing.assert_allclose(f[2], local_area(rows))
     with pytest.raises(ValueError, match="area must be one of"):
         channel_names("manhattan", "mean")
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_the_smoothed_images_baseline_blends_each_cell_with_its_ocean_neighbours(periodic):
+    """log γ²_s = ½ log γ²_images + ½ (mean of log γ²_images over the ocean cells of the 3×3
+    square), across the wrap; the images value where it is exact."""
+    from diffnorm.methods.images import box_exact_cells, images_gamma_squared
+    from diffnorm.ml.features import smoothed_images_gamma_squared
+
+    f = random_fields(ny=12, nx=15, periodic_x=periodic, seed=2)
+    m = f.mask
+    log = np.where(m, np.log(np.where(m, images_gamma_squared(f), 1.0)), 0.0)
+    got = np.log(smoothed_images_gamma_squared(f))
+    exact = box_exact_cells(f)
+    for j, i in zip(*np.nonzero(m), strict=True):
+        rows = [r for r in (j - 1, j, j + 1) if 0 <= r < f.shape[0]]
+        cols = [c % f.shape[1] for c in (i - 1, i, i + 1) if periodic or 0 <= c < f.shape[1]]
+        block = np.ix_(rows, cols)
+        mean = log[block][m[block]].mean()
+        want = log[j, i] if exact[j, i] else 0.5 * log[j, i] + 0.5 * mean
+        assert got[j, i] == pytest.approx(want, rel=1e-12, abs=1e-12)
+    assert np.all(np.isnan(got[~m]))
+    assert np.abs(got - log)[m & ~exact].max() > 1e-3  # the blend moved the others

@@ -539,12 +539,13 @@ def test_exports_take_float64_any_size_and_pin_no_device(network, tmp_path):
         np.testing.assert_allclose(onnx_out, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("target", ["log_ratio", "log_images"])
+@pytest.mark.parametrize("target", ["log_ratio", "log_images", "log_images_smooth"])
 @pytest.mark.parametrize("fold", ["none", "T", "F"])
 def test_the_fields_graph_is_the_python_prediction(network, fold, target, tmp_path):
     """mask, area, alpha_x, alpha_y (float64) in, γ out: the same γ as GammaNetwork.predict,
     in PyTorch, TorchScript and ONNX, on a closed basin, a periodic grid and both folds, with
-    the analytic and the images baselines."""
+    the analytic, the images and the smoothed images baselines (the smoothing crosses the
+    wrap and the fold)."""
     from dataclasses import replace
 
     import onnxruntime
@@ -618,8 +619,13 @@ def test_a_gate_leaves_the_open_ocean_to_the_baseline(network, tmp_path):
     np.testing.assert_allclose(graph.numpy()[f.mask], gamma[f.mask], rtol=1e-5)
 
 
-@pytest.mark.parametrize("periodic", [False, True])
-def test_an_images_model_leaves_box_exact_cells_to_the_exact_baseline(network, periodic, tmp_path):
+@pytest.mark.parametrize(
+    ("periodic", "target"),
+    [(False, "log_images"), (True, "log_images"), (True, "log_images_smooth")],
+)
+def test_an_images_model_leaves_box_exact_cells_to_the_exact_baseline(
+    network, periodic, target, tmp_path
+):
     """Where a cell's reach holds only its straight-line box and one κ, the images value is
     exact and the network's correction is dropped, in Python and in the fields graph alike."""
     from dataclasses import replace
@@ -628,7 +634,7 @@ def test_an_images_model_leaves_box_exact_cells_to_the_exact_baseline(network, p
     from diffnorm.methods.images import box_exact_cells, images_gamma_squared
     from diffnorm.ml.pipeline import FieldsToGamma
 
-    net = replace(network, encoding=replace(network.encoding, target="log_images"))
+    net = replace(network, encoding=replace(network.encoding, target=target))
     mask = np.zeros((28, 36), dtype=bool)
     mask[1:-1, 1:-1] = True
     if periodic:

@@ -11,6 +11,7 @@ import torch
 
 from diffnorm.fields import Fields
 from diffnorm.ml.features import (
+    IMAGES_TARGETS,
     Standardizer,
     channel_kinds,
     channel_names,
@@ -58,10 +59,11 @@ class Encoding:
 
     def correction_weight(self, fields: Fields) -> np.ndarray:
         """Weight of the network's correction per cell: the gate's (:meth:`gate_weight`), and
-        0 where the images baseline is exact (``log_images``: its box-exact cells, see
+        0 where the images baseline is exact (``log_images``, ``log_images_smooth``: its
+        box-exact cells, see
         :func:`diffnorm.methods.images.box_exact`)."""
         weight = self.gate_weight(fields)
-        if self.target == "log_images":
+        if self.target in IMAGES_TARGETS:
             from diffnorm.methods.images import box_exact_cells
 
             weight = np.where(box_exact_cells(fields), 0.0, weight)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffnorm.ml.features import SMOOTH_SIZE, SMOOTH_WEIGHT
 from diffnorm.ml.halo import crop_wrap, pad_halo, same_on_copies
 from diffnorm.ml.modelfile import GammaNetwork
 
@@ -93,6 +94,13 @@ def card(
             "cell's straight-line box with wall images, capped by the basin area), and target "
             "set to 0 on the cells diffnorm.methods.images.box_exact_cells finds"
             if model.target == "log_images"
+            else "gamma = sqrt(gamma2_smooth * exp(target)) on ocean cells, with log gamma2_smooth "
+            "= (1 - w) log gamma2_images + w (mean of log gamma2_images over the ocean cells of "
+            f"the cell's k x k square, across the wrap and the fold), k = {SMOOTH_SIZE}, "
+            f"w = {SMOOTH_WEIGHT:g}, exactly as "
+            "diffnorm.ml.features.smoothed_images_gamma_squared; gamma2_images itself, and "
+            "target 0, on the cells diffnorm.methods.images.box_exact_cells finds"
+            if model.target == "log_images_smooth"
             else "gamma = target"
         ),
     }

@@ -15,8 +15,10 @@ only), ``log(γ²/γ²_lattice)`` (the homogeneous-lattice value, see
 :mod:`diffnorm.methods.lattice`: lattice effects and 1-D channels are then in the baseline),
 ``log(γ²/γ²_images)`` (that value in each cell's straight-line box with wall images, see
 :mod:`diffnorm.methods.images`: straight coasts, corners, channels and rectangular basins are
-then exact in the baseline and the network learns what irregular coasts and varying κ add) or
-the study's standardized ``γ``.
+then exact in the baseline and the network learns what irregular coasts and varying κ add),
+``log(γ²/γ²_images_smooth)`` (the images value blended with its mean over the cell's 3×3
+ocean neighbours, :func:`smoothed_images_gamma_squared`: less wrong on ragged coasts, where
+one cell's box differs wildly from its neighbour's) or the study's standardized ``γ``.
 """
 
 from __future__ import annotations
@@ -36,10 +38,16 @@ DISTANCES = ("none", "manhattan", "euclidean")
 # area channel: the cell area over the sample's mean ocean area (global: depends on the whole
 # grid), or log(area / mean area of the ocean cells around it) (local: 0 on uniform grids)
 AREAS = ("global", "local")
-TARGETS = ("log_ratio", "log_lattice", "log_images", "gamma")
-LOG_TARGETS = ("log_ratio", "log_lattice", "log_images")
+TARGETS = ("log_ratio", "log_lattice", "log_images", "log_images_smooth", "gamma")
+LOG_TARGETS = ("log_ratio", "log_lattice", "log_images", "log_images_smooth")
+# targets whose baseline is exact on the images method's box-exact cells (no correction there)
+IMAGES_TARGETS = ("log_images", "log_images_smooth")
 DISTANCE_CLIP = 20.0  # cells: farther than this the coast no longer matters for γ
 STEPS_REFERENCE = 10  # the M channel is log(M / this): 0 for the M most networks know
+# log_images_smooth: the k×k ocean mean's weight w in the blend (benchmarks/bench_baselines.py:
+# 3×3, w 0.5 left 29 % (ORCA1) to 83 % (Table 8) fewer cells with |log γ²/γ²_base| ≥ 0.4)
+SMOOTH_SIZE = 3
+SMOOTH_WEIGHT = 0.5
 
 
 def channel_names(distance: str, area: str = "global", steps_input: bool = False) -> list[str]:
@@ -171,7 +179,38 @@ def baseline_gamma_squared(fields: Fields, kind: str) -> np.ndarray:
         from diffnorm.methods.images import images_gamma_squared
 
         return images_gamma_squared(fields)
+    if kind == "log_images_smooth":
+        return smoothed_images_gamma_squared(fields)
     raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
+
+
+def ocean_mean(topology, mask: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Mean of ``values`` over the ocean cells of the ``size × size`` square around each cell,
+    across the wrap and the fold (0 where the square holds no ocean)."""
+    h = size // 2
+    padded = topology.pad(np.stack([mask.astype(np.float64), np.where(mask, values, 0.0)]), h)
+    ny, nx = mask.shape
+    sums = sum(padded[:, j : j + ny, i : i + nx] for j in range(size) for i in range(size))
+    return sums[1] / np.maximum(sums[0], 1.0)
+
+
+def smoothed_images_gamma_squared(
+    fields: Fields, size: int = SMOOTH_SIZE, weight: float = SMOOTH_WEIGHT
+) -> np.ndarray:
+    """``log γ²_s = (1 − w)·log γ²_images + w·mean_k(log γ²_images)`` (NaN on land), the mean
+    over the ocean cells of the cell's k×k square; on the images method's box-exact cells
+    (:func:`~diffnorm.methods.images.box_exact_cells`) the images value, which is exact there.
+
+    Why: at a ragged coast each cell's straight-line box sees a different wall, and the images
+    value swings from cell to cell far more than γ does; the mean of its neighbours is less
+    wrong, and a network's correction to it smaller."""
+    from diffnorm.methods.images import box_exact_cells, images_gamma_squared
+
+    mask = np.asarray(fields.mask, dtype=bool)
+    log = np.log(np.where(mask, images_gamma_squared(fields), 1.0))
+    mean = ocean_mean(fields.topology, mask, log, size)
+    blend = np.where(box_exact_cells(fields), log, (1.0 - weight) * log + weight * mean)
+    return fields.topology.same_on_copies(np.where(mask, np.exp(blend), np.nan))
 
 
 def raw_target(fields: Fields, gamma: np.ndarray, kind: str = "log_ratio") -> np.ndarray:

@@ -8,7 +8,8 @@ signed Manhattan distance to the coast clipped at 20 cells by 20 relaxation swee
 standardization, halo, network, the gate of its correction if the model has one, and the
 baseline the network corrects (the homogeneous-lattice
 value from its table, bilinear in ``log κ``; the images value, by the very module the
-``images`` method runs; or the analytic formula). Exported to TorchScript
+``images`` method runs, blended with its 3×3 ocean mean for ``log_images_smooth``; or the
+analytic formula). Exported to TorchScript
 (FTorch) or ONNX it is all a host needs.
 
 What it leaves out: the basin-area cap of the baselines and the exact solve of basins of at
@@ -28,7 +29,14 @@ import torch
 from torch import nn
 
 from diffnorm.methods.images import ImagesVariance, box_exact, open_mean, straight_runs
-from diffnorm.ml.features import DISTANCE_CLIP, LOG_TARGETS, STEPS_REFERENCE
+from diffnorm.ml.features import (
+    DISTANCE_CLIP,
+    IMAGES_TARGETS,
+    LOG_TARGETS,
+    SMOOTH_SIZE,
+    SMOOTH_WEIGHT,
+    STEPS_REFERENCE,
+)
 from diffnorm.ml.halo import crop_wrap, pad_halo, same_on_copies
 from diffnorm.ml.modelfile import GammaNetwork, ModelFileError
 from diffnorm.topology import CELL, FACE_X, FACE_Y, fold_recipe, parse_north_fold
@@ -104,7 +112,7 @@ class FieldsToGamma(nn.Module):
             self.u_range = (float(u[0]), float(u[-1]))
             self.k_max = float(K_MAX)
             self.offset = float(OFFSET)
-        if self.target == "log_images":
+        if self.target in IMAGES_TARGETS:
             self.images = ImagesVariance(self.steps)
 
     # -- topology ----------------------------------------------------------------------------
@@ -170,7 +178,7 @@ class FieldsToGamma(nn.Module):
         ax, nx_ = open_mean(east, west)
         ay, ny_ = open_mean(north, south)
         safe = torch.where(m > 0, area, 1.0)
-        if self.target == "log_images":
+        if self.target in IMAGES_TARGETS:
             assert runs is not None
             ocean = torch.nonzero(m.flatten() > 0)[:, 0]
             cells = [t.flatten()[ocean] for t in (ax / safe, ay / safe) + runs]
@@ -193,6 +201,18 @@ class FieldsToGamma(nn.Module):
         ay_f = torch.where(ny_ > 0, ay, ax)
         g2 = 4.0 * math.pi * (self.steps - 1) * torch.sqrt(ax_f * ay_f)
         return torch.where((nx_ + ny_) > 0, g2, safe)
+
+    def _smooth(self, m: torch.Tensor, g2: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+        """:func:`diffnorm.ml.features.smoothed_images_gamma_squared` of the images ``g2``."""
+        k, h = SMOOTH_SIZE, SMOOTH_SIZE // 2
+        g2 = same_on_copies(g2, self.north_fold)  # as images_gamma_squared, before the mean
+        log = torch.where(m > 0, torch.log(torch.where(m > 0, g2, 1.0)), 0.0)
+        p = pad_halo(torch.stack([m, log], dim=1), h, self.periodic_x, 0.0, self.north_fold)
+        ny, nx = m.shape[-2:]
+        sums = sum(p[:, :, j : j + ny, i : i + nx] for j in range(k) for i in range(k))
+        mean = sums[:, 1] / sums[:, 0].clamp_min(1.0)
+        blend = torch.where(exact, log, (1.0 - SMOOTH_WEIGHT) * log + SMOOTH_WEIGHT * mean)
+        return same_on_copies(torch.exp(blend), self.north_fold)
 
     def forward(
         self,
@@ -228,10 +248,15 @@ class FieldsToGamma(nn.Module):
             t = t * ((b - ratio) / (b - a)).clamp(0.0, 1.0)
         slots = (east, west, north, south)
         runs = None
-        if self.target == "log_images":  # Encoding.correction_weight: none where exact
+        exact = None
+        if self.target in IMAGES_TARGETS:  # Encoding.correction_weight: none where exact
             folded = self.north_fold != "none"
             runs = straight_runs(m, self.periodic_x, folded)
             exact = box_exact(m, slots, area, runs, self.steps, self.periodic_x, folded)
             t = torch.where(exact, 0.0, t)
-        g2 = self._baseline(m, area, slots, runs) * torch.exp(t)
+        g2 = self._baseline(m, area, slots, runs)
+        if self.target == "log_images_smooth":
+            assert exact is not None
+            g2 = self._smooth(m, g2, exact)
+        g2 = g2 * torch.exp(t)
         return same_on_copies(torch.where(m > 0, torch.sqrt(g2), float("nan")), self.north_fold)
