@@ -326,7 +326,7 @@ def test_shipped_models_load_list_and_predict_well():
     res = CliRunner().invoke(app, ["models"])
     assert (
         res.exit_code == 0
-        and "windows-general-m10 (default)" in res.output
+        and "windows-smooth-m10 (default)" in res.output
         and "mean abs" in res.output
     )
     grid = built_in_grid("latlon", resolution=4.0, polar_cap=80.0)
@@ -344,7 +344,7 @@ def test_shipped_models_load_list_and_predict_well():
     for fold in ("T", "F"):  # a folded grid: the general model, which has seen folds
         folded = folded_fields(fold, ny=20, nx=24, steps=10, seed=2)
         r = estimate(folded, "cnn", device="cpu")
-        assert r.info["model"] == "windows-general-m10" and r.info["outside_fold"] == 0
+        assert r.info["model"] == "windows-smooth-m10" and r.info["outside_fold"] == 0
     # another M: the network with M as an input
     fields6 = fields_from_cell_length_scales(grid, d1, d2, 6)
     cnn6 = estimate(fields6, "cnn", device="cpu")

@@ -453,7 +453,14 @@ def _fields_runs(fields: Fields) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]
 
 def box_exact_cells(fields: Fields, **tolerances: float) -> np.ndarray:
     """:func:`box_exact` on fields: where the images value is exact (``tolerances``:
-    ``kappa_rtol``, ``physical_rtol``, ``grid_rtol``)."""
+    ``kappa_rtol``, ``physical_rtol``, ``grid_rtol``); with the default tolerances computed
+    once per Fields (read-only: the smoothed baseline and the correction weight both ask)."""
+    if not tolerances:
+        return fields.derived("box_exact", lambda: _box_exact_cells(fields))
+    return _box_exact_cells(fields, **tolerances)
+
+
+def _box_exact_cells(fields: Fields, **tolerances: float) -> np.ndarray:
     m, runs = _fields_runs(fields)
     slots = tuple(torch.from_numpy(np.array(s))[None] for s in fields.slot_alpha())  # writable
     area = torch.from_numpy(np.where(fields.mask, fields.area, 1.0))[None]
