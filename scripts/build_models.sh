@@ -98,19 +98,22 @@ $BIN/diffnorm train fit --config configs/train/windows_general_more_cpu.yaml \
   --model.init_from "$stage1" $(epochs)
 general=$(latest runs/windows_general_more best)
 pooled=data/windows_stretched,data/windows_polar,data/windows_metres,data/windows_uniform
-$BIN/diffnorm evaluate -m "$general" -d $pooled --split val --samples "" \
-  --out runs/eval_general_val -q
-for t in stretched polar metres uniform; do
-  $BIN/diffnorm evaluate -m "$general" -d data/windows_$t --split test --samples "" \
-    --out runs/eval_general_$t -q
-done
-$BIN/diffnorm export -m "$general" -o $MODELS/windows-general-m10.pt --name windows-general-m10 \
-  --metrics "windows test split=runs/eval_general_stretched/evaluation.json" \
-  --metrics "polar windows test split=runs/eval_general_polar/evaluation.json" \
-  --metrics "metre windows test split=runs/eval_general_metres/evaluation.json" \
-  --metrics "uniform windows test split=runs/eval_general_uniform/evaluation.json" \
-  --note "windows-polar-m10 trained 5 epochs on stretched, polar, metre and uniform windows (configs/train/windows_general_cpu.yaml), then 4 more (windows_general_more_cpu.yaml); the default" \
-  --error-model runs/eval_general_val/evaluation.json
+# a windows model's val split (its error model) and four test splits (its card), then its file
+ship_windows() {  # checkpoint, runs/ prefix, model name, note
+  $BIN/diffnorm evaluate -m "$1" -d $pooled --split val --samples "" --out runs/$2_val -q
+  for t in stretched polar metres uniform; do
+    $BIN/diffnorm evaluate -m "$1" -d data/windows_$t --split test --samples "" \
+      --out runs/$2_$t -q
+  done
+  $BIN/diffnorm export -m "$1" -o $MODELS/$3.pt --name $3 \
+    --metrics "windows test split=runs/$2_stretched/evaluation.json" \
+    --metrics "polar windows test split=runs/$2_polar/evaluation.json" \
+    --metrics "metre windows test split=runs/$2_metres/evaluation.json" \
+    --metrics "uniform windows test split=runs/$2_uniform/evaluation.json" \
+    --note "$4" --error-model runs/$2_val/evaluation.json
+}
+ship_windows "$general" eval_general windows-general-m10 \
+  "windows-polar-m10 trained 5 epochs on stretched, polar, metre and uniform windows (configs/train/windows_general_cpu.yaml), then 4 more (windows_general_more_cpu.yaml); the default"
 
 # windows-general-m4-20 (the shipped choice for M other than 10): windows-general-m10 with M as
 # an input channel (zero first-layer weights for it at the start), fine-tuned 8 epochs on
@@ -139,18 +142,7 @@ stage1=$(latest runs/windows_smooth last)
 $BIN/diffnorm train fit --config configs/train/windows_smooth_anneal_cpu.yaml \
   --model.init_from "$stage1"
 smooth=$(latest runs/windows_smooth_anneal best)
-$BIN/diffnorm evaluate -m "$smooth" -d $pooled --split val --samples "" \
-  --out runs/eval_smooth_val -q
-for t in stretched polar metres uniform; do
-  $BIN/diffnorm evaluate -m "$smooth" -d data/windows_$t --split test --samples "" \
-    --out runs/eval_smooth_$t -q
-done
-$BIN/diffnorm export -m "$smooth" -o $MODELS/windows-smooth-m10.pt --name windows-smooth-m10 \
-  --metrics "windows test split=runs/eval_smooth_stretched/evaluation.json" \
-  --metrics "polar windows test split=runs/eval_smooth_polar/evaluation.json" \
-  --metrics "metre windows test split=runs/eval_smooth_metres/evaluation.json" \
-  --metrics "uniform windows test split=runs/eval_smooth_uniform/evaluation.json" \
-  --note "windows-general-m10 retrained against the smoothed images baseline (log_images_smooth): 3 epochs of configs/train/windows_smooth_cpu.yaml (stopped at 3 of 5 for time), then 1 annealing epoch (windows_smooth_anneal_cpu.yaml); the default" \
-  --error-model runs/eval_smooth_val/evaluation.json
+ship_windows "$smooth" eval_smooth windows-smooth-m10 \
+  "windows-general-m10 retrained against the smoothed images baseline (log_images_smooth): 3 epochs of configs/train/windows_smooth_cpu.yaml (stopped at 3 of 5 for time), then 1 annealing epoch (windows_smooth_anneal_cpu.yaml); the default"
 
 $BIN/diffnorm models
