@@ -32,7 +32,7 @@ import numpy as np
 from diffnorm.fields import Fields
 from diffnorm.methods.analytic import analytic_gamma_squared
 from diffnorm.metrics import distance_to_coast
-from diffnorm.topology import CELL, EAST, FACE_X, FACE_Y, NORTH
+from diffnorm.topology import CELL, EAST, FACE_X, FACE_Y, NORTH, Topology
 
 DISTANCES = ("none", "manhattan", "euclidean")
 # area channel: the cell area over the sample's mean ocean area (global: depends on the whole
@@ -75,13 +75,10 @@ def steps_channel(fields: Fields) -> np.ndarray:
 def local_area(fields: Fields) -> np.ndarray:
     """``log(area / mean area of the ocean cells in the 3×3 block around it)`` on ocean cells
     (neighbours across the wrap and the fold), 0 on land: the grid's local stretching."""
-    topo = fields.topology
-    area = np.where(fields.mask, fields.area, 0.0)
-    padded = topo.pad(np.stack([area, fields.mask.astype(np.float64)]), 1, 0.0)
-    ny, nx = fields.shape
-    sums = sum(padded[:, dj : dj + ny, di : di + nx] for dj in range(3) for di in range(3))
+    mask = np.asarray(fields.mask, dtype=bool)
+    area = np.where(mask, fields.area, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(fields.mask, np.log(area * sums[1] / sums[0]), 0.0)
+        return np.where(mask, np.log(area / ocean_mean(fields.topology, mask, area, 3)), 0.0)
 
 
 def raw_features(
@@ -184,7 +181,7 @@ def baseline_gamma_squared(fields: Fields, kind: str) -> np.ndarray:
     raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
 
 
-def ocean_mean(topology, mask: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+def ocean_mean(topology: Topology, mask: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
     """Mean of ``values`` over the ocean cells of the ``size × size`` square around each cell,
     across the wrap and the fold (0 where the square holds no ocean)."""
     h = size // 2
