@@ -9,8 +9,9 @@ prints, per baseline, mean |t| and the cells with |t| ≥ 0.1 and ≥ 0.4, and t
 images baseline's. Besides ``images`` and ``lattice`` it scores smoothed images values: the
 geometric mean of a cell's images γ² and the mean of log γ²_images over the ocean cells of
 the k×k square around it (``ocean_mean_k``, weight w; across the wrap and the fold; the
-images value on its box-exact cells), :func:`diffnorm.ml.features.smoothed_images_gamma_squared`,
-whose 3×3, w 0.5 is the ``log_images_smooth`` target's baseline. The last line is one JSON object.
+images value on its box-exact cells): ``smoothed_images_gamma_squared`` of
+:mod:`diffnorm.ml.features`, whose 3×3, w 0.5 is the ``log_images_smooth`` target's
+baseline. The last line is one JSON object.
 """
 
 from __future__ import annotations

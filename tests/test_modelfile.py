@@ -544,13 +544,15 @@ def test_exports_take_float64_any_size_and_pin_no_device(network, tmp_path):
 def test_the_fields_graph_is_the_python_prediction(network, fold, target, tmp_path):
     """mask, area, alpha_x, alpha_y (float64) in, γ out: the same γ as GammaNetwork.predict,
     in PyTorch, TorchScript and ONNX, on a closed basin, a periodic grid and both folds, with
-    the analytic, the images and the smoothed images baselines (the smoothing crosses the
-    wrap and the fold)."""
+    the analytic, the images and the smoothed images baselines (the smoothing, and the local
+    area channel, cross the wrap and the fold)."""
     from dataclasses import replace
 
     import onnxruntime
 
-    network = replace(network, encoding=replace(network.encoding, target=target))
+    # the smoothed baseline's case also takes the local area channel: both are 3×3 ocean means
+    area = "local" if target == "log_images_smooth" else network.encoding.area
+    network = replace(network, encoding=replace(network.encoding, target=target, area=area))
 
     from conftest import folded_fields
     from diffnorm.ml.export import export

@@ -158,12 +158,17 @@ class FieldsToGamma(nn.Module):
         if self.area_kind == "global":
             mean = area.sum(dim=(-2, -1), keepdim=True) / m.sum(dim=(-2, -1), keepdim=True)
             return area / mean
-        pa, pm = self._pad(area, CELL), self._pad(m, CELL)
-        h, w = area.shape[-2:]
-        total = sum(pa[:, j : j + h, i : i + w] for j in range(3) for i in range(3))
-        count = sum(pm[:, j : j + h, i : i + w] for j in range(3) for i in range(3))
-        ratio = area * count / torch.where(total > 0, total, 1.0)
+        ratio = area / self._ocean_mean(m, area, 3).clamp_min(1e-300)  # features.local_area
         return torch.where(m > 0, torch.log(torch.where(m > 0, ratio, 1.0)), 0.0)
+
+    def _ocean_mean(self, m: torch.Tensor, values: torch.Tensor, size: int) -> torch.Tensor:
+        """:func:`diffnorm.ml.features.ocean_mean`: the mean of ``values`` over the ocean cells
+        of each cell's ``size × size`` square, across the wrap and the fold."""
+        v = torch.where(m > 0, values, 0.0)
+        p = pad_halo(torch.stack([m, v], dim=1), size // 2, self.periodic_x, 0.0, self.north_fold)
+        ny, nx = m.shape[-2:]
+        sums = sum(p[:, :, j : j + ny, i : i + nx] for j in range(size) for i in range(size))
+        return sums[:, 1] / sums[:, 0].clamp_min(1.0)
 
     # -- baselines -----------------------------------------------------------------------------
     def _baseline(
@@ -204,13 +209,9 @@ class FieldsToGamma(nn.Module):
 
     def _smooth(self, m: torch.Tensor, g2: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
         """:func:`diffnorm.ml.features.smoothed_images_gamma_squared` of the images ``g2``."""
-        k, h = SMOOTH_SIZE, SMOOTH_SIZE // 2
         g2 = same_on_copies(g2, self.north_fold)  # as images_gamma_squared, before the mean
         log = torch.where(m > 0, torch.log(torch.where(m > 0, g2, 1.0)), 0.0)
-        p = pad_halo(torch.stack([m, log], dim=1), h, self.periodic_x, 0.0, self.north_fold)
-        ny, nx = m.shape[-2:]
-        sums = sum(p[:, :, j : j + ny, i : i + nx] for j in range(k) for i in range(k))
-        mean = sums[:, 1] / sums[:, 0].clamp_min(1.0)
+        mean = self._ocean_mean(m, log, SMOOTH_SIZE)
         blend = torch.where(exact, log, (1.0 - SMOOTH_WEIGHT) * log + SMOOTH_WEIGHT * mean)
         return same_on_copies(torch.exp(blend), self.north_fold)
 
