@@ -50,8 +50,8 @@ def test_periodic_halo_makes_the_network_translation_equivariant_in_x():
 
 @pytest.mark.parametrize("levels", [1, 2, 3])
 def test_unet_extent_bounds_what_an_output_column_reads(levels):
-    """Changing the input just beyond ``unet_extent`` never moves the output column; the
-    bound is the published ``7·2**levels − 5``."""
+    """Changing the input just beyond ``unet_extent`` never moves the output column and just
+    inside it does: the bound is tight. At most the published ``7·2**levels − 5``."""
     torch.manual_seed(levels)
     net = UNet(in_channels=1, width=2, levels=levels, halo=1).double().eval()
     m = 2**levels
@@ -62,10 +62,11 @@ def test_unet_extent_bounds_what_an_output_column_reads(levels):
         col = 6 * m + phase  # input column; the network crops one column of halo
         west, east = unet_extent(levels, phase)
         assert max(west, east) <= 7 * m - 5
-        for beyond in (col - west - 1, col + east + 1):
+        ends = ((col - west - 1, False), (col + east + 1, False), (col - west, True))
+        for probe, moves in (*ends, (col + east, True)):
             z = x.clone()
-            z[..., beyond] += 10.0 * torch.randn(6, dtype=torch.float64)
-            assert torch.equal(net(z)[..., col - 1], y[..., col - 1])
+            z[..., probe] += 10.0 * torch.randn(6, dtype=torch.float64)
+            assert torch.equal(net(z)[..., col - 1], y[..., col - 1]) != moves
     assert max(max(unet_extent(levels, p)) for p in range(m)) == 7 * m - 5
 
 
