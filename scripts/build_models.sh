@@ -135,7 +135,8 @@ $BIN/diffnorm export -m "$steps" -o $MODELS/windows-general-m4-20.pt \
 # windows-smooth-m10 (the default): windows-general-m10 retrained against the smoothed images
 # baseline (target log_images_smooth) on the same four window sets; the shipped run was
 # stopped after 3 of stage 1's 5 epochs (for time), then annealed one epoch (stage 2), then
-# trained 6 + 4 more epochs on two more cosines (stages 3 and 4); here stage 1 runs all 5 (close, not equal)
+# trained 6 + 4 more epochs on two more cosines (stages 3 and 4); here stage 1 runs all 5
+# (close, not equal)
 $BIN/diffnorm train fit --config configs/train/windows_smooth_cpu.yaml \
   --model.init_from "$general" $(epochs)
 stage1=$(latest runs/windows_smooth last)
