@@ -108,3 +108,39 @@ def test_data_with_several_m_scale_each_group_to_its_quantile():
     np.testing.assert_array_equal(back.estimate(fresh), model.estimate(fresh))
     one_m = ErrorModel.fit([(_eps(f, 0), f) for f in held[::2]])  # one M: no factors
     assert one_m.by_steps is None and "by_steps" not in one_m.to_dict()
+
+
+def test_cells_under_a_fold_get_their_own_factor():
+    """A network three times as wrong in the rows under its exact fold band: pooled, those
+    rows are under-covered; the fold factor covers the quantile there and leaves the rest."""
+    from conftest import folded_fields
+    from diffnorm.ml.calibration import FOLD_ROWS, fold_zone
+
+    def eps(f, seed):
+        e = _eps(f, seed)
+        e[-FOLD_ROWS:] *= 3.0
+        e[-6:] = np.nan  # the exact band: no network error to calibrate on
+        return e
+
+    held = [folded_fields("TF"[s % 2], ny=40, nx=40, seed=s) for s in range(8)]
+    held += [random_fields(ny=40, nx=40, seed=s) for s in range(8)]
+    model = ErrorModel.fit([(eps(f, s), f) for s, f in enumerate(held)], quantile=0.8)
+    assert model.by_fold is not None and model.by_fold > 1.3
+    pooled = ErrorModel(model.quantile, model.table, model.cells)
+    fresh = folded_fields("F", ny=40, nx=40, seed=100)
+    e = eps(fresh, 100)
+    zone = fold_zone(fresh) & fresh.counted
+    assert 0.7 < coverage(e, model.estimate(fresh), zone) < 0.9
+    assert coverage(e, pooled.estimate(fresh), zone) < 0.5
+    south = fresh.counted & ~fold_zone(fresh)
+    np.testing.assert_array_equal(model.estimate(fresh)[south], pooled.estimate(fresh)[south])
+    flat = random_fields(ny=40, nx=40, seed=101)  # no fold: no factor
+    np.testing.assert_array_equal(model.estimate(flat), pooled.estimate(flat))
+    back = ErrorModel.from_dict(model.to_dict())
+    np.testing.assert_array_equal(back.estimate(fresh), model.estimate(fresh))
+    d = model.to_dict()
+    d["fold_rows"] = 10
+    with pytest.raises(ValueError, match="calibrate it again"):
+        ErrorModel.from_dict(d)
+    unfolded = ErrorModel.fit([(_eps(f, 0), f) for f in held[8:]])
+    assert unfolded.by_fold is None and "by_fold" not in unfolded.to_dict()
