@@ -104,6 +104,30 @@ def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
     assert not r.flags[top].any()
 
 
+def test_rows_the_network_serves_under_the_fold_band_have_no_error_estimate(network):
+    """The error model is calibrated with the default band solved exactly: with a thinner
+    band the rows the network then serves have no held-out cells, so no estimate."""
+    import dataclasses
+
+    from diffnorm.ml.calibration import ErrorModel
+
+    f = folded_fields("F", ny=30, nx=20, steps=6, seed=1, kappa=0.3)
+    calibrated = ErrorModel.fit([(np.where(f.mask, 0.01, np.nan), f)]).to_dict()
+    net = dataclasses.replace(network, error_model=calibrated)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny network has seen no fold
+        band = estimate(f, "cnn", model=net, device="cpu")
+        thin = estimate(f, "cnn", model=net, device="cpu", exact_fold_rows=2)
+    ocean = f.mask.astype(bool)
+    rows = np.arange(30)[:, None]
+    assert np.all(band.error_estimate[ocean & (rows >= 24)] == 0.0)  # solved exactly
+    assert np.all(np.isnan(thin.error_estimate[ocean & (rows >= 24) & (rows < 28)]))
+    assert np.all(thin.error_estimate[ocean & (rows >= 28)] == 0.0)
+    below = ocean & (rows < 24)
+    np.testing.assert_array_equal(thin.error_estimate[below], band.error_estimate[below])
+    assert np.all(band.error_estimate[below] > 0.0)
+
+
 def test_wrong_steps_is_refused_and_out_of_range_warns(network):
     with pytest.raises(ModelFileError, match="steps: the fields have M=8"):
         network.predict(random_fields(steps=8), "cpu")

@@ -22,12 +22,12 @@ spans more than one group of ``STEP_BINS``, each group's estimate is scaled so t
 the quantile on that group's held-out cells (``by_steps``). Pooled over M, the estimate of
 ``windows-general-m4-20`` had covered only 85.8 % of the ORCA1 cells at M = 4 (93.3 % at 10).
 
-Under a north fold the ``cnn`` method solves the top rows exactly (``exact_fold_rows``, 6 by
-default); the rows just under that band are where the network's |ε| was 2–3× the interior's and
-the class estimate covered only 78–91 % of the cells of polar test grids (98–99 % further south).
-Calibrated on held-out data with folded grids, the cells of the top ``FOLD_ROWS`` rows of a
-folded grid are scaled by one factor (``by_fold``) that makes them cover the quantile there
-(cells solved exactly are NaN in the held-out |ε| and stay out of it).
+Under a north fold the ``cnn`` method solves the top ``EXACT_FOLD_ROWS`` rows exactly (its
+default ``exact_fold_rows``); the 10 rows under that band are where the network's |ε| was 2–3×
+the interior's and the class estimate covered only 78–91 % of the cells of polar test grids
+(98–99 % further south). Those cells (the top ``FOLD_ROWS`` rows of a folded grid; the exact
+ones are NaN in the held-out |ε|) stay out of the class fit and get one factor of their own
+(``by_fold``, pooled over M) that makes them cover the quantile on the held-out folded grids.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffnorm.fields import Fields
+from diffnorm.methods.cnn import EXACT_FOLD_ROWS
 from diffnorm.metrics import STEP_BINS
 
 DISTANCE_BINS = ((1, 1), (2, 2), (3, 4), (5, 7), (8, 10**9))  # cells from the coast
@@ -44,7 +45,7 @@ METRIC = "manhattan"  # the distance the network's input has (computed once per 
 FACE_BINS = ((0, 2), (3, 3), (4, 4))  # open faces
 CORRECTION_EDGES = (0.03, 0.1, 0.3)  # |log(γ̂²/γ²_baseline)|: bins below, between, above
 MIN_CELLS = 30
-FOLD_ROWS = 16  # the exact band's 6 rows and the 10 under it
+FOLD_ROWS = EXACT_FOLD_ROWS + 10  # the exact band and the 10 rows under it
 
 
 def step_bin(steps: int) -> int:
@@ -123,7 +124,7 @@ class ErrorModel:
             di, fi = cell_classes(fields)
             ci = correction_bins(sample[2]) if with_t else np.zeros(fields.shape, dtype=int)
             a = np.abs(eps)
-            ok = fields.counted & np.isfinite(a)
+            ok = fields.counted & np.isfinite(a) & ~fold_zone(fields)  # by_fold's cells
             for i in range(nd):
                 for j in range(nf):
                     sel = ok & (di == i) & (fi == j)
@@ -160,7 +161,7 @@ class ErrorModel:
             for sample in samples:
                 fields = sample[1]
                 est = model.estimate(fields, sample[2] if with_t else None)
-                ok = fields.counted & np.isfinite(sample[0]) & (est > 0)
+                ok = fields.counted & np.isfinite(sample[0]) & (est > 0) & ~fold_zone(fields)
                 ratios.setdefault(step_bin(fields.steps), []).append(
                     np.abs(sample[0][ok]) / est[ok]
                 )
@@ -170,13 +171,15 @@ class ErrorModel:
                 if k >= 0 and r.size >= MIN_CELLS:
                     factors[k] = q(r)
             model.by_steps = factors
-        near_fold = [
-            np.abs(sample[0][z]) / model.estimate(sample[1], sample[2] if with_t else None)[z]
-            for sample in samples
-            if (z := fold_zone(sample[1]) & sample[1].counted & np.isfinite(sample[0])).any()
-        ]
-        if near_fold and sum(r.size for r in near_fold) >= MIN_CELLS:
-            model.by_fold = q(np.concatenate(near_fold))
+        near_fold = []
+        for sample in samples:
+            fields = sample[1]
+            est = model.estimate(fields, sample[2] if with_t else None)
+            zone = fold_zone(fields) & fields.counted & np.isfinite(sample[0]) & (est > 0)
+            near_fold.append(np.abs(sample[0][zone]) / est[zone])
+        ratios_fold = np.concatenate(near_fold)
+        if ratios_fold.size >= MIN_CELLS:
+            model.by_fold = q(ratios_fold)
         return model
 
     def estimate(self, fields: Fields, correction: np.ndarray | None = None) -> np.ndarray:
