@@ -135,7 +135,7 @@ $BIN/diffnorm export -m "$steps" -o $MODELS/windows-general-m4-20.pt \
 # windows-smooth-m10 (the default): windows-general-m10 retrained against the smoothed images
 # baseline (target log_images_smooth) on the same four window sets; the shipped run was
 # stopped after 3 of stage 1's 5 epochs (for time), then annealed one epoch (stage 2), then
-# trained 6 + 4 more epochs on two more cosines (stages 3 and 4); here stage 1 runs all 5
+# trained 6 + 4 + 8 more epochs on three more cosines (stages 3, 4 and 5); here stage 1 runs all 5
 # (close, not equal)
 $BIN/diffnorm train fit --config configs/train/windows_smooth_cpu.yaml \
   --model.init_from "$general" $(epochs)
@@ -149,8 +149,12 @@ stage3=$(latest runs/windows_smooth_long last)
 $BIN/diffnorm train fit --config configs/train/windows_smooth_long_cpu.yaml \
   --model.init_from "$stage3" --model.lr 0.00015 --trainer.max_epochs 4 \
   --trainer.default_root_dir runs/windows_smooth_long2
-smooth=$(latest runs/windows_smooth_long2 last)
+stage4=$(latest runs/windows_smooth_long2 last)
+$BIN/diffnorm train fit --config configs/train/windows_smooth_long_cpu.yaml \
+  --model.init_from "$stage4" --model.lr 0.00012 --trainer.max_epochs 8 \
+  --trainer.default_root_dir runs/windows_smooth_long3
+smooth=$(latest runs/windows_smooth_long3 last)
 ship_windows "$smooth" eval_smooth windows-smooth-m10 \
-  "windows-general-m10 retrained against the smoothed images baseline (log_images_smooth): 3 epochs of configs/train/windows_smooth_cpu.yaml (stopped at 3 of 5 for time), 1 annealing epoch (windows_smooth_anneal_cpu.yaml), then 6 more epochs (windows_smooth_long_cpu.yaml) and 4 more from lr 1.5e-4 (the same config, --model.lr 0.00015 --trainer.max_epochs 4); the default"
+  "windows-general-m10 retrained against the smoothed images baseline (log_images_smooth): 3 epochs of configs/train/windows_smooth_cpu.yaml (stopped at 3 of 5 for time), 1 annealing epoch (windows_smooth_anneal_cpu.yaml), then 6 more epochs (windows_smooth_long_cpu.yaml), 4 more from lr 1.5e-4 (the same config, --model.lr 0.00015 --trainer.max_epochs 4) and 8 more from lr 1.2e-4 (--model.lr 0.00012 --trainer.max_epochs 8); the default"
 
 $BIN/diffnorm models
