@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# windows-general-m10's recipe on one GPU machine in one call of at most 10 minutes: exact data
-# for the four window sets on every core, training (configs/train/windows_general_gpu.yaml)
+# windows-smooth-m10's recipe on one GPU machine in one call of at most 10 minutes: exact data
+# for the four window sets on every core, training (configs/train/windows_smooth_gpu.yaml)
 # until the call's time is nearly spent, the error model from the pooled val split, and the
 # model file in $OUT with the training log. Evaluate and ship it here afterwards (the same
 # configs and seeds make the same windows here: scripts/build_models.sh's evaluate/export).
@@ -10,7 +10,7 @@
 #   QUICK=1 bash scripts/gpu_recipe.sh          # a CPU smoke run of every step (~3 minutes)
 #
 # BUDGET (s, default 570) is the whole call; EPOCHS (20), WIDTH (40) and LOADERS (cores − 2)
-# override the config; INIT=windows-general-m10 (with WIDTH=24) trains the shipped network on
+# override the config; INIT=windows-smooth-m10 (with WIDTH=24) trains the shipped network on
 # instead of a new one. Each step's wall time goes to $OUT/recipe.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +67,7 @@ left=$((BUDGET - (SECONDS - start) - 120))
 ((left > 60)) || { step "no time left to train"; exit 1; }
 max_time=$(printf '00:%02d:%02d:%02d' $((left / 3600)) $((left % 3600 / 60)) $((left % 60)))
 step "training: up to $EPOCHS epochs or $max_time, width $WIDTH, $LOADERS loader processes"
-$DN train fit --config configs/train/windows_general_gpu.yaml --data.root "$pooled" \
+$DN train fit --config configs/train/windows_smooth_gpu.yaml --data.root "$pooled" \
   --data.num_workers "$LOADERS" --model.width "$WIDTH" --trainer.max_epochs "$EPOCHS" \
   --trainer.max_time "$max_time" --trainer.default_root_dir "$RUN" \
   ${INIT:+--model.init_from "$INIT"} 2>&1 | tail -n 5
@@ -80,8 +80,8 @@ step "trained: $best"
 $DN evaluate -m "$best" -d "$pooled" --split val --samples "" --out "$RUN"/eval_val \
   --device auto -q > /dev/null
 cp "$RUN"/eval_val/evaluation.md "$OUT"/eval_val.md
-name=windows-general-gpu-m10
+name=windows-smooth-gpu-m10
 $DN export -m "$best" -o "$OUT/$name.pt" --name "$name" \
-  --note "configs/train/windows_general_gpu.yaml by scripts/gpu_recipe.sh (width $WIDTH, up to $EPOCHS epochs in $max_time)" \
+  --note "configs/train/windows_smooth_gpu.yaml by scripts/gpu_recipe.sh (width $WIDTH, up to $EPOCHS epochs in $max_time)" \
   --error-model "$RUN"/eval_val/evaluation.json
 step "exported $OUT/$name.pt ($(du -h "$OUT/$name.pt" | cut -f1))"
