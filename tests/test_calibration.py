@@ -115,8 +115,8 @@ def test_cells_under_a_fold_get_their_own_factor():
     fitted apart, so the fold factor covers the quantile there and the classes cover it
     everywhere else (neither over- nor under-covered)."""
     from conftest import folded_fields
-    from diffnorm.methods.cnn import EXACT_FOLD_ROWS
     from diffnorm.ml.calibration import FOLD_ROWS, fold_zone
+    from diffnorm.subgrid import EXACT_FOLD_ROWS
 
     def eps(f, seed):
         e = _eps(f, seed)
@@ -140,6 +140,7 @@ def test_cells_under_a_fold_get_their_own_factor():
         assert 0.7 < coverage(e, model.estimate(fresh), south) < 0.9
         est = model.estimate(fresh)
         np.testing.assert_array_equal(est[south], pooled.estimate(fresh)[south])
+        assert np.isnan(est[-EXACT_FOLD_ROWS:]).all()  # never held out: unknown
     flat = random_fields(ny=40, nx=40, seed=102)  # no fold: no factor
     np.testing.assert_array_equal(model.estimate(flat), pooled.estimate(flat))
     assert 0.7 < coverage(_eps(flat, 102), model.estimate(flat), flat.counted) < 0.9

@@ -20,6 +20,8 @@ import numpy as np
 
 from diffnorm.fields import Fields
 
+EXACT_FOLD_ROWS = 6  # rows under a north fold the cnn method solves exactly by default
+
 
 def halo_width(kx: float, ky: float, steps: int, tolerance: float) -> tuple[int, int]:
     """``(H_y, H_x)`` cells such that the lattice kernel of ``S^M`` at ``2H`` along each axis

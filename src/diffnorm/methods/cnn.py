@@ -15,9 +15,7 @@ import numpy as np
 from diffnorm.fields import Fields
 from diffnorm.methods.base import MethodOutput, register
 from diffnorm.operator import grid_stencil, system_block
-from diffnorm.subgrid import fold_band_variance
-
-EXACT_FOLD_ROWS = 6  # rows under a north fold solved exactly by default
+from diffnorm.subgrid import EXACT_FOLD_ROWS, fold_band_variance
 
 
 def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,11 +97,6 @@ def cnn(
         # no held-out cell was on a grid its kernel wraps around: no estimate there
         error[(flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0] = np.nan
         error[idx] = 0.0
-        if fields.topology.folded and exact_fold_rows < EXACT_FOLD_ROWS:
-            # held-out cells there were solved exactly: nothing calibrates the network there
-            rows = np.zeros(fields.shape, dtype=bool)
-            rows[-EXACT_FOLD_ROWS : fields.shape[0] - exact_fold_rows] = True
-            error[rows.ravel()[fields.ocean]] = np.nan
         info["error_quantile"] = net.error_model["quantile"]
     return MethodOutput(
         variance, tolerance=None, info=info, flags=flags, error_estimate=error, exact=idx

@@ -28,6 +28,8 @@ the interior's and the class estimate covered only 78–91 % of the cells of pol
 (98–99 % further south). Those cells (the top ``FOLD_ROWS`` rows of a folded grid; the exact
 ones are NaN in the held-out |ε|) stay out of the class fit and get one factor of their own
 (``by_fold``, pooled over M) that makes them cover the quantile on the held-out folded grids.
+No held-out cell was in the exact band itself: there the estimate is NaN (``cnn`` puts 0 on
+the cells it solves; with a thinner band the rest stay unknown).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffnorm.fields import Fields
-from diffnorm.methods.cnn import EXACT_FOLD_ROWS
 from diffnorm.metrics import STEP_BINS
+from diffnorm.subgrid import EXACT_FOLD_ROWS
 
 DISTANCE_BINS = ((1, 1), (2, 2), (3, 4), (5, 7), (8, 10**9))  # cells from the coast
 METRIC = "manhattan"  # the distance the network's input has (computed once per fields)
@@ -158,33 +160,37 @@ class ErrorModel:
         groups_m = {step_bin(sample[1].steps) for sample in samples}
         if len(groups_m) > 1:  # the factor that makes each M group cover the quantile
             ratios: dict[int, list[np.ndarray]] = {}
-            for sample in samples:
-                fields = sample[1]
-                est = model.estimate(fields, sample[2] if with_t else None)
-                ok = fields.counted & np.isfinite(sample[0]) & (est > 0) & ~fold_zone(fields)
-                ratios.setdefault(step_bin(fields.steps), []).append(
-                    np.abs(sample[0][ok]) / est[ok]
-                )
+            for k, r in model._ratios(samples, with_t, near_fold=False):
+                ratios.setdefault(k, []).append(r)
             factors = [1.0] * len(STEP_BINS)
             for k, parts in ratios.items():
                 r = np.concatenate(parts)
                 if k >= 0 and r.size >= MIN_CELLS:
                     factors[k] = q(r)
             model.by_steps = factors
-        near_fold = []
-        for sample in samples:
-            fields = sample[1]
-            est = model.estimate(fields, sample[2] if with_t else None)
-            zone = fold_zone(fields) & fields.counted & np.isfinite(sample[0]) & (est > 0)
-            near_fold.append(np.abs(sample[0][zone]) / est[zone])
-        ratios_fold = np.concatenate(near_fold)
-        if ratios_fold.size >= MIN_CELLS:
-            model.by_fold = q(ratios_fold)
+        fold = np.concatenate([r for _, r in model._ratios(samples, with_t, near_fold=True)])
+        if fold.size >= MIN_CELLS:
+            model.by_fold = q(fold)
         return model
 
+    def _ratios(
+        self, samples: list[HeldOut], with_t: bool, near_fold: bool
+    ) -> list[tuple[int, np.ndarray]]:
+        """``|ε| / estimate`` on each held-out sample's cells in (``near_fold``) or out of its
+        fold zone, with the sample's ``STEP_BINS`` group: what a factor is fitted on."""
+        out = []
+        for sample in samples:
+            eps, fields = sample[0], sample[1]
+            est = self.estimate(fields, sample[2] if with_t else None)
+            ok = fields.counted & np.isfinite(eps) & (est > 0)
+            ok &= fold_zone(fields) if near_fold else ~fold_zone(fields)
+            out.append((step_bin(fields.steps), np.abs(eps[ok]) / est[ok]))
+        return out
+
     def estimate(self, fields: Fields, correction: np.ndarray | None = None) -> np.ndarray:
-        """The estimate of |ε| per cell (NaN on land); by class and |t| bin when the model has
-        them and ``correction`` (the network's ``log(γ̂²/γ²_baseline)``) is given."""
+        """The estimate of |ε| per cell (NaN on land and in the exact band under a fold); by
+        class and |t| bin when the model has them and ``correction`` (the network's
+        ``log(γ̂²/γ²_baseline)``) is given."""
         di, fi = cell_classes(fields)
         d, f = np.maximum(di, 0), np.maximum(fi, 0)
         if self.by_correction is not None and correction is not None:
@@ -196,7 +202,12 @@ class ErrorModel:
             values = values * self.by_steps[group]
         if self.by_fold is not None:
             values = np.where(fold_zone(fields), values * self.by_fold, values)
-        return np.where(fields.mask, values, np.nan)
+        values = np.where(fields.mask, values, np.nan)
+        if fields.topology.folded:
+            # held out, these rows were solved exactly (cnn's band): no network error was seen
+            # there; the cnn method puts 0 on the cells it solves, the rest stay unknown
+            values[-EXACT_FOLD_ROWS:] = np.nan
+        return values
 
     def to_dict(self) -> dict:
         d = {

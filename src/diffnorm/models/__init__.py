@@ -8,7 +8,7 @@ the general model trained on geometry windows (``windows-smooth-m10``: a U-Net c
 the ``images`` estimate blended with its 3×3 ocean mean, trained on closed, stretched, polar
 (T and F folds), metre-κ and uniform windows, with a per-cell error estimate). It is
 ``windows-general-m10`` (the same network and data against the plain ``images`` estimate)
-retrained on that baseline and trained 10 epochs longer; that model and its ancestors
+retrained on that baseline and trained 18 epochs longer; that model and its ancestors
 ``windows-images-m10`` (no fold, no metre κ) and ``windows-polar-m10`` (the first with folds)
 stay shipped for comparison and as the recipe's starting points. For any other M from 4 to
 20 the choice is ``windows-general-m4-20``: ``windows-general-m10`` with M as an input
