@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from diffnorm import __version__
+from diffnorm.subgrid import EXACT_FOLD_ROWS
 
 app = typer.Typer(
     help="Normalization coefficients γ of diffusion-based correlation operators.",
@@ -171,7 +172,7 @@ def estimate(
             help="cnn: on a grid with a north fold, solve this many rows under it exactly (a "
             "band padded by a halo; 0: the network there too)"
         ),
-    ] = 6,
+    ] = EXACT_FOLD_ROWS,
     verify: Annotated[
         int,
         typer.Option(
@@ -215,7 +216,7 @@ def estimate(
         usage_error("--symmetries goes with --method cnn")
     elif precision != "float32":
         usage_error("--precision goes with --method cnn")
-    elif exact_fold_rows != 6:
+    elif exact_fold_rows != EXACT_FOLD_ROWS:
         usage_error("--exact-fold-rows goes with --method cnn")
     if exact_fold_rows < 0:
         usage_error(f"--exact-fold-rows must be >= 0, got {exact_fold_rows}")
@@ -606,7 +607,7 @@ def predict(
     ] = "float32",
     exact_fold_rows: Annotated[
         int, typer.Option(help="rows under a north fold solved exactly (0: none)")
-    ] = 6,
+    ] = EXACT_FOLD_ROWS,
 ) -> None:
     """γ from a trained network (same as `estimate --method cnn`)."""
     estimate(
