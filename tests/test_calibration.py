@@ -154,3 +154,47 @@ def test_cells_under_a_fold_get_their_own_factor():
     np.testing.assert_array_equal(ErrorModel.from_dict(old).estimate(fresh), pooled.estimate(fresh))
     unfolded = ErrorModel.fit([(_eps(f, 0), f) for f in held[8:]])
     assert unfolded.by_fold is None and "by_fold" not in unfolded.to_dict()
+
+
+def test_dead_ends_get_their_own_factor():
+    """A network five times as wrong at dead ends: fitted apart, the factor covers the
+    quantile there, and the channels and corners of their class keep theirs."""
+    import dataclasses
+
+    from diffnorm.ml.calibration import dead_ends
+
+    def comb(seed):
+        """A land strip with 1-cell inlets every other column: a dead end at each inlet's head."""
+        f = random_fields(ny=40, nx=40, seed=seed, islands=False)
+        mask = f.mask.copy()
+        mask[20:25] = 0
+        mask[20:23, 1::2] = 1
+        return dataclasses.replace(f, mask=mask)
+
+    def eps(f, seed):
+        return np.where(dead_ends(f), 5.0, 1.0) * _eps(f, seed)
+
+    held = [comb(s) for s in range(10)]
+    assert sum(int(dead_ends(f).sum()) for f in held) >= MIN_CELLS
+    model = ErrorModel.fit([(eps(f, s), f) for s, f in enumerate(held)], quantile=0.8)
+    assert model.by_dead_end is not None and 3.0 < model.by_dead_end < 8.0
+    pooled = ErrorModel(model.quantile, model.table, model.cells)
+    fresh = [comb(s) for s in (100, 101, 102, 103)]
+    e = np.concatenate([eps(f, s).ravel() for s, f in enumerate(fresh)])
+    est = np.concatenate([model.estimate(f).ravel() for f in fresh])
+    plain = np.concatenate([pooled.estimate(f).ravel() for f in fresh])
+    ends = np.concatenate([(dead_ends(f) & f.counted).ravel() for f in fresh])
+    rest = np.concatenate([(~dead_ends(f) & f.counted).ravel() for f in fresh])
+    assert 0.6 < coverage(e, est, ends) and coverage(e, plain, ends) < 0.5
+    assert 0.7 < coverage(e, est, rest) < 0.9
+    np.testing.assert_array_equal(est[rest], plain[rest])
+    back = ErrorModel.from_dict(model.to_dict())
+    np.testing.assert_array_equal(back.estimate(fresh[0]), model.estimate(fresh[0]))
+    old = {k: v for k, v in model.to_dict().items() if k not in ("by_dead_end", "dead_end_faces")}
+    np.testing.assert_array_equal(
+        ErrorModel.from_dict(old).estimate(fresh[0]), pooled.estimate(fresh[0])
+    )
+    d = model.to_dict()
+    d["dead_end_faces"] = 2
+    with pytest.raises(ValueError, match="calibrate it again"):
+        ErrorModel.from_dict(d)
