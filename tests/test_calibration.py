@@ -50,9 +50,12 @@ def test_bad_quantile_and_other_classes_are_refused():
 
 
 def _with_correction(fields, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A correction t and |ε| = |t|·uniform: the farther the network moved, the larger."""
+    """A correction t, constant on 8×8 blocks, and |ε| = |t|·uniform: the farther the network
+    moved, the larger."""
     rng = np.random.default_rng(seed)
-    t = np.where(fields.mask, rng.choice([0.01, 0.05, 0.2, 0.6], size=fields.shape), 0.0)
+    ny, nx = fields.shape
+    blocks = rng.choice([0.01, 0.05, 0.2, 0.6], size=(-(-ny // 8), -(-nx // 8)))
+    t = np.where(fields.mask, np.kron(blocks, np.ones((8, 8)))[:ny, :nx], 0.0)
     return np.where(fields.mask, t * rng.uniform(size=fields.shape), np.nan), t
 
 
@@ -85,6 +88,41 @@ def test_the_correction_bins_sharpen_the_estimate_and_old_models_still_load():
     d["correction_edges"] = [0.5]
     with pytest.raises(ValueError, match="calibrate it again"):
         ErrorModel.from_dict(d)
+
+
+def test_a_cell_beside_a_large_correction_takes_its_bin(monkeypatch):
+    """Errors that sit next to where the network moved far (the cell's own |t| small, a
+    neighbour's large): the 3×3 window flags them, the cell's own |t| does not; a file from
+    before the window keeps reading the cell's own |t|."""
+    import diffnorm.ml.calibration as calibration
+
+    def sample(seed):
+        f = random_fields(ny=30, nx=40, seed=seed, islands=False)
+        rng = np.random.default_rng(seed)
+        t = np.where(rng.uniform(size=f.shape) < 0.05, 0.6, 0.01)  # isolated large moves
+        near = calibration.correction_bins(f, t, 3) == len(calibration.CORRECTION_EDGES)
+        eps = np.where(near & (t < 0.1), 0.5, 0.01) * rng.uniform(size=f.shape)
+        return eps, f, t
+
+    f = random_fields(ny=30, nx=40, islands=False)  # periodic: the square wraps
+    t = np.zeros(f.shape)
+    t[10, 0] = 0.6
+    bins = calibration.correction_bins(f, t)
+    assert bins[9:12, -1].tolist() == [3, 3, 3] and bins[10, 2] == bins[12, 0] == 0
+    held = [sample(s) for s in range(6)]
+    model = ErrorModel.fit(held, quantile=0.8)
+    monkeypatch.setattr(calibration, "CORRECTION_WINDOW", 1)
+    own = ErrorModel.fit(held, quantile=0.8)
+    assert (model.correction_window, own.correction_window) == (3, 1)
+    eps, f, t = sample(99)
+    big = f.counted & (eps > 0.1)
+    assert big.sum() > 50
+    assert np.mean(model.estimate(f, t)[big] > 0.1) > 0.9
+    assert np.mean(own.estimate(f, t)[big] > 0.1) < 0.1
+    old = {k: v for k, v in own.to_dict().items() if k != "correction_window"}
+    np.testing.assert_array_equal(ErrorModel.from_dict(old).estimate(f, t), own.estimate(f, t))
+    back = ErrorModel.from_dict(model.to_dict())
+    np.testing.assert_array_equal(back.estimate(f, t), model.estimate(f, t))
 
 
 def test_data_with_several_m_scale_each_group_to_its_quantile():

@@ -21,6 +21,7 @@ import numpy as np
 from diffnorm.fields import Fields
 
 EXACT_FOLD_ROWS = 6  # rows under a north fold the cnn method solves exactly by default
+FOLD_TOLERANCE = 1e-4  # |ε| of the fold band's γ² against the whole grid's (halo and solve)
 
 
 def halo_width(kx: float, ky: float, steps: int, tolerance: float) -> tuple[int, int]:
@@ -84,7 +85,7 @@ def interior_gamma(
     return gamma[j0 - r0 : j1 - r0, start : start + (i1 - i0)], (hy, hx)
 
 
-def fold_band(fields: Fields, rows: int, tolerance: float = 1e-4) -> tuple[Fields, int]:
+def fold_band(fields: Fields, rows: int, tolerance: float = FOLD_TOLERANCE) -> tuple[Fields, int]:
     """The top ``rows`` rows of a folded grid padded by :func:`halo_width` rows below (at the
     band's largest grid diffusivity): the whole width with the grid's wrap and fold, closed
     only along its south edge; and the first kept row of the band."""
@@ -111,7 +112,7 @@ def fold_band(fields: Fields, rows: int, tolerance: float = 1e-4) -> tuple[Field
 
 
 def fold_band_variance(
-    fields: Fields, rows: int, tolerance: float = 1e-4
+    fields: Fields, rows: int, tolerance: float = FOLD_TOLERANCE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``v = 1/γ²`` on the ocean cells of the top ``rows`` rows of a folded grid, from
     :func:`fold_band` solved by ``selinv``; returns (indices into ``fields.ocean``,

@@ -15,7 +15,7 @@ import numpy as np
 from diffnorm.fields import Fields
 from diffnorm.methods.base import MethodOutput, register
 from diffnorm.operator import grid_stencil, system_block
-from diffnorm.subgrid import EXACT_FOLD_ROWS, fold_band_variance
+from diffnorm.subgrid import EXACT_FOLD_ROWS, FOLD_TOLERANCE, fold_band_variance
 
 
 def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,11 +73,11 @@ def cnn(
     target = net.predict_target(fields, device, tile, symmetries, precision)
     gamma = gamma_from_target(fields, target, net.target)
     variance = gamma.ravel()[fields.ocean] ** -2.0
-    idx, exact = small_basin_variance(fields, exact_basins)
+    small, exact = small_basin_variance(fields, exact_basins)
     fold_idx, fold_exact = fold_band_variance(fields, exact_fold_rows)
     variance[fold_idx] = fold_exact
-    variance[idx] = exact
-    idx = np.union1d(idx, fold_idx)
+    variance[small] = exact
+    idx = np.union1d(small, fold_idx)
     info = {
         "model": net.name,
         "device": str(pick_device(device)),
@@ -96,7 +96,8 @@ def cnn(
         error = error.ravel()[fields.ocean]
         # no held-out cell was on a grid its kernel wraps around: no estimate there
         error[(flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0] = np.nan
-        error[idx] = 0.0
+        error[fold_idx] = FOLD_TOLERANCE  # solved, to that tolerance
+        error[small] = 0.0  # solved by dense algebra
         info["error_quantile"] = net.error_model["quantile"]
     return MethodOutput(
         variance, tolerance=None, info=info, flags=flags, error_estimate=error, exact=idx
