@@ -49,3 +49,33 @@ def test_estimate_verify_writes_and_prints_the_measured_error(tmp_path):
     assert attrs["verify_cells"] == 10
     # 30 samples: |ε| of order sqrt(2/30) = 0.26
     assert 0.02 < attrs["verify_mean_abs"] < 1.0
+
+
+def test_verify_checks_the_methods_own_error_estimate():
+    """|ε| = 0.21 at every cell: an estimate of 0.3 covers them all and could shrink to 0.7×;
+    one of 0.1 covers none and needs 2.1×; NaN cells (no estimate) are left out."""
+    fields = random_fields()
+    exact = estimate(fields, "brute").gamma
+    for value, coverage, scale in ((0.3, 1.0, 0.7), (0.1, 0.0, 2.1)):
+        guess = np.full(fields.shape, value)
+        guess[:, :6] = np.nan
+        checked = verify(fields, 1.1 * exact, 16, estimate=guess)
+        known = int(np.isfinite(checked.estimate).sum())
+        s = checked.summary()
+        assert 0 < s["verify_estimate_cells"] == known < checked.eps.size
+        assert s["verify_estimate_coverage"] == coverage
+        np.testing.assert_allclose(s["verify_estimate_scale"], scale, rtol=1e-9)
+    assert "verify_estimate_coverage" not in verify(fields, exact, 8).summary()
+
+
+def test_estimate_cnn_verify_reports_the_error_estimate_coverage(tmp_path):
+    src = write_fields(tmp_path / "in.nc", random_fields(ny=40, nx=48, seed=3))
+    out = tmp_path / "out.nc"
+    args = ["estimate", str(src), "-o", str(out), "-q", "--method", "cnn", "--verify", "12"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "its error estimate covers" in res.output
+    with xr.open_dataset(out) as ds:
+        attrs = dict(ds.attrs)
+    assert 0.0 <= attrs["verify_estimate_coverage"] <= 1.0
+    assert attrs["verify_estimate_scale"] > 0.0

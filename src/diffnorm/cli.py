@@ -240,7 +240,14 @@ def estimate(
         if verify:
             from diffnorm.verify import verify as run_verify
 
-            checked = run_verify(fields, result.gamma, verify, seed=seed)
+            checked = run_verify(
+                fields,
+                result.gamma,
+                verify,
+                seed=seed,
+                estimate=result.error_estimate,
+                quantile=float(result.info.get("error_quantile", 0.9)),
+            )
             attrs.update(checked.summary())
         if nemo_layout:
             from diffnorm.nemo import write_nemo_gamma
@@ -263,6 +270,12 @@ def estimate(
         )
         if "verify_coastal_max_abs" in s:
             line += f" (coastal max {s['verify_coastal_max_abs']:.2e})"
+        if "verify_estimate_coverage" in s:
+            line += (
+                f"; its error estimate covers {100 * s['verify_estimate_coverage']:.0f} % of "
+                f"{s['verify_estimate_cells']} (×{s['verify_estimate_scale']:.2g} would cover "
+                f"{100 * checked.quantile:.0f} % there)"
+            )
         console.print(line)
     console.print(f"wrote {output}")
 

@@ -4,7 +4,10 @@ An approximation (the network, randomization) on a user's own grid has no error 
 own. Exact ``v_i = ‖Ŝ^{M/2} e_i‖²/w_i`` at ``K`` cells costs one factorization and
 ``K·M/2`` solves, whatever the grid size. Half of the cells are drawn next to the coast
 (distance ≤ 2 cells), where approximations fail first, half anywhere; each draw keeps its
-cells at least ``spacing`` cells apart so they sample different places.
+cells at least ``spacing`` cells apart so they sample different places. A method that gives a
+per-cell error estimate (the network's is calibrated on other grids than the user's) gets it
+checked too: the share of the cells whose |ε| it covers, and the factor it would need to
+cover its quantile there.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ COASTAL = 2.0  # cells
 
 @dataclass
 class Verification:
-    """``ε = (γ̂² − γ²)/γ²`` at the checked cells (grid indices ``j, i``)."""
+    """``ε = (γ̂² − γ²)/γ²`` at the checked cells (grid indices ``j, i``), and the method's
+    own estimate of |ε| there with the quantile it claims (when it has one)."""
 
     j: np.ndarray
     i: np.ndarray
     distance: np.ndarray
     eps: np.ndarray
+    estimate: np.ndarray | None = None
+    quantile: float = 0.9
 
     def summary(self) -> dict[str, float | int]:
         a = np.abs(self.eps)
@@ -43,6 +49,18 @@ class Verification:
             out["verify_coastal_max_abs"] = float(a[coastal].max())
         if (~coastal).any():
             out["verify_open_max_abs"] = float(a[~coastal].max())
+        if self.estimate is not None:
+            est = self.estimate
+            known = np.isfinite(est)
+            if known.any():
+                out["verify_estimate_cells"] = int(known.sum())
+                out["verify_estimate_coverage"] = float(np.mean(a[known] <= est[known]))
+                # the factor that would make the estimate cover its quantile at these cells
+                # (one in ``(n + 1)·(1 − q)`` may still lie above: split-conformal's rank)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.where(a[known] > 0, a[known] / est[known], 0.0)
+                rank = min(int(np.ceil((ratio.size + 1) * self.quantile)), ratio.size)
+                out["verify_estimate_scale"] = float(np.sort(ratio)[rank - 1])
         return out
 
 
@@ -81,8 +99,11 @@ def verify(
     count: int,
     seed: int = 0,
     operator: DiffusionOperator | None = None,
+    estimate: np.ndarray | None = None,
+    quantile: float = 0.9,
 ) -> Verification:
-    """Exact γ at ``count`` cells (:func:`pick_cells`) against ``gamma`` (``(ny, nx)``)."""
+    """Exact γ at ``count`` cells (:func:`pick_cells`) against ``gamma`` (``(ny, nx)``), and
+    the method's per-cell error ``estimate`` (``(ny, nx)``, at its ``quantile``) if given."""
     op = operator if operator is not None else make_operator(fields)
     cols = pick_cells(fields, count, seed)
     exact = brute_variance(op, cols)
@@ -92,4 +113,5 @@ def verify(
     dist = distance_to_coast(fields)[j, i]
     with np.errstate(divide="ignore", invalid="ignore"):
         eps = exact / approx - 1.0  # γ̂²/γ² − 1 with γ² = 1/v
-    return Verification(j, i, dist, np.where(np.isfinite(eps), eps, np.inf))
+    est = None if estimate is None else np.asarray(estimate, dtype=np.float64)[j, i]
+    return Verification(j, i, dist, np.where(np.isfinite(eps), eps, np.inf), est, quantile)

@@ -117,15 +117,10 @@ def correction_bins(
 ) -> np.ndarray:
     """The |t| bin of each cell (0 … len(CORRECTION_EDGES)): of the largest |t| over the
     ocean cells of its ``window × window`` square, across the wrap and the fold."""
-    a = np.where(fields.mask, np.abs(correction), 0.0)
-    h = window // 2
-    if h > 0:
-        padded = fields.topology.pad(a, h)  # 0 beyond closed edges: |t| ≥ 0 elsewhere
-        ny, nx = a.shape
-        a = np.max(
-            [padded[j : j + ny, i : i + nx] for j in range(window) for i in range(window)], axis=0
-        )
-    return np.digitize(a, CORRECTION_EDGES)
+    from diffnorm.ml.features import squares
+
+    a = np.where(fields.mask, np.abs(correction), 0.0)  # land 0, as beyond closed edges
+    return np.digitize(squares(fields.topology, a, window).max(axis=0), CORRECTION_EDGES)
 
 
 def network_correction(fields: Fields, gamma: np.ndarray, target: str) -> np.ndarray | None:
