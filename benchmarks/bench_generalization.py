@@ -173,8 +173,11 @@ def main() -> None:
             model_name = cnn.info.get("model", "") + (f", {sym} symmetries" if sym > 1 else "")
             eps["cnn"].append(relative_error(cnn.gamma, exact.gamma, m))
             if cnn.error_estimate is not None:
-                # the estimate is the network's: the cells the method solved are not its
-                own = ~cnn.exact[m] if cnn.exact is not None else np.ones(int(m.sum()), bool)
+                # the estimate is the network's: the cells the method solved are not its, and
+                # cells without an estimate (NaN: a grid the kernel wraps around) are left out
+                own = np.isfinite(cnn.error_estimate[m])
+                if cnn.exact is not None:
+                    own &= ~cnn.exact[m]
                 err, est = np.abs(eps["cnn"][-1])[own], cnn.error_estimate[m][own]
                 covered.append(err <= est)
                 flagged.append((err, est))
@@ -227,7 +230,7 @@ def main() -> None:
             print(
                 f"\n{name}: the cnn's |ε| is within its error estimate on "
                 f"{100 * rows['cnn_error_estimate_coverage']:.1f} % of the cells its network "
-                "serves; of the "
+                "serves and estimates; of the "
                 f"{int(bad.sum())} cells with |ε| > {FLAG:g}, "
                 + ("none" if share is None else f"{100 * share:.0f} %")
                 + f" have an estimate above it ({100 * np.mean(est > FLAG):.1f} % of all "

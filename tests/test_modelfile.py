@@ -104,6 +104,44 @@ def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
     assert not r.flags[top].any()
 
 
+def test_the_error_estimate_reads_the_correction_it_was_calibrated_on(network, monkeypatch):
+    """The error model was fitted on log(γ²/γ²_baseline) of the γ the method returns (solved
+    cells included), and the |t| square of a served cell reaches its solved neighbours: the
+    method must give it the same correction, or the row under the fold band gets another bin
+    at prediction than in calibration. A network that predicts the baseline (t = 0)
+    everywhere: only the band's exact values move t there."""
+    import dataclasses
+
+    from diffnorm.ml.calibration import (
+        CORRECTION_EDGES,
+        DISTANCE_BINS,
+        FACE_BINS,
+        ErrorModel,
+        correction_bins,
+        network_correction,
+    )
+    from diffnorm.ml.modelfile import GammaNetwork
+    from diffnorm.subgrid import EXACT_FOLD_ROWS
+
+    nd, nf, nc = len(DISTANCE_BINS), len(FACE_BINS), len(CORRECTION_EDGES) + 1
+    by_t = [[[0.01 * (c + 1) for c in range(nc)] for _ in range(nf)] for _ in range(nd)]
+    model = ErrorModel(0.9, [[0.01] * nf] * nd, [[100] * nf] * nd, by_t, correction_window=3)
+    net = dataclasses.replace(network, error_model=model.to_dict())
+    monkeypatch.setattr(
+        GammaNetwork, "predict_target", lambda self, fields, *a, **k: np.zeros(fields.shape)
+    )
+    f = folded_fields("T", ny=30, nx=40, steps=6, seed=2, kappa=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny network has seen no fold
+        r = estimate(f, "cnn", model=net, device="cpu")
+    t = network_correction(f, r.gamma, network.target)
+    served = f.mask.astype(bool) & ~r.exact & np.isfinite(r.error_estimate)  # wrap: NaN
+    served[-EXACT_FOLD_ROWS:] = False  # the band's T-fold copies
+    under = served & (np.arange(30)[:, None] == 30 - EXACT_FOLD_ROWS - 1)
+    assert (correction_bins(f, t, 3)[under] > 0).sum() > 5  # the band's t reaches them
+    np.testing.assert_allclose(r.error_estimate[served], model.estimate(f, t)[served], rtol=1e-12)
+
+
 def test_rows_the_network_serves_under_the_fold_band_have_no_error_estimate(network):
     """The error model is calibrated with the default band solved exactly: with a thinner
     band the rows the network then serves have no held-out cells, so no estimate; the solved

@@ -68,6 +68,23 @@ def test_verify_checks_the_methods_own_error_estimate():
     assert "verify_estimate_coverage" not in verify(fields, exact, 8).summary()
 
 
+def test_verify_scale_is_the_split_conformal_rank():
+    """Ratios |ε|/estimate of 0.5, 2, 3, …, 19 at 19 cells: the 0.9 factor is the ⌈20·0.9⌉ =
+    18th smallest, and only the first cell is covered;
+    with 5 cells, or for a bound (q = 1), no finite factor exists and none is reported."""
+    fields = random_fields(ny=20, nx=24)
+    exact = estimate(fields, "brute").gamma
+    cells = verify(fields, 1.1 * exact, 19)
+    guess = np.full(fields.shape, np.nan)
+    guess[cells.j, cells.i] = 0.21 / np.r_[0.5, np.arange(2, 20)]
+    s = verify(fields, 1.1 * exact, 19, estimate=guess).summary()
+    np.testing.assert_allclose(s["verify_estimate_scale"], 18.0, rtol=1e-9)
+    np.testing.assert_allclose(s["verify_estimate_coverage"], 1 / 19, rtol=1e-12)
+    assert "verify_estimate_scale" not in verify(fields, 1.1 * exact, 5, estimate=guess).summary()
+    bound = verify(fields, 1.1 * exact, 19, estimate=guess, quantile=1.0).summary()
+    assert "verify_estimate_scale" not in bound and "verify_estimate_coverage" in bound
+
+
 def test_estimate_cnn_verify_reports_the_error_estimate_coverage(tmp_path):
     src = write_fields(tmp_path / "in.nc", random_fields(ny=40, nx=48, seed=3))
     out = tmp_path / "out.nc"

@@ -246,7 +246,8 @@ def estimate(
                 verify,
                 seed=seed,
                 estimate=result.error_estimate,
-                quantile=float(result.info.get("error_quantile", 0.9)),
+                # a method's estimate without a quantile is a bound (probing's certificate)
+                quantile=float(result.info.get("error_quantile", 1.0)),
             )
             attrs.update(checked.summary())
         if nemo_layout:
@@ -273,9 +274,13 @@ def estimate(
         if "verify_estimate_coverage" in s:
             line += (
                 f"; its error estimate covers {100 * s['verify_estimate_coverage']:.0f} % of "
-                f"{s['verify_estimate_cells']} (×{s['verify_estimate_scale']:.2g} would cover "
-                f"{100 * checked.quantile:.0f} % there)"
+                f"{s['verify_estimate_cells']}"
             )
+            if "verify_estimate_scale" in s:
+                line += (
+                    f" (×{s['verify_estimate_scale']:.2g} would cover "
+                    f"{100 * checked.quantile:.0f} % there)"
+                )
         console.print(line)
     console.print(f"wrote {output}")
 

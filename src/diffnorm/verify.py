@@ -27,7 +27,7 @@ COASTAL = 2.0  # cells
 @dataclass
 class Verification:
     """``ε = (γ̂² − γ²)/γ²`` at the checked cells (grid indices ``j, i``), and the method's
-    own estimate of |ε| there with the quantile it claims (when it has one)."""
+    own estimate of |ε| there with the quantile it claims (when it has one; 1 for a bound)."""
 
     j: np.ndarray
     i: np.ndarray
@@ -53,14 +53,17 @@ class Verification:
             est = self.estimate
             known = np.isfinite(est)
             if known.any():
-                out["verify_estimate_cells"] = int(known.sum())
-                out["verify_estimate_coverage"] = float(np.mean(a[known] <= est[known]))
-                # the factor that would make the estimate cover its quantile at these cells
-                # (one in ``(n + 1)·(1 − q)`` may still lie above: split-conformal's rank)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ratio = np.where(a[known] > 0, a[known] / est[known], 0.0)
-                rank = min(int(np.ceil((ratio.size + 1) * self.quantile)), ratio.size)
-                out["verify_estimate_scale"] = float(np.sort(ratio)[rank - 1])
+                a, est = a[known], est[known]
+                out["verify_estimate_cells"] = int(a.size)
+                out["verify_estimate_coverage"] = float(np.mean(a <= est))
+                # the factor that would make the estimate cover its quantile q at these n cells:
+                # split-conformal's ⌈(n + 1)·q⌉-th smallest |ε|/estimate, finite only when
+                # that rank is at most n (at q = 0.9, n ≥ 9; never for a bound, q = 1)
+                rank = int(np.ceil((a.size + 1) * self.quantile))
+                if rank <= a.size:
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        ratio = np.where(a > 0, a / est, 0.0)
+                    out["verify_estimate_scale"] = float(np.sort(ratio)[rank - 1])
         return out
 
 

@@ -17,6 +17,8 @@ from diffnorm.methods.base import MethodOutput, register
 from diffnorm.operator import grid_stencil, system_block
 from diffnorm.subgrid import EXACT_FOLD_ROWS, FOLD_TOLERANCE, fold_band_variance
 
+DENSE_ROUNDOFF = 1e-10  # |ε| of a small basin's dense solve: round-off, with room to spare
+
 
 def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of basins of ≤ ``max_cells`` cells,
@@ -72,7 +74,8 @@ def cnn(
     flags, report = net.check_fields(fields)
     target = net.predict_target(fields, device, tile, symmetries, precision)
     gamma = gamma_from_target(fields, target, net.target)
-    variance = gamma.ravel()[fields.ocean] ** -2.0
+    network = gamma.ravel()[fields.ocean] ** -2.0
+    variance = network.copy()
     small, exact = small_basin_variance(fields, exact_basins)
     fold_idx, fold_exact = fold_band_variance(fields, exact_fold_rows)
     variance[fold_idx] = fold_exact
@@ -91,13 +94,19 @@ def cnn(
     flags.ravel()[fields.ocean[idx]] = 0  # solved exactly: on known ground
     if fold_idx.size:
         flags[-exact_fold_rows:] = 0  # T-fold copies too
-    error = net.error_estimate(fields, target if net.target in LOG_TARGETS else None)
+    correction = None
+    if net.target in LOG_TARGETS:
+        # log(γ²/γ²_baseline) of the γ returned, as the error model was calibrated on: the
+        # solved cells' own, which the |t| square of their served neighbours reads
+        shift = np.where(fields.mask, fields.to_grid(np.log(network / variance)), 0.0)
+        correction = target + shift
+    error = net.error_estimate(fields, correction)
     if error is not None:
         error = error.ravel()[fields.ocean]
         # no held-out cell was on a grid its kernel wraps around: no estimate there
         error[(flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0] = np.nan
         error[fold_idx] = FOLD_TOLERANCE  # solved, to that tolerance
-        error[small] = 0.0  # solved by dense algebra
+        error[small] = DENSE_ROUNDOFF  # solved by dense algebra
         info["error_quantile"] = net.error_model["quantile"]
     return MethodOutput(
         variance, tolerance=None, info=info, flags=flags, error_estimate=error, exact=idx

@@ -112,15 +112,13 @@ def outside_zones(fields: Fields) -> np.ndarray:
     return ~np.logical_or.reduce([zone(fields) for zone in ZONES.values()])
 
 
-def correction_bins(
-    fields: Fields, correction: np.ndarray, window: int = CORRECTION_WINDOW
-) -> np.ndarray:
+def correction_bins(fields: Fields, correction: np.ndarray, window: int) -> np.ndarray:
     """The |t| bin of each cell (0 … len(CORRECTION_EDGES)): of the largest |t| over the
     ocean cells of its ``window × window`` square, across the wrap and the fold."""
-    from diffnorm.ml.features import squares
+    from diffnorm.ml.features import square_reduce
 
     a = np.where(fields.mask, np.abs(correction), 0.0)  # land 0, as beyond closed edges
-    return np.digitize(squares(fields.topology, a, window).max(axis=0), CORRECTION_EDGES)
+    return np.digitize(square_reduce(fields.topology, a, window, np.maximum), CORRECTION_EDGES)
 
 
 def network_correction(fields: Fields, gamma: np.ndarray, target: str) -> np.ndarray | None:
@@ -152,10 +150,13 @@ class ErrorModel:
     correction_window: int = 1  # the |t| square of by_correction (1: files before it)
 
     @classmethod
-    def fit(cls, samples: list[HeldOut], quantile: float = 0.9) -> ErrorModel:
+    def fit(
+        cls, samples: list[HeldOut], quantile: float = 0.9, window: int = CORRECTION_WINDOW
+    ) -> ErrorModel:
         """From ``(ε on the grid, fields)`` pairs of held-out samples, or ``(ε, fields,
         correction)`` triples (the network's ``log(γ̂²/γ²_baseline)`` on the grid): with a
-        correction for every sample, the |t| bins are fitted too."""
+        correction for every sample, the |t| bins are fitted too, each cell binned by the largest
+        |t| over its ``window × window`` square."""
         if not 0.0 < quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {quantile}")
         nd, nf, nc = len(DISTANCE_BINS), len(FACE_BINS), len(CORRECTION_EDGES) + 1
@@ -164,7 +165,11 @@ class ErrorModel:
         for sample in samples:
             eps, fields = sample[0], sample[1]
             di, fi = cell_classes(fields)
-            ci = correction_bins(fields, sample[2]) if with_t else np.zeros(fields.shape, dtype=int)
+            ci = (
+                correction_bins(fields, sample[2], window)
+                if with_t
+                else np.zeros(fields.shape, dtype=int)
+            )
             a = np.abs(eps)
             ok = fields.counted & np.isfinite(a) & outside_zones(fields)  # zones: own factors
             for i in range(nd):
@@ -198,7 +203,7 @@ class ErrorModel:
             )
         model = cls(float(quantile), table, cells, by_t if with_t else None)
         if with_t:
-            model.correction_window = CORRECTION_WINDOW
+            model.correction_window = window
         groups_m = {step_bin(sample[1].steps) for sample in samples}
         if len(groups_m) > 1:  # the factor that makes each M group cover the quantile
             ratios: dict[int, list[np.ndarray]] = {}

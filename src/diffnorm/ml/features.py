@@ -181,20 +181,25 @@ def baseline_gamma_squared(fields: Fields, kind: str) -> np.ndarray:
     raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
 
 
-def squares(topology: Topology, a: np.ndarray, size: int) -> np.ndarray:
-    """``(size², …, ny, nx)``: for every cell, ``a`` (``(…, ny, nx)``) at each cell of the
-    ``size × size`` square around it, across the wrap and the fold (0 beyond closed edges)."""
+def square_reduce(topology: Topology, a: np.ndarray, size: int, op: np.ufunc) -> np.ndarray:
+    """``op`` (``np.add``, ``np.maximum``) of ``a`` (``(…, ny, nx)``) over the ``size × size``
+    square around every cell, across the wrap and the fold (0 beyond closed edges), one
+    shifted view at a time (no ``size²`` copies in memory)."""
     h = size // 2
     padded = topology.pad(a, h)
     ny, nx = a.shape[-2:]
-    return np.stack([padded[..., j : j + ny, i : i + nx] for j in range(size) for i in range(size)])
+    out = padded[..., :ny, :nx].copy()
+    for k in range(1, size * size):
+        j, i = divmod(k, size)
+        op(out, padded[..., j : j + ny, i : i + nx], out=out)
+    return out
 
 
 def ocean_mean(topology: Topology, mask: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
     """Mean of ``values`` over the ocean cells of the ``size × size`` square around each cell,
     across the wrap and the fold (0 where the square holds no ocean)."""
     stacked = np.stack([mask.astype(np.float64), np.where(mask, values, 0.0)])
-    sums = squares(topology, stacked, size).sum(axis=0)
+    sums = square_reduce(topology, stacked, size, np.add)
     return sums[1] / np.maximum(sums[0], 1.0)
 
 
