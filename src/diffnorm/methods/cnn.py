@@ -64,8 +64,9 @@ def cnn(
     ``float32`` or ``bfloat16`` (the network under bfloat16 autocast: faster on hardware with
     bfloat16 arithmetic, slightly larger errors; see ``GammaNetwork.predict_target``)."""
     from diffnorm.device import pick_device
+    from diffnorm.ml.calibration import network_correction
     from diffnorm.ml.domain import FLAGS
-    from diffnorm.ml.features import LOG_TARGETS, gamma_from_target
+    from diffnorm.ml.features import gamma_from_target
     from diffnorm.ml.modelfile import resolve_model
 
     if exact_fold_rows < 0:
@@ -74,8 +75,7 @@ def cnn(
     flags, report = net.check_fields(fields)
     target = net.predict_target(fields, device, tile, symmetries, precision)
     gamma = gamma_from_target(fields, target, net.target)
-    network = gamma.ravel()[fields.ocean] ** -2.0
-    variance = network.copy()
+    variance = gamma.ravel()[fields.ocean] ** -2.0
     small, exact = small_basin_variance(fields, exact_basins)
     fold_idx, fold_exact = fold_band_variance(fields, exact_fold_rows)
     variance[fold_idx] = fold_exact
@@ -94,13 +94,10 @@ def cnn(
     flags.ravel()[fields.ocean[idx]] = 0  # solved exactly: on known ground
     if fold_idx.size:
         flags[-exact_fold_rows:] = 0  # T-fold copies too
-    correction = None
-    if net.target in LOG_TARGETS:
-        # log(γ²/γ²_baseline) of the γ returned, as the error model was calibrated on: the
-        # solved cells' own, which the |t| square of their served neighbours reads
-        shift = np.where(fields.mask, fields.to_grid(np.log(network / variance)), 0.0)
-        correction = target + shift
-    error = net.error_estimate(fields, correction)
+    # the correction of the γ returned, solved cells included, as the error model was
+    # calibrated on (their served neighbours' |t| square reads them)
+    returned = network_correction(fields, fields.to_grid(variance**-0.5), net.target)
+    error = net.error_estimate(fields, returned)
     if error is not None:
         error = error.ravel()[fields.ocean]
         # no held-out cell was on a grid its kernel wraps around: no estimate there

@@ -201,9 +201,13 @@ class ErrorModel:
                     for j in range(nf)
                 ]
             )
-        model = cls(float(quantile), table, cells, by_t if with_t else None)
-        if with_t:
-            model.correction_window = window
+        model = cls(
+            float(quantile),
+            table,
+            cells,
+            by_t if with_t else None,
+            correction_window=window if with_t else 1,
+        )
         groups_m = {step_bin(sample[1].steps) for sample in samples}
         if len(groups_m) > 1:  # the factor that makes each M group cover the quantile
             ratios: dict[int, list[np.ndarray]] = {}

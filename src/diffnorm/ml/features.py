@@ -165,7 +165,15 @@ class Standardizer:
 
 
 def baseline_gamma_squared(fields: Fields, kind: str) -> np.ndarray:
-    """The local estimate a log target is relative to (NaN on land)."""
+    """The local estimate a log target is relative to (NaN on land), once per Fields
+    (read-only): γ from the network's target and the error model's correction of the γ
+    returned both divide by it."""
+    if kind not in LOG_TARGETS:
+        raise ValueError(f"target must be one of {LOG_TARGETS}, got {kind!r}")
+    return fields.derived(f"baseline_{kind}", lambda: _baseline_gamma_squared(fields, kind))
+
+
+def _baseline_gamma_squared(fields: Fields, kind: str) -> np.ndarray:
     if kind == "log_ratio":
         return analytic_gamma_squared(fields)
     if kind == "log_lattice":
