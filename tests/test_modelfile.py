@@ -104,6 +104,32 @@ def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
     assert not r.flags[top].any()
 
 
+def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
+    from diffnorm.subgrid import CELLS_TOLERANCE
+
+    f = random_fields(ny=40, nx=48, steps=10, seed=7)
+    exact = estimate(f, "selinv", tolerance=1e-9).gamma
+    ocean = f.mask.astype(bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
+        base = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
+        r = estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=0.04)
+        every = estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=0.0)
+    doubt = ocean & ~(base.error_estimate <= 0.04) & ~base.exact
+    assert doubt.any() and (ocean & ~doubt & ~base.exact).any()
+    assert r.info["exact_above_cells"] == doubt.sum() and r.exact[doubt].all()
+    np.testing.assert_allclose(r.gamma[doubt] ** 2, exact[doubt] ** 2, rtol=CELLS_TOLERANCE)
+    assert np.all(r.error_estimate[doubt] == CELLS_TOLERANCE) and not r.flags[doubt].any()
+    rest = ocean & ~doubt
+    np.testing.assert_array_equal(r.gamma[rest], base.gamma[rest])
+    assert np.abs(base.gamma[doubt] ** 2 / exact[doubt] ** 2 - 1).max() > 1e-2
+    np.testing.assert_allclose(every.gamma[ocean] ** 2, exact[ocean] ** 2, rtol=CELLS_TOLERANCE)
+    with pytest.raises(ValueError, match="error model"):
+        estimate(f, "cnn", model=network, device="cpu", exact_above=0.04)
+    with pytest.raises(ValueError, match="exact_above"):
+        estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=-1.0)
+
+
 def test_the_error_estimate_reads_the_correction_it_was_calibrated_on(network, monkeypatch):
     """The error model was fitted on log(γ²/γ²_baseline) of the γ the method returns (solved
     cells included), and the |t| square of a served cell reaches its solved neighbours: the
@@ -293,6 +319,9 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
         (["--method", "cnn", "--exact-fold-rows", "-1"], "--exact-fold-rows must be >= 0"),
         (["--method", "lattice", "--precision", "bfloat16"], "--precision goes with"),
         (["--method", "cnn", "--precision", "half"], "--precision must be one of float32"),
+        (["--method", "lattice", "--exact-above", "0.02"], "--exact-above goes with"),
+        (["--method", "cnn", "--exact-above", "-0.1"], "--exact-above must be an |ε| >= 0"),
+        (["--method", "cnn", "--model", str(model), "--exact-above", "0.02"], "no error model"),
     ):
         res = runner.invoke(app, ["estimate", str(inp), "-o", str(tmp_path / "t.nc"), *args])
         assert res.exit_code == 2 and message in res.output

@@ -70,3 +70,31 @@ def test_the_fold_band_is_a_no_op_without_a_fold():
     assert idx.size == 0 and v.size == 0
     with pytest.raises(ValueError, match="north fold"):
         fold_band(random_fields(), 4)
+
+
+@pytest.mark.parametrize("case", ["closed", "periodic", "T", "F"])
+def test_cells_solved_on_their_region_have_the_whole_grid_gamma(case):
+    from conftest import folded_fields
+    from diffnorm.subgrid import cells_region, cells_variance
+
+    if case in ("T", "F"):
+        fields = folded_fields(case, ny=48, nx=40, steps=10, seed=4, kappa=0.3)
+    else:
+        fields = random_fields(ny=50, nx=60, steps=10, periodic_x=case == "periodic", seed=5)
+    whole = estimate(fields, "selinv", tolerance=1e-9).gamma
+    ocean = fields.mask.astype(bool)
+    cells = np.zeros(fields.shape, dtype=bool)
+    cells[5:9, 0:6] = True  # across the wrap's seam on the periodic grid
+    cells[-3:, 10:14] = True  # under the fold on the folded ones
+    cells[20, 30] = True
+    cells &= ocean
+    region = cells_region(fields, cells, 1e-5)
+    assert region[cells].all() and region.sum() < ocean.sum()  # a region, not the grid
+    idx, v = cells_variance(fields, cells, 1e-5)
+    assert np.array_equal(fields.ocean[idx], np.flatnonzero(cells))
+    assert np.abs(v * whole.ravel()[fields.ocean[idx]] ** 2 - 1).max() <= 1e-5
+    # the halo is needed: a region walled at one cell is wrong by far more
+    _, rough = cells_variance(fields, cells, 0.5)
+    assert np.abs(rough * whole.ravel()[fields.ocean[idx]] ** 2 - 1).max() > 1e-3
+    empty = cells_variance(fields, np.zeros(fields.shape, dtype=bool))
+    assert empty[0].size == 0 and empty[1].size == 0

@@ -173,6 +173,13 @@ def estimate(
             "band padded by a halo; 0: the network there too)"
         ),
     ] = EXACT_FOLD_ROWS,
+    exact_above: Annotated[
+        float | None,
+        typer.Option(
+            help="cnn: also solve exactly every cell whose error estimate is above this |ε| "
+            "(e.g. 0.015): one sparse solve on those cells and their halos"
+        ),
+    ] = None,
     verify: Annotated[
         int,
         typer.Option(
@@ -209,6 +216,7 @@ def estimate(
             "symmetries": symmetries,
             "precision": precision,
             "exact_fold_rows": exact_fold_rows,
+            "exact_above": exact_above,
         }
     elif model is not None:
         usage_error("--model goes with --method cnn")
@@ -218,8 +226,12 @@ def estimate(
         usage_error("--precision goes with --method cnn")
     elif exact_fold_rows != EXACT_FOLD_ROWS:
         usage_error("--exact-fold-rows goes with --method cnn")
+    elif exact_above is not None:
+        usage_error("--exact-above goes with --method cnn")
     if exact_fold_rows < 0:
         usage_error(f"--exact-fold-rows must be >= 0, got {exact_fold_rows}")
+    if exact_above is not None and not exact_above >= 0:
+        usage_error(f"--exact-above must be an |ε| >= 0 (e.g. 0.015), got {exact_above}")
     from diffnorm.ml.networks import PRECISIONS
 
     if precision not in PRECISIONS:
@@ -626,6 +638,10 @@ def predict(
     exact_fold_rows: Annotated[
         int, typer.Option(help="rows under a north fold solved exactly (0: none)")
     ] = EXACT_FOLD_ROWS,
+    exact_above: Annotated[
+        float | None,
+        typer.Option(help="also solve exactly the cells whose error estimate is above this"),
+    ] = None,
 ) -> None:
     """γ from a trained network (same as `estimate --method cnn`)."""
     estimate(
@@ -638,6 +654,7 @@ def predict(
         symmetries=symmetries,
         precision=precision,
         exact_fold_rows=exact_fold_rows,
+        exact_above=exact_above,
     )
 
 

@@ -10,6 +10,12 @@ from grids too large to solve whole (1/12° crops) at a fraction of the cost.
 :func:`fold_band_variance` does the same for the rows under a north fold: the band of the top
 rows, the whole width, keeps the wrap and the fold and gets a wall only at its south edge. The
 ``cnn`` method solves those rows so, where the network is weakest (the fold's pivots).
+
+:func:`cells_variance` solves any set of cells: the grid with every ocean cell farther than
+its halo from the set turned to land (walls), wrap and fold kept, by one ``selinv``. Each cell
+gets the halo of the largest grid diffusivity within the set's widest halo of it, so the
+region stays near the cells where the length scale is short. ``cnn --exact-above τ`` solves
+so the cells whose error estimate exceeds τ.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from diffnorm.fields import Fields
 
 EXACT_FOLD_ROWS = 6  # rows under a north fold the cnn method solves exactly by default
 FOLD_TOLERANCE = 1e-4  # |ε| of the fold band's γ² against the whole grid's (halo and solve)
+CELLS_TOLERANCE = 1e-4  # the same for cells_variance's region
+DIFFUSIVITY_BIN = 1.25  # cells_variance: halos of diffusivities rounded up to powers of this
 
 
 def halo_width(kx: float, ky: float, steps: int, tolerance: float) -> tuple[int, int]:
@@ -132,3 +140,57 @@ def fold_band_variance(
     idx = np.arange(np.searchsorted(fields.ocean, (ny - rows) * nx), fields.n_ocean)
     j, i = np.divmod(fields.ocean[idx], nx)
     return idx, gamma[j - (ny - rows) + first, i] ** -2.0
+
+
+def cells_region(
+    fields: Fields, cells: np.ndarray, tolerance: float = CELLS_TOLERANCE
+) -> np.ndarray:
+    """The ocean cells within reach of ``cells`` (a boolean grid): each cell's
+    :func:`halo_width` rectangle, from the largest grid diffusivity within the widest halo
+    around it (the kernel reaching a wall crosses it), rounded up to a power of
+    ``DIFFUSIVITY_BIN``; across the wrap, and the top ``2·H`` rows whole where a cell lies
+    within ``H`` rows of a north fold (its mirror side is then inside too)."""
+    from scipy import ndimage
+
+    cells = np.asarray(cells, dtype=bool) & fields.mask.astype(bool)
+    if not cells.any():
+        return cells
+    gx, gy = fields.grid_diffusivity()
+    hy, hx = halo_width(float(gx[cells].max()), float(gy[cells].max()), fields.steps, tolerance)
+    modes = ("nearest", "wrap" if fields.periodic_x else "nearest")
+    near = [ndimage.maximum_filter(g, size=(2 * hy + 1, 2 * hx + 1), mode=modes) for g in (gx, gy)]
+    bins = [np.ceil(np.log(np.maximum(g[cells], 1e-12)) / math.log(DIFFUSIVITY_BIN)) for g in near]
+    pairs, which = np.unique(np.stack(bins, axis=1), axis=0, return_inverse=True)
+    halos: dict[tuple[int, int], np.ndarray] = {}
+    j, i = np.nonzero(cells)
+    for k, (bx, by) in enumerate(pairs):
+        h = halo_width(DIFFUSIVITY_BIN**bx, DIFFUSIVITY_BIN**by, fields.steps, tolerance)
+        seeds = halos.setdefault(h, np.zeros(fields.shape, dtype=bool))
+        sel = which.ravel() == k
+        seeds[j[sel], i[sel]] = True
+    keep = np.zeros(fields.shape, dtype=bool)
+    fill = ("constant", "wrap" if fields.periodic_x else "constant")
+    for (h_y, h_x), seeds in halos.items():
+        keep |= ndimage.maximum_filter(seeds, size=(2 * h_y + 1, 2 * h_x + 1), mode=fill)
+    ny = fields.shape[0]
+    if fields.topology.folded and cells[max(0, ny - hy) :].any():
+        keep[max(0, ny - 2 * hy) :] = True
+    return keep & fields.mask.astype(bool)
+
+
+def cells_variance(
+    fields: Fields, cells: np.ndarray, tolerance: float = CELLS_TOLERANCE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``v = 1/γ²`` on the ocean cells of ``cells`` (a boolean grid) to ``tolerance``,
+    from one ``selinv`` on :func:`cells_region`; returns (indices into ``fields.ocean``,
+    variances)."""
+    from diffnorm.methods import estimate
+
+    cells = np.asarray(cells, dtype=bool) & fields.mask.astype(bool)
+    if not cells.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    region = cells_region(fields, cells, tolerance)
+    sub = fields.replace(mask=region.astype(np.int8))
+    gamma = estimate(sub, "selinv", tolerance=tolerance / 10).gamma
+    flat = np.flatnonzero(cells)
+    return np.searchsorted(fields.ocean, flat), gamma.ravel()[flat] ** -2.0

@@ -6,6 +6,9 @@ weakest (its input says nothing of a basin's total area, which bounds γ² there
 ``exact_fold_rows`` rows of a grid with a north fold (:func:`diffnorm.subgrid.fold_band_variance`:
 the band under the fold, padded by a halo of rows): the network's largest errors sat at the
 fold's pivots, where a cell's northern neighbour is its own eastern or western one.
+With ``exact_above=τ`` every cell whose calibrated error estimate exceeds τ is solved exactly
+as well (:func:`diffnorm.subgrid.cells_variance`: one sparse solve on those cells padded by
+their halos): the network's tails, at the coast, for the cost of a solve on that region.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import numpy as np
 from diffnorm.fields import Fields
 from diffnorm.methods.base import MethodOutput, register
 from diffnorm.operator import grid_stencil, system_block
-from diffnorm.subgrid import EXACT_FOLD_ROWS, FOLD_TOLERANCE, fold_band_variance
+from diffnorm.subgrid import (
+    CELLS_TOLERANCE,
+    EXACT_FOLD_ROWS,
+    FOLD_TOLERANCE,
+    cells_variance,
+    fold_band_variance,
+)
 
 DENSE_ROUNDOFF = 1e-10  # |ε| of a small basin's dense solve: round-off, with room to spare
 
@@ -51,6 +60,7 @@ def cnn(
     exact_fold_rows: int = EXACT_FOLD_ROWS,
     symmetries: int = 1,
     precision: str = "float32",
+    exact_above: float | None = None,
     progress=None,
 ) -> MethodOutput:
     """``model``: a model file, a Lightning checkpoint, a shipped model's name or a loaded
@@ -62,7 +72,9 @@ def cnn(
     ``symmetries``: average the network over that many of the grid's flips and turns (up to 8
     on a closed grid, 4 on a periodic or folded one; costs as many passes); ``precision``:
     ``float32`` or ``bfloat16`` (the network under bfloat16 autocast: faster on hardware with
-    bfloat16 arithmetic, slightly larger errors; see ``GammaNetwork.predict_target``)."""
+    bfloat16 arithmetic, slightly larger errors; see ``GammaNetwork.predict_target``);
+    ``exact_above``: also solve exactly (to ``CELLS_TOLERANCE``) every cell whose error
+    estimate is above this |ε|, or has none (needs a model with an error model)."""
     from diffnorm.device import pick_device
     from diffnorm.ml.calibration import network_correction
     from diffnorm.ml.domain import FLAGS
@@ -71,7 +83,15 @@ def cnn(
 
     if exact_fold_rows < 0:
         raise ValueError(f"exact_fold_rows must be >= 0 (0: none), got {exact_fold_rows}")
+    if exact_above is not None and not exact_above >= 0:
+        raise ValueError(f"exact_above must be an |ε| >= 0 (e.g. 0.015), got {exact_above}")
     net = resolve_model(model, fields)
+    if exact_above is not None and net.error_model is None:
+        raise ValueError(
+            f"exact_above: model {net.name!r} has no error model to choose the cells by; "
+            "use a shipped model, or calibrate this one: `diffnorm evaluate` on held-out "
+            "data, then `diffnorm export --format model --error-model DIR/evaluation.json`"
+        )
     flags, report = net.check_fields(fields)
     target = net.predict_target(fields, device, tile, symmetries, precision)
     gamma = gamma_from_target(fields, target, net.target)
@@ -105,6 +125,20 @@ def cnn(
         error[fold_idx] = FOLD_TOLERANCE  # solved, to that tolerance
         error[small] = DENSE_ROUNDOFF  # solved by dense algebra
         info["error_quantile"] = net.error_model["quantile"]
+    if exact_above is not None:
+        assert error is not None
+        todo = ~(error <= exact_above)  # no estimate (NaN): solved too
+        todo[idx] = False
+        cells = np.zeros(fields.shape, dtype=bool)
+        cells.ravel()[fields.ocean[todo]] = True
+        solved, v = cells_variance(fields, cells)
+        variance[solved] = v
+        error[solved] = CELLS_TOLERANCE
+        flags.ravel()[fields.ocean[solved]] = 0
+        idx = np.union1d(idx, solved)
+        info["exact_above"] = float(exact_above)
+        info["exact_above_cells"] = int(solved.size)
+        info["exact_cells"] = int(idx.size)
     return MethodOutput(
         variance, tolerance=None, info=info, flags=flags, error_estimate=error, exact=idx
     )
