@@ -12,7 +12,9 @@ other method's max |ε|. When selinv runs, every other method is also measured a
 *all* ocean cells (mean / Q99.99 / max |ε|, ε = (γ̂² − γ²)/γ²) and its time is printed as a
 multiple of selinv's: that is where the network's cost (linear in the cells) overtakes the
 exact method's (cells^1.4–1.5). ``cnn`` is the shipped model for the grid (``cnn:NAME`` for
-another; the operator is not built for it, so its time is the whole prediction). The last
+another; the operator is not built for it, so its time is the whole prediction);
+``cnn_exact:τ`` the same with the cells whose error estimate is above τ solved exactly
+(``--exact-above``). The last
 lines fit ``time ∝ cells^p`` per method; the last line printed is one JSON object with all
 numbers.
 """
@@ -63,6 +65,8 @@ def run_method(args: dict, queue: mp.Queue) -> None:
             options = {"samples": int(float(arg or 1000)), "seed": 0}
         if name == "cnn" and arg:
             options = {"model": arg}
+        if name == "cnn_exact":  # the cnn with the cells it doubts solved exactly
+            name, options = "cnn", {"exact_above": float(arg or 0.015)}
         # the network needs no operator: its time is the whole prediction
         result = estimate(fields if name == "cnn" else make_operator(fields), name, **options)
         wall = time.perf_counter() - t0

@@ -136,6 +136,12 @@ def main() -> None:
         help="average the cnn over up to this many of each grid's symmetries",
     )
     parser.add_argument(
+        "--exact-above",
+        default="",
+        help="also score the cnn with the cells whose error estimate is above each of these "
+        "|ε| solved exactly (comma-separated, e.g. 0.01,0.015)",
+    )
+    parser.add_argument(
         "--gate", default=None, help="A,B: fade the correction out from A·D to B·D off the coast"
     )
     args = parser.parse_args()
@@ -151,15 +157,24 @@ def main() -> None:
     for name, samples in cases(args.cases.split(","), args.samples, args.steps).items():
         rows: dict[str, dict] = {}
         baselines = [b for b in args.baselines.split(",") if b]
-        eps: dict[str, list] = {"cnn": [], "randomization": [], **{b: [] for b in baselines}}
+        taus = [float(t) for t in args.exact_above.split(",") if t]
+        hybrids = {f"cnn_exact_above_{t:g}": t for t in taus}
+        eps: dict[str, list] = {
+            "cnn": [],
+            **{h: [] for h in hybrids},
+            "randomization": [],
+            **{b: [] for b in baselines},
+        }
         dist: list[np.ndarray] = []
         times = dict.fromkeys(eps, 0.0)
+        times["selinv"] = 0.0
         model_name = ""
         parts = []
         covered: list[np.ndarray] = []  # |ε| ≤ the model's own per-cell error estimate
         flagged: list[tuple[np.ndarray, np.ndarray]] = []  # (|ε|, estimate)
         for fields in samples:
             exact = estimate(fields, "selinv")
+            times["selinv"] += exact.wall_time
             m = fields.counted
             dist.append(np.rint(distance_to_coast(fields)[m]))
             if args.gate:
@@ -181,6 +196,12 @@ def main() -> None:
                 err, est = np.abs(eps["cnn"][-1])[own], cnn.error_estimate[m][own]
                 covered.append(err <= est)
                 flagged.append((err, est))
+            for key, tau in hybrids.items():
+                fresh = fields.replace()  # nothing the cnn computed above is reused
+                t0 = time.perf_counter()
+                h = estimate(fresh, "cnn", symmetries=sym, exact_above=tau, **options)
+                times[key] += time.perf_counter() - t0
+                eps[key].append(relative_error(h.gamma, exact.gamma, m))
             grid = np.full(fields.shape, np.nan)
             grid[m] = eps["cnn"][-1]
             parts.append(error_strata(grid, fields))
@@ -199,6 +220,8 @@ def main() -> None:
             label = (
                 f"cnn ({model_name})"
                 if method == "cnn"
+                else f"cnn, exact above {hybrids[method]:g}"
+                if method in hybrids
                 else f"randomization N={args.randomization}"
                 if method == "randomization"
                 else method
@@ -212,9 +235,17 @@ def main() -> None:
             )
         if "randomization" in rows:
             keys = ("mean_abs", "q9999", "max_abs")
-            rows["cnn_beats_randomization"] = all(
-                rows["cnn"][k] <= rows["randomization"][k] for k in keys
-            )
+            for method in ("cnn", *hybrids):
+                rows[f"{method}_beats_randomization"] = all(
+                    rows[method][k] <= rows["randomization"][k] for k in keys
+                )
+        selinv = times["selinv"] / len(samples)
+        rows["selinv_s_per_sample"] = selinv
+        print(
+            f"\n{name}: selinv (exact) {selinv:.3g} s/sample; time / selinv's: "
+            + ", ".join(f"{k} {rows[k]['s_per_sample'] / selinv:.2f}" for k in ("cnn", *hybrids))
+            + "\n"
+        )
         rows["cnn_strata"] = merge_strata(parts)
         if covered:
             rows["cnn_error_estimate_coverage"] = float(np.concatenate(covered).mean())

@@ -18,6 +18,8 @@ lakes or enclosed seas that small should mask them or solve them exactly (they a
 Nor does it solve the rows under a north fold (``cnn``'s ``exact_fold_rows``, a sparse solve
 on a band of the grid): there the graph gives the network's γ, whose largest errors sit at
 the fold's pivots; a host that needs them exact solves that band (``diffnorm.subgrid``).
+Nor does it solve the cells ``cnn --exact-above`` would (their choice needs the error model,
+which is not in the graph).
 """
 
 from __future__ import annotations
