@@ -88,6 +88,22 @@ def test_compare_writes_table_and_maps(tmp_path, fields_file):
 def test_compare_rejects_bad_method_spec(tmp_path, fields_file):
     res = runner.invoke(app, ["compare", str(fields_file), "--methods", "analytic:3"])
     assert res.exit_code == 2 and "only randomization" in res.output
+    res = runner.invoke(app, ["compare", str(fields_file), "--methods", "cnn:high"])
+    assert res.exit_code == 2 and "cnn:0.015" in res.output
+
+
+def test_compare_scores_the_cnn_with_its_doubted_cells_exact(tmp_path):
+    import warnings
+
+    from diffnorm.compare import compare, parse_method
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
+        fields = random_fields(ny=30, nx=36, steps=10, seed=7)
+        specs = [parse_method("cnn"), parse_method("cnn:0.0")]
+        result = compare(fields, specs)
+    assert [r.label for r in result.rows] == ["cnn", "cnn, exact above 0"]
+    assert result.rows[1].metrics["max_abs"] <= 1e-4 < result.rows[0].metrics["max_abs"]
 
 
 def test_methods_lists_everything():

@@ -427,7 +427,7 @@ def compare(
         str,
         typer.Option(
             help="comma-separated: analytic, lattice, images, randomization:N, brute, probing, "
-            "selinv"
+            "selinv, cnn, cnn:τ (the cnn with the cells it doubts above τ solved exactly)"
         ),
     ] = "analytic,randomization:100,randomization:1000,randomization:10000",
     tolerance: Annotated[float, typer.Option(help="reference tolerance (selinv, probing)")] = 1e-6,

@@ -33,13 +33,22 @@ DEFAULT_METHODS: tuple[MethodSpec, ...] = (
 
 
 def parse_method(text: str) -> MethodSpec:
-    """``name`` or ``name:N`` (randomization samples), e.g. ``randomization:1000``."""
+    """``name``, ``randomization:N`` (samples, e.g. ``randomization:1000``) or ``cnn:τ`` (the
+    cnn with the cells whose error estimate is above τ solved exactly, e.g. ``cnn:0.015``)."""
     name, _, arg = text.partition(":")
     name = name.strip()
     if not arg:
         return name, {}
+    if name == "cnn":
+        try:
+            return name, {"exact_above": float(arg)}
+        except ValueError:
+            raise ValueError(f"τ in {text!r} must be a number, e.g. cnn:0.015") from None
     if name != "randomization":
-        raise ValueError(f"only randomization takes ':N' (samples), got {text!r}")
+        raise ValueError(
+            f"only randomization (':N' samples) and cnn (':τ' exact above) take an argument, "
+            f"got {text!r}"
+        )
     try:
         samples = int(float(arg))
     except ValueError:
@@ -51,6 +60,8 @@ def label(spec: MethodSpec) -> str:
     name, options = spec
     if name == "randomization":
         return f"randomization N={options.get('samples', 1000):g}"
+    if name == "cnn" and options.get("exact_above") is not None:
+        return f"cnn, exact above {options['exact_above']:g}"
     return name
 
 
