@@ -7,7 +7,8 @@ On one sample of the grid (D between 1.5 and 6 cells, M = 10): wall time of the 
 method (features, forward pass, γ; warm, median of repeats) on CPU and, when there is one, on
 the GPU, in float32 and in bfloat16; of ``selinv`` (the default exact method, tolerance 1e-6,
 the reference: warm, its ordering cached, as for every sample after the first on a grid) and
-``randomization`` with N samples; the CNN's error against selinv; the ratios. Then training
+``randomization`` with N samples; the cnn with the cells whose error estimate is above τ
+solved exactly (``--exact-above``); the CNN's error against selinv; the ratios. Then training
 throughput (samples/s, forward + backward + step, batch of 4) of the same network on CPU and
 GPU at the grid's size. The last line printed is one JSON object with all numbers.
 """
@@ -73,6 +74,12 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--exact-above",
+        default="0.015",
+        help="also time the cnn (cpu, float32) with the cells whose error estimate is above "
+        "each of these solved exactly (comma-separated; '' for none)",
+    )
     args = parser.parse_args()
 
     samples = [100] if args.quick else [int(float(s)) for s in args.samples.split(",") if s]
@@ -110,6 +117,17 @@ def main() -> None:
         rows[f"cnn ({dev}, {precision})"] = {
             "time_s": t,
             "predict_target_s": forward,
+            **sample_metrics(result["r"].gamma, exact.gamma, fields.counted),
+        }
+    for tau in (float(t) for t in args.exact_above.split(",") if t):
+        result = {}
+        fresh = iter([dataclasses.replace(fields) for _ in range(args.repeats + 1)])
+
+        def hybrid(result=result, fresh=fresh, tau=tau) -> None:
+            result["r"] = estimate(next(fresh), "cnn", model=model, device="cpu", exact_above=tau)
+
+        rows[f"cnn (cpu, float32), exact above {tau:g}"] = {
+            "time_s": median_time(hybrid, args.repeats),
             **sample_metrics(result["r"].gamma, exact.gamma, fields.counted),
         }
     for row in rows.values():

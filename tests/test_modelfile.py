@@ -14,7 +14,7 @@ from diffnorm.cli import app
 from diffnorm.data.dataset import load_split
 from diffnorm.fields import write_fields
 from diffnorm.methods import estimate
-from diffnorm.ml.modelfile import GammaNetwork, ModelFileError, OutOfRangeWarning
+from diffnorm.ml.modelfile import GammaNetwork, ModelFileError, OutOfRangeWarning, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
     np.testing.assert_allclose(r.gamma[top], exact[top], rtol=1e-4)
     assert r.info["exact_fold_cells"] == np.count_nonzero(f.counted[-3:])
     assert none.info["exact_fold_cells"] == 0
-    assert r.exact.sum() == r.info["exact_fold_cells"] and not r.exact[~top].any()
+    assert np.array_equal(r.exact, top)  # a T fold's copies with their cells
     assert not none.exact.any()  # the cells a caller may leave out of the network's errors
     assert np.abs(none.gamma[top] / exact[top] - 1).max() > 1e-3  # the network alone is not
     rest = f.mask.astype(bool) & ~top
@@ -124,6 +124,21 @@ def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
     np.testing.assert_array_equal(r.gamma[rest], base.gamma[rest])
     assert np.abs(base.gamma[doubt] ** 2 / exact[doubt] ** 2 - 1).max() > 1e-2
     np.testing.assert_allclose(every.gamma[ocean] ** 2, exact[ocean] ** 2, rtol=CELLS_TOLERANCE)
+    # the estimate returned is the γ returned's: a served cell's |t| square reads the solved
+    from diffnorm.ml.calibration import network_correction
+
+    net = resolve_model("windows-smooth-m10")
+    served = ocean & ~r.exact
+    again = net.error_estimate(f, network_correction(f, r.gamma, net.target))
+    np.testing.assert_array_equal(r.error_estimate[served], again[served])
+    # on a T fold every copy follows its cell: exact, unflagged, the solve's estimate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folded = folded_fields("T", ny=30, nx=40, steps=10, seed=4)
+        t = estimate(folded, "cnn", device="cpu", exact_above=0.0, exact_fold_rows=0)
+    wet = folded.mask.astype(bool)
+    assert t.exact[wet].all() and not t.flags[wet].any()
+    assert np.all(t.error_estimate[wet] == CELLS_TOLERANCE)
     with pytest.raises(ValueError, match="error model"):
         estimate(f, "cnn", model=network, device="cpu", exact_above=0.04)
     with pytest.raises(ValueError, match="exact_above"):

@@ -98,3 +98,37 @@ def test_cells_solved_on_their_region_have_the_whole_grid_gamma(case):
     assert np.abs(rough * whole.ravel()[fields.ocean[idx]] ** 2 - 1).max() > 1e-3
     empty = cells_variance(fields, np.zeros(fields.shape, dtype=bool))
     assert empty[0].size == 0 and empty[1].size == 0
+
+
+@pytest.mark.parametrize("fold", ["T", "F"])
+def test_a_cell_whose_halo_reaches_the_fold_sees_across_it(fold):
+    """A cell a few rows under the fold, whose halo reaches the fold row, where the other side
+    of the fold diffuses 50× faster: the region must keep the fold row whole (a T fold's
+    copies with their cells) and be as deep as the other side's length scale asks."""
+    from diffnorm.fields import Fields
+    from diffnorm.subgrid import cells_variance
+
+    ny, nx = 40, 60
+    k = np.full((ny, nx), 0.3)
+    k[:, 36:] = 15.0  # the mirror side of the columns < 24
+    kx, ky = k.copy(), k.copy()
+    cols = np.arange(nx // 2, nx)
+    if fold == "T":  # the values the fold lists twice agree
+        dup = np.arange(nx // 2 + 1, nx)
+        kx[-1, dup] = ky[-1, dup] = k[-1, nx - dup]
+        kx[-1, cols] = kx[-1, nx - 1 - cols]
+    else:
+        ky[-1, cols] = ky[-1, nx - 1 - cols]
+    area = np.full((ny, nx), 1e8)
+    fields = Fields(np.ones((ny, nx)), area, kx * area, ky * area, 10, True, north_fold=fold)
+    whole = estimate(fields, "selinv", tolerance=1e-9).gamma
+    for row in range(ny - 9, ny):
+        cells = np.zeros((ny, nx), dtype=bool)
+        cells[row, 12] = True
+        idx, v = cells_variance(fields, cells, 1e-4)
+        assert np.abs(v * whole.ravel()[fields.ocean[idx]] ** 2 - 1).max() <= 1e-4, row
+    if fold == "T":  # a copy stands for its cell
+        copy = np.zeros((ny, nx), dtype=bool)
+        copy[-1, nx - 12] = True
+        idx, _ = cells_variance(fields, copy, 1e-4)
+        assert fields.ocean[idx].tolist() == [(ny - 1) * nx + 12]

@@ -14,8 +14,10 @@ rows, the whole width, keeps the wrap and the fold and gets a wall only at its s
 :func:`cells_variance` solves any set of cells: the grid with every ocean cell farther than
 its halo from the set turned to land (walls), wrap and fold kept, by one ``selinv``. Each cell
 gets the halo of the largest grid diffusivity within the set's widest halo of it, so the
-region stays near the cells where the length scale is short. ``cnn --exact-above τ`` solves
-so the cells whose error estimate exceeds τ.
+region stays near the cells where the length scale is short; where a cell's halo reaches a
+north fold, the top rows are kept whole (both sides of the fold) to the depth of their own
+largest diffusivity. ``cnn --exact-above τ`` solves so the cells whose error estimate exceeds
+τ.
 """
 
 from __future__ import annotations
@@ -173,20 +175,34 @@ def cells_region(
     for (h_y, h_x), seeds in halos.items():
         keep |= ndimage.maximum_filter(seeds, size=(2 * h_y + 1, 2 * h_x + 1), mode=fill)
     ny = fields.shape[0]
-    if fields.topology.folded and cells[max(0, ny - hy) :].any():
-        keep[max(0, ny - 2 * hy) :] = True
+    reach = [h_y for (h_y, _), seeds in halos.items() if seeds[max(0, ny - 1 - h_y) :].any()]
+    if fields.topology.folded and reach:
+        # a rectangle that reaches the fold row sees across it: the top rows whole (both
+        # sides, a T fold's copies with their cells), their halo from their own largest
+        # diffusivity, the other side's included (as fold_band)
+        band = max(reach)
+        while True:
+            top = slice(max(0, ny - 2 * band), ny)
+            h_y, _ = halo_width(float(gx[top].max()), float(gy[top].max()), fields.steps, tolerance)
+            if h_y <= band:
+                break
+            band = h_y
+        keep[max(0, ny - 2 * band) :] = True
     return keep & fields.mask.astype(bool)
 
 
 def cells_variance(
     fields: Fields, cells: np.ndarray, tolerance: float = CELLS_TOLERANCE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ``v = 1/γ²`` on the ocean cells of ``cells`` (a boolean grid) to ``tolerance``,
-    from one ``selinv`` on :func:`cells_region`; returns (indices into ``fields.ocean``,
-    variances)."""
+    """Exact ``v = 1/γ²`` on the ocean cells of ``cells`` (a boolean grid; a T-fold copy
+    stands for its cell) to ``tolerance``, from one ``selinv`` on :func:`cells_region`;
+    returns (indices into ``fields.ocean``, variances)."""
     from diffnorm.methods import estimate
 
     cells = np.asarray(cells, dtype=bool) & fields.mask.astype(bool)
+    unknowns = np.zeros(fields.shape, dtype=bool)
+    unknowns.ravel()[fields.topology.representative[np.flatnonzero(cells)]] = True
+    cells = unknowns
     if not cells.any():
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     region = cells_region(fields, cells, tolerance)

@@ -124,6 +124,7 @@ def estimate(
         if out.exact is not None:
             exact = np.zeros(fields.shape, dtype=bool)
             exact.ravel()[fields.ocean[out.exact]] = True
+            exact = fields.topology.same_on_copies(exact)  # a T-fold copy is its cell
     info = dict(out.info)
     if op is not None:
         info.setdefault("backend", op.backend)

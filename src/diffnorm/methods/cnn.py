@@ -111,19 +111,26 @@ def cnn(
         "solves": 0,
         **{f"outside_{k}": v for k, v in report.items()},
     }
-    flags.ravel()[fields.ocean[idx]] = 0  # solved exactly: on known ground
-    if fold_idx.size:
-        flags[-exact_fold_rows:] = 0  # T-fold copies too
-    # the correction of the γ returned, solved cells included, as the error model was
-    # calibrated on (their served neighbours' |t| square reads them)
-    returned = network_correction(fields, fields.to_grid(variance**-0.5), net.target)
-    error = net.error_estimate(fields, returned)
-    if error is not None:
+    # no held-out cell was on a grid its kernel wraps around: no estimate there
+    wraps = (flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0
+    solved_tolerance = [(small, DENSE_ROUNDOFF), (fold_idx, FOLD_TOLERANCE)]
+
+    def error_of(variance: np.ndarray) -> np.ndarray | None:
+        """The estimate for the γ returned: read from its correction, solved cells included,
+        as the error model was calibrated (a served cell's |t| square reads its solved
+        neighbours); the solved cells then carry their solve's tolerance."""
+        returned = network_correction(fields, fields.to_grid(variance**-0.5), net.target)
+        error = net.error_estimate(fields, returned)
+        if error is None:
+            return None
         error = error.ravel()[fields.ocean]
-        # no held-out cell was on a grid its kernel wraps around: no estimate there
-        error[(flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0] = np.nan
-        error[fold_idx] = FOLD_TOLERANCE  # solved, to that tolerance
-        error[small] = DENSE_ROUNDOFF  # solved by dense algebra
+        error[wraps] = np.nan
+        for cells, tolerance in solved_tolerance:
+            error[cells] = tolerance
+        return error
+
+    error = error_of(variance)
+    if error is not None:
         info["error_quantile"] = net.error_model["quantile"]
     if exact_above is not None:
         assert error is not None
@@ -133,12 +140,16 @@ def cnn(
         cells.ravel()[fields.ocean[todo]] = True
         solved, v = cells_variance(fields, cells)
         variance[solved] = v
-        error[solved] = CELLS_TOLERANCE
-        flags.ravel()[fields.ocean[solved]] = 0
+        solved_tolerance.append((solved, CELLS_TOLERANCE))
+        # chosen once, on the network's γ: a served neighbour's estimate may now exceed τ
+        error = error_of(variance)
         idx = np.union1d(idx, solved)
         info["exact_above"] = float(exact_above)
         info["exact_above_cells"] = int(solved.size)
         info["exact_cells"] = int(idx.size)
+    on_grid = np.zeros(fields.shape, dtype=bool)
+    on_grid.ravel()[fields.ocean[idx]] = True
+    flags[fields.topology.same_on_copies(on_grid)] = 0  # solved exactly: on known ground
     return MethodOutput(
         variance, tolerance=None, info=info, flags=flags, error_estimate=error, exact=idx
     )
