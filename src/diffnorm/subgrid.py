@@ -150,8 +150,9 @@ def cells_region(
     """The ocean cells within reach of ``cells`` (a boolean grid): each cell's
     :func:`halo_width` rectangle, from the largest grid diffusivity within the widest halo
     around it (the kernel reaching a wall crosses it), rounded up to a power of
-    ``DIFFUSIVITY_BIN``; across the wrap, and the top ``2·H`` rows whole where a cell lies
-    within ``H`` rows of a north fold (its mirror side is then inside too)."""
+    ``DIFFUSIVITY_BIN``; across the wrap; and where a rectangle reaches the row of a north
+    fold, the top ``2·H`` rows whole, ``H`` the halo of their own largest diffusivity (the
+    fold's other side, and a T fold's copies, are then inside too)."""
     from scipy import ndimage
 
     cells = np.asarray(cells, dtype=bool) & fields.mask.astype(bool)
