@@ -164,19 +164,20 @@ def cells_region(
     near = [ndimage.maximum_filter(g, size=(2 * hy + 1, 2 * hx + 1), mode=modes) for g in (gx, gy)]
     bins = [np.ceil(np.log(np.maximum(g[cells], 1e-12)) / math.log(DIFFUSIVITY_BIN)) for g in near]
     pairs, which = np.unique(np.stack(bins, axis=1), axis=0, return_inverse=True)
-    halos: dict[tuple[int, int], np.ndarray] = {}
+    widths = [halo_width(*(DIFFUSIVITY_BIN**p), fields.steps, tolerance) for p in pairs]
+    halos, klass = np.unique(np.array(widths), axis=0, return_inverse=True)
+    klass = klass.ravel()[which.ravel()]  # each cell's (H_y, H_x) row of halos
     j, i = np.nonzero(cells)
-    for k, (bx, by) in enumerate(pairs):
-        h = halo_width(DIFFUSIVITY_BIN**bx, DIFFUSIVITY_BIN**by, fields.steps, tolerance)
-        seeds = halos.setdefault(h, np.zeros(fields.shape, dtype=bool))
-        sel = which.ravel() == k
-        seeds[j[sel], i[sel]] = True
+    ny = fields.shape[0]
     keep = np.zeros(fields.shape, dtype=bool)
     fill = ("constant", "wrap" if fields.periodic_x else "constant")
-    for (h_y, h_x), seeds in halos.items():
+    reach = []  # H_y of the rectangles that reach the row of a north fold
+    for k, (h_y, h_x) in enumerate(halos.tolist()):
+        seeds = np.zeros(fields.shape, dtype=bool)  # one class at a time: memory of one grid
+        seeds[j[klass == k], i[klass == k]] = True
         keep |= ndimage.maximum_filter(seeds, size=(2 * h_y + 1, 2 * h_x + 1), mode=fill)
-    ny = fields.shape[0]
-    reach = [h_y for (h_y, _), seeds in halos.items() if seeds[max(0, ny - 1 - h_y) :].any()]
+        if seeds[max(0, ny - 1 - h_y) :].any():
+            reach.append(h_y)
     if fields.topology.folded and reach:
         # a rectangle that reaches the fold row sees across it: the top rows whole (both
         # sides, a T fold's copies with their cells), their halo from their own largest
