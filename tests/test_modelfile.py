@@ -105,7 +105,7 @@ def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
 
 
 def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
-    from diffnorm.subgrid import CELLS_TOLERANCE
+    from diffnorm.subgrid import CELLS_TOLERANCE, WHOLE_GRID_SHARE, cells_region
 
     f = random_fields(ny=40, nx=48, steps=10, seed=7)
     exact = estimate(f, "selinv", tolerance=1e-9).gamma
@@ -117,10 +117,13 @@ def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
         every = estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=0.0)
     doubt = ocean & ~(base.error_estimate <= 0.04) & ~base.exact
     assert doubt.any() and (ocean & ~doubt & ~base.exact).any()
-    assert r.info["exact_above_cells"] == doubt.sum() and r.exact[doubt].all()
-    np.testing.assert_allclose(r.gamma[doubt] ** 2, exact[doubt] ** 2, rtol=CELLS_TOLERANCE)
-    assert np.all(r.error_estimate[doubt] == CELLS_TOLERANCE) and not r.flags[doubt].any()
-    rest = ocean & ~doubt
+    # a region of most of the ocean is solved whole (about the same cost): every cell exact
+    whole = cells_region(f, doubt).sum() >= WHOLE_GRID_SHARE * ocean.sum()
+    solved = ocean & ~base.exact if whole else doubt
+    assert r.info["exact_above_cells"] == solved.sum() and r.exact[solved].all()
+    np.testing.assert_allclose(r.gamma[solved] ** 2, exact[solved] ** 2, rtol=CELLS_TOLERANCE)
+    assert np.all(r.error_estimate[solved] == CELLS_TOLERANCE) and not r.flags[solved].any()
+    rest = ocean & ~solved
     np.testing.assert_array_equal(r.gamma[rest], base.gamma[rest])
     assert np.abs(base.gamma[doubt] ** 2 / exact[doubt] ** 2 - 1).max() > 1e-2
     np.testing.assert_allclose(every.gamma[ocean] ** 2, exact[ocean] ** 2, rtol=CELLS_TOLERANCE)

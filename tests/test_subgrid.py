@@ -90,11 +90,11 @@ def test_cells_solved_on_their_region_have_the_whole_grid_gamma(case):
     cells &= ocean
     region = cells_region(fields, cells, 1e-5)
     assert region[cells].all() and region.sum() < ocean.sum()  # a region, not the grid
-    idx, v = cells_variance(fields, cells, 1e-5)
+    idx, v = cells_variance(fields, cells, 1e-5, whole_share=None)
     assert np.array_equal(fields.ocean[idx], np.flatnonzero(cells))
     assert np.abs(v * whole.ravel()[fields.ocean[idx]] ** 2 - 1).max() <= 1e-5
     # the halo is needed: a region walled at one cell is wrong by far more
-    _, rough = cells_variance(fields, cells, 0.5)
+    _, rough = cells_variance(fields, cells, 0.5, whole_share=None)
     assert np.abs(rough * whole.ravel()[fields.ocean[idx]] ** 2 - 1).max() > 1e-3
     empty = cells_variance(fields, np.zeros(fields.shape, dtype=bool))
     assert empty[0].size == 0 and empty[1].size == 0
@@ -130,5 +130,22 @@ def test_a_cell_whose_halo_reaches_the_fold_sees_across_it(fold):
     if fold == "T":  # a copy stands for its cell
         copy = np.zeros((ny, nx), dtype=bool)
         copy[-1, nx - 12] = True
-        idx, _ = cells_variance(fields, copy, 1e-4)
+        idx, _ = cells_variance(fields, copy, 1e-4, whole_share=None)
         assert fields.ocean[idx].tolist() == [(ny - 1) * nx + 12]
+
+
+def test_cells_whose_region_is_most_of_the_ocean_get_the_whole_grid_solved():
+    from diffnorm.subgrid import cells_region, cells_variance
+
+    fields = random_fields(ny=40, nx=60, steps=10, periodic_x=False, seed=6, kappa=0.1)
+    whole = estimate(fields, "selinv", tolerance=1e-9).gamma
+    cells = np.zeros(fields.shape, dtype=bool)
+    cells[2::15, 2::15] = True
+    cells &= fields.mask.astype(bool)
+    share = cells_region(fields, cells, 1e-4).sum() / fields.n_ocean
+    assert 0.5 < share < 1.0
+    few, _ = cells_variance(fields, cells, 1e-4, whole_share=1.0)
+    assert few.size == cells.sum()
+    idx, v = cells_variance(fields, cells, 1e-4, whole_share=share)
+    assert np.array_equal(idx, np.arange(fields.n_ocean))
+    assert np.abs(v * whole.ravel()[fields.ocean] ** 2 - 1).max() <= 1e-4

@@ -138,7 +138,9 @@ def cnn(
         todo[idx] = False
         cells = np.zeros(fields.shape, dtype=bool)
         cells.ravel()[fields.ocean[todo]] = True
-        solved, v = cells_variance(fields, cells)
+        solved, v = cells_variance(fields, cells)  # all of them if that costs as much
+        keep = ~np.isin(solved, idx)  # the small basins' dense solves are closer
+        solved, v = solved[keep], v[keep]
         variance[solved] = v
         solved_tolerance.append((solved, CELLS_TOLERANCE))
         # chosen once, on the network's γ: a served neighbour's estimate may now exceed τ
