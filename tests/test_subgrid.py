@@ -149,3 +149,21 @@ def test_cells_whose_region_is_most_of_the_ocean_get_the_whole_grid_solved():
     idx, v = cells_variance(fields, cells, 1e-4, whole_share=share)
     assert np.array_equal(idx, np.arange(fields.n_ocean))
     assert np.abs(v * whole.ravel()[fields.ocean] ** 2 - 1).max() <= 1e-4
+
+
+@pytest.mark.parametrize("fold", ["T", "F"])
+def test_the_fold_band_reaches_as_far_as_the_faster_rows_under_it(fold):
+    """Slow rows under the fold over fast ones: the band's halo from its own rows alone was
+    1.4e-2 off at tolerance 1e-4; grown until it covers the rows it takes in, it holds."""
+    from diffnorm.fields import Fields
+    from diffnorm.subgrid import band_depth, fold_band_variance
+
+    ny, nx = 50, 40
+    k = np.full((ny, nx), 8.0)
+    k[-8:] = 0.3
+    area = np.full((ny, nx), 1e8)
+    fields = Fields(np.ones((ny, nx)), area, k * area, k * area, 10, True, north_fold=fold)
+    whole = estimate(fields, "selinv", tolerance=1e-9).gamma
+    idx, v = fold_band_variance(fields, 6, 1e-4)
+    assert np.abs(v * whole.ravel()[fields.ocean[idx]] ** 2 - 1).max() <= 1e-4
+    assert band_depth(fields, 6, 1e-4) > halo_width(0.3, 0.3, 10, 1e-4)[0]  # the slow rows'
