@@ -134,6 +134,20 @@ def network_correction(fields: Fields, gamma: np.ndarray, target: str) -> np.nda
 HeldOut = tuple[np.ndarray, Fields] | tuple[np.ndarray, Fields, np.ndarray]
 
 
+def _ratios(
+    samples: list[HeldOut], estimates: list[np.ndarray], zone: str | None
+) -> list[tuple[int, np.ndarray]]:
+    """``|ε| / estimate`` on each held-out sample's cells in ``zone`` (one of ``ZONES``; None:
+    outside them all), with the sample's ``STEP_BINS`` group: what a factor is fitted on."""
+    out = []
+    for sample, est in zip(samples, estimates, strict=True):
+        eps, fields = sample[0], sample[1]
+        ok = fields.counted & np.isfinite(eps) & (est > 0)
+        ok &= outside_zones(fields) if zone is None else ZONES[zone](fields)
+        out.append((step_bin(fields.steps), np.abs(eps[ok]) / est[ok]))
+    return out
+
+
 @dataclass
 class ErrorModel:
     """``table[distance class][face class]``: the ``quantile`` of |ε| there; with
@@ -208,10 +222,12 @@ class ErrorModel:
             by_t if with_t else None,
             correction_window=window if with_t else 1,
         )
-        groups_m = {step_bin(sample[1].steps) for sample in samples}
-        if len(groups_m) > 1:  # the factor that makes each M group cover the quantile
+        # one estimate per sample, the class table's: the factors fitted below only scale it
+        # (by_steps per M group, then each zone's, on cells of that zone alone)
+        ests = [model.estimate(s[1], s[2] if with_t else None) for s in samples]
+        if len({step_bin(s[1].steps) for s in samples}) > 1:  # each M group covers q
             ratios: dict[int, list[np.ndarray]] = {}
-            for k, r in model._ratios(samples, with_t, None):
+            for k, r in _ratios(samples, ests, None):
                 ratios.setdefault(k, []).append(r)
             factors = [1.0] * len(STEP_BINS)
             for k, parts in ratios.items():
@@ -219,26 +235,13 @@ class ErrorModel:
                 if k >= 0 and r.size >= MIN_CELLS:
                     factors[k] = q(r)
             model.by_steps = factors
+        scale = model.by_steps or [1.0] * len(STEP_BINS)
         for zone in ZONES:  # each zone's factor, pooled over M, after the M groups'
-            r = np.concatenate([r for _, r in model._ratios(samples, with_t, zone)])
+            r = [r / (scale[k] if k >= 0 else 1.0) for k, r in _ratios(samples, ests, zone)]
+            r = np.concatenate(r)
             if r.size >= MIN_CELLS:
                 setattr(model, f"by_{zone}", q(r))
         return model
-
-    def _ratios(
-        self, samples: list[HeldOut], with_t: bool, zone: str | None
-    ) -> list[tuple[int, np.ndarray]]:
-        """``|ε| / estimate`` on each held-out sample's cells in ``zone`` (one of ``ZONES``;
-        None: outside them all), with the sample's ``STEP_BINS`` group: what a factor is
-        fitted on."""
-        out = []
-        for sample in samples:
-            eps, fields = sample[0], sample[1]
-            est = self.estimate(fields, sample[2] if with_t else None)
-            ok = fields.counted & np.isfinite(eps) & (est > 0)
-            ok &= outside_zones(fields) if zone is None else ZONES[zone](fields)
-            out.append((step_bin(fields.steps), np.abs(eps[ok]) / est[ok]))
-        return out
 
     def estimate(self, fields: Fields, correction: np.ndarray | None = None) -> np.ndarray:
         """The estimate of |ε| per cell (NaN on land and in the exact band under a fold); by
