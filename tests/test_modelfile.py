@@ -119,8 +119,13 @@ def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
     assert doubt.any() and (ocean & ~doubt & ~base.exact).any()
     # a region of most of the ocean is solved whole (about the same cost): every cell exact
     whole = cells_region(f, doubt).sum() >= WHOLE_GRID_SHARE * ocean.sum()
-    solved = ocean & ~base.exact if whole else doubt
-    assert r.info["exact_above_cells"] == solved.sum() and r.exact[solved].all()
+    assert r.exact[ocean & ~base.exact if whole else doubt].all()
+    # later rounds solve the served cells whose estimate, re-read beside solved ones, rose
+    # above τ: none is left
+    solved = ocean & r.exact & ~base.exact
+    assert r.info["exact_above_cells"] == solved.sum()
+    assert r.info["exact_above_left"] == 0 and r.info["exact_above_rounds"] >= 1
+    assert np.all(r.error_estimate[ocean & ~r.exact] <= 0.04)
     np.testing.assert_allclose(r.gamma[solved] ** 2, exact[solved] ** 2, rtol=CELLS_TOLERANCE)
     assert np.all(r.error_estimate[solved] == CELLS_TOLERANCE) and not r.flags[solved].any()
     rest = ocean & ~solved
@@ -146,6 +151,28 @@ def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
         estimate(f, "cnn", model=network, device="cpu", exact_above=0.04)
     with pytest.raises(ValueError, match="exact_above"):
         estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=-1.0)
+
+
+def test_cnn_exact_above_solves_again_the_cells_whose_estimate_rose(network):
+    from diffnorm.subgrid import CELLS_TOLERANCE
+
+    f = random_fields(ny=64, nx=80, steps=10, seed=2)
+    exact = estimate(f, "selinv", tolerance=1e-9).gamma
+    ocean = f.mask.astype(bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
+        base = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
+        r = estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=0.08)
+    first = ocean & ~(base.error_estimate <= 0.08) & ~base.exact
+    solved = ocean & r.exact & ~base.exact
+    # the first round's cells, then their neighbours whose estimate rose above τ beside them
+    assert r.info["exact_above_rounds"] >= 2 and r.info["exact_above_left"] == 0
+    assert solved[first].all() and solved.sum() > first.sum()
+    assert r.info["exact_above_cells"] == solved.sum()
+    np.testing.assert_allclose(r.gamma[solved] ** 2, exact[solved] ** 2, rtol=CELLS_TOLERANCE)
+    served = ocean & ~r.exact
+    assert np.all(r.error_estimate[served] <= 0.08)
+    np.testing.assert_array_equal(r.gamma[served], base.gamma[served])
 
 
 def test_the_error_estimate_reads_the_correction_it_was_calibrated_on(network, monkeypatch):
