@@ -94,6 +94,11 @@ def test_cells_solved_on_their_region_have_the_whole_grid_gamma(case):
     assert np.array_equal(fields.ocean[idx], np.flatnonzero(cells))
     assert np.abs(v * whole.ravel()[fields.ocean[idx]] ** 2 - 1).max() <= 1e-5
     # the halo is needed: a region walled at one cell is wrong by far more
+    # and every other cell whose own halo the region holds comes out as exact
+    more, w = cells_variance(fields, cells, 1e-5, whole_share=None, interior=True)
+    assert np.isin(idx, more).all() and more.size > 2 * idx.size
+    assert more.size < fields.ocean[region.ravel()[fields.ocean]].size  # not the whole region
+    assert np.abs(w * whole.ravel()[fields.ocean[more]] ** 2 - 1).max() <= 1e-5
     _, rough = cells_variance(fields, cells, 0.5, whole_share=None)
     assert np.abs(rough * whole.ravel()[fields.ocean[idx]] ** 2 - 1).max() > 1e-3
     empty = cells_variance(fields, np.zeros(fields.shape, dtype=bool))

@@ -16,8 +16,10 @@ its halo from the set turned to land (walls), wrap and fold kept, by one ``selin
 gets the halo of the largest grid diffusivity within the set's widest halo of it, so the
 region stays near the cells where the length scale is short; where a cell's halo reaches a
 north fold, the top rows are kept whole (both sides of the fold) as in the fold band, whose
-halo (:func:`band_depth`) grows until it covers the largest diffusivity within it.
-``cnn --exact-above τ`` solves so the cells whose error estimate exceeds τ.
+halo (:func:`band_depth`) grows until it covers the largest diffusivity within it. The same
+solve determines every other cell of the region whose own halo it holds
+(:func:`region_interior`). ``cnn --exact-above τ`` solves so the cells whose error estimate
+exceeds τ, and keeps the interior's γ too.
 """
 
 from __future__ import annotations
@@ -160,20 +162,16 @@ def fold_band_variance(
     return idx, gamma[j - (ny - rows) + first, i] ** -2.0
 
 
-def cells_region(
-    fields: Fields, cells: np.ndarray, tolerance: float = CELLS_TOLERANCE
-) -> np.ndarray:
-    """The ocean cells within reach of ``cells`` (a boolean grid): each cell's
-    :func:`halo_width` rectangle, from the largest grid diffusivity within the widest halo
-    around it (the kernel reaching a wall crosses it), rounded up to a power of
-    ``DIFFUSIVITY_BIN``; across the wrap; and where a rectangle reaches the row of a north
-    fold, the top rows whole as :func:`fold_band` keeps them (the fold's other side, and a T
-    fold's copies, are then inside too)."""
+def cell_halos(
+    fields: Fields, cells: np.ndarray, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's :func:`halo_width` rectangle: ``(halos, klass)``, the distinct ``(H_y, H_x)``
+    and, for the cells of ``cells`` (a boolean grid) in ``np.nonzero`` order, the row of
+    ``halos`` that is theirs; from the largest grid diffusivity within the widest halo around
+    the cell (the kernel reaching a wall crosses it), rounded up to a power of
+    ``DIFFUSIVITY_BIN``, across the wrap."""
     from scipy import ndimage
 
-    cells = np.asarray(cells, dtype=bool) & fields.mask.astype(bool)
-    if not cells.any():
-        return cells
     gx, gy = fields.grid_diffusivity()
     hy, hx = halo_width(float(gx[cells].max()), float(gy[cells].max()), fields.steps, tolerance)
     modes = ("nearest", "wrap" if fields.periodic_x else "nearest")
@@ -182,15 +180,37 @@ def cells_region(
     pairs, which = np.unique(np.stack(bins, axis=1), axis=0, return_inverse=True)
     widths = [halo_width(*(DIFFUSIVITY_BIN**p), fields.steps, tolerance) for p in pairs]
     halos, klass = np.unique(np.array(widths), axis=0, return_inverse=True)
-    klass = klass.ravel()[which.ravel()]  # each cell's (H_y, H_x) row of halos
+    return halos, klass.ravel()[which.ravel()]
+
+
+def _by_halo(fields: Fields, cells: np.ndarray, tolerance: float):
+    """``(H_y, H_x)`` and the cells of ``cells`` with that halo, one class at a time (memory
+    of one grid)."""
+    halos, klass = cell_halos(fields, cells, tolerance)
     j, i = np.nonzero(cells)
+    for k, (h_y, h_x) in enumerate(halos.tolist()):
+        seeds = np.zeros(fields.shape, dtype=bool)
+        seeds[j[klass == k], i[klass == k]] = True
+        yield h_y, h_x, seeds
+
+
+def cells_region(
+    fields: Fields, cells: np.ndarray, tolerance: float = CELLS_TOLERANCE
+) -> np.ndarray:
+    """The ocean cells within reach of ``cells`` (a boolean grid): each cell's
+    :func:`cell_halos` rectangle, across the wrap; and where a rectangle reaches the row of a
+    north fold, the top rows whole as :func:`fold_band` keeps them (the fold's other side, and
+    a T fold's copies, are then inside too)."""
+    from scipy import ndimage
+
+    cells = np.asarray(cells, dtype=bool) & fields.mask.astype(bool)
+    if not cells.any():
+        return cells
     ny = fields.shape[0]
     keep = np.zeros(fields.shape, dtype=bool)
     fill = ("constant", "wrap" if fields.periodic_x else "constant")
     reach = []  # H_y of the rectangles that reach the row of a north fold
-    for k, (h_y, h_x) in enumerate(halos.tolist()):
-        seeds = np.zeros(fields.shape, dtype=bool)  # one class at a time: memory of one grid
-        seeds[j[klass == k], i[klass == k]] = True
+    for h_y, h_x, seeds in _by_halo(fields, cells, tolerance):
         keep |= ndimage.maximum_filter(seeds, size=(2 * h_y + 1, 2 * h_x + 1), mode=fill)
         if seeds[max(0, ny - 1 - h_y) :].any():
             reach.append(h_y)
@@ -203,15 +223,43 @@ def cells_region(
     return keep & fields.mask.astype(bool)
 
 
+def region_interior(
+    fields: Fields, region: np.ndarray, tolerance: float = CELLS_TOLERANCE
+) -> np.ndarray:
+    """The cells of ``region`` whose own :func:`cell_halos` rectangle holds no ocean outside
+    it: a solve on the region gives them the whole grid's γ to ``tolerance``, as it does the
+    cells the region was built for. Rectangles that reach the row of a north fold are left
+    out (across the fold they would need the band :func:`cells_region` keeps)."""
+    from scipy import ndimage
+
+    ocean = fields.mask.astype(bool)
+    region = np.asarray(region, dtype=bool) & ocean
+    inside = np.zeros(fields.shape, dtype=bool)
+    if not region.any():
+        return inside
+    outside = ocean & ~region
+    fill = ("constant", "wrap" if fields.periodic_x else "constant")
+    ny = fields.shape[0]
+    for h_y, h_x, seeds in _by_halo(fields, region, tolerance):
+        near = ndimage.maximum_filter(outside, size=(2 * h_y + 1, 2 * h_x + 1), mode=fill)
+        ok = seeds & ~near
+        if fields.topology.folded:
+            ok[max(0, ny - 1 - h_y) :] = False
+        inside |= ok
+    return inside
+
+
 def cells_variance(
     fields: Fields,
     cells: np.ndarray,
     tolerance: float = CELLS_TOLERANCE,
     whole_share: float | None = WHOLE_GRID_SHARE,
+    interior: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``v = 1/γ²`` on the ocean cells of ``cells`` (a boolean grid; a T-fold copy
     stands for its cell) to ``tolerance``, from one ``selinv`` on :func:`cells_region`;
-    returns (indices into ``fields.ocean``, variances). When the region holds at least
+    returns (indices into ``fields.ocean``, variances). With ``interior``, also on every other
+    cell the same solve determines (:func:`region_interior`). When the region holds at least
     ``whole_share`` of the ocean cells (``None``: never), the whole grid is solved instead,
     for about the same cost, and every ocean cell is returned."""
     from diffnorm.methods import estimate
@@ -228,5 +276,7 @@ def cells_variance(
         return np.arange(fields.n_ocean), gamma.ravel()[fields.ocean] ** -2.0
     sub = fields.replace(mask=region.astype(np.int8))
     gamma = estimate(sub, "selinv", tolerance=tolerance / 10).gamma
+    if interior:
+        cells |= region_interior(fields, region, tolerance)
     flat = np.flatnonzero(cells)
     return np.searchsorted(fields.ocean, flat), gamma.ravel()[flat] ** -2.0
