@@ -104,17 +104,25 @@ def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
     assert not r.flags[top].any()
 
 
+def _exact_cnn_and_hybrids(f, *taus: float):
+    """selinv's γ, the shipped cnn's result and the cnn's with each ``exact_above`` τ."""
+    exact = estimate(f, "selinv", tolerance=1e-9).gamma
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
+        base = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
+        hybrids = [
+            estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=t)
+            for t in taus
+        ]
+    return exact, base, hybrids
+
+
 def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
     from diffnorm.subgrid import CELLS_TOLERANCE, WHOLE_GRID_SHARE, cells_region
 
     f = random_fields(ny=40, nx=48, steps=10, seed=7)
-    exact = estimate(f, "selinv", tolerance=1e-9).gamma
+    exact, base, (r, every) = _exact_cnn_and_hybrids(f, 0.04, 0.0)
     ocean = f.mask.astype(bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
-        base = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
-        r = estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=0.04)
-        every = estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=0.0)
     doubt = ocean & ~(base.error_estimate <= 0.04) & ~base.exact
     assert doubt.any() and (ocean & ~doubt & ~base.exact).any()
     # a region of most of the ocean is solved whole (about the same cost): every cell exact
@@ -157,12 +165,8 @@ def test_cnn_exact_above_solves_again_the_cells_whose_estimate_rose(network):
     from diffnorm.subgrid import CELLS_TOLERANCE
 
     f = random_fields(ny=64, nx=80, steps=10, seed=2)
-    exact = estimate(f, "selinv", tolerance=1e-9).gamma
+    exact, base, (r,) = _exact_cnn_and_hybrids(f, 0.08)
     ocean = f.mask.astype(bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
-        base = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
-        r = estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=0.08)
     first = ocean & ~(base.error_estimate <= 0.08) & ~base.exact
     solved = ocean & r.exact & ~base.exact
     # the first round's cells, then their neighbours whose estimate rose above τ beside them
