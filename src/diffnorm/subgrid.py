@@ -176,9 +176,17 @@ def cell_halos(
     hy, hx = halo_width(float(gx[cells].max()), float(gy[cells].max()), fields.steps, tolerance)
     modes = ("nearest", "wrap" if fields.periodic_x else "nearest")
     near = [ndimage.maximum_filter(g, size=(2 * hy + 1, 2 * hx + 1), mode=modes) for g in (gx, gy)]
-    bins = [np.ceil(np.log(np.maximum(g[cells], 1e-12)) / math.log(DIFFUSIVITY_BIN)) for g in near]
-    pairs, which = np.unique(np.stack(bins, axis=1), axis=0, return_inverse=True)
-    widths = [halo_width(*(DIFFUSIVITY_BIN**p), fields.steps, tolerance) for p in pairs]
+    bx, by = (
+        np.ceil(np.log(np.maximum(g[cells], 1e-12)) / math.log(DIFFUSIVITY_BIN)).astype(np.int64)
+        for g in near
+    )
+    # one integer per (x, y) bin pair: a 1-D unique (the row-wise one sorted 0.5 s at 1/4°)
+    span = int(by.max() - by.min()) + 1
+    keys, which = np.unique((bx - bx.min()) * span + (by - by.min()), return_inverse=True)
+    pairs = np.stack([keys // span + bx.min(), keys % span + by.min()], axis=1)
+    widths = [
+        halo_width(*(DIFFUSIVITY_BIN ** p.astype(float)), fields.steps, tolerance) for p in pairs
+    ]
     halos, klass = np.unique(np.array(widths), axis=0, return_inverse=True)
     return halos, klass.ravel()[which.ravel()]
 
@@ -229,23 +237,33 @@ def region_interior(
     """The cells of ``region`` whose own :func:`cell_halos` rectangle holds no ocean outside
     it: a solve on the region gives them the whole grid's γ to ``tolerance``, as it does the
     cells the region was built for. Rectangles that reach the row of a north fold are left
-    out (across the fold they would need the band :func:`cells_region` keeps)."""
-    from scipy import ndimage
-
+    out (across the fold they would need the band :func:`cells_region` keeps). Each cell's
+    rectangle is counted in one summed-area table of the ocean outside (four lookups a cell,
+    whatever the number of halo classes)."""
     ocean = fields.mask.astype(bool)
     region = np.asarray(region, dtype=bool) & ocean
     inside = np.zeros(fields.shape, dtype=bool)
     if not region.any():
         return inside
-    outside = ocean & ~region
-    fill = ("constant", "wrap" if fields.periodic_x else "constant")
-    ny = fields.shape[0]
-    for h_y, h_x, seeds in _by_halo(fields, region, tolerance):
-        near = ndimage.maximum_filter(outside, size=(2 * h_y + 1, 2 * h_x + 1), mode=fill)
-        ok = seeds & ~near
-        if fields.topology.folded:
-            ok[max(0, ny - 1 - h_y) :] = False
-        inside |= ok
+    halos, klass = cell_halos(fields, region, tolerance)
+    h_y, h_x = halos[klass, 0], halos[klass, 1]
+    top_y, top_x = int(h_y.max()), int(h_x.max())
+    outside = (ocean & ~region).astype(np.int32)
+    # beyond closed edges there is no ocean; across the wrap there is the other side
+    outside = np.pad(outside, ((top_y, top_y), (0, 0)))
+    outside = np.pad(
+        outside, ((0, 0), (top_x, top_x)), mode="wrap" if fields.periodic_x else "constant"
+    )
+    table = np.zeros((outside.shape[0] + 1, outside.shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = outside.cumsum(0).cumsum(1)
+    j, i = np.nonzero(region)
+    r0, r1 = j - h_y + top_y, j + h_y + top_y + 1
+    c0, c1 = i - h_x + top_x, i + h_x + top_x + 1
+    count = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+    ok = count == 0
+    if fields.topology.folded:
+        ok &= j < fields.shape[0] - 1 - h_y
+    inside[j[ok], i[ok]] = True
     return inside
 
 
