@@ -177,7 +177,8 @@ def estimate(
         float | None,
         typer.Option(
             help="cnn: also solve exactly every cell whose error estimate is above this |ε| "
-            "(e.g. 0.015): one sparse solve on those cells and their halos"
+            "(e.g. 0.015): a sparse solve on those cells and their halos, keeping every cell "
+            "it determines, then on the cells whose estimate rose above it (up to 3 rounds)"
         ),
     ] = None,
     verify: Annotated[
