@@ -385,6 +385,33 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
     assert res.exit_code == 2 and "M=8" in res.output
 
 
+def test_cli_cnn_counts_the_cells_it_doubts_and_names_what_solves_them(tmp_path):
+    from diffnorm.cli import SUGGESTED_EXACT_ABOVE
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
+        f = random_fields(ny=64, nx=80, steps=10, seed=2)
+        r = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
+    served = r.error_estimate[f.counted & ~r.exact]
+    doubted = int((~(served <= SUGGESTED_EXACT_ABOVE)).sum())
+    assert doubted > 0
+    write_fields(tmp_path / "in.nc", f)
+    args = ["estimate", str(tmp_path / "in.nc"), "-o", str(tmp_path / "o.nc"), "--method", "cnn"]
+    args += ["--model", "windows-smooth-m10", "-q"]
+    res = CliRunner().invoke(app, args)
+    said = " ".join(res.output.split())  # the console wraps long lines
+    assert res.exit_code == 0, res.output
+    assert f"on {doubted} of the {served.size} cells the network serves" in said
+    assert f"--exact-above {SUGGESTED_EXACT_ABOVE:g} solves those exactly" in said
+    for tau, message in (
+        ("0.08", "round(s); every cell the network serves has its estimate at or below it"),
+        ("0", "every cell solved exactly (the doubted cells' halos held most of the ocean"),
+    ):
+        res = CliRunner().invoke(app, [*args, "--exact-above", tau])
+        assert res.exit_code == 0, res.output
+        assert message in " ".join(res.output.split())
+
+
 def test_small_basins_are_exact_in_the_cnn_method(small_fields):
     from diffnorm.methods.cnn import small_basin_variance
 

@@ -113,6 +113,40 @@ def progress_bars(enabled: bool = True):
         yield factory
 
 
+SUGGESTED_EXACT_ABOVE = 0.015  # below randomization 10⁴ on every unseen grid (docs/results.md)
+
+
+def doubt_line(result, fields, exact_above: float | None) -> str:
+    """The cnn's error estimate in one line: the cells it doubts, and what solves them."""
+    info = result.info
+    if exact_above is not None and info["exact_cells"] == fields.n_ocean:
+        return (
+            f"--exact-above {exact_above:g}: every cell solved exactly (the doubted cells' "
+            "halos held most of the ocean; selinv alone is cheaper on such a grid)"
+        )
+    if exact_above is not None:
+        line = (
+            f"--exact-above {exact_above:g}: {info['exact_above_cells']} cells solved exactly "
+            f"in {info['exact_above_rounds']} round(s)"
+        )
+        left = info["exact_above_left"]
+        if left:
+            return line + f"; {left} cells the network serves still have an estimate above it"
+        return line + "; every cell the network serves has its estimate at or below it"
+    served = fields.counted if result.exact is None else fields.counted & ~result.exact
+    est = result.error_estimate[served]
+    doubted = int((~(est <= SUGGESTED_EXACT_ABOVE)).sum())  # no estimate counts as doubt
+    quantile = float(info.get("error_quantile", 0.9))
+    line = (
+        f"error estimate ({quantile:.0%} quantile of |ε| per kind of cell): above "
+        f"{SUGGESTED_EXACT_ABOVE:.1%}, or none, on {doubted} of the {est.size} cells the "
+        "network serves"
+    )
+    if doubted:
+        line += f" (--exact-above {SUGGESTED_EXACT_ABOVE:g} solves those exactly)"
+    return line
+
+
 def version_callback(value: bool) -> None:
     if value:
         out.print(f"diffnorm {__version__}")
@@ -275,6 +309,8 @@ def estimate(
     if result.tolerance:
         summary += f", certified |ε| ≤ {result.tolerance:.1e}"
     console.print(summary)
+    if method is MethodName.cnn and result.error_estimate is not None:
+        console.print(doubt_line(result, fields, exact_above))
     if verify:
         s = checked.summary()
         line = (

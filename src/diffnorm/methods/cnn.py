@@ -12,7 +12,8 @@ their halos, which also gives every other cell whose own halo the region holds):
 network's tails, at the coast, for the cost of a solve on that region.
 The estimates are then re-read on the γ returned, and the served cells now above τ (beside
 solved ones, whose exact correction their estimate reads) are solved in another round, until
-none is (at most ``EXACT_ROUNDS``): every cell the network still serves has its estimate ≤ τ.
+none is: every cell the network still serves then has its estimate ≤ τ (after
+``EXACT_ROUNDS`` rounds, ``info["exact_above_left"]`` counts those still above).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from diffnorm.subgrid import (
     fold_band_variance,
 )
 
-# exact_above: at most this many rounds of solves (1/4° lat-lon: 3 at τ = 0.015; at τ = 0.01 a
-# 4th to 8th added 163 cells in all and moved no metric; the unseen grids of
+# exact_above: at most this many rounds of solves (1/4° lat-lon: 3 at τ = 0.015; at τ = 0.01
+# they left 163 cells above τ, and 5 more rounds moved no metric; the unseen grids of
 # bench_generalization: 1–2)
 EXACT_ROUNDS = 3
 DENSE_ROUNDOFF = 1e-10  # |ε| of a small basin's dense solve: round-off, with room to spare
