@@ -105,6 +105,23 @@ def test_cells_solved_on_their_region_have_the_whole_grid_gamma(case):
     assert empty[0].size == 0 and empty[1].size == 0
 
 
+def test_the_interior_leaves_out_the_cells_that_see_across_a_fold():
+    """A region holding one side of an F fold only: a cell whose rectangle reaches the fold
+    row sees the other side, which the region walls off (0.31 off when they were kept)."""
+    from conftest import folded_fields
+    from diffnorm.subgrid import region_interior
+
+    fields = folded_fields("F", ny=30, nx=40, steps=10, seed=4, kappa=0.03)
+    whole = estimate(fields, "selinv", tolerance=1e-10).gamma
+    region = np.zeros(fields.shape, dtype=bool)
+    region[-14:, :16] = True
+    region &= fields.mask.astype(bool)
+    inside = region_interior(fields, region, 1e-5)
+    assert inside.any() and not inside[-1].any()
+    g = estimate(fields.replace(mask=region.astype(np.int8)), "selinv", tolerance=1e-6).gamma
+    assert np.abs((whole[inside] / g[inside]) ** 2 - 1).max() <= 1e-5
+
+
 @pytest.mark.parametrize("fold", ["T", "F"])
 def test_a_cell_whose_halo_reaches_the_fold_sees_across_it(fold):
     """A cell a few rows under the fold, whose halo reaches the fold row, where the other side
