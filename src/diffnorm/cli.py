@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from diffnorm import __version__
-from diffnorm.subgrid import EXACT_FOLD_ROWS
+from diffnorm.subgrid import EXACT_FOLD_ROWS, EXACT_ROUNDS
 
 app = typer.Typer(
     help="Normalization coefficients γ of diffusion-based correlation operators.",
@@ -119,7 +119,8 @@ SUGGESTED_EXACT_ABOVE = 0.015  # below randomization 10⁴ on every unseen grid 
 def doubt_line(result, fields, exact_above: float | None) -> str:
     """The cnn's error estimate in one line: the cells it doubts, and what solves them."""
     info = result.info
-    if exact_above is not None and info["exact_cells"] == fields.n_ocean:
+    whole = info.get("exact_above_cells") and info["exact_cells"] == fields.n_ocean
+    if exact_above is not None and whole:
         return (
             f"--exact-above {exact_above:g}: every cell solved exactly (the doubted cells' "
             "halos held most of the ocean; selinv alone is cheaper on such a grid)"
@@ -212,7 +213,8 @@ def estimate(
         typer.Option(
             help="cnn: also solve exactly every cell whose error estimate is above this |ε| "
             "(e.g. 0.015): a sparse solve on those cells and their halos, keeping every cell "
-            "it determines, then on the cells whose estimate rose above it (up to 3 rounds)"
+            f"it determines, then on the cells whose estimate rose above it (up to {EXACT_ROUNDS} "
+            "rounds)"
         ),
     ] = None,
     verify: Annotated[

@@ -26,15 +26,12 @@ from diffnorm.operator import grid_stencil, system_block
 from diffnorm.subgrid import (
     CELLS_TOLERANCE,
     EXACT_FOLD_ROWS,
+    EXACT_ROUNDS,
     FOLD_TOLERANCE,
     cells_variance,
     fold_band_variance,
 )
 
-# exact_above: at most this many rounds of solves (1/4° lat-lon: 3 at τ = 0.015; at τ = 0.01
-# they left 163 cells above τ, and 5 more rounds moved no metric; the unseen grids of
-# bench_generalization: 1–2)
-EXACT_ROUNDS = 3
 DENSE_ROUNDOFF = 1e-10  # |ε| of a small basin's dense solve: round-off, with room to spare
 
 
