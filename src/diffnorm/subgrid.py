@@ -195,6 +195,12 @@ def cell_halos(
     return halos, klass.ravel()[which.ravel()]
 
 
+def reaches_fold_row(rows: np.ndarray, h_y: np.ndarray | int, ny: int) -> np.ndarray:
+    """Whether a halo rectangle ``h_y`` rows high around a cell of row ``rows`` reaches the
+    top row of a grid ``ny`` rows high (on a folded grid, the row the fold pairs up)."""
+    return np.asarray(rows) + h_y >= ny - 1
+
+
 def _by_halo(fields: Fields, cells: np.ndarray, tolerance: float):
     """``(H_y, H_x)`` and the cells of ``cells`` with that halo, one class at a time (memory
     of one grid)."""
@@ -224,7 +230,7 @@ def cells_region(
     reach = []  # H_y of the rectangles that reach the row of a north fold
     for h_y, h_x, seeds in _by_halo(fields, cells, tolerance):
         keep |= ndimage.maximum_filter(seeds, size=(2 * h_y + 1, 2 * h_x + 1), mode=fill)
-        if seeds[max(0, ny - 1 - h_y) :].any():
+        if reaches_fold_row(np.flatnonzero(seeds.any(axis=1)), h_y, ny).any():
             reach.append(h_y)
     if fields.topology.folded and reach:
         # a rectangle that reaches the fold row sees across it: the rows its cells are in, on
@@ -266,7 +272,7 @@ def region_interior(
     count = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
     ok = count == 0
     if fields.topology.folded:
-        ok &= j < fields.shape[0] - 1 - h_y
+        ok &= ~reaches_fold_row(j, h_y, fields.shape[0])
     inside[j[ok], i[ok]] = True
     return inside
 
