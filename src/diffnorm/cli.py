@@ -134,12 +134,10 @@ def doubt_line(result, fields, exact_above: float | None) -> str:
         if left:
             return line + f"; {left} cells the network serves still have an estimate above it"
         return line + "; every cell the network serves has its estimate at or below it"
-    served = fields.counted if result.exact is None else fields.counted & ~result.exact
-    est = result.error_estimate[served]
+    est = result.error_estimate[fields.counted & ~result.exact]  # the cells it serves
     doubted = int((~(est <= SUGGESTED_EXACT_ABOVE)).sum())  # no estimate counts as doubt
-    quantile = float(info.get("error_quantile", 0.9))
     line = (
-        f"error estimate ({quantile:.0%} quantile of |ε| per kind of cell): above "
+        f"error estimate ({info['error_quantile']:.0%} quantile of |ε| per kind of cell): above "
         f"{SUGGESTED_EXACT_ABOVE:.1%}, or none, on {doubted} of the {est.size} cells the "
         "network serves"
     )
