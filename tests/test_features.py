@@ -38,7 +38,9 @@ def test_distance_channel_wraps_east_west():
     assert d[0, 0] == 1 and d[4, 3] == 5
 
 
-@pytest.mark.parametrize("kind", ["log_ratio", "log_lattice", "log_images_smooth", "gamma"])
+@pytest.mark.parametrize(
+    "kind", ["log_ratio", "log_lattice", "log_images_smooth", "log_images_walk", "gamma"]
+)
 def test_target_round_trip(small_fields, kind):
     gamma = estimate(small_fields, "brute").gamma
     t = raw_target(small_fields, gamma, kind)

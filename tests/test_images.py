@@ -15,6 +15,7 @@ from diffnorm.methods.images import (
     images_gamma_squared,
     straight_runs,
     straight_runs_numpy,
+    walk_gamma_squared,
 )
 from diffnorm.methods.lattice import lattice_point_variance
 
@@ -273,3 +274,49 @@ def test_the_images_value_of_a_t_fold_copy_is_its_cell_s(seed):
     copies = f.topology.duplicate & f.mask
     assert copies.any()
     np.testing.assert_array_equal(g2[copies], g2.ravel()[f.topology.representative][copies.ravel()])
+
+
+@pytest.mark.parametrize(("ny", "nx", "periodic"), [(12, 16, False), (2, 30, False), (6, 48, True)])
+def test_the_walk_mean_leaves_a_rectangle_with_constant_kappa_as_it_is(ny, nx, periodic):
+    """Every cell of a rectangle's run has the same box: averaging along it changes nothing."""
+    f = _box(ny, nx, 3.0, 2.0, periodic_x=periodic)
+    m = f.mask
+    np.testing.assert_allclose(walk_gamma_squared(f)[m], images_gamma_squared(f)[m], rtol=1e-12)
+
+
+def test_the_walk_mean_follows_the_grid_s_symmetries():
+    """Flips, transposes and (on a periodic grid) shifts move the walk value with the cells
+    (to the float32 of the image sums): the mean's window is symmetric and crosses the wrap."""
+    from diffnorm.augment import symmetries
+
+    for periodic in (True, False):
+        f = random_fields(ny=24, nx=24, steps=10, periodic_x=periodic, seed=3)
+        base = walk_gamma_squared(f)
+        for t in symmetries(f.topology):
+            moved = walk_gamma_squared(t.fields(f))
+            np.testing.assert_allclose(moved, t.cells(base), rtol=1e-6, err_msg=t.name)
+        if periodic:
+            shifted = walk_gamma_squared(f.replace(**_rolled(f, 7)))
+            np.testing.assert_allclose(shifted, np.roll(base, 7, axis=1), rtol=1e-6)
+
+
+def _rolled(f, k: int) -> dict:
+    return {n: np.roll(getattr(f, n), k, axis=1) for n in ("mask", "area", "alpha_x", "alpha_y")}
+
+
+def test_the_walk_mean_is_nearer_exact_than_images_in_inlets():
+    """A basin with a one-cell inlet and a three-cell one: the inlet's own column ends at once
+    (S_y = 1), while a walk from its mouth has long left it. Measured: |log γ²/γ²_base| at
+    the one-cell inlet's mouth 0.73 → 0.09, in the wide inlet 0.105 → 0.012 on average, over
+    the basin 0.013 → 0.003."""
+    mask = np.zeros((28, 40), dtype=bool)
+    mask[1:-1, 1:25] = True
+    mask[12, 25:36] = True
+    mask[5:8, 25:30] = True
+    f = fields_from_cell_length_scales(box_grid(*mask.shape, mask=mask), 3.0, 3.0, 10)
+    exact = estimate(f, "selinv").gamma ** 2
+    t_images = np.abs(np.log(exact / images_gamma_squared(f)))
+    t_walk = np.abs(np.log(exact / walk_gamma_squared(f)))
+    assert t_walk[12, 25] < 0.2 * t_images[12, 25]
+    assert t_walk[5:8, 25:30].mean() < 0.2 * t_images[5:8, 25:30].mean()
+    assert t_walk[mask].mean() < 0.4 * t_images[mask].mean()

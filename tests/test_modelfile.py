@@ -709,7 +709,9 @@ def test_exports_take_float64_any_size_and_pin_no_device(network, tmp_path):
         np.testing.assert_allclose(onnx_out, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("target", ["log_ratio", "log_images", "log_images_smooth"])
+@pytest.mark.parametrize(
+    "target", ["log_ratio", "log_images", "log_images_smooth", "log_images_walk"]
+)
 @pytest.mark.parametrize("fold", ["none", "T", "F"])
 def test_the_fields_graph_is_the_python_prediction(network, fold, target, tmp_path):
     """mask, area, alpha_x, alpha_y (float64) in, γ out: the same γ as GammaNetwork.predict,
@@ -793,7 +795,12 @@ def test_a_gate_leaves_the_open_ocean_to_the_baseline(network, tmp_path):
 
 @pytest.mark.parametrize(
     ("periodic", "target"),
-    [(False, "log_images"), (True, "log_images"), (True, "log_images_smooth")],
+    [
+        (False, "log_images"),
+        (True, "log_images"),
+        (True, "log_images_smooth"),
+        (False, "log_images_walk"),
+    ],
 )
 def test_an_images_model_leaves_box_exact_cells_to_the_exact_baseline(
     network, periodic, target, tmp_path

@@ -18,7 +18,9 @@ only), ``log(γ²/γ²_lattice)`` (the homogeneous-lattice value, see
 then exact in the baseline and the network learns what irregular coasts and varying κ add),
 ``log(γ²/γ²_images_smooth)`` (the images value blended with its mean over the cell's 3×3
 ocean neighbours, :func:`smoothed_images_gamma_squared`: less wrong on ragged coasts, where
-one cell's box differs wildly from its neighbour's) or the study's standardized ``γ``.
+one cell's box differs wildly from its neighbour's), ``log(γ²/γ²_images_walk)`` (each axis's
+image sum averaged along the walk across it, :func:`walk_images_gamma_squared`: half the
+smoothed value's error at the coast) or the study's standardized ``γ``.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ DISTANCES = ("none", "manhattan", "euclidean")
 # area channel: the cell area over the sample's mean ocean area (global: depends on the whole
 # grid), or log(area / mean area of the ocean cells around it) (local: 0 on uniform grids)
 AREAS = ("global", "local")
-TARGETS = ("log_ratio", "log_lattice", "log_images", "log_images_smooth", "gamma")
-LOG_TARGETS = ("log_ratio", "log_lattice", "log_images", "log_images_smooth")
+LOG_TARGETS = ("log_ratio", "log_lattice", "log_images", "log_images_smooth", "log_images_walk")
+TARGETS = (*LOG_TARGETS, "gamma")
 # targets whose baseline is exact on the images method's box-exact cells (no correction there)
-IMAGES_TARGETS = ("log_images", "log_images_smooth")
+IMAGES_TARGETS = ("log_images", "log_images_smooth", "log_images_walk")
 DISTANCE_CLIP = 20.0  # cells: farther than this the coast no longer matters for γ
 STEPS_REFERENCE = 10  # the M channel is log(M / this): 0 for the M most networks know
 # log_images_smooth: the k×k ocean mean's weight w in the blend (benchmarks/bench_baselines.py:
@@ -186,6 +188,8 @@ def _baseline_gamma_squared(fields: Fields, kind: str) -> np.ndarray:
         return images_gamma_squared(fields)
     if kind == "log_images_smooth":
         return smoothed_images_gamma_squared(fields)
+    if kind == "log_images_walk":
+        return walk_images_gamma_squared(fields)
     raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
 
 
@@ -228,6 +232,15 @@ def smoothed_images_gamma_squared(
     mean = ocean_mean(fields.topology, mask, log, size)
     blend = np.where(box_exact_cells(fields), log, (1.0 - weight) * log + weight * mean)
     return fields.topology.same_on_copies(np.where(mask, np.exp(blend), np.nan))
+
+
+def walk_images_gamma_squared(fields: Fields) -> np.ndarray:
+    """The walk-mean value (:func:`diffnorm.methods.images.walk_gamma_squared`), and the images
+    value on the images method's box-exact cells, where that is exact (NaN on land)."""
+    from diffnorm.methods.images import box_exact_cells, images_gamma_squared, walk_gamma_squared
+
+    exact = box_exact_cells(fields)
+    return np.where(exact, images_gamma_squared(fields), walk_gamma_squared(fields))
 
 
 def raw_target(fields: Fields, gamma: np.ndarray, kind: str = "log_ratio") -> np.ndarray:

@@ -8,9 +8,9 @@ signed Manhattan distance to the coast clipped at 20 cells by 20 relaxation swee
 standardization, halo, network, the gate of its correction if the model has one, and the
 baseline the network corrects (the homogeneous-lattice
 value from its table, bilinear in ``log κ``; the images value, by the very module the
-``images`` method runs, blended with its 3×3 ocean mean for ``log_images_smooth``; or the
-analytic formula). Exported to TorchScript
-(FTorch) or ONNX it is all a host needs.
+``images`` method runs, blended with its 3×3 ocean mean for ``log_images_smooth`` or averaged
+along the walk for ``log_images_walk`` (``ImagesVariance.walk``); or the analytic formula).
+Exported to TorchScript (FTorch) or ONNX it is all a host needs.
 
 What it leaves out: the basin-area cap of the baselines and the exact solve of basins of at
 most 64 cells (``cnn``'s ``exact_basins``), which need connected components; a host with
@@ -209,6 +209,15 @@ class FieldsToGamma(nn.Module):
         g2 = 4.0 * math.pi * (self.steps - 1) * torch.sqrt(ax_f * ay_f)
         return torch.where((nx_ + ny_) > 0, g2, safe)
 
+    def _walk(self, m: torch.Tensor, area: torch.Tensor, slots, runs) -> torch.Tensor:
+        """γ² of :func:`diffnorm.methods.images.walk_gamma_squared` (without its basin cap)."""
+        east, west, north, south = slots
+        safe = torch.where(m > 0, area, 1.0)
+        kx = torch.where(m > 0, open_mean(east, west)[0] / safe, 0.0)
+        ky = torch.where(m > 0, open_mean(north, south)[0] / safe, 0.0)
+        v = self.images.walk(m, kx, ky, runs, self.periodic_x)
+        return same_on_copies(safe / v, self.north_fold)
+
     def _smooth(self, m: torch.Tensor, g2: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
         """:func:`diffnorm.ml.features.smoothed_images_gamma_squared` of the images ``g2``."""
         g2 = same_on_copies(g2, self.north_fold)  # as images_gamma_squared, before the mean
@@ -261,5 +270,8 @@ class FieldsToGamma(nn.Module):
         if self.target == "log_images_smooth":
             assert exact is not None
             g2 = self._smooth(m, g2, exact)
+        if self.target == "log_images_walk":  # features.walk_images_gamma_squared
+            assert exact is not None
+            g2 = torch.where(exact, g2, self._walk(m, area, slots, runs))
         g2 = g2 * torch.exp(t)
         return same_on_copies(torch.where(m > 0, torch.sqrt(g2), float("nan")), self.north_fold)
