@@ -514,15 +514,17 @@ def _run_mean(
         pad = [0, 0, front, CAP] if axis == -2 else [front, CAP, 0, 0]
         padded = torch.nn.functional.pad(values, pad)
     total = padded.cumsum(axis)  # total[k] = Σ padded[≤ k]
-    position = torch.ones_like(values).cumsum(axis) - 1.0 + front  # the cell, padded
+    ones = torch.ones_like(back, dtype=torch.long)[:, None]
+    position = ones.cumsum(axis) - 1 + front  # the cell in padded indices, (B, 1, ny, nx)
+    back, ahead = back.long()[:, None], ahead.long()[:, None]
     out = torch.zeros_like(values)
     for c in WALK_SPANS:
-        half = torch.floor(c * spread + 0.5).clamp(max=float(CAP))
-        lo = -torch.minimum(back[:, None], half)
-        hi = torch.minimum(ahead[:, None], half)
-        upper = total.gather(axis, (position + hi).long())
-        lower = total.gather(axis, (position + lo - 1.0).long())
-        out = out + (upper - lower) / (hi - lo + 1.0)
+        half = torch.floor(c * spread + 0.5).clamp(max=float(CAP)).long()
+        lo = torch.minimum(back, half)
+        hi = torch.minimum(ahead, half)
+        upper = total.gather(axis, position + hi)
+        lower = total.gather(axis, position - lo - 1)
+        out = out + (upper - lower) / (hi + lo + 1)
     return out / len(WALK_SPANS)
 
 
