@@ -11,7 +11,8 @@
 #
 # BUDGET (s, default 570) is the whole call; EPOCHS (20), WIDTH (40) and LOADERS (cores − 2)
 # override the config; INIT=windows-smooth-m10 (with WIDTH=24) trains the shipped network on
-# instead of a new one. Each step's wall time goes to $OUT/recipe.log.
+# instead of a new one; TARGET=log_images_walk trains on the walk-mean baseline instead of the
+# config's smoothed one. Each step's wall time goes to $OUT/recipe.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -70,7 +71,7 @@ step "training: up to $EPOCHS epochs or $max_time, width $WIDTH, $LOADERS loader
 $DN train fit --config configs/train/windows_smooth_gpu.yaml --data.root "$pooled" \
   --data.num_workers "$LOADERS" --model.width "$WIDTH" --trainer.max_epochs "$EPOCHS" \
   --trainer.max_time "$max_time" --trainer.default_root_dir "$RUN" \
-  ${INIT:+--model.init_from "$INIT"} 2>&1 | tail -n 5
+  ${INIT:+--model.init_from "$INIT"} ${TARGET:+--model.target "$TARGET"} 2>&1 | tail -n 5
 version=$(ls -td "$RUN"/csv/version_* | head -n 1)
 best=$version/checkpoints/best.ckpt  # by validation loss; last.ckpt if no epoch ended
 [[ -f $best ]] || best=$version/checkpoints/last.ckpt
