@@ -63,8 +63,10 @@ K_MAX = 1e4
 # walk's spread √z, mixed equally. On one draw of bench_generalization's grids, mean |t|
 # (t = log γ²/γ²_base) / cells with |t| ≥ 0.4 against the smoothed images baseline's: ORCA1
 # (without its fold rows) 0.039 / 1.05 % against 0.050 / 2.04 %, North Atlantic 0.021 / 0.07 %
-# against 0.027 / 0.42 %, Table 8 0.009 / 0.08 % against 0.013 / 0.12 %; (0.25, 0.5, 1) and
-# (0.2, 0.4, 0.7) were within 10 % of these, a single box 1.2–2.8× worse.
+# against 0.027 / 0.42 %, Table 8 0.009 / 0.08 % against 0.013 / 0.12 %. Mean |t| of other
+# kernels over these: (0.25, 0.5, 1) 0.99× on ORCA1 and the North Atlantic, 1.34× on Table 8;
+# (0.2, 0.4, 0.7) 1.04× and 0.97× (North Atlantic, Table 8); a single box of half-width
+# 0.5–1 spreads 1.02–1.08× on the North Atlantic, 1.4–2.8× on Table 8.
 WALK_SPANS = (0.15, 0.35, 0.6, 0.9)
 
 
