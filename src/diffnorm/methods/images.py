@@ -448,9 +448,10 @@ class ImagesVariance(nn.Module):
         ky: torch.Tensor,
         runs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
         periodic_x: bool,
-    ) -> torch.Tensor:
-        """The walk-mean variance ``(B, ny, nx)`` (1 on land) from grids ``(B, ny, nx)`` of
-        κx, κy (cells², 0 on land) and :func:`straight_runs`:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and the walk-mean variances, each ``(B, ny, nx)`` (1 on land), from
+        grids ``(B, ny, nx)`` of κx, κy (cells², 0 on land) and :func:`straight_runs`; the
+        images value (:meth:`forward`) comes from the same image sums. The walk mean is
         ``v = Σ_j w_j exp(⟨log S_x(t_j)⟩_y + ⟨log S_y(t_j)⟩_x)``, where ``⟨·⟩_y`` is a mean
         over the cell's column run, weighted by a peaked kernel of width ``√z_y`` (``z_y =
         2t_jκy``: how far the walk has spread along y by then; :data:`WALK_SPANS`), and
@@ -489,7 +490,9 @@ class ImagesVariance(nn.Module):
         mean_x = _run_mean(log_x, -2, south, torch.minimum(north, to_edge), spread(ky), False)
         mean_y = _run_mean(log_y, -1, west, east, spread(kx), periodic_x)
         v = (torch.exp(mean_x + mean_y) * self.w[:, None, None]).sum(1)
-        return torch.where(m > 0, v, 1.0)
+        images = (sx.double() * sy.double() * self.w).sum(-1)
+        images = torch.ones_like(m.flatten(), dtype=torch.float64).index_put((ocean,), images)
+        return images.view_as(m), torch.where(m > 0, v, 1.0)
 
 
 def _run_mean(
@@ -575,10 +578,19 @@ def _box_exact_cells(fields: Fields, **tolerances: float) -> np.ndarray:
     return ok[0].numpy()
 
 
+def _capped(fields: Fields, v: np.ndarray) -> np.ndarray:
+    """``γ² = w / v`` on ocean cells (``v`` on the grid), capped by the basin area, NaN on
+    land; a T-fold copy's runs are taken from its own side of the fold (up to 97 % off its
+    cell's), so it gets its cell's value."""
+    from diffnorm.methods.analytic import cap_by_basin_area
+
+    g2 = np.where(fields.mask, fields.area / v, np.nan)
+    return fields.topology.same_on_copies(cap_by_basin_area(fields, g2))
+
+
 def images_gamma_squared(fields: Fields) -> np.ndarray:
     """``γ² = w / (S^M)_cc`` in each cell's straight-line box, capped by the basin area (NaN
     on land)."""
-    from diffnorm.methods.analytic import cap_by_basin_area
     from diffnorm.methods.lattice import cell_kappa
 
     kx, ky = cell_kappa(fields)
@@ -587,16 +599,15 @@ def images_gamma_squared(fields: Fields) -> np.ndarray:
     with torch.no_grad():
         cells = [torch.from_numpy(kx[ocean]), torch.from_numpy(ky[ocean])]
         v = _module(int(fields.steps))(*cells, *(r[0][m[0] > 0] for r in runs))
-    g2 = np.full(fields.shape, np.nan)
-    g2[ocean] = fields.area[ocean] / v.numpy()
-    # a T-fold copy's runs are taken from its own side of the fold: up to 97 % off its cell's
-    return fields.topology.same_on_copies(cap_by_basin_area(fields, g2))
+    grid = np.ones(fields.shape)
+    grid[ocean] = v.numpy()
+    return _capped(fields, grid)
 
 
-def walk_gamma_squared(fields: Fields) -> np.ndarray:
-    """``γ² = w / v`` with ``v`` the walk-mean variance (:meth:`ImagesVariance.walk`), capped
-    by the basin area (NaN on land)."""
-    from diffnorm.methods.analytic import cap_by_basin_area
+def images_and_walk_gamma_squared(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
+    """The images γ² (as :func:`images_gamma_squared`) and the walk-mean γ²
+    (:meth:`ImagesVariance.walk`), from one pass over the image sums; each capped by the
+    basin area, NaN on land."""
     from diffnorm.methods.lattice import cell_kappa
 
     kx, ky = cell_kappa(fields)
@@ -604,9 +615,9 @@ def walk_gamma_squared(fields: Fields) -> np.ndarray:
     m, runs = _fields_runs(fields)
     with torch.no_grad():
         k = [torch.from_numpy(np.where(ocean, q, 0.0))[None] for q in (kx, ky)]
-        v = _module(int(fields.steps)).walk(m, k[0], k[1], runs, fields.periodic_x)[0]
-    g2 = np.where(ocean, fields.area / v.numpy(), np.nan)
-    return fields.topology.same_on_copies(cap_by_basin_area(fields, g2))
+        v = _module(int(fields.steps)).walk(m, k[0], k[1], runs, fields.periodic_x)
+    images, walk = (_capped(fields, x[0].numpy()) for x in v)
+    return images, walk
 
 
 @register("images", "lattice value in each cell's straight-line box with wall images, O(n)", False)

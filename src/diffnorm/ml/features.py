@@ -235,12 +235,13 @@ def smoothed_images_gamma_squared(
 
 
 def walk_images_gamma_squared(fields: Fields) -> np.ndarray:
-    """The walk-mean value (:func:`diffnorm.methods.images.walk_gamma_squared`), and the images
-    value on the images method's box-exact cells, where that is exact (NaN on land)."""
-    from diffnorm.methods.images import box_exact_cells, images_gamma_squared, walk_gamma_squared
+    """The walk-mean value (:func:`diffnorm.methods.images.images_and_walk_gamma_squared`), and
+    the images value on the images method's box-exact cells, where that is exact (NaN on
+    land)."""
+    from diffnorm.methods.images import box_exact_cells, images_and_walk_gamma_squared
 
-    exact = box_exact_cells(fields)
-    return np.where(exact, images_gamma_squared(fields), walk_gamma_squared(fields))
+    images, walk = images_and_walk_gamma_squared(fields)
+    return np.where(box_exact_cells(fields), images, walk)
 
 
 def raw_target(fields: Fields, gamma: np.ndarray, kind: str = "log_ratio") -> np.ndarray:

@@ -179,12 +179,18 @@ class FieldsToGamma(nn.Module):
         area: torch.Tensor,
         slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
         runs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        exact: torch.Tensor | None,
     ) -> torch.Tensor:
-        """γ² of the model's baseline; ``runs`` (:func:`straight_runs`) for the images one."""
+        """γ² of the model's baseline (before the smoothing of ``log_images_smooth``);
+        ``runs`` (:func:`straight_runs`) and the box-exact cells for the images ones."""
         east, west, north, south = slots
         ax, nx_ = open_mean(east, west)
         ay, ny_ = open_mean(north, south)
         safe = torch.where(m > 0, area, 1.0)
+        if self.target == "log_images_walk":  # features.walk_images_gamma_squared
+            assert runs is not None and exact is not None
+            images, walk = self.images.walk(m, ax / safe, ay / safe, runs, self.periodic_x)
+            return torch.where(exact, safe / images, same_on_copies(safe / walk, self.north_fold))
         if self.target in IMAGES_TARGETS:
             assert runs is not None
             ocean = torch.nonzero(m.flatten() > 0)[:, 0]
@@ -208,15 +214,6 @@ class FieldsToGamma(nn.Module):
         ay_f = torch.where(ny_ > 0, ay, ax)
         g2 = 4.0 * math.pi * (self.steps - 1) * torch.sqrt(ax_f * ay_f)
         return torch.where((nx_ + ny_) > 0, g2, safe)
-
-    def _walk(self, m: torch.Tensor, area: torch.Tensor, slots, runs) -> torch.Tensor:
-        """γ² of :func:`diffnorm.methods.images.walk_gamma_squared` (without its basin cap)."""
-        east, west, north, south = slots
-        safe = torch.where(m > 0, area, 1.0)
-        kx = torch.where(m > 0, open_mean(east, west)[0] / safe, 0.0)
-        ky = torch.where(m > 0, open_mean(north, south)[0] / safe, 0.0)
-        v = self.images.walk(m, kx, ky, runs, self.periodic_x)
-        return same_on_copies(safe / v, self.north_fold)
 
     def _smooth(self, m: torch.Tensor, g2: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
         """:func:`diffnorm.ml.features.smoothed_images_gamma_squared` of the images ``g2``."""
@@ -266,12 +263,9 @@ class FieldsToGamma(nn.Module):
             runs = straight_runs(m, self.periodic_x, folded)
             exact = box_exact(m, slots, area, runs, self.steps, self.periodic_x, folded)
             t = torch.where(exact, 0.0, t)
-        g2 = self._baseline(m, area, slots, runs)
+        g2 = self._baseline(m, area, slots, runs, exact)
         if self.target == "log_images_smooth":
             assert exact is not None
             g2 = self._smooth(m, g2, exact)
-        if self.target == "log_images_walk":  # features.walk_images_gamma_squared
-            assert exact is not None
-            g2 = torch.where(exact, g2, self._walk(m, area, slots, runs))
         g2 = g2 * torch.exp(t)
         return same_on_copies(torch.where(m > 0, torch.sqrt(g2), float("nan")), self.north_fold)
