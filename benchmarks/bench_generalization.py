@@ -2,7 +2,7 @@
 
     python benchmarks/bench_generalization.py [--model NAME_OR_FILE] [--samples 2]
         [--randomization 10000] [--cases orca1,natl025,toy_table8,rectangles,gyre]
-        [--baselines lattice,images] [--strata] [--symmetries 8] [--steps 10]
+        [--baselines lattice,images,walk] [--strata] [--symmetries 8] [--steps 10]
 
 Cases (exact γ by certified selinv on each):
 
@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument(
         "--baselines",
         default="",
-        help="also score these O(n) estimates (comma-separated: lattice, images, analytic)",
+        help="also score these O(n) estimates (comma-separated: lattice, images, walk, analytic)",
     )
     parser.add_argument(
         "--symmetries",

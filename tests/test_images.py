@@ -137,9 +137,10 @@ def test_runs_cross_the_wrap_and_stop_at_land_and_closed_edges():
     assert n[2, 0] == CAP  # across a fold: open
 
 
-def test_images_method_on_a_folded_grid():
+@pytest.mark.parametrize("method", ["images", "walk"])
+def test_images_method_on_a_folded_grid(method):
     f = folded_fields("F", ny=20, nx=26, steps=10, seed=3)
-    r = estimate(f, "images")
+    r = estimate(f, method)
     assert np.all(np.isfinite(r.gamma[f.mask])) and np.all(r.gamma[f.mask] > 0)
 
 
@@ -282,6 +283,22 @@ def test_the_walk_mean_leaves_a_rectangle_with_constant_kappa_as_it_is(ny, nx, p
     f = _box(ny, nx, 3.0, 2.0, periodic_x=periodic)
     m = f.mask
     np.testing.assert_allclose(walk_of(f)[m], images_gamma_squared(f)[m], rtol=1e-12)
+
+
+def test_the_walk_method_is_the_walk_mean_and_images_where_that_is_exact():
+    """``estimate(f, "walk")``: the walk mean off the box-exact cells, the images value on
+    them (a rectangle of one κ is box-exact everywhere, so the two methods agree there)."""
+    from diffnorm.methods.images import box_exact_cells
+
+    f = random_fields(ny=24, nx=24, steps=10, seed=5)
+    images, walk = images_and_walk_gamma_squared(f)
+    exact = box_exact_cells(f)
+    want = np.sqrt(np.where(exact, images, walk))[f.mask]
+    np.testing.assert_allclose(estimate(f, "walk").gamma[f.mask], want, rtol=1e-14)
+    box = _box(12, 16, 3.0, 2.0)
+    np.testing.assert_allclose(
+        estimate(box, "walk").gamma, estimate(box, "images").gamma, rtol=1e-12
+    )
 
 
 def test_the_walk_mean_follows_the_grid_s_symmetries():

@@ -34,6 +34,7 @@ class MethodName(StrEnum):
     analytic = "analytic"
     lattice = "lattice"
     images = "images"
+    walk = "walk"
     cnn = "cnn"
 
 
@@ -463,8 +464,8 @@ def compare(
     methods: Annotated[
         str,
         typer.Option(
-            help="comma-separated: analytic, lattice, images, randomization:N, brute, probing, "
-            "selinv, cnn, cnn:τ (the cnn with the cells it doubts above τ solved exactly)"
+            help="comma-separated: analytic, lattice, images, walk, randomization:N, brute, "
+            "probing, selinv, cnn, cnn:τ (the cnn with the cells it doubts above τ solved exactly)"
         ),
     ] = "analytic,randomization:100,randomization:1000,randomization:10000",
     tolerance: Annotated[float, typer.Option(help="reference tolerance (selinv, probing)")] = 1e-6,

@@ -629,7 +629,21 @@ def images_and_walk_gamma_squared(fields: Fields) -> tuple[np.ndarray, np.ndarra
     return images, walk
 
 
+def walk_gamma_squared(fields: Fields) -> np.ndarray:
+    """The walk-mean γ² (:meth:`ImagesVariance.walk`), and the images value on the box-exact
+    cells (:func:`box_exact_cells`), where that is exact; capped by the basin area, NaN on
+    land."""
+    images, walk = images_and_walk_gamma_squared(fields)
+    return np.where(box_exact_cells(fields), images, walk)
+
+
 @register("images", "lattice value in each cell's straight-line box with wall images, O(n)", False)
 def images(fields: Fields, *, progress=None) -> MethodOutput:
     g2 = images_gamma_squared(fields).ravel()[fields.ocean]
+    return MethodOutput(1.0 / g2, tolerance=None, info={"solves": 0})
+
+
+@register("walk", "images sums averaged along the walk over each row and column run, O(n)", False)
+def walk(fields: Fields, *, progress=None) -> MethodOutput:
+    g2 = walk_gamma_squared(fields).ravel()[fields.ocean]
     return MethodOutput(1.0 / g2, tolerance=None, info={"solves": 0})

@@ -102,7 +102,7 @@ def card(
             "target 0, on the cells diffnorm.methods.images.box_exact_cells finds"
             if model.target == "log_images_smooth"
             else "gamma = sqrt(gamma2_walk * exp(target)) on ocean cells, with gamma2_walk "
-            "exactly as diffnorm.ml.features.walk_images_gamma_squared (each axis's image sum "
+            "exactly as diffnorm.methods.images.walk_gamma_squared (each axis's image sum "
             "averaged in log over the cell's run across it, weighted by the walk's spread: "
             "diffnorm.methods.images.ImagesVariance.walk); gamma2_images itself, and target 0, "
             "on the cells diffnorm.methods.images.box_exact_cells finds"

@@ -19,8 +19,9 @@ then exact in the baseline and the network learns what irregular coasts and vary
 ``log(γ²/γ²_images_smooth)`` (the images value blended with its mean over the cell's 3×3
 ocean neighbours, :func:`smoothed_images_gamma_squared`: less wrong on ragged coasts, where
 one cell's box differs wildly from its neighbour's), ``log(γ²/γ²_images_walk)`` (each axis's
-image sum averaged along the walk across it, :func:`walk_images_gamma_squared`: half the
-smoothed value's error at the coast) or the study's standardized ``γ``.
+image sum averaged along the walk across it, the ``walk`` method's value,
+:func:`diffnorm.methods.images.walk_gamma_squared`: half the smoothed value's error at the
+coast) or the study's standardized ``γ``.
 """
 
 from __future__ import annotations
@@ -189,7 +190,9 @@ def _baseline_gamma_squared(fields: Fields, kind: str) -> np.ndarray:
     if kind == "log_images_smooth":
         return smoothed_images_gamma_squared(fields)
     if kind == "log_images_walk":
-        return walk_images_gamma_squared(fields)
+        from diffnorm.methods.images import walk_gamma_squared
+
+        return walk_gamma_squared(fields)
     raise ValueError(f"target must be one of {TARGETS}, got {kind!r}")
 
 
@@ -232,16 +235,6 @@ def smoothed_images_gamma_squared(
     mean = ocean_mean(fields.topology, mask, log, size)
     blend = np.where(box_exact_cells(fields), log, (1.0 - weight) * log + weight * mean)
     return fields.topology.same_on_copies(np.where(mask, np.exp(blend), np.nan))
-
-
-def walk_images_gamma_squared(fields: Fields) -> np.ndarray:
-    """The walk-mean value (:func:`diffnorm.methods.images.images_and_walk_gamma_squared`), and
-    the images value on the images method's box-exact cells, where that is exact (NaN on
-    land)."""
-    from diffnorm.methods.images import box_exact_cells, images_and_walk_gamma_squared
-
-    images, walk = images_and_walk_gamma_squared(fields)
-    return np.where(box_exact_cells(fields), images, walk)
 
 
 def raw_target(fields: Fields, gamma: np.ndarray, kind: str = "log_ratio") -> np.ndarray:

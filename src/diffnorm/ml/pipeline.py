@@ -187,7 +187,7 @@ class FieldsToGamma(nn.Module):
         ax, nx_ = open_mean(east, west)
         ay, ny_ = open_mean(north, south)
         safe = torch.where(m > 0, area, 1.0)
-        if self.target == "log_images_walk":  # features.walk_images_gamma_squared
+        if self.target == "log_images_walk":  # methods.images.walk_gamma_squared
             assert runs is not None and exact is not None
             images, walk = self.images.walk(m, ax / safe, ay / safe, runs, self.periodic_x)
             return torch.where(exact, safe / images, same_on_copies(safe / walk, self.north_fold))
