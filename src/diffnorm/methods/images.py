@@ -643,7 +643,7 @@ def images(fields: Fields, *, progress=None) -> MethodOutput:
     return MethodOutput(1.0 / g2, tolerance=None, info={"solves": 0})
 
 
-@register("walk", "images sums averaged along the walk over each row and column run, O(n)", False)
+@register("walk", "image sums averaged along the walk over each row and column run, O(n)", False)
 def walk(fields: Fields, *, progress=None) -> MethodOutput:
     g2 = walk_gamma_squared(fields).ravel()[fields.ocean]
     return MethodOutput(1.0 / g2, tolerance=None, info={"solves": 0})
