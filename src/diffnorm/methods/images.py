@@ -505,12 +505,12 @@ def _run_mean(
     mask ``m``, ``(B, ny, nx)``) along ``axis`` over each cell's run (``back``, ``ahead``:
     ``(N,)``, at most ``CAP``), weighted by the mixture of boxes of half-widths
     ``⌊c·spread + ½⌋``, ``c`` in :data:`WALK_SPANS`, each box clipped to the run and
-    normalized: a kernel peaked at the cell (a single box did worse: North Atlantic mean |t|
-    0.022 against 0.021, Table 8 0.025 against 0.009), by one cumulative sum (O(1) a cell,
-    node and box whatever the width). Across the wrap when ``periodic`` (any width, the
-    grid's size symbolic in an exported graph). The sum runs over the whole grid, the rest
-    over the ocean cells only, in lines along the last axis (``axis`` −2 is transposed
-    there), so that a step along the run is a step of one in the flattened sum."""
+    normalized: a kernel peaked at the cell (measured against others at :data:`WALK_SPANS`),
+    by one cumulative sum (O(1) a cell, node and box whatever the width). Across the wrap
+    when ``periodic`` (any width, the grid's size symbolic in an exported graph). The sum
+    runs over the whole grid, the rest over the ocean cells only, in lines along the last
+    axis (``axis`` −2 is transposed there), so that a step along the run is a step of one in
+    the flattened sum."""
     front = CAP + 1  # one more: the sum before the first cell a run can reach
     nodes = values.shape[0]
     grid = torch.zeros_like(m.flatten(), dtype=values.dtype)[None].repeat(nodes, 1)

@@ -190,7 +190,7 @@ class FieldsToGamma(nn.Module):
         if self.target == "log_images_walk":  # methods.images.walk_gamma_squared
             assert runs is not None and exact is not None
             images, walk = self.images.walk(m, ax / safe, ay / safe, runs, self.periodic_x)
-            return torch.where(exact, safe / images, same_on_copies(safe / walk, self.north_fold))
+            return safe / torch.where(exact, images, walk)  # copies: forward's last step
         if self.target in IMAGES_TARGETS:
             assert runs is not None
             ocean = torch.nonzero(m.flatten() > 0)[:, 0]
@@ -221,7 +221,7 @@ class FieldsToGamma(nn.Module):
         log = torch.where(m > 0, torch.log(torch.where(m > 0, g2, 1.0)), 0.0)
         mean = self._ocean_mean(m, log, SMOOTH_SIZE)
         blend = torch.where(exact, log, (1.0 - SMOOTH_WEIGHT) * log + SMOOTH_WEIGHT * mean)
-        return same_on_copies(torch.exp(blend), self.north_fold)
+        return torch.exp(blend)  # copies: forward's last step
 
     def forward(
         self,
