@@ -152,6 +152,14 @@ CASES = {
         lambda t: _estimate(t, _fields_file(t), "--stride", "4"),
         "--stride goes with --method probing",
     ),
+    "model-without-cnn": (
+        lambda t: _estimate(t, _fields_file(t), "--model", "windows-smooth-m10"),
+        "--model goes with --method cnn (got --method selinv)",
+    ),
+    "corrupt-model": (
+        lambda t: _estimate(t, _latlon(t), "--method", "cnn", "--model", str(_corrupt(t))),
+        "not a Lightning checkpoint of `diffnorm train` (",
+    ),
     "train-missing-data-root": (
         lambda t: ["train", "fit", "--data.root", str(t / "none"), "--trainer.max_epochs", "1"],
         "no such dataset folder",
@@ -185,6 +193,12 @@ def _kappa(tmp_path, shape):
     k = np.full(shape, 1e8)
     path = tmp_path / "kappa.nc"
     xr.Dataset({"kappa11": (("y", "x"), k), "kappa22": (("y", "x"), k)}).to_netcdf(path)
+    return path
+
+
+def _corrupt(tmp_path) -> Path:
+    path = tmp_path / "model.ckpt"  # a truncated download, or a model file renamed
+    path.write_bytes(b"PK\x03\x04 not a checkpoint")
     return path
 
 

@@ -254,16 +254,33 @@ def estimate(
             "exact_fold_rows": exact_fold_rows,
             "exact_above": exact_above,
         }
-    elif model is not None:
-        usage_error("--model goes with --method cnn")
-    elif symmetries != 1:
-        usage_error("--symmetries goes with --method cnn")
-    elif precision != "float32":
-        usage_error("--precision goes with --method cnn")
-    elif exact_fold_rows != EXACT_FOLD_ROWS:
-        usage_error("--exact-fold-rows goes with --method cnn")
-    elif exact_above is not None:
-        usage_error("--exact-above goes with --method cnn")
+    # an option the method does not take is refused, not ignored: a user who forgot
+    # --method cnn would otherwise read selinv's γ as the network's
+    not_cnn = {
+        "--model": model is not None,
+        "--device": device != "auto",
+        "--tile": tile is not None,
+        "--symmetries": symmetries != 1,
+        "--precision": precision != "float32",
+        "--exact-fold-rows": exact_fold_rows != EXACT_FOLD_ROWS,
+        "--exact-above": exact_above is not None,
+    }
+    given = [name for name, set_ in not_cnn.items() if set_]
+    if method is not MethodName.cnn and given:
+        usage_error(f"{given[0]} goes with --method cnn (got --method {method.value})")
+    if samples != 1000 and method is not MethodName.randomization:
+        usage_error(f"--samples goes with --method randomization (got --method {method.value})")
+    if tolerance != 1e-6 and method not in (MethodName.selinv, MethodName.probing):
+        usage_error(
+            f"--tolerance goes with --method selinv or probing (got --method {method.value})"
+        )
+    from diffnorm.methods import METHODS
+
+    if backend is not Backend.sparse and not METHODS[method.value].needs_operator:
+        usage_error(
+            f"--backend goes with the methods that solve with the operator (brute, probing, "
+            f"randomization); --method {method.value} does not"
+        )
     if exact_fold_rows < 0:
         usage_error(f"--exact-fold-rows must be >= 0, got {exact_fold_rows}")
     if exact_above is not None and not exact_above >= 0:

@@ -38,6 +38,10 @@ FORMAT = "diffnorm-model"
 # so that older diffnorm versions keep reading them and refuse, by version, what they cannot
 FORMAT_VERSION = 2
 MODEL_SUFFIX = ".pt"
+MODEL_HINT = (
+    "give a model file (`diffnorm export --format model`), a Lightning checkpoint of "
+    "`diffnorm train` (.ckpt), or the name of a shipped model (`diffnorm models`)"
+)
 
 
 class ModelFileError(ValueError):
@@ -363,9 +367,15 @@ class GammaNetwork:
             warnings.simplefilter("ignore")  # Lightning/jsonargparse deprecation chatter
             # the weights are in the checkpoint: do not reload a fine-tuning source, which
             # may have moved or changed since (its name stays in data_info)
-            model = GammaModel.load_from_checkpoint(
-                path, map_location="cpu", weights_only=False, init_from=None
-            )
+            try:
+                model = GammaModel.load_from_checkpoint(
+                    path, map_location="cpu", weights_only=False, init_from=None
+                )
+            except Exception as exc:  # a truncated file, a model file renamed .ckpt, …
+                raise ModelFileError(
+                    f"{path}: not a Lightning checkpoint of `diffnorm train` "
+                    f"({type(exc).__name__}); {MODEL_HINT}"
+                ) from None
         if model.stats is None:
             raise ModelFileError(f"{path}: checkpoint holds no standardization statistics")
         h = model.hparams
@@ -397,20 +407,37 @@ class GammaNetwork:
 
     @classmethod
     def load(cls, path: str | Path) -> GammaNetwork:
-        """A model file or a Lightning checkpoint (``.ckpt``)."""
+        """A model file, a Lightning checkpoint (``.ckpt``) or a shipped model's name."""
         path = Path(path)
+        if not path.exists() and path.suffix == "" and len(path.parts) == 1:
+            from diffnorm.models import shipped_model_path, shipped_models
+
+            if path.name in shipped_models():
+                path = shipped_model_path(path.name)
         if not path.exists():
-            raise FileNotFoundError(
-                f"{path}: no such model; give a model file, a checkpoint, or the name of a "
-                "shipped model (diffnorm models)"
-            )
+            raise FileNotFoundError(f"{path}: no such model; {MODEL_HINT}")
         if path.suffix == ".ckpt":
             return cls.from_checkpoint(path)
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a truncated or foreign file
-            raise ModelFileError(f"{path}: not a readable diffnorm model file ({exc})") from None
+            # the type alone: torch's own text advises loading untrusted pickles
+            raise ModelFileError(
+                f"{path}: not a readable diffnorm model file ({type(exc).__name__}); {MODEL_HINT}"
+            ) from None
         return cls.from_dict(d, str(path))
+
+
+def _lineage(net: GammaNetwork) -> str | None:
+    """The shipped model this one was fine-tuned from, if another one (a local checkpoint's
+    path, or an earlier version of itself, says nothing to a user: the card's note does)."""
+    source = net.data.get("fine_tuned_from")
+    if not source:
+        return None
+    from diffnorm.models import shipped_models
+
+    name = Path(str(source)).stem
+    return name if name in shipped_models() and name != net.name else None
 
 
 def describe(net: GammaNetwork) -> dict[str, Any]:
@@ -426,7 +453,7 @@ def describe(net: GammaNetwork) -> dict[str, Any]:
         "d_cells": d.get("d_cells"),
         "trained_on": ", ".join(d.get("shapes", [])) or "?",
         "train_samples": d.get("train_samples"),
-        "fine_tuned_from": d.get("fine_tuned_from"),
+        "fine_tuned_from": _lineage(net),
         "note": net.created.get("note"),
         "metrics": net.metrics,
     }
@@ -438,11 +465,14 @@ def _cached(path: str, mtime: float) -> GammaNetwork:
 
 
 def resolve_model(
-    model: str | Path | GammaNetwork | None, fields: Fields | None = None
+    model: str | Path | GammaNetwork | None,
+    fields: Fields | None = None,
+    calibrated: bool = False,
 ) -> GammaNetwork:
     """A model given as an object, a path, or the name of a shipped model; files are loaded
     once and cached. ``None``: the shipped model for the fields (:func:`closest_shipped`; the
-    package's default when no fields are given)."""
+    package's default when no fields are given), among those with an error model when
+    ``calibrated`` (what ``cnn --exact-above`` chooses its cells by)."""
     if isinstance(model, GammaNetwork):
         return model
     from diffnorm.models import shipped_model_path, shipped_models
@@ -451,6 +481,8 @@ def resolve_model(
         from diffnorm.models import DEFAULT
 
         shipped = [_load(shipped_model_path(n)) for n in shipped_models()]
+        if calibrated:
+            shipped = [m for m in shipped if m.error_model is not None]
         return closest_shipped(fields, shipped, DEFAULT)
     path = Path(model) if model is not None else None
     if path is None or (not path.exists() and path.suffix == "" and len(path.parts) == 1):
