@@ -49,6 +49,11 @@ def test_estimate_verify_writes_and_prints_the_measured_error(tmp_path):
     assert attrs["verify_cells"] == 10
     # 30 samples: |ε| of order sqrt(2/30) = 0.26
     assert 0.02 < attrs["verify_mean_abs"] < 1.0
+    # more cells than fit 3 apart on this grid: it says how many it found of those asked
+    res = CliRunner().invoke(app, [*args, "--samples", "30", "--verify", "100000"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "cells (of 100000 asked: no more ocean cells 3 apart)" in said, said
 
 
 def test_verify_checks_the_methods_own_error_estimate():

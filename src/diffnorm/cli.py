@@ -330,10 +330,17 @@ def estimate(
     if method is MethodName.cnn and result.error_estimate is not None:
         console.print(doubt_line(result, fields, exact_above))
     if verify:
+        from diffnorm.verify import SPACING as VERIFY_SPACING
+
         s = checked.summary()
         line = (
             f"verified against exact γ at {s['verify_cells']} cells "
-            f"({s['verify_coastal_cells']} coastal): mean |ε| {s['verify_mean_abs']:.2e}, "
+            + (
+                f"(of {verify} asked: no more ocean cells {VERIFY_SPACING} apart) "
+                if s["verify_cells"] < verify
+                else ""
+            )
+            + f"({s['verify_coastal_cells']} coastal): mean |ε| {s['verify_mean_abs']:.2e}, "
             f"max |ε| {s['verify_max_abs']:.2e}"
         )
         if "verify_coastal_max_abs" in s:
@@ -345,7 +352,7 @@ def estimate(
             )
             if "verify_estimate_scale" in s:
                 line += (
-                    f" (×{s['verify_estimate_scale']:.2g} would cover "
+                    f" (scaled ×{s['verify_estimate_scale']:.2g}, it would cover exactly "
                     f"{100 * checked.quantile:.0f} % there)"
                 )
         console.print(line)

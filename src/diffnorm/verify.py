@@ -22,6 +22,7 @@ from diffnorm.metrics import distance_to_coast
 from diffnorm.operator import DiffusionOperator, make_operator
 
 COASTAL = 2.0  # cells
+SPACING = 3  # cells between two verified cells: their errors are then less alike
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Verification:
         return out
 
 
-def pick_cells(fields: Fields, count: int, seed: int = 0, spacing: int = 3) -> np.ndarray:
+def pick_cells(fields: Fields, count: int, seed: int = 0, spacing: int = SPACING) -> np.ndarray:
     """Up to ``count`` ocean-vector indices, half coastal, at least ``spacing`` cells apart
     (Chebyshev distance across the wrap and the fold, :meth:`Topology.index_distance`),
     seeded."""

@@ -161,10 +161,16 @@ def export(
         c = len(model.encoding.channels)
         example = (torch.randn(1, c, *example_shape),)
         names, outputs = ["raw_features"], ["target"]
+    # an inference graph: its outputs must not require grad (`.numpy()` on them failed)
+    module.requires_grad_(False)
     with torch.no_grad(), warnings.catch_warnings():
-        # TorchScript is deprecated in PyTorch but it is what FTorch loads from Fortran
+        # TorchScript is deprecated in PyTorch but it is what FTorch loads from Fortran;
+        # the ONNX exporter's own warnings (~150 lines of constant folding and dynamic-axes
+        # notes) say nothing to the user about the graph written
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if fmt == "onnx":
+            warnings.simplefilter("ignore", UserWarning)
         if fmt == "torchscript":
             torch.jit.trace(module, example, check_trace=False).save(str(path))
         else:

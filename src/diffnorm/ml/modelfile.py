@@ -103,7 +103,8 @@ class GammaNetwork:
         """Whether the model predicts for fields of ``steps`` diffusion steps M."""
         if self.step_range is None:
             return steps == self.steps
-        return self.step_range[0] <= steps <= self.step_range[1]
+        # M is even (L^(1/2) = S^(M/2)): an odd M is no operator, whatever the range
+        return self.step_range[0] <= steps <= self.step_range[1] and steps % 2 == 0
 
     @property
     def steps_served(self) -> int | list[int]:
@@ -113,8 +114,10 @@ class GammaNetwork:
 
     @property
     def steps_label(self) -> str:
-        """``10``, or ``4–20`` for a model with M as an input."""
-        return str(self.steps) if self.step_range is None else "{}–{}".format(*self.step_range)
+        """``10``, or ``even 4–20`` for a model with M as an input."""
+        if self.step_range is None:
+            return str(self.steps)
+        return "even {}–{}".format(*self.step_range)
 
     def check_fields(self, fields: Fields) -> tuple[np.ndarray, dict]:
         """Refuse fields of an M the model does not serve; flag the cells outside what the
