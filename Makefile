@@ -23,7 +23,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 # The whole pipeline on a small grid (exact data, training, evaluation against randomization
-# and analytic, a model file); tables and plots in $(OUT). QUICK=1 for the 1-2 minute version.
+# and analytic, a model file); tables and plots in $(OUT). QUICK=1 for the smoke version (about 20 s here).
 demo: $(STAMP)
 	$(BIN)/diffnorm demo --out $(OUT) $(if $(QUICK),--quick,)
 

@@ -50,7 +50,7 @@ class TorchStencilOperator(DiffusionOperator):
         diag = self.area + self.coef.sum(dim=0)
         self.inv_diag = torch.where(self.mask > 0, 1.0 / torch.where(diag > 0, diag, 1.0), 0.0)
         self.sqrt_area = torch.sqrt(self.area)
-        self.ocean_t = torch.as_tensor(self.ocean, device=self.device)
+        self.ocean_t = torch.as_tensor(np.array(self.ocean), device=self.device)  # a read-only view
         self.iterations = 0  # of the last solve, for diagnostics
 
     # -- tensor level ------------------------------------------------------------------------
