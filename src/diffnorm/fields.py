@@ -106,7 +106,7 @@ class Fields:
         bad = ~np.isin(raw_mask, (0.0, 1.0))
         if bad.any():
             raise FieldsError(
-                f"mask must hold only 0 (land) and 1 (ocean); found {raw_mask[bad][0]!r} at "
+                f"mask must hold only 0 (land) and 1 (ocean); found {float(raw_mask[bad][0]):g} at "
                 f"{_first_index(bad)}"
             )
         mask = raw_mask.astype(bool)
@@ -147,8 +147,8 @@ class Fields:
                 raise FieldsError(
                     f"{name}: {int(bad.sum())} open face(s) have a missing, non-finite or "
                     f"non-positive diffusivity (first at {_first_index(bad)}, value "
-                    f"{alpha[bad][0]!r}); every face between two ocean cells needs alpha > 0 — "
-                    "give it a positive diffusivity or mask one of its cells as land"
+                    f"{float(alpha[bad][0]):g}); every face between two ocean cells needs "
+                    "alpha > 0 — give it a positive diffusivity or mask one of its cells as land"
                 )
             alphas[name] = np.where(opened, alpha, 0.0)
         _check_fold_copies(topology, alphas, mask)

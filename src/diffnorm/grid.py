@@ -65,8 +65,8 @@ class GridMetrics:
                 place = "ocean cell" if name.endswith("t") else "open face"
                 raise FieldsError(
                     f"{name}: {int(bad.sum())} {place}(s) have a zero, negative or missing "
-                    f"length (first at j={j}, i={i}, value {value[j, i]!r}); metrics must be "
-                    "> 0 m wherever the mask has ocean (fix the mesh, or mask the cell as land)"
+                    f"length (first at j={j}, i={i}, value {float(value[j, i]):g}); metrics must "
+                    "be > 0 m wherever the mask has ocean (fix the mesh, or mask the cell as land)"
                 )
             setattr(self, name, value)
 

@@ -328,7 +328,7 @@ def read_parameters(path: str | Path, metrics: GridMetrics, kind: str) -> tuple[
             j, i = np.argwhere(bad)[0]
             raise FieldsError(
                 f"{path}: {name} must be finite and > 0 on ocean cells; {int(bad.sum())} are "
-                f"not (first at j={j}, i={i}, value {v[j, i]!r})"
+                f"not (first at j={j}, i={i}, value {float(v[j, i]):g})"
             )
         out.append(v)
     return tuple(out)
