@@ -160,6 +160,17 @@ CASES = {
         lambda t: _estimate(t, _latlon(t), "--method", "cnn", "--model", str(_corrupt(t))),
         "not a Lightning checkpoint of `diffnorm train` (",
     ),
+    "evaluate-bad-samples": (
+        lambda t: ["evaluate", "-m", "windows-smooth-m10", "-d", str(t), "--samples", "abc"],
+        "--samples wants comma-separated sample counts",
+    ),
+    "export-missing-error-model": (
+        lambda t: (
+            ["export", "-m", "windows-smooth-m10", "-o", str(t / "out.nc")]
+            + ["--error-model", str(t / "nope.json")]
+        ),
+        "nope.json: no such file; `diffnorm evaluate",
+    ),
     "train-missing-data-root": (
         lambda t: ["train", "fit", "--data.root", str(t / "none"), "--trainer.max_epochs", "1"],
         "no such dataset folder",

@@ -50,6 +50,9 @@ class GridName(StrEnum):
     mesh = "mesh"
 
 
+EVALUATION_HINT = "`diffnorm evaluate -m MODEL -d DATA --out DIR` writes DIR/evaluation.json"
+
+
 @contextlib.contextmanager
 def user_errors():
     """Turn the library's input errors into one red line and exit status 2; warnings (a model
@@ -665,7 +668,12 @@ def evaluate(
     from diffnorm.ml.evaluate import markdown_table, strata_markdown
 
     with user_errors():
-        counts = [int(float(n)) for n in samples.split(",") if n.strip()]
+        try:
+            counts = [int(float(n)) for n in samples.split(",") if n.strip()]
+        except ValueError:
+            usage_error(
+                f"--samples wants comma-separated sample counts (e.g. 100,1000), got {samples!r}"
+            )
         with progress_bars(not quiet) as bars:
             report = run_evaluate(
                 model, data, split, counts, seed, out_dir, bars("samples"), device
@@ -844,8 +852,14 @@ def export(
                 label, sep, path = item.partition("=")
                 if not sep:
                     raise ValueError(f"--metrics wants LABEL=PATH, got {item!r}")
+                if not Path(path).is_file():
+                    raise ValueError(f"--metrics {item}: no such file; {EVALUATION_HINT}")
                 net.metrics[label] = card_metrics(path)
             if error_model is not None:
+                if not Path(error_model).is_file():
+                    raise ValueError(
+                        f"--error-model {error_model}: no such file; {EVALUATION_HINT}"
+                    )
                 report = json.loads(Path(error_model).read_text())
                 if "error_model" not in report:
                     raise ValueError(
