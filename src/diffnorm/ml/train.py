@@ -94,6 +94,8 @@ def main(args: list[str] | None = None) -> DiffnormCLI:
         args=args,
         trainer_defaults=trainer_defaults(),
         save_config_kwargs={"overwrite": True},
+        # its usage lines and tips name the command a user types, not argv[0]'s "diffnorm"
+        parser_kwargs={"prog": "diffnorm train"},
     )
 
 
