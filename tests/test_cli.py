@@ -90,6 +90,12 @@ def test_compare_rejects_bad_method_spec(tmp_path, fields_file):
     assert res.exit_code == 2 and "only randomization" in res.output
     res = runner.invoke(app, ["compare", str(fields_file), "--methods", "cnn:high"])
     assert res.exit_code == 2 and "cnn:0.015" in res.output
+    # an unknown method is refused before the reference is solved, not after
+    from unittest import mock
+
+    with mock.patch("diffnorm.compare.make_operator", side_effect=AssertionError("solved")):
+        res = runner.invoke(app, ["compare", str(fields_file), "--methods", "lattice,nope"])
+    assert res.exit_code == 2 and "unknown method 'nope'" in res.output, res.output
 
 
 def test_compare_scores_the_cnn_with_its_doubted_cells_exact(tmp_path):

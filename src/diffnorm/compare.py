@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 
 from diffnorm.fields import Fields
-from diffnorm.methods import EXACT_METHODS, GammaResult, Progress, estimate, exact_options
+from diffnorm.methods import (
+    EXACT_METHODS,
+    GammaResult,
+    Progress,
+    check_method,
+    estimate,
+    exact_options,
+)
 from diffnorm.metrics import (
     METRIC_LABELS,
     METRIC_NAMES,
@@ -134,6 +141,8 @@ def compare(
     the same operator."""
     if reference not in EXACT_METHODS:
         raise ValueError(f"reference must be one of {', '.join(EXACT_METHODS)}, got {reference!r}")
+    for name, options in methods:  # a typo must not cost the reference's solve first
+        check_method(name, options)
     op = make_operator(fields, backend)
     progress_for = progress_for or (lambda _: None)
     ref_options = exact_options(reference, tolerance)

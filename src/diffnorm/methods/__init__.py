@@ -31,6 +31,7 @@ __all__ = [
     "GammaResult",
     "ProbingCertificateError",
     "SelinvCertificateError",
+    "check_method",
     "estimate",
     "exact_options",
     "method_options",
@@ -72,6 +73,20 @@ def _method(method: str):
         ) from None
 
 
+def check_method(method: str, options: dict[str, Any]):
+    """The registered ``method``, once its ``options`` are known to be its own (a caller that
+    runs several methods checks them all before the first, costly one)."""
+    spec = _method(method)
+    allowed = method_options(method)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"method {method!r} got unknown option(s) {', '.join(unknown)}; "
+            f"it accepts {', '.join(allowed) or 'none'}"
+        )
+    return spec
+
+
 def estimate(
     fields: Fields | DiffusionOperator,
     method: str = DEFAULT_METHOD,
@@ -87,14 +102,7 @@ def estimate(
     ``options`` are the method's own (see :func:`method_options`). The wall time includes
     building the operator when it is built here.
     """
-    spec = _method(method)
-    allowed = method_options(method)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(
-            f"method {method!r} got unknown option(s) {', '.join(unknown)}; "
-            f"it accepts {', '.join(allowed) or 'none'}"
-        )
+    spec = check_method(method, options)
     if isinstance(fields, DiffusionOperator):
         operator, fields = fields, fields.fields
     with Timer() as timer:
@@ -130,7 +138,7 @@ def estimate(
         info.setdefault("backend", op.backend)
         if hasattr(op, "solver"):
             info.setdefault("solver", op.solver)
-    used = {**allowed, **options}
+    used = {**method_options(method), **options}
     used.pop("block_size", None)
     used.pop("columns", None)
     return GammaResult(
