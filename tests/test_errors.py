@@ -158,7 +158,7 @@ CASES = {
     ),
     "corrupt-model": (
         lambda t: _estimate(t, _latlon(t), "--method", "cnn", "--model", str(_corrupt(t))),
-        "not a Lightning checkpoint of `diffnorm train` (",
+        "not a Lightning checkpoint of `diffnorm train` that this diffnorm reads (RuntimeError",
     ),
     "evaluate-bad-samples": (
         lambda t: ["evaluate", "-m", "windows-smooth-m10", "-d", str(t), "--samples", "abc"],

@@ -104,11 +104,14 @@ def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
     assert not r.flags[top].any()
 
 
-def _measured_beside(base, r) -> np.ndarray:
-    """The largest |log(γ²_network/γ²)| over the solved cells of each cell's 3 × 3 square (a
-    closed grid)."""
+def _measured_beside(f, base, r) -> np.ndarray:
+    """The largest |log(γ²_network/γ²)| over the cells each round solved (not the small
+    basins) in each cell's 3 × 3 square, across the wrap of a grid without a fold."""
     ny, nx = r.gamma.shape
-    measured = np.pad(np.where(r.exact, np.abs(np.log(base.gamma**2 / r.gamma**2)), 0.0), 1)
+    solved = r.exact & ~base.exact
+    measured = np.where(solved, np.abs(np.log(base.gamma**2 / r.gamma**2)), 0.0)
+    measured = np.pad(measured, ((1, 1), (0, 0)))
+    measured = np.pad(measured, ((0, 0), (1, 1)), mode="wrap" if f.periodic_x else "constant")
     return np.max([measured[j : j + ny, i : i + nx] for j in range(3) for i in range(3)], axis=0)
 
 
@@ -148,15 +151,6 @@ def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
     np.testing.assert_array_equal(r.gamma[rest], base.gamma[rest])
     assert np.abs(base.gamma[doubt] ** 2 / exact[doubt] ** 2 - 1).max() > 1e-2
     np.testing.assert_allclose(every.gamma[ocean] ** 2, exact[ocean] ** 2, rtol=CELLS_TOLERANCE)
-    # the estimate returned is the γ returned's: a served cell's |t| square reads the solved
-    from diffnorm.ml.calibration import network_correction
-
-    net = resolve_model("windows-smooth-m10")
-    served = ocean & ~r.exact
-    again = net.error_estimate(f, network_correction(f, r.gamma, net.target))
-    # … and at least the network's error measured on the solved cells of its 3 × 3 square
-    beside = _measured_beside(base, r)
-    np.testing.assert_array_equal(r.error_estimate[served], np.fmax(again, beside)[served])
     # on a T fold every copy follows its cell: exact, unflagged, the solve's estimate
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -169,6 +163,26 @@ def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
         estimate(f, "cnn", model=network, device="cpu", exact_above=0.04)
     with pytest.raises(ValueError, match="exact_above"):
         estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=-1.0)
+
+
+def test_a_small_basin_s_measured_error_stays_in_it():
+    """A one-cell lake is solved exactly, and the network's error measured there would reach
+    the ocean cells diagonal to it, which no diffusion joins to it."""
+    from diffnorm.fields import Fields
+
+    rng = np.random.default_rng(0)
+    mask = np.ones((40, 48))
+    for dj, di in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        mask[8 + dj, 8 + di] = 0  # a one-cell lake at (8, 8), ocean at its corners
+    area, ax, ay = (rng.uniform(0.8, 1.2, (40, 48)) * v for v in (1e8, 2e8, 2e8))
+    f = Fields(mask, area, ax, ay, 10, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
+        plain = estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_basins=0)
+    assert r.exact[8, 8] and abs(plain.gamma[8, 8] / r.gamma[8, 8] - 1) > 0.05  # a real miss
+    corners = (np.array([7, 7, 9, 9]), np.array([7, 9, 7, 9]))
+    np.testing.assert_array_equal(r.error_estimate[corners], plain.error_estimate[corners])
 
 
 def test_cnn_exact_above_solves_again_the_cells_whose_estimate_rose(network):
@@ -190,8 +204,18 @@ def test_cnn_exact_above_solves_again_the_cells_whose_estimate_rose(network):
     np.testing.assert_array_equal(r.gamma[served], base.gamma[served])
     left = served & ~(r.error_estimate <= 0.08)
     assert r.info["exact_above_left"] == left.sum() > 0
-    beside = _measured_beside(base, r)
+    beside = _measured_beside(f, base, r)
     assert np.all(beside[served & ~left] <= 0.08) and (beside[solved & ~first] > 0.08).any()
+    # the estimate returned is the γ returned's: a served cell's |t| square reads the solved
+    # cells' exact correction, and its estimate is at least the network's error measured
+    # on the solved cells of its 3 × 3 square
+    from diffnorm.ml.calibration import network_correction
+
+    net = resolve_model("windows-smooth-m10")
+    again = net.error_estimate(f, network_correction(f, r.gamma, net.target))
+    assert served.any() and (beside[served] > again[served]).any()
+    expected = np.maximum(again, beside)[served]
+    np.testing.assert_allclose(r.error_estimate[served], expected, rtol=1e-12)
 
 
 def test_the_error_estimate_reads_the_correction_it_was_calibrated_on(network, monkeypatch):
@@ -551,6 +575,9 @@ def test_shipped_models_load_list_and_predict_well():
     exact = estimate(fields, "brute").gamma
     cnn = estimate(fields, "cnn", device="cpu")  # the default: the 4° model for this grid
     assert cnn.info["model"] == "latlon4-m10"
+    # a grid of the training windows' shape is home to every window model: the default wins
+    box = random_fields(ny=64, nx=64, steps=10, seed=1)
+    assert resolve_model(None, box).name == "windows-smooth-m10"
     # it has no error model: --exact-above picks the closest shipped model that has one
     hybrid = estimate(fields, "cnn", device="cpu", exact_above=0.05)
     assert hybrid.info["model"] == "windows-smooth-m10" and hybrid.info["exact_above_rounds"]

@@ -53,7 +53,7 @@ def test_estimate_verify_writes_and_prints_the_measured_error(tmp_path):
     res = CliRunner().invoke(app, [*args, "--samples", "30", "--verify", "100000"])
     assert res.exit_code == 0, res.output
     said = " ".join(res.output.split())
-    assert "cells (of 100000 asked: no more ocean cells 3 apart)" in said, said
+    assert "cells of the 100000 asked (no more ocean cells are 3 apart;" in said, said
 
 
 def test_verify_checks_the_methods_own_error_estimate():

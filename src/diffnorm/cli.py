@@ -141,7 +141,8 @@ def doubt_line(result, fields, exact_above: float | None) -> str:
     est = result.error_estimate[fields.counted & ~result.exact]  # the cells it serves
     doubted = int((~(est <= SUGGESTED_EXACT_ABOVE)).sum())  # no estimate counts as doubt
     line = (
-        f"error estimate ({info['error_quantile']:.0%} quantile of |ε| per kind of cell): above "
+        f"error estimate ({info['error_quantile']:.0%} quantile of |ε| per kind of cell, or the "
+        "network's error measured beside, if larger): above "
         f"{SUGGESTED_EXACT_ABOVE:.1%}, or none, on {doubted} of the {est.size} cells the "
         "network serves"
     )
@@ -172,11 +173,14 @@ def estimate(
     method: Annotated[
         MethodName, typer.Option(help="how to compute γ (default: the fastest certified exact one)")
     ] = MethodName.selinv,
-    samples: Annotated[int, typer.Option(help="randomization: number of samples N")] = 1000,
-    seed: Annotated[int, typer.Option(help="randomization: random seed")] = 0,
+    samples: Annotated[
+        int | None, typer.Option(help="randomization: number of samples N [default: 1000]")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="randomization, --verify: random seed")] = 0,
     tolerance: Annotated[
-        float, typer.Option(help="selinv, probing: certified relative error on γ²")
-    ] = 1e-6,
+        float | None,
+        typer.Option(help="selinv, probing: certified relative error on γ² [default: 1e-06]"),
+    ] = None,
     stride: Annotated[
         int | None, typer.Option(help="probing: force this stride (else chosen and certified)")
     ] = None,
@@ -242,11 +246,11 @@ def estimate(
 
     options: dict = {}
     if method is MethodName.randomization:
-        options = {"samples": samples, "seed": seed}
+        options = {"samples": 1000 if samples is None else samples, "seed": seed}
     elif method is MethodName.probing:
-        options = {"tolerance": tolerance, "stride": stride}
+        options = {"tolerance": 1e-6 if tolerance is None else tolerance, "stride": stride}
     elif method is MethodName.selinv:
-        options = {"tolerance": tolerance}
+        options = {"tolerance": 1e-6 if tolerance is None else tolerance}
     elif method is MethodName.cnn:
         options = {
             "model": model,
@@ -271,9 +275,9 @@ def estimate(
     given = [name for name, set_ in not_cnn.items() if set_]
     if method is not MethodName.cnn and given:
         usage_error(f"{given[0]} goes with --method cnn (got --method {method.value})")
-    if samples != 1000 and method is not MethodName.randomization:
+    if samples is not None and method is not MethodName.randomization:
         usage_error(f"--samples goes with --method randomization (got --method {method.value})")
-    if tolerance != 1e-6 and method not in (MethodName.selinv, MethodName.probing):
+    if tolerance is not None and method not in (MethodName.selinv, MethodName.probing):
         usage_error(
             f"--tolerance goes with --method selinv or probing (got --method {method.value})"
         )
@@ -339,11 +343,11 @@ def estimate(
         line = (
             f"verified against exact γ at {s['verify_cells']} cells "
             + (
-                f"(of {verify} asked: no more ocean cells {VERIFY_SPACING} apart) "
+                f"of the {verify} asked (no more ocean cells are {VERIFY_SPACING} apart; "
                 if s["verify_cells"] < verify
-                else ""
+                else "("
             )
-            + f"({s['verify_coastal_cells']} coastal): mean |ε| {s['verify_mean_abs']:.2e}, "
+            + f"{s['verify_coastal_cells']} coastal): mean |ε| {s['verify_mean_abs']:.2e}, "
             f"max |ε| {s['verify_max_abs']:.2e}"
         )
         if "verify_coastal_max_abs" in s:

@@ -114,10 +114,10 @@ class GammaNetwork:
 
     @property
     def steps_label(self) -> str:
-        """``10``, or ``even 4–20`` for a model with M as an input."""
+        """``10``, or ``4–20 (even)`` for a model with M as an input."""
         if self.step_range is None:
             return str(self.steps)
-        return "even {}–{}".format(*self.step_range)
+        return "{}–{} (even)".format(*self.step_range)
 
     def check_fields(self, fields: Fields) -> tuple[np.ndarray, dict]:
         """Refuse fields of an M the model does not serve; flag the cells outside what the
@@ -375,9 +375,11 @@ class GammaNetwork:
                     path, map_location="cpu", weights_only=False, init_from=None
                 )
             except Exception as exc:  # a truncated file, a model file renamed .ckpt, …
+                # its first sentence: torch goes on with advice on issue trackers
+                first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
                 raise ModelFileError(
-                    f"{path}: not a Lightning checkpoint of `diffnorm train` "
-                    f"({type(exc).__name__}); {MODEL_HINT}"
+                    f"{path}: not a Lightning checkpoint of `diffnorm train` that this diffnorm "
+                    f"reads ({type(exc).__name__}: {first}); {MODEL_HINT}"
                 ) from None
         if model.stats is None:
             raise ModelFileError(f"{path}: checkpoint holds no standardization statistics")
@@ -534,5 +536,14 @@ def closest_shipped(
     fold = fields.north_fold
     seen_fold = [m for m in same_m if fold != "none" and fold in m.data.get("north_fold", [])]
     general = [m for m in same_m if m.name == default]
-    pool = home or [m for m in seen_fold if m in general] or seen_fold or general or same_m
+    # a grid of the training windows' own shape (64×64) is "home" to every window model: the
+    # default first there too, not whichever ancestor is nearest in cell size
+    pool = (
+        [m for m in home if m in general]
+        or home
+        or [m for m in seen_fold if m in general]
+        or seen_fold
+        or general
+        or same_m
+    )
     return min(pool, key=distance)
