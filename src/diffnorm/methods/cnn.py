@@ -70,9 +70,9 @@ def beside_measured(
     """Per ocean cell, the largest error of the network *measured* on the solved cells of its
     ``CORRECTION_WINDOW²`` square, ``|log(v_network/v_exact)|`` (≈ |ε| where small; 0 with no
     solved cell there; none from basins of at most ``small_basins`` cells), across the wrap
-    and the fold. A served cell beside a solved one where
-    the network was off by that much is likely off too: on a 1/4° lat-lon grid at τ = 0.015,
-    18 of the 27 served cells above 1.5 % lay beside solved cells with estimates of 0.6–1 %."""
+    and the fold. A served cell beside a solved one where the network was off by that much
+    is likely off too: on a 1/4° lat-lon grid at τ = 0.015, 18 of the 27 served cells above
+    1.5 % lay beside solved cells, with estimates of 0.6–1 %."""
     from diffnorm.ml.calibration import CORRECTION_WINDOW
     from diffnorm.ml.features import square_reduce
 
