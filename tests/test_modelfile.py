@@ -75,6 +75,22 @@ def test_bfloat16_predictions_stay_close_to_float32(network, sample):
         network.predict_target(f, "cpu", precision="half")
 
 
+@pytest.mark.parametrize("hardware", [False, True])
+def test_bfloat16_on_a_cpu_without_it_warns(network, sample, monkeypatch, hardware):
+    """Emulated bfloat16 was 3.7× slower than float32 on an AVX2-only CPU."""
+    from diffnorm.ml.modelfile import SlowPrecisionWarning
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: hardware, raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        network.predict_target(sample.fields, "cpu", precision="bfloat16")
+        network.predict_target(sample.fields, "cpu")  # float32 never warns
+    slow = [w for w in caught if issubclass(w.category, SlowPrecisionWarning)]
+    assert len(slow) == (0 if hardware else 1)
+    assert hardware or "use --precision float32" in str(slow[0].message)
+
+
 def test_cnn_method_and_exact_small_basins(network, sample):
     r = estimate(sample.fields, "cnn", model=network, device="cpu")
     assert r.method == "cnn" and r.info["model"] == "tiny"

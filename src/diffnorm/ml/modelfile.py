@@ -31,7 +31,13 @@ from diffnorm.fields import Fields
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import LOG_TARGETS, Standardizer, gamma_from_target
 from diffnorm.ml.halo import crop_wrap
-from diffnorm.ml.networks import PRECISIONS, build_network, count_parameters, for_inference
+from diffnorm.ml.networks import (
+    PRECISIONS,
+    build_network,
+    count_parameters,
+    cpu_has_bfloat16,
+    for_inference,
+)
 
 FORMAT = "diffnorm-model"
 # 2: M as an input (encoding.steps_input, step_range); single-M models are still written as 1,
@@ -50,6 +56,10 @@ class ModelFileError(ValueError):
 
 class OutOfRangeWarning(UserWarning):
     """The fields lie outside what the model was trained on: expect larger errors."""
+
+
+class SlowPrecisionWarning(UserWarning):
+    """bfloat16 asked for on a CPU without bfloat16 arithmetic: slower than float32."""
 
 
 @dataclass
@@ -198,6 +208,14 @@ class GammaNetwork:
             return self._symmetry_mean(fields, device, tile, symmetries, precision)
         dev = pick_device(device)
         low = precision == "bfloat16"
+        if low and dev.type == "cpu" and not cpu_has_bfloat16():
+            warnings.warn(
+                "precision bfloat16: this CPU has no bfloat16 arithmetic (AVX-512 BF16 or AMX), "
+                "so it is emulated and slower than float32 (3.7x on ORCA1 on an AVX2 CPU); use "
+                "--precision float32",
+                SlowPrecisionWarning,
+                stacklevel=2,
+            )
         net = (self._bfloat16_net if low else self.inference_net).to(dev)
         wrap = self.wrap_context(fields.periodic_x)
         x = self.encoding.inputs(fields, self.stats, wrap).to(dev)
