@@ -61,30 +61,20 @@ def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np
 
 
 def beside_measured(
-    fields: Fields,
-    solved: list[tuple[np.ndarray, float]],
-    variance: np.ndarray,
-    network: np.ndarray,
-    small_basins: int,
+    fields: Fields, measured_on: list[np.ndarray], variance: np.ndarray, network: np.ndarray
 ) -> np.ndarray:
-    """Per ocean cell, the largest error of the network *measured* on the solved cells of its
-    ``CORRECTION_WINDOW²`` square, ``|log(v_network/v_exact)|`` (≈ |ε| where small; 0 with no
-    solved cell there; none from basins of at most ``small_basins`` cells), across the wrap
-    and the fold. A served cell beside a solved one where the network was off by that much
+    """Per ocean cell, the largest error of the network *measured* on the cells of
+    ``measured_on`` (ocean indices) in its ``CORRECTION_WINDOW²`` square,
+    ``|log(v_network/v_exact)|`` (≈ |ε| where small; 0 with none there), across the wrap and
+    the fold. A served cell beside a solved one where the network was off by that much
     is likely off too: on a 1/4° lat-lon grid at τ = 0.015, 18 of the 27 served cells above
     1.5 % lay beside solved cells, with estimates of 0.6–1 %."""
     from diffnorm.ml.calibration import CORRECTION_WINDOW
     from diffnorm.ml.features import square_reduce
 
     measured = np.zeros(fields.n_ocean)
-    for cells, _ in solved:
+    for cells in measured_on:
         measured[cells] = np.abs(np.log(network[cells] / variance[cells]))
-    # a small basin is a whole basin: its 3×3 squares reach other basins only across a corner,
-    # which no diffusion crosses (a one-cell lake's miss of 0.5 would become its diagonal
-    # neighbours' estimate)
-    labels = fields.basin_labels.ravel()[fields.ocean]
-    sizes = np.bincount(labels)
-    measured[sizes[labels] <= small_basins] = 0.0
     grid = square_reduce(
         fields.topology, fields.to_grid(measured, 0.0), CORRECTION_WINDOW, np.maximum
     )
@@ -160,6 +150,10 @@ def cnn(
     # no held-out cell was on a grid its kernel wraps around: no estimate there
     wraps = (flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0
     solved_tolerance = [(small, DENSE_ROUNDOFF), (fold_idx, FOLD_TOLERANCE)]
+    # where the network is measured: not the small basins, which are whole basins and touch
+    # other water only across corners, where no diffusion passes (a one-cell lake's miss of
+    # 0.5 would become its diagonal neighbours' estimate)
+    measured_on = [fold_idx]
 
     def error_of(variance: np.ndarray) -> np.ndarray | None:
         """The estimate for the γ returned: read from its correction, solved cells included,
@@ -171,7 +165,7 @@ def cnn(
             return None
         error = error.ravel()[fields.ocean]
         error[wraps] = np.nan
-        beside = beside_measured(fields, solved_tolerance, variance, network, exact_basins)
+        beside = beside_measured(fields, measured_on, variance, network)
         error = np.maximum(error, beside)
         for cells, tolerance in solved_tolerance:
             error[cells] = tolerance
@@ -199,6 +193,7 @@ def cnn(
             solved, v = solved[keep], v[keep]
             variance[solved] = v
             solved_tolerance.append((solved, CELLS_TOLERANCE))
+            measured_on.append(solved)
             error = error_of(variance)
             idx = np.union1d(idx, solved)
             count += solved.size

@@ -431,12 +431,7 @@ class GammaNetwork:
     @classmethod
     def load(cls, path: str | Path) -> GammaNetwork:
         """A model file, a Lightning checkpoint (``.ckpt``) or a shipped model's name."""
-        path = Path(path)
-        if not path.exists() and path.suffix == "" and len(path.parts) == 1:
-            from diffnorm.models import shipped_model_path, shipped_models
-
-            if path.name in shipped_models():
-                path = shipped_model_path(path.name)
+        path = model_path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such model; {MODEL_HINT}")
         if path.suffix == ".ckpt":
@@ -449,6 +444,17 @@ class GammaNetwork:
                 f"{path}: not a readable diffnorm model file ({type(exc).__name__}); {MODEL_HINT}"
             ) from None
         return cls.from_dict(d, str(path))
+
+
+def model_path(model: str | Path | None) -> Path:
+    """The file of ``model``: itself, or a shipped model's file when it is a bare name that is
+    no file here (``None``: the default; an unknown name raises, listing the shipped ones)."""
+    from diffnorm.models import shipped_model_path
+
+    path = Path(model) if model is not None else None
+    if path is None or (not path.exists() and path.suffix == "" and len(path.parts) == 1):
+        return shipped_model_path(None if model is None else str(model))
+    return path
 
 
 def _lineage(net: GammaNetwork) -> str | None:
@@ -507,10 +513,7 @@ def resolve_model(
         if calibrated:
             shipped = [m for m in shipped if m.error_model is not None]
         return closest_shipped(fields, shipped, DEFAULT)
-    path = Path(model) if model is not None else None
-    if path is None or (not path.exists() and path.suffix == "" and len(path.parts) == 1):
-        path = shipped_model_path(None if model is None else str(model))
-    return _load(path)
+    return _load(model_path(model))
 
 
 def _load(path: Path) -> GammaNetwork:
