@@ -153,7 +153,7 @@ def cnn(
     # where the network is measured: not the small basins, which are whole basins and touch
     # other water only across corners, where no diffusion passes (a one-cell lake's miss of
     # 0.5 would become its diagonal neighbours' estimate)
-    measured_on = [fold_idx]
+    measured_on = [np.setdiff1d(fold_idx, small)]
 
     def error_of(variance: np.ndarray) -> np.ndarray | None:
         """The estimate for the γ returned: read from its correction, solved cells included,
