@@ -85,6 +85,29 @@ def test_compare_writes_table_and_maps(tmp_path, fields_file):
     assert float(line.split("|")[5]) <= 1e-6  # its certificate
 
 
+def test_compare_keeps_the_other_rows_when_a_method_fails(tmp_path, fields_file):
+    from unittest import mock
+
+    from diffnorm import compare as compare_module
+
+    real = compare_module.estimate
+
+    def failing(op, name, **options):
+        if name == "lattice":
+            raise MemoryError("out of memory")
+        return real(op, name, **options)
+
+    out = tmp_path / "cmp"
+    with mock.patch("diffnorm.compare.estimate", side_effect=failing):
+        args = ["compare", str(fields_file), "--out", str(out), "-q", "--no-plots"]
+        res = runner.invoke(app, [*args, "--methods", "analytic,lattice,randomization:50"])
+    assert res.exit_code == 1, res.output
+    assert "lattice failed: MemoryError: out of memory" in res.output
+    table = (out / "comparison.md").read_text()
+    assert "| randomization N=50 | " in table and "| lattice | failed: MemoryError" in table
+    assert "lattice" not in (out / "comparison.csv").read_text()
+
+
 def test_compare_rejects_bad_method_spec(tmp_path, fields_file):
     res = runner.invoke(app, ["compare", str(fields_file), "--methods", "analytic:3"])
     assert res.exit_code == 2 and "only randomization" in res.output

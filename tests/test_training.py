@@ -88,6 +88,26 @@ def test_train_cli_fits_from_a_config(tiny_dataset, tmp_path):
     assert list((tmp_path / "run").rglob("metrics.csv"))
 
 
+def test_a_train_run_that_fails_at_its_start_leaves_no_empty_log_folders(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from diffnorm.cli import app
+
+    (tmp_path / "empty").mkdir()
+    cfg = {
+        "model": {"width": 8, "blocks": 1},
+        "data": {"root": str(tmp_path / "empty")},
+        "trainer": {"max_epochs": 1, "default_root_dir": str(tmp_path / "run")},
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["train", "fit", "--config", str(path)])
+    assert res.exit_code == 2, res.output + repr(res.exception)
+    assert "--data.root" in res.output
+    assert not list((tmp_path / "run").rglob("version_*")), list((tmp_path / "run").rglob("*"))
+
+
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 def test_shipped_train_configs_parse(capsys):
     from pathlib import Path

@@ -189,31 +189,33 @@ def estimate(
         str | None,
         typer.Option(help="cnn: model file, checkpoint or shipped name (diffnorm models)"),
     ] = None,
-    device: Annotated[str, typer.Option(help="cnn: cpu, cuda or auto")] = "auto",
+    device: Annotated[
+        str | None, typer.Option(help="cnn: cpu, cuda or auto [default: auto]")
+    ] = None,
     tile: Annotated[
         int | None, typer.Option(help="cnn: predict in tiles of this many cells (memory)")
     ] = None,
     symmetries: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="cnn: average the network over this many of the grid's flips and turns (up "
-            "to 8 closed, 4 periodic or folded): as many passes, smaller errors"
+            "to 8 closed, 4 periodic or folded): as many passes, smaller errors [default: 1]"
         ),
-    ] = 1,
+    ] = None,
     precision: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="cnn: float32, or bfloat16 (faster on CPUs with AMX or AVX-512 BF16 and on "
-            "GPUs, slower elsewhere; mean error ~1 % larger)"
+            "GPUs, slower elsewhere; mean error ~1 % larger) [default: float32]"
         ),
-    ] = "float32",
+    ] = None,
     exact_fold_rows: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="cnn: on a grid with a north fold, solve this many rows under it exactly (a "
-            "band padded by a halo; 0: the network there too)"
+            f"band padded by a halo; 0: the network there too) [default: {EXACT_FOLD_ROWS}]"
         ),
-    ] = EXACT_FOLD_ROWS,
+    ] = None,
     exact_above: Annotated[
         float | None,
         typer.Option(
@@ -254,25 +256,25 @@ def estimate(
     elif method is MethodName.cnn:
         options = {
             "model": model,
-            "device": device,
+            "device": device or "auto",
             "tile": tile,
-            "symmetries": symmetries,
-            "precision": precision,
-            "exact_fold_rows": exact_fold_rows,
+            "symmetries": 1 if symmetries is None else symmetries,
+            "precision": precision or "float32",
+            "exact_fold_rows": EXACT_FOLD_ROWS if exact_fold_rows is None else exact_fold_rows,
             "exact_above": exact_above,
         }
     # an option the method does not take is refused, not ignored: a user who forgot
-    # --method cnn would otherwise read selinv's γ as the network's
+    # --method cnn would otherwise read selinv's γ as the network's (typed at its default too)
     not_cnn = {
-        "--model": model is not None,
-        "--device": device != "auto",
-        "--tile": tile is not None,
-        "--symmetries": symmetries != 1,
-        "--precision": precision != "float32",
-        "--exact-fold-rows": exact_fold_rows != EXACT_FOLD_ROWS,
-        "--exact-above": exact_above is not None,
+        "--model": model,
+        "--device": device,
+        "--tile": tile,
+        "--symmetries": symmetries,
+        "--precision": precision,
+        "--exact-fold-rows": exact_fold_rows,
+        "--exact-above": exact_above,
     }
-    given = [name for name, set_ in not_cnn.items() if set_]
+    given = [name for name, value in not_cnn.items() if value is not None]
     if method is not MethodName.cnn and given:
         usage_error(f"{given[0]} goes with --method cnn (got --method {method.value})")
     if samples is not None and method is not MethodName.randomization:
@@ -288,13 +290,13 @@ def estimate(
             f"--backend goes with the methods that solve with the operator (brute, probing, "
             f"randomization); --method {method.value} does not"
         )
-    if exact_fold_rows < 0:
+    if exact_fold_rows is not None and exact_fold_rows < 0:
         usage_error(f"--exact-fold-rows must be >= 0, got {exact_fold_rows}")
     if exact_above is not None and not exact_above >= 0:
         usage_error(f"--exact-above must be an |ε| >= 0 (e.g. 0.015), got {exact_above}")
     from diffnorm.ml.networks import PRECISIONS
 
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         usage_error(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if stride is not None and method is not MethodName.probing:
         usage_error("--stride goes with --method probing (selinv needs no stride)")
@@ -545,6 +547,10 @@ def compare(
         plot_error_maps(fields, errors, out_dir / "errors.png", f"|ε| against {reference}")
         written += ["gamma.png", "errors.png"]
     console.print(f"wrote {', '.join(written)} in {out_dir}")
+    for name, why in result.failed:
+        console.print(f"[bold red]error:[/] {name} failed: {why}")
+    if result.failed:
+        raise typer.Exit(code=1)
 
 
 @app.command()

@@ -85,6 +85,7 @@ class Comparison:
     fields: Fields
     reference: GammaResult
     rows: list[Row]
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (label, why) per method
 
     def markdown(self) -> str:
         ref_time = self.reference.wall_time
@@ -102,6 +103,8 @@ class Comparison:
                 + " | ".join(cells)
                 + f" | {row.result.wall_time:.3g} | {ratio:.3g} |"
             )
+        for name, why in self.failed:
+            lines.append(f"| {name} | failed: {why} |" + " – |" * (len(head) - 2))
         return "\n".join(lines)
 
     def write_csv(self, path: str | Path) -> Path:
@@ -138,7 +141,9 @@ def compare(
     progress_for: Callable[[str], Progress | None] | None = None,
 ) -> Comparison:
     """Run the exact ``reference`` (``selinv``, ``probing`` or ``brute``) and each method on
-    the same operator."""
+    the same operator. A method that fails (a model that does not serve the grid's M, memory)
+    is listed in ``failed`` with its error, and the others still run: a long comparison
+    does not lose its finished rows to its last method."""
     if reference not in EXACT_METHODS:
         raise ValueError(f"reference must be one of {', '.join(EXACT_METHODS)}, got {reference!r}")
     for name, options in methods:  # a typo must not cost the reference's solve first
@@ -148,12 +153,16 @@ def compare(
     ref_options = exact_options(reference, tolerance)
     ref = estimate(op, reference, progress=progress_for(reference), **ref_options)
     distance = distance_to_coast(fields)
-    rows = []
+    rows, failed = [], []
     for spec in methods:
         name, options = spec
         if name == "randomization":
             options = {"seed": seed, **options}
-        result = estimate(op, name, progress=progress_for(label(spec)), **options)
+        try:
+            result = estimate(op, name, progress=progress_for(label(spec)), **options)
+        except Exception as exc:  # any method's failure is reported, not fatal
+            failed.append((label(spec), f"{type(exc).__name__}: {exc}"))
+            continue
         counted = fields.counted
         eps = np.full(fields.shape, np.nan)
         eps[counted] = relative_error(result.gamma, ref.gamma, counted)
@@ -165,4 +174,4 @@ def compare(
                 error_by_distance(eps, distance, counted),
             )
         )
-    return Comparison(fields, ref, rows)
+    return Comparison(fields, ref, rows, failed)

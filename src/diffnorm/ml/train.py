@@ -52,12 +52,36 @@ class DiffnormCLI(LightningCLI):
             compute_fn=network_halo,
         )
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_untrained_log_dirs(self.trainer)
+            raise
+
     def _instantiate_trainer(self, config: dict, callbacks: list):
         # loggers go where the run goes: default_root_dir is only known after parsing
         root = config.get("default_root_dir") or "runs"
         if config.get("logger") in (None, True):
             config["logger"] = [CSVLogger(root, name="csv"), TensorBoardLogger(root, name="tb")]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def remove_untrained_log_dirs(trainer) -> None:
+    """After a run that failed before its first step (a data folder without training
+    samples, a model that refuses the data's encoding): remove the CSV and TensorBoard
+    ``version_N`` folders its loggers had already made, which would otherwise sit, empty,
+    between the real runs. A run that trained at least one step keeps everything."""
+    import shutil
+    from pathlib import Path
+
+    if trainer is None or trainer.global_step > 0 or trainer.global_rank != 0:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger | TensorBoardLogger):
+            folder = Path(logger.log_dir)
+            if folder.is_dir() and not any(folder.rglob("*.ckpt")):
+                shutil.rmtree(folder)
 
 
 def trainer_defaults(root: str = "runs", checkpoint_dir: str | None = None) -> dict:
