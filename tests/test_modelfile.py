@@ -201,9 +201,16 @@ def test_a_small_basin_s_measured_error_stays_in_it():
     np.testing.assert_array_equal(r.error_estimate[corners], plain.error_estimate[corners])
 
 
-def test_cnn_exact_above_solves_again_the_cells_whose_estimate_rose(network):
-    from diffnorm.subgrid import CELLS_TOLERANCE, EXACT_ROUNDS
+def test_cnn_exact_above_solves_again_the_cells_whose_estimate_rose(network, monkeypatch):
+    import functools
 
+    from diffnorm.subgrid import CELLS_TOLERANCE, EXACT_ROUNDS, cells_variance
+
+    # the rounds themselves: this grid's regions are large enough that the whole grid would
+    # be solved instead (WHOLE_GRID_SHARE)
+    monkeypatch.setattr(
+        "diffnorm.methods.cnn.cells_variance", functools.partial(cells_variance, whole_share=None)
+    )
     f = random_fields(ny=64, nx=80, steps=10, seed=2)
     exact, base, (r,) = _exact_cnn_and_hybrids(f, 0.08)
     ocean = f.mask.astype(bool)
@@ -445,6 +452,10 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
         # options of another method are refused, not ignored (selinv is the default)
         (["--model", "windows-smooth-m10"], "--model goes with --method cnn (got --method selinv"),
         (["--device", "cpu"], "--device goes with --method cnn"),
+        # typed at their defaults they are still another method's options
+        (["--device", "auto"], "--device goes with --method cnn"),
+        (["--method", "lattice", "--symmetries", "1"], "--symmetries goes with"),
+        (["--method", "lattice", "--precision", "float32"], "--precision goes with"),
         (["--tile", "8"], "--tile goes with --method cnn"),
         (["--samples", "5"], "--samples goes with --method randomization"),
         (["--method", "cnn", "--tolerance", "1e-3"], "--tolerance goes with --method selinv"),
@@ -483,14 +494,21 @@ def test_cli_cnn_counts_the_cells_it_doubts_and_names_what_solves_them(tmp_path)
     assert res.exit_code == 0, res.output
     assert f"on {doubted} of the {served.size} cells the network serves" in said
     assert f"--exact-above {SUGGESTED_EXACT_ABOVE:g} solves those exactly" in said
-    for tau, message in (
+    import functools
+    from unittest import mock
+
+    from diffnorm.subgrid import WHOLE_GRID_SHARE, cells_variance
+
+    for tau, message, whole_share in (
         # the network is off far and wide there: the rounds run out before the cells beside
-        # those where it was measured wrong do
-        ("0.08", "cells the network serves still have an estimate above it"),
-        ("0.12", "round(s); every cell the network serves has its estimate at or below it"),
-        ("0", "every cell solved exactly (the doubted cells' halos held most of the ocean"),
+        # those where it was measured wrong do (the rounds: with no whole-grid solve instead)
+        ("0.08", "cells the network serves still have an estimate above it", None),
+        ("0.12", "round(s); every cell the network serves has its estimate at or below it", None),
+        ("0", "every cell solved exactly (the doubted cells' halos held most", WHOLE_GRID_SHARE),
     ):
-        res = CliRunner().invoke(app, [*args, "--exact-above", tau])
+        solve = functools.partial(cells_variance, whole_share=whole_share)
+        with mock.patch("diffnorm.methods.cnn.cells_variance", solve):
+            res = CliRunner().invoke(app, [*args, "--exact-above", tau])
         assert res.exit_code == 0, res.output
         assert message in " ".join(res.output.split())
 
