@@ -107,6 +107,19 @@ def test_compare_keeps_the_other_rows_when_a_method_fails(tmp_path, fields_file)
     assert "| randomization N=50 | " in table and "| lattice | failed: MemoryError" in table
     assert "lattice" not in (out / "comparison.csv").read_text()
 
+    # every method failing, maps on, a message over several lines with a pipe in it
+    def all_fail(op, name, **options):
+        if name == "selinv":  # the reference
+            return real(op, name, **options)
+        raise RuntimeError("a | b\nc")
+
+    with mock.patch("diffnorm.compare.estimate", side_effect=all_fail):
+        res = runner.invoke(app, ["compare", str(fields_file), "--out", str(out), "-q"])
+    assert res.exit_code == 1 and "analytic failed: RuntimeError: a | b" in res.output
+    table = (out / "comparison.md").read_text()
+    assert "| analytic | failed: RuntimeError: a \\| b c |" in table
+    assert (out / "gamma.png").exists()
+
 
 def test_compare_rejects_bad_method_spec(tmp_path, fields_file):
     res = runner.invoke(app, ["compare", str(fields_file), "--methods", "analytic:3"])

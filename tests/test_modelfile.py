@@ -456,6 +456,7 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
         (["--device", "auto"], "--device goes with --method cnn"),
         (["--method", "lattice", "--symmetries", "1"], "--symmetries goes with"),
         (["--method", "lattice", "--precision", "float32"], "--precision goes with"),
+        (["--method", "lattice", "--exact-fold-rows", "6"], "--exact-fold-rows goes with"),
         (["--tile", "8"], "--tile goes with --method cnn"),
         (["--samples", "5"], "--samples goes with --method randomization"),
         (["--method", "cnn", "--tolerance", "1e-3"], "--tolerance goes with --method selinv"),

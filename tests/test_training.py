@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import lightning
 import numpy as np
@@ -106,6 +107,38 @@ def test_a_train_run_that_fails_at_its_start_leaves_no_empty_log_folders(tmp_pat
     assert res.exit_code == 2, res.output + repr(res.exception)
     assert "--data.root" in res.output
     assert not list((tmp_path / "run").rglob("version_*")), list((tmp_path / "run").rglob("*"))
+
+
+def test_only_the_log_folders_a_failed_run_made_are_removed(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from diffnorm.ml.train import log_dirs, remove_untrained_log_dirs
+
+    def run(step: int, version: int | None = None):
+        loggers = [CSVLogger(tmp_path, "csv", version), TensorBoardLogger(tmp_path, "tb", version)]
+        return SimpleNamespace(loggers=loggers, global_step=step, global_rank=0)
+
+    trained = run(5)
+    for logger in trained.loggers:
+        Path(logger.log_dir).mkdir(parents=True)
+    (Path(trained.loggers[0].log_dir) / "metrics.csv").write_text("step\n")
+    remove_untrained_log_dirs(trained)  # it trained: everything stays
+    assert len(log_dirs(trained)) == 2
+    # a failed run logging into the trained run's version_0 leaves it alone
+    again = run(0, version=0)
+    remove_untrained_log_dirs(again, keep=log_dirs(again))
+    assert (tmp_path / "csv" / "version_0" / "metrics.csv").exists()
+    assert (tmp_path / "tb" / "version_0").is_dir()
+    # a failed run's own new folders go, unless one holds a checkpoint
+    failed = run(0)
+    for logger in failed.loggers:
+        Path(logger.log_dir).mkdir(parents=True)
+    (Path(failed.loggers[1].log_dir) / "last.ckpt").write_bytes(b"")
+    remove_untrained_log_dirs(failed, keep=set())
+    assert not (tmp_path / "csv" / "version_1").exists()
+    assert (tmp_path / "tb" / "version_1" / "last.ckpt").exists()
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")

@@ -174,12 +174,13 @@ def estimate(
         MethodName, typer.Option(help="how to compute γ (default: the fastest certified exact one)")
     ] = MethodName.selinv,
     samples: Annotated[
-        int | None, typer.Option(help="randomization: number of samples N [default: 1000]")
+        int | None,
+        typer.Option(help="randomization: number of samples N", show_default="1000"),
     ] = None,
     seed: Annotated[int, typer.Option(help="randomization, --verify: random seed")] = 0,
     tolerance: Annotated[
         float | None,
-        typer.Option(help="selinv, probing: certified relative error on γ² [default: 1e-06]"),
+        typer.Option(help="selinv, probing: certified relative error on γ²", show_default="1e-06"),
     ] = None,
     stride: Annotated[
         int | None, typer.Option(help="probing: force this stride (else chosen and certified)")
@@ -190,7 +191,7 @@ def estimate(
         typer.Option(help="cnn: model file, checkpoint or shipped name (diffnorm models)"),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="cnn: cpu, cuda or auto [default: auto]")
+        str | None, typer.Option(help="cnn: cpu, cuda or auto", show_default="auto")
     ] = None,
     tile: Annotated[
         int | None, typer.Option(help="cnn: predict in tiles of this many cells (memory)")
@@ -199,21 +200,24 @@ def estimate(
         int | None,
         typer.Option(
             help="cnn: average the network over this many of the grid's flips and turns (up "
-            "to 8 closed, 4 periodic or folded): as many passes, smaller errors [default: 1]"
+            "to 8 closed, 4 periodic or folded): as many passes, smaller errors",
+            show_default="1",
         ),
     ] = None,
     precision: Annotated[
         str | None,
         typer.Option(
             help="cnn: float32, or bfloat16 (faster on CPUs with AMX or AVX-512 BF16 and on "
-            "GPUs, slower elsewhere; mean error ~1 % larger) [default: float32]"
+            "GPUs, slower elsewhere; mean error ~1 % larger)",
+            show_default="float32",
         ),
     ] = None,
     exact_fold_rows: Annotated[
         int | None,
         typer.Option(
             help="cnn: on a grid with a north fold, solve this many rows under it exactly (a "
-            f"band padded by a halo; 0: the network there too) [default: {EXACT_FOLD_ROWS}]"
+            "band padded by a halo; 0: the network there too)",
+            show_default=str(EXACT_FOLD_ROWS),
         ),
     ] = None,
     exact_above: Annotated[
@@ -256,10 +260,10 @@ def estimate(
     elif method is MethodName.cnn:
         options = {
             "model": model,
-            "device": device or "auto",
+            "device": "auto" if device is None else device,
             "tile": tile,
             "symmetries": 1 if symmetries is None else symmetries,
-            "precision": precision or "float32",
+            "precision": "float32" if precision is None else precision,
             "exact_fold_rows": EXACT_FOLD_ROWS if exact_fold_rows is None else exact_fold_rows,
             "exact_above": exact_above,
         }
@@ -532,6 +536,8 @@ def compare(
             )
     table = result.markdown()
     out.print(table)
+    for name, why in result.failed:  # first: whatever goes wrong below, these were said
+        console.print(f"[bold red]error:[/] {name} failed: {why}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.md").write_text(table + "\n")
     result.write_csv(out_dir / "comparison.csv")
@@ -544,11 +550,11 @@ def compare(
             eps = np.full(fields.shape, np.nan)
             eps[fields.mask] = relative_error(row.result.gamma, result.reference.gamma, fields.mask)
             errors[row.label] = eps
-        plot_error_maps(fields, errors, out_dir / "errors.png", f"|ε| against {reference}")
-        written += ["gamma.png", "errors.png"]
+        written.append("gamma.png")
+        if errors:  # every method may have failed
+            plot_error_maps(fields, errors, out_dir / "errors.png", f"|ε| against {reference}")
+            written.append("errors.png")
     console.print(f"wrote {', '.join(written)} in {out_dir}")
-    for name, why in result.failed:
-        console.print(f"[bold red]error:[/] {name} failed: {why}")
     if result.failed:
         raise typer.Exit(code=1)
 

@@ -103,7 +103,8 @@ class Comparison:
                 + " | ".join(cells)
                 + f" | {row.result.wall_time:.3g} | {ratio:.3g} |"
             )
-        for name, why in self.failed:
+        for name, why in self.failed:  # one table row whatever the message (OOM's are long)
+            why = " ".join(why.split()).replace("|", "\\|")
             lines.append(f"| {name} | failed: {why} |" + " – |" * (len(head) - 2))
         return "\n".join(lines)
 

@@ -34,9 +34,10 @@ EXACT_FOLD_ROWS = 6  # rows under a north fold the cnn method solves exactly by 
 FOLD_TOLERANCE = 1e-4  # |ε| of the fold band's γ² against the whole grid's (halo and solve)
 CELLS_TOLERANCE = 1e-4  # the same for cells_variance's region
 DIFFUSIVITY_BIN = 1.25  # cells_variance: halos of diffusivities rounded up to powers of this
-# cells_variance: a region holding this share of the ocean costs more than a whole-grid solve
-# (warm, τ = 0.015, D 1.5–4 cells unless said: 72 % of ORCA1's ocean 1.02 s and 1° lat-lon's
-# 1.10 s, against 1.56 s and 0.73 s whole, and the 2nd and 3rd rounds then cost 0.4–1.1 s more;
+# cells_variance: a region holding this share of the ocean, with cnn --exact-above's later
+# rounds, costs more than a whole-grid solve (warm, τ = 0.015, D 1.5–4 cells unless said: 72 %
+# of ORCA1's ocean 1.02 s and 1° lat-lon's 1.10 s, against 1.3–1.6 s and 0.73 s whole, and
+# the 2nd and 3rd rounds then cost 0.4–1.1 s more;
 # ORCA1 with D to 6 cells, 91 %: 0.84 s against 0.70 s; but 55 % of the 1/4° North Atlantic
 # 0.38 s against 1.01 s, and 34 % of 1/4° lat-lon 4.9 s against 42 s)
 WHOLE_GRID_SHARE = 0.6

@@ -10,6 +10,9 @@ defaults, with channels-last weights on every device and bf16 mixed precision on
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -53,10 +56,11 @@ class DiffnormCLI(LightningCLI):
         )
 
     def _run_subcommand(self, subcommand: str) -> None:
+        existing = log_dirs(self.trainer)  # a logger given a version may reuse a trained run's
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
-            remove_untrained_log_dirs(self.trainer)
+            remove_untrained_log_dirs(self.trainer, keep=existing)
             raise
 
     def _instantiate_trainer(self, config: dict, callbacks: list):
@@ -67,21 +71,30 @@ class DiffnormCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-def remove_untrained_log_dirs(trainer) -> None:
+def log_dirs(trainer) -> set[Path]:
+    """The CSV and TensorBoard loggers' ``version_N`` folders that exist now (reading a
+    logger's ``log_dir`` creates nothing)."""
+    if trainer is None:
+        return set()
+    folders = (
+        Path(logger.log_dir)
+        for logger in trainer.loggers
+        if isinstance(logger, CSVLogger | TensorBoardLogger)
+    )
+    return {folder for folder in folders if folder.is_dir()}
+
+
+def remove_untrained_log_dirs(trainer, keep: set[Path] = frozenset()) -> None:
     """After a run that failed before its first step (a data folder without training
     samples, a model that refuses the data's encoding): remove the CSV and TensorBoard
-    ``version_N`` folders its loggers had already made, which would otherwise sit, empty,
-    between the real runs. A run that trained at least one step keeps everything."""
-    import shutil
-    from pathlib import Path
-
+    ``version_N`` folders its loggers made, which would otherwise sit, empty, between the
+    real runs. Folders in ``keep`` (there before the run), folders holding a checkpoint, and
+    every folder of a run that trained at least one step are left alone."""
     if trainer is None or trainer.global_step > 0 or trainer.global_rank != 0:
         return
-    for logger in trainer.loggers:
-        if isinstance(logger, CSVLogger | TensorBoardLogger):
-            folder = Path(logger.log_dir)
-            if folder.is_dir() and not any(folder.rglob("*.ckpt")):
-                shutil.rmtree(folder)
+    for folder in log_dirs(trainer) - set(keep):
+        if not any(folder.rglob("*.ckpt")):
+            shutil.rmtree(folder, ignore_errors=True)  # never hide the run's own error
 
 
 def trainer_defaults(root: str = "runs", checkpoint_dir: str | None = None) -> dict:
