@@ -201,16 +201,22 @@ def test_a_small_basin_s_measured_error_stays_in_it():
     np.testing.assert_array_equal(r.error_estimate[corners], plain.error_estimate[corners])
 
 
-def test_cnn_exact_above_solves_again_the_cells_whose_estimate_rose(network, monkeypatch):
+def _solves_whole_from(share: float | None):
+    """The cnn method's ``cells_variance`` with the whole grid solved from ``share`` of the
+    ocean (None: never, so that the rounds themselves run on a small grid)."""
     import functools
 
-    from diffnorm.subgrid import CELLS_TOLERANCE, EXACT_ROUNDS, cells_variance
+    from diffnorm.subgrid import cells_variance
+
+    return functools.partial(cells_variance, whole_share=share)
+
+
+def test_cnn_exact_above_solves_again_the_cells_whose_estimate_rose(network, monkeypatch):
+    from diffnorm.subgrid import CELLS_TOLERANCE, EXACT_ROUNDS
 
     # the rounds themselves: this grid's regions are large enough that the whole grid would
     # be solved instead (WHOLE_GRID_SHARE)
-    monkeypatch.setattr(
-        "diffnorm.methods.cnn.cells_variance", functools.partial(cells_variance, whole_share=None)
-    )
+    monkeypatch.setattr("diffnorm.methods.cnn.cells_variance", _solves_whole_from(None))
     f = random_fields(ny=64, nx=80, steps=10, seed=2)
     exact, base, (r,) = _exact_cnn_and_hybrids(f, 0.08)
     ocean = f.mask.astype(bool)
@@ -495,10 +501,9 @@ def test_cli_cnn_counts_the_cells_it_doubts_and_names_what_solves_them(tmp_path)
     assert res.exit_code == 0, res.output
     assert f"on {doubted} of the {served.size} cells the network serves" in said
     assert f"--exact-above {SUGGESTED_EXACT_ABOVE:g} solves those exactly" in said
-    import functools
     from unittest import mock
 
-    from diffnorm.subgrid import WHOLE_GRID_SHARE, cells_variance
+    from diffnorm.subgrid import WHOLE_GRID_SHARE
 
     for tau, message, whole_share in (
         # the network is off far and wide there: the rounds run out before the cells beside
@@ -507,8 +512,7 @@ def test_cli_cnn_counts_the_cells_it_doubts_and_names_what_solves_them(tmp_path)
         ("0.12", "round(s); every cell the network serves has its estimate at or below it", None),
         ("0", "every cell solved exactly (the doubted cells' halos held most", WHOLE_GRID_SHARE),
     ):
-        solve = functools.partial(cells_variance, whole_share=whole_share)
-        with mock.patch("diffnorm.methods.cnn.cells_variance", solve):
+        with mock.patch("diffnorm.methods.cnn.cells_variance", _solves_whole_from(whole_share)):
             res = CliRunner().invoke(app, [*args, "--exact-above", tau])
         assert res.exit_code == 0, res.output
         assert message in " ".join(res.output.split())

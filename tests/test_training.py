@@ -124,7 +124,7 @@ def test_only_the_log_folders_a_failed_run_made_are_removed(tmp_path):
     for logger in trained.loggers:
         Path(logger.log_dir).mkdir(parents=True)
     (Path(trained.loggers[0].log_dir) / "metrics.csv").write_text("step\n")
-    remove_untrained_log_dirs(trained)  # it trained: everything stays
+    remove_untrained_log_dirs(trained, keep=set())  # it trained: everything stays
     assert len(log_dirs(trained)) == 2
     # a failed run logging into the trained run's version_0 leaves it alone
     again = run(0, version=0)

@@ -257,30 +257,27 @@ def estimate(
         options = {"tolerance": 1e-6 if tolerance is None else tolerance, "stride": stride}
     elif method is MethodName.selinv:
         options = {"tolerance": 1e-6 if tolerance is None else tolerance}
-    elif method is MethodName.cnn:
-        options = {
-            "model": model,
-            "device": "auto" if device is None else device,
-            "tile": tile,
-            "symmetries": 1 if symmetries is None else symmetries,
-            "precision": "float32" if precision is None else precision,
-            "exact_fold_rows": EXACT_FOLD_ROWS if exact_fold_rows is None else exact_fold_rows,
-            "exact_above": exact_above,
-        }
+    # the cnn's options as typed (None: not typed; the method's own defaults then apply)
+    cnn_given = {
+        name: value
+        for name, value in (
+            ("model", model),
+            ("device", device),
+            ("tile", tile),
+            ("symmetries", symmetries),
+            ("precision", precision),
+            ("exact_fold_rows", exact_fold_rows),
+            ("exact_above", exact_above),
+        )
+        if value is not None
+    }
+    if method is MethodName.cnn:
+        options = cnn_given
     # an option the method does not take is refused, not ignored: a user who forgot
     # --method cnn would otherwise read selinv's γ as the network's (typed at its default too)
-    not_cnn = {
-        "--model": model,
-        "--device": device,
-        "--tile": tile,
-        "--symmetries": symmetries,
-        "--precision": precision,
-        "--exact-fold-rows": exact_fold_rows,
-        "--exact-above": exact_above,
-    }
-    given = [name for name, value in not_cnn.items() if value is not None]
-    if method is not MethodName.cnn and given:
-        usage_error(f"{given[0]} goes with --method cnn (got --method {method.value})")
+    elif cnn_given:
+        flag = "--" + next(iter(cnn_given)).replace("_", "-")
+        usage_error(f"{flag} goes with --method cnn (got --method {method.value})")
     if samples is not None and method is not MethodName.randomization:
         usage_error(f"--samples goes with --method randomization (got --method {method.value})")
     if tolerance is not None and method not in (MethodName.selinv, MethodName.probing):

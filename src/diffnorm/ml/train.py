@@ -84,7 +84,7 @@ def log_dirs(trainer) -> set[Path]:
     return {folder for folder in folders if folder.is_dir()}
 
 
-def remove_untrained_log_dirs(trainer, keep: set[Path] = frozenset()) -> None:
+def remove_untrained_log_dirs(trainer, keep: set[Path]) -> None:
     """After a run that failed before its first step (a data folder without training
     samples, a model that refuses the data's encoding): remove the CSV and TensorBoard
     ``version_N`` folders its loggers made, which would otherwise sit, empty, between the
@@ -92,7 +92,7 @@ def remove_untrained_log_dirs(trainer, keep: set[Path] = frozenset()) -> None:
     every folder of a run that trained at least one step are left alone."""
     if trainer is None or trainer.global_step > 0 or trainer.global_rank != 0:
         return
-    for folder in log_dirs(trainer) - set(keep):
+    for folder in log_dirs(trainer) - keep:
         if not any(folder.rglob("*.ckpt")):
             shutil.rmtree(folder, ignore_errors=True)  # never hide the run's own error
 
