@@ -103,6 +103,7 @@ def test_compare_keeps_the_other_rows_when_a_method_fails(tmp_path, fields_file)
         res = runner.invoke(app, [*args, "--methods", "analytic,lattice,randomization:50"])
     assert res.exit_code == 1, res.output
     assert "lattice failed: MemoryError: out of memory" in res.output
+    assert "warning:" not in res.output  # said once, as an error
     table = (out / "comparison.md").read_text()
     assert "| randomization N=50 | " in table and "| lattice | failed: MemoryError" in table
     assert "lattice" not in (out / "comparison.csv").read_text()
@@ -119,6 +120,14 @@ def test_compare_keeps_the_other_rows_when_a_method_fails(tmp_path, fields_file)
     table = (out / "comparison.md").read_text()
     assert "| analytic | failed: RuntimeError: a \\| b c |" in table
     assert (out / "gamma.png").exists()
+
+    # from Python, a failed method warns: the Comparison looks whole otherwise
+    from diffnorm.fields import read_fields
+
+    with mock.patch("diffnorm.compare.estimate", side_effect=failing):
+        with pytest.warns(compare_module.MethodFailedWarning, match="lattice failed"):
+            result = compare_module.compare(read_fields(fields_file)[0], [("lattice", {})])
+    assert result.failed and not result.rows
 
 
 def test_compare_rejects_bad_method_spec(tmp_path, fields_file):

@@ -512,8 +512,10 @@ def compare(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """All methods against an exact reference: mean |ε|, RMSE, Q99.99, max |ε|, wall time."""
+    import warnings
+
+    from diffnorm.compare import MethodFailedWarning, parse_method
     from diffnorm.compare import compare as run_compare
-    from diffnorm.compare import parse_method
     from diffnorm.fields import read_fields
     from diffnorm.metrics import relative_error
     from diffnorm.plots import plot_error_maps, plot_gamma
@@ -521,7 +523,8 @@ def compare(
     with user_errors():
         specs = [parse_method(m) for m in methods.split(",") if m.strip()]
         fields, _ = read_fields(input)
-        with progress_bars(not quiet) as bars:
+        with progress_bars(not quiet) as bars, warnings.catch_warnings():
+            warnings.simplefilter("ignore", MethodFailedWarning)  # said below, as errors
             result = run_compare(
                 fields,
                 specs,

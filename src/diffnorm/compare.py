@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,10 @@ class Comparison:
         return path
 
 
+class MethodFailedWarning(UserWarning):
+    """A method of :func:`compare` raised; its error is in ``Comparison.failed``."""
+
+
 def compare(
     fields: Fields,
     methods: Sequence[MethodSpec] = DEFAULT_METHODS,
@@ -143,8 +148,9 @@ def compare(
 ) -> Comparison:
     """Run the exact ``reference`` (``selinv``, ``probing`` or ``brute``) and each method on
     the same operator. A method that fails (a model that does not serve the grid's M, memory)
-    is listed in ``failed`` with its error, and the others still run: a long comparison
-    does not lose its finished rows to its last method."""
+    is listed in ``failed`` with its error and warned about (:class:`MethodFailedWarning`),
+    and the others still run: a long comparison does not lose its finished rows to its last
+    method."""
     if reference not in EXACT_METHODS:
         raise ValueError(f"reference must be one of {', '.join(EXACT_METHODS)}, got {reference!r}")
     for name, options in methods:  # a typo must not cost the reference's solve first
@@ -163,6 +169,12 @@ def compare(
             result = estimate(op, name, progress=progress_for(label(spec)), **options)
         except Exception as exc:  # any method's failure is reported, not fatal
             failed.append((label(spec), f"{type(exc).__name__}: {exc}"))
+            warnings.warn(
+                f"compare: {failed[-1][0]} failed ({failed[-1][1]}); the other methods ran, "
+                "and Comparison.failed lists it",
+                MethodFailedWarning,
+                stacklevel=2,
+            )
             continue
         counted = fields.counted
         eps = np.full(fields.shape, np.nan)
