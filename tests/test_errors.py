@@ -175,6 +175,22 @@ CASES = {
         lambda t: ["train", "fit", "--data.root", str(t / "none"), "--trainer.max_epochs", "1"],
         "no such dataset folder",
     ),
+    "train-unknown-arch": (
+        lambda t: ["train", "fit", "--data.root", str(t / "none"), "--model.arch", "foo"],
+        "arch must be one of ['residual', 'unet'], got 'foo' (a --model.* or --data.* option",
+    ),
+    "train-unknown-target": (
+        lambda t: ["train", "fit", "--data.root", str(t / "none"), "--model.target", "foo"],
+        "target must be one of",
+    ),
+    "train-zero-batch": (
+        lambda t: ["train", "fit", "--data.root", str(t / "none"), "--data.batch_size", "0"],
+        "batch_size must be >= 1",
+    ),
+    "train-unknown-init": (
+        lambda t: ["train", "fit", "--data.root", str(t / "none"), "--model.init_from", "nosuch"],
+        "model 'nosuch' is neither a file nor a shipped model",
+    ),
     "train-missing-checkpoint": (
         lambda t: ["train", "fit", "--ckpt_path", str(t / "none.ckpt")],
         "no such checkpoint",

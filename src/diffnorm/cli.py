@@ -639,6 +639,7 @@ def train(ctx: typer.Context) -> None:
     import warnings
 
     from diffnorm.data.dataset import DatasetFolderError
+    from diffnorm.ml.train import TrainOptionError
     from diffnorm.ml.train import main as train_main
 
     args = list(ctx.args)
@@ -659,6 +660,12 @@ def train(ctx: typer.Context) -> None:
             train_main(args)
     except DatasetFolderError as exc:
         console.print(f"[bold red]error:[/] {exc} (--data.root)")
+        raise typer.Exit(code=2) from None
+    except TrainOptionError as exc:
+        console.print(
+            f"[bold red]error:[/] {exc} (a --model.* or --data.* option, in the config or the "
+            "command line; `diffnorm train fit --help` lists them)"
+        )
         raise typer.Exit(code=2) from None
 
 

@@ -184,6 +184,10 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         of training draws made by each window's last loss instead of uniformly
         (:class:`~diffnorm.ml.sampling.PrioritySampler`; 0 shuffles as usual)."""
         augment_probability(augment)  # fail before the Trainer is built
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}"
+            )
         check_share(priority, "data.priority")
         super().__init__()
         self.save_hyperparameters()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import lightning
 import torch
 
-from diffnorm.ml.features import LOG_TARGETS, Standardizer
+from diffnorm.ml.features import AREAS, DISTANCES, LOG_TARGETS, TARGETS, Standardizer
 from diffnorm.ml.networks import build_network, first_conv
 
 LOSSES = ("eps2", "mse")
@@ -84,6 +84,13 @@ class GammaModel(lightning.LightningModule):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        for name, value, allowed in (
+            ("target", target, TARGETS),
+            ("distance", distance, DISTANCES),
+            ("area", area, AREAS),
+        ):
+            if value not in allowed:  # the data module would only find out after loading
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if tail_scale is not None and (loss != "eps2" or not tail_scale > 0):

@@ -90,7 +90,10 @@ class ResidualCNN(nn.Module):
         if skip not in SKIPS:
             raise ValueError(f"skip must be one of {SKIPS}, got {skip!r}")
         if min(in_channels, width, layers_per_block) < 1 or blocks < 0 or dilation < 1:
-            raise ValueError("in_channels, width, layers_per_block, dilation >= 1; blocks >= 0")
+            raise ValueError(
+                "in_channels, width, layers_per_block and dilation must be >= 1 and blocks >= 0, "
+                f"got {in_channels}, {width}, {layers_per_block}, {dilation} and {blocks}"
+            )
         self.in_channels = in_channels
         self.skip = skip
         self.stem = ConvLayer(in_channels, width, norm, activation)

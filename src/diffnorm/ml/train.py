@@ -36,6 +36,11 @@ class ChannelsLast(Callback):
         pl_module.to(memory_format=torch.channels_last)
 
 
+class TrainOptionError(ValueError):
+    """A model or data option the classes refuse (an unknown architecture, a width of 0, a
+    fine-tuning source that does not exist or does not fit)."""
+
+
 class DiffnormCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.distance", "data.distance")
@@ -54,6 +59,13 @@ class DiffnormCLI(LightningCLI):
             "data.halo",
             compute_fn=network_halo,
         )
+
+    def instantiate_classes(self) -> None:
+        # the classes check their options when built: their errors are the user's, not bugs
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            raise TrainOptionError(str(exc)) from exc
 
     def _run_subcommand(self, subcommand: str) -> None:
         existing = log_dirs(self.trainer)  # a logger given a version may reuse a trained run's
