@@ -135,6 +135,15 @@ def test_compare_rejects_bad_method_spec(tmp_path, fields_file):
     assert res.exit_code == 2 and "only randomization" in res.output
     res = runner.invoke(app, ["compare", str(fields_file), "--methods", "cnn:high"])
     assert res.exit_code == 2 and "cnn:0.015" in res.output
+    for bad in ("randomization:0", "randomization:2.5", "cnn:-1"):  # before the reference
+        res = runner.invoke(app, ["compare", str(fields_file), "--methods", bad])
+        assert res.exit_code == 2 and "must be" in res.output and "|" not in res.output, bad
+    # an --out that cannot be a folder is refused before any work
+    res = runner.invoke(app, ["compare", str(fields_file), "--out", str(fields_file / "x")])
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output
+    assert "|" not in res.output  # no table: nothing was computed
+    res = runner.invoke(app, ["evaluate", "-m", "x", "-d", "y", "--out", str(fields_file)])
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output
     # an unknown method is refused before the reference is solved, not after
     from unittest import mock
 

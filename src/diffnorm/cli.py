@@ -89,6 +89,18 @@ def usage_error(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def check_out_folder(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be made (it, or a folder above
+    it, is a file)."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                usage_error(
+                    f"{option} {path}: {p} is a file, not a folder; choose another {option}"
+                )
+            return
+
+
 @contextlib.contextmanager
 def progress_bars(enabled: bool = True):
     """``factory(label) -> progress(done, total)`` backed by rich bars with ETA."""
@@ -520,6 +532,7 @@ def compare(
     from diffnorm.metrics import relative_error
     from diffnorm.plots import plot_error_maps, plot_gamma
 
+    check_out_folder(out_dir)
     with user_errors():
         specs = [parse_method(m) for m in methods.split(",") if m.strip()]
         fields, _ = read_fields(input)
@@ -690,6 +703,7 @@ def evaluate(
     from diffnorm.ml.evaluate import evaluate as run_evaluate
     from diffnorm.ml.evaluate import markdown_table, strata_markdown
 
+    check_out_folder(out_dir)
     with user_errors():
         try:
             counts = [int(float(n)) for n in samples.split(",") if n.strip()]

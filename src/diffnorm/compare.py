@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,19 +50,26 @@ def parse_method(text: str) -> MethodSpec:
         return name, {}
     if name == "cnn":
         try:
-            return name, {"exact_above": float(arg)}
+            tau = float(arg)
         except ValueError:
-            raise ValueError(f"τ in {text!r} must be a number, e.g. cnn:0.015") from None
+            tau = math.nan
+        if not tau >= 0:
+            raise ValueError(f"τ in {text!r} must be a number >= 0, e.g. cnn:0.015")
+        return name, {"exact_above": tau}
     if name != "randomization":
         raise ValueError(
             f"only randomization (':N' samples) and cnn (':τ' exact above) take an argument, "
             f"got {text!r}"
         )
     try:
-        samples = int(float(arg))
+        samples = float(arg)
     except ValueError:
-        raise ValueError(f"samples in {text!r} must be a number, e.g. randomization:1000") from None
-    return name, {"samples": samples}
+        samples = math.nan
+    if not (samples >= 1 and samples.is_integer()):  # before the reference's solve
+        raise ValueError(
+            f"samples in {text!r} must be a whole number >= 1, e.g. randomization:1000"
+        )
+    return name, {"samples": int(samples)}
 
 
 def label(spec: MethodSpec) -> str:
