@@ -171,6 +171,39 @@ CASES = {
         ),
         "nope.json: no such file; `diffnorm evaluate",
     ),
+    "export-graph-option-for-a-model-file": (
+        lambda t: [
+            "export",
+            "-m",
+            "windows-smooth-m10",
+            "-o",
+            str(t / "out.nc"),
+            "--north-fold",
+            "F",
+        ],
+        "--north-fold is for torchscript/onnx graphs, not model files",
+    ),
+    "export-model-option-for-a-graph": (
+        lambda t: (
+            ["export", "-m", "windows-smooth-m10", "-o", str(t / "out.nc")]
+            + ["--format", "onnx", "--gate", "1,2"]
+        ),
+        "--gate is for model files (--format model), not graphs",
+    ),
+    "export-metrics-not-an-evaluation": (
+        lambda t: (
+            ["export", "-m", "windows-smooth-m10", "-o", str(t / "out.nc")]
+            + ["--metrics", f"test={_json(t, {'steps': 10})}"]
+        ),
+        "not an evaluation.json of `diffnorm evaluate`",
+    ),
+    "export-error-model-not-json": (
+        lambda t: (
+            ["export", "-m", "windows-smooth-m10", "-o", str(t / "out.nc")]
+            + ["--error-model", str(_json(t, None, text="a,b\n1,2\n"))]
+        ),
+        "--error-model: ",
+    ),
     "train-missing-data-root": (
         lambda t: ["train", "fit", "--data.root", str(t / "none"), "--trainer.max_epochs", "1"],
         "no such dataset folder",
@@ -196,6 +229,14 @@ CASES = {
         "no such checkpoint",
     ),
 }
+
+
+def _json(tmp_path, content, text: str | None = None):
+    import json
+
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps(content) if text is None else text)
+    return path
 
 
 def _folded_file(tmp_path):

@@ -89,6 +89,17 @@ def usage_error(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def read_evaluation(path: Path, option: str) -> dict:
+    """An ``evaluation.json`` of ``diffnorm evaluate``, or an error naming ``option``."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{option}: {path} is not JSON ({exc}); {EVALUATION_HINT}") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{option}: {path} is not an evaluation.json; {EVALUATION_HINT}")
+    return report
+
+
 def check_out_folder(path: Path, option: str = "--out") -> None:
     """Refuse, before any work, an output folder that cannot be made (it, or a folder above
     it, is a file)."""
@@ -815,18 +826,23 @@ def export(
         typer.Option(help="model: diffnorm model file; torchscript (FTorch); onnx"),
     ] = ExportFormat.model,
     periodic_x: Annotated[
-        bool, typer.Option(help="torchscript/onnx: grids that wrap east-west")
-    ] = True,
+        bool | None,
+        typer.Option(help="torchscript/onnx: grids that wrap east-west", show_default="periodic-x"),
+    ] = None,
     north_fold: Annotated[
-        str, typer.Option(help="torchscript/onnx: the grids' north fold: none, T or F")
-    ] = "none",
+        str | None,
+        typer.Option(
+            help="torchscript/onnx: the grids' north fold: none, T or F", show_default="none"
+        ),
+    ] = None,
     graph: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="torchscript/onnx: 'fields' (mask, area, alpha_x, alpha_y in, γ in m out) or "
-            "'features' (raw feature channels in, the target out)"
+            "'features' (raw feature channels in, the target out)",
+            show_default="fields",
         ),
-    ] = "fields",
+    ] = None,
     steps: Annotated[
         int | None,
         typer.Option(
@@ -865,11 +881,36 @@ def export(
     from diffnorm.ml.modelfile import resolve_model
 
     with user_errors():
+        # an option of the other format would be dropped silently: refuse it instead
+        graph_options = {
+            "--periodic-x/--no-periodic-x": periodic_x,
+            "--north-fold": north_fold,
+            "--graph": graph,
+            "--steps": steps,
+        }
+        model_options = {
+            "--name": name,
+            "--note": note,
+            "--gate": gate,
+            "--metrics": metrics,
+            "--error-model": error_model,
+        }
+        if format is ExportFormat.model:
+            typed = next((k for k, v in graph_options.items() if v is not None), None)
+            if typed:
+                raise ValueError(
+                    f"{typed} is for torchscript/onnx graphs, not model files: add "
+                    "--format torchscript or --format onnx, or leave it out"
+                )
+        else:
+            typed = next((k for k, v in model_options.items() if v), None)
+            if typed:
+                raise ValueError(
+                    f"{typed} is for model files (--format model), not graphs: export a model "
+                    f"file with {typed} first, then the graph from that file"
+                )
         if format is ExportFormat.model:
             from diffnorm.ml.evaluate import card_metrics
-
-            if steps is not None:
-                raise ValueError("--steps is for torchscript/onnx fields graphs, not model files")
 
             net = resolve_model(model)
             if name:
@@ -891,13 +932,19 @@ def export(
                     raise ValueError(f"--metrics wants LABEL=PATH, got {item!r}")
                 if not Path(path).is_file():
                     raise ValueError(f"--metrics {item}: no such file; {EVALUATION_HINT}")
+                report = read_evaluation(Path(path), f"--metrics {item}")
+                if "cnn" not in report or "samples" not in report:
+                    raise ValueError(
+                        f"--metrics {item}: not an evaluation.json of `diffnorm evaluate` (no "
+                        f"'cnn' metrics in it); {EVALUATION_HINT}"
+                    )
                 net.metrics[label] = card_metrics(path)
             if error_model is not None:
                 if not Path(error_model).is_file():
                     raise ValueError(
                         f"--error-model {error_model}: no such file; {EVALUATION_HINT}"
                     )
-                report = json.loads(Path(error_model).read_text())
+                report = read_evaluation(error_model, "--error-model")
                 if "error_model" not in report:
                     raise ValueError(
                         f"{error_model} holds no error model: run `diffnorm evaluate` again "
@@ -909,7 +956,9 @@ def export(
             from diffnorm.ml.export import export as run_export
             from diffnorm.topology import parse_north_fold
 
-            fold = parse_north_fold(north_fold)
+            fold = parse_north_fold(north_fold or "none")
+            periodic_x = True if periodic_x is None else periodic_x
+            graph = graph or "fields"
             if fold != "none" and not periodic_x:
                 raise ValueError("--north-fold needs --periodic-x (every ORCA grid is cyclic)")
             net = resolve_model(model)
