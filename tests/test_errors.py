@@ -204,6 +204,26 @@ CASES = {
         ),
         "--error-model: ",
     ),
+    "grid-constant-with-kappa": (
+        lambda t: _grid_mesh(t, _mesh(t), "--kappa", str(t / "k.nc"), "--constant", "3"),
+        "--constant sets D everywhere, --kappa reads it: give one",
+    ),
+    "grid-random-option-with-constant": (
+        lambda t: ["grid", "latlon", "-o", str(t / "out.nc"), "--constant", "3", "--d-min", "2"],
+        "--d-min shapes random length scales, which --constant replaces",
+    ),
+    "grid-mesh-for-a-built-in-grid": (
+        lambda t: ["grid", "latlon", "-o", str(t / "out.nc"), "--mesh", str(t / "m.nc")],
+        "--mesh goes with grid 'mesh'",
+    ),
+    "grid-resolution-for-orca1": (
+        lambda t: ["grid", "orca1", "-o", str(t / "out.nc"), "--resolution", "2"],
+        "--resolution goes with grid 'latlon' (orca1 has its own)",
+    ),
+    "grid-polar-cap-out-of-range": (
+        lambda t: ["grid", "latlon", "-o", str(t / "out.nc"), "--polar-cap", "0"],
+        "--polar-cap is a latitude in (0, 90) degrees",
+    ),
     "train-missing-data-root": (
         lambda t: ["train", "fit", "--data.root", str(t / "none"), "--trainer.max_epochs", "1"],
         "no such dataset folder",

@@ -397,19 +397,35 @@ def grid(
     name: Annotated[GridName, typer.Argument(help="built-in grid, or 'mesh' with --mesh")],
     output: Annotated[Path, typer.Option("-o", "--output", help="fields file to write")],
     steps: Annotated[int, typer.Option(help="number M of implicit diffusion steps")] = 10,
-    d_min: Annotated[float, typer.Option(help="smallest length scale D, in grid cells")] = 1.5,
-    d_max: Annotated[float, typer.Option(help="largest length scale D, in grid cells")] = 4.0,
+    d_min: Annotated[
+        float | None,
+        typer.Option(help="smallest length scale D, in grid cells", show_default="1.5"),
+    ] = None,
+    d_max: Annotated[
+        float | None,
+        typer.Option(help="largest length scale D, in grid cells", show_default="4.0"),
+    ] = None,
     constant: Annotated[
         float | None, typer.Option(help="one length scale D (cells) everywhere, isotropic")
     ] = None,
     anisotropy: Annotated[
-        float, typer.Option(help="largest κ₁₁/κ₂₂ ratio (its inverse is the smallest)")
-    ] = 3.0,
+        float | None,
+        typer.Option(
+            help="largest κ₁₁/κ₂₂ ratio (its inverse is the smallest)", show_default="3.0"
+        ),
+    ] = None,
     correlation: Annotated[
-        float, typer.Option(help="correlation length of the random D field, in cells")
-    ] = 10.0,
-    seed: Annotated[int, typer.Option(help="seed of the random length scales")] = 0,
-    resolution: Annotated[float, typer.Option(help="latlon: resolution in degrees")] = 4.0,
+        float | None,
+        typer.Option(
+            help="correlation length of the random D field, in cells", show_default="10.0"
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed of the random length scales", show_default="0")
+    ] = None,
+    resolution: Annotated[
+        float | None, typer.Option(help="latlon: resolution in degrees", show_default="4.0")
+    ] = None,
     polar_cap: Annotated[
         float | None, typer.Option(help="latlon: land poleward of ±this latitude")
     ] = None,
@@ -447,9 +463,41 @@ def grid(
     from diffnorm.lengthscales import random_cell_length_scales
     from diffnorm.nemo import mesh_mask_grid, read_parameters
 
+    random_d = {
+        "--d-min": d_min,
+        "--d-max": d_max,
+        "--anisotropy": anisotropy,
+        "--correlation": correlation,
+        "--seed": seed,
+    }
     with user_errors():
+        # an option that does not apply would be dropped silently: refuse it instead
         if kappa is not None and length_scales is not None:
             raise ValueError("give --kappa or --length-scales, not both")
+        given = kappa or length_scales
+        source = "--kappa" if kappa is not None else "--length-scales"
+        if given is not None and constant is not None:
+            raise ValueError(f"--constant sets D everywhere, {source} reads it: give one")
+        typed = next((k for k, v in random_d.items() if v is not None), None)
+        if typed and (given is not None or constant is not None):
+            by = source if given is not None else "--constant"
+            raise ValueError(f"{typed} shapes random length scales, which {by} replaces")
+        if name is not GridName.mesh and (mesh is not None or keep_halo):
+            raise ValueError(
+                f"{'--mesh' if mesh is not None else '--keep-halo'} goes with grid 'mesh'"
+            )
+        if name is not GridName.latlon and (resolution is not None or polar_cap is not None):
+            typed = "--resolution" if resolution is not None else "--polar-cap"
+            raise ValueError(f"{typed} goes with grid 'latlon' ({name.value} has its own)")
+        if polar_cap is not None and not 0 < polar_cap < 90:
+            raise ValueError(f"--polar-cap is a latitude in (0, 90) degrees, got {polar_cap}")
+        if correlation is not None and not correlation > 0:
+            raise ValueError(f"--correlation must be > 0 cells, got {correlation}")
+        d_min = 1.5 if d_min is None else d_min
+        d_max = 4.0 if d_max is None else d_max
+        anisotropy = 3.0 if anisotropy is None else anisotropy
+        correlation = 10.0 if correlation is None else correlation
+        seed = 0 if seed is None else seed
         if name is GridName.mesh:
             if mesh is None:
                 raise ValueError(
@@ -463,10 +511,10 @@ def grid(
         else:
             kw = {}
             if name is GridName.latlon:
-                kw = {"resolution": resolution, "polar_cap": polar_cap}
+                kw = {"resolution": 4.0 if resolution is None else resolution}
+                kw["polar_cap"] = polar_cap
             metrics = built_in_grid(name.value, **kw)
         shape = metrics.mask.shape
-        given = kappa or length_scales
         if given is not None:
             kind = "kappa" if kappa is not None else "length_scales"
             first, second = read_parameters(given, metrics, kind)
