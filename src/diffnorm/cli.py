@@ -676,6 +676,8 @@ def inspect(
     from diffnorm.data.dataset import DatasetFolderError
     from diffnorm.data.summary import plot_samples, summarize
 
+    if count < 1:
+        usage_error(f"--count is the number of samples in the picture, >= 1; got {count}")
     with user_errors():
         try:
             summary = summarize(root)
@@ -786,8 +788,8 @@ def predict(
     model: Annotated[
         str | None,
         typer.Option(
-            help="model file, checkpoint or shipped name (default: the shipped model "
-            "nearest in cell size)"
+            help="model file, checkpoint or shipped name (default: a shipped model trained "
+            "on this grid, else windows-smooth-m10, or the one for the grid's M; diffnorm models)"
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
@@ -808,6 +810,16 @@ def predict(
         float | None,
         typer.Option(help="also solve exactly the cells whose error estimate is above this"),
     ] = None,
+    verify: Annotated[
+        int,
+        typer.Option(help="also compute exact γ at this many cells and report the error there"),
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="--verify: random seed")] = 0,
+    nemo_layout: Annotated[
+        bool,
+        typer.Option("--nemo-layout", help="write γ alone on the NEMO file's layout"),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """γ from a trained network (same as `estimate --method cnn`)."""
     estimate(
@@ -821,6 +833,10 @@ def predict(
         precision=precision,
         exact_fold_rows=exact_fold_rows,
         exact_above=exact_above,
+        verify=verify,
+        seed=seed,
+        nemo_layout=nemo_layout,
+        quiet=quiet,
     )
 
 

@@ -73,7 +73,7 @@ def pick_cells(fields: Fields, count: int, seed: int = 0, spacing: int = SPACING
     (Chebyshev distance across the wrap and the fold, :meth:`Topology.index_distance`),
     seeded."""
     if count < 1:
-        raise ValueError(f"the number of cells to verify must be >= 1, got {count}")
+        raise ValueError(f"--verify: the number of cells to verify must be >= 1, got {count}")
     nx = fields.shape[1]
     ocean = fields.ocean
     dist = distance_to_coast(fields).ravel()[ocean]
