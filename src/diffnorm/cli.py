@@ -1040,7 +1040,10 @@ def demo(
     quick: Annotated[
         bool, typer.Option(help="a smaller grid and a short training (seconds: a smoke run)")
     ] = False,
-    workers: Annotated[int | None, typer.Option(help="Dask workers for the data")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Dask workers for the data (default: one per core; 1 with --quick)"),
+    ] = None,
 ) -> None:
     """The whole pipeline on a small grid: exact data, training, evaluation against
     randomization and analytic, a model file; tables and plots in --out."""
