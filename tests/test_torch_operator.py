@@ -10,12 +10,21 @@ from conftest import random_fields
 from diffnorm.fields import Fields
 from diffnorm.methods import estimate
 from diffnorm.operator import SparseOperator, system_matrix
-from diffnorm.torch_operator import TorchStencilOperator
+from diffnorm.torch_operator import SlowBackendWarning, TorchStencilOperator
+
+# the tests run it on a CPU on purpose; the warning itself is tested below
+pytestmark = pytest.mark.filterwarnings("ignore::diffnorm.torch_operator.SlowBackendWarning")
 
 
 @pytest.fixture(params=[True, False], ids=["periodic", "closed"])
 def fields(request) -> Fields:
     return random_fields(ny=12, nx=17, steps=6, periodic_x=request.param, seed=5)
+
+
+@pytest.mark.filterwarnings("default::diffnorm.torch_operator.SlowBackendWarning")
+def test_a_cpu_torch_backend_warns_that_sparse_is_faster():
+    with pytest.warns(SlowBackendWarning, match="--backend sparse"):
+        TorchStencilOperator(random_fields(ny=12, nx=17, seed=1), device="cpu")
 
 
 def test_stencil_equals_matrix(fields):

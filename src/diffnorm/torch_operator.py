@@ -10,6 +10,7 @@ Grid tensors hold the unknowns; land and T-fold copies stay 0.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -17,6 +18,10 @@ import torch
 from diffnorm.device import pick_device
 from diffnorm.fields import Fields
 from diffnorm.operator import DiffusionOperator
+
+
+class SlowBackendWarning(UserWarning):
+    """The torch backend on a CPU, where the sparse backend's direct solves are far faster."""
 
 
 class TorchStencilOperator(DiffusionOperator):
@@ -34,6 +39,14 @@ class TorchStencilOperator(DiffusionOperator):
     ):
         super().__init__(fields)
         self.device = pick_device(device)
+        if self.device.type == "cpu":
+            warnings.warn(
+                "backend torch on a CPU: its conjugate gradients are hundreds of times slower "
+                "than the sparse backend's direct solves (4° grid, randomization N=100: 42 s "
+                "against 0.06 s); use --backend sparse unless a GPU is there",
+                SlowBackendWarning,
+                stacklevel=2,
+            )
         self.dtype = dtype
         self.rtol = rtol if rtol is not None else (1e-13 if dtype == torch.float64 else 1e-6)
         ny, nx = fields.shape
