@@ -63,7 +63,7 @@ $BIN/diffnorm export -m "$windows" -o $MODELS/windows-images-m10.pt --name windo
   --metrics "windows test split=runs/eval_windows_test/evaluation.json" \
   --error-model runs/eval_windows_val/evaluation.json
 
-# windows-polar-m10 (the default on folded grids): that model fine-tuned on 9 000 stretched
+# windows-polar-m10 (once the default on folded grids): that model fine-tuned on 9 000 stretched
 # and 2 000 polar windows (folds, areas falling toward the pole), then annealed
 $BIN/diffnorm generate -c configs/data/windows_stretched_9k.yaml -o data/windows_stretched -q
 $BIN/diffnorm generate -c configs/data/windows_polar.yaml -o data/windows_polar -q
@@ -82,10 +82,10 @@ $BIN/diffnorm evaluate -m "$polar" -d data/windows_stretched --split test --samp
 $BIN/diffnorm export -m "$polar" -o $MODELS/windows-polar-m10.pt --name windows-polar-m10 \
   --metrics "polar windows test split=runs/eval_polarmodel_polartest/evaluation.json" \
   --metrics "windows test split=runs/eval_polarmodel_test/evaluation.json" \
-  --note "windows-images-m10 fine-tuned on 9 000 stretched and 2 000 polar windows (T and F folds); the default on folded grids" \
+  --note "windows-images-m10 fine-tuned on 9 000 stretched and 2 000 polar windows (T and F folds); the default on folded grids until windows-general-m10" \
   --error-model runs/eval_polarmodel_val/evaluation.json
 
-# windows-general-m10 (the default): windows-polar-m10 trained on the stretched and polar
+# windows-general-m10 (once the default): windows-polar-m10 trained on the stretched and polar
 # windows pooled with windows whose length scale is set in metres (stretched and uniform
 # cells); best checkpoint by validation loss (after 5 of the 6 epochs in the shipped run),
 # then 4 more epochs on the same data from a warm restart (windows_general_more_cpu.yaml)
@@ -113,7 +113,7 @@ ship_windows() {  # checkpoint, runs/ prefix, model name, note
     --note "$4" --error-model runs/$2_val/evaluation.json
 }
 ship_windows "$general" eval_general windows-general-m10 \
-  "windows-polar-m10 trained 5 epochs on stretched, polar, metre and uniform windows (configs/train/windows_general_cpu.yaml), then 4 more (windows_general_more_cpu.yaml); the default"
+  "windows-polar-m10 trained 5 epochs on stretched, polar, metre and uniform windows (configs/train/windows_general_cpu.yaml), then 4 more (windows_general_more_cpu.yaml); the default until windows-smooth-m10 (its retraining against the smoothed baseline)"
 
 # windows-general-m4-20 (the shipped choice for M other than 10): windows-general-m10 with M as
 # an input channel (zero first-layer weights for it at the start), fine-tuned 8 epochs on
