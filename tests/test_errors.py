@@ -38,6 +38,20 @@ def _set(var: str, fn):
     return change
 
 
+def _units(var: str, units: str):
+    def change(ds):
+        ds = ds.copy()
+        ds[var].attrs["units"] = units
+        return ds
+
+    return change
+
+
+def _folder(tmp_path: Path) -> Path:
+    (tmp_path / "gamma").mkdir()
+    return tmp_path / "gamma"
+
+
 def _nan_at(a):
     a = a.copy()
     a[3, 3] = np.nan
@@ -48,14 +62,18 @@ def _estimate(tmp_path, src, *extra):
     return ["estimate", str(src), "-o", str(tmp_path / "out.nc"), "-q", *extra]
 
 
-def _mesh(tmp_path, **changes) -> Path:
+def _mesh(tmp_path, units: dict[str, str] | None = None, **changes) -> Path:
     rng = np.random.default_rng(0)
     data = {v: rng.uniform(5e4, 1e5, (6, 8)) for v in ("e1t", "e2t", "e1u", "e2u", "e1v", "e2v")}
     data["tmask"] = np.ones((6, 8))
     for k, fn in changes.items():
         data[k] = fn(data[k])
     path = tmp_path / "mesh.nc"
-    xr.Dataset({k: (("y", "x"), v) for k, v in data.items()}).to_netcdf(path)
+    units = units or {}
+    variables = {
+        k: (("y", "x"), v, {"units": units[k]} if k in units else {}) for k, v in data.items()
+    }
+    xr.Dataset(variables).to_netcdf(path)
     return path
 
 
@@ -120,6 +138,18 @@ CASES = {
         lambda t: _estimate(t, _folded_file(t)),
         "breaks the F-pivot north fold",
     ),
+    "fields-not-in-si": (
+        lambda t: _estimate(t, _fields_file(t, _units("area", "km2"))),
+        "area has units 'km2', but diffnorm reads it in m2 (SI); convert area to m2 (multiply",
+    ),
+    "output-is-a-folder": (
+        lambda t: ["estimate", str(_fields_file(t)), "-o", str(_folder(t)), "-q"],
+        "is an existing folder; give a file name for the output",
+    ),
+    "output-under-a-file": (
+        lambda t: ["estimate", str(_fields_file(t)), "-o", str(t / "in.nc" / "out.nc"), "-q"],
+        "in.nc is a file, not a folder; choose another folder for the output",
+    ),
     "zero-e1u": (
         lambda t: _grid_mesh(t, _mesh(t, e1u=_zero_e1u)),
         "e1u: 1 open face(s) have a zero, negative or missing length (first at j=2, i=3",
@@ -131,6 +161,14 @@ CASES = {
     "bad-parameter-file": (
         lambda t: _grid_mesh(t, _mesh(t), "--kappa", str(_kappa(t, (3, 8)))),
         "kappa11 has shape (3, 8), but the grid's inner domain is (6, 8)",
+    ),
+    "mesh-not-in-si": (
+        lambda t: _grid_mesh(t, _mesh(t, units={"e1t": "km"})),
+        "e1t has units 'km', but diffnorm reads it in m (SI); convert e1t to m (multiply",
+    ),
+    "parameters-not-in-si": (
+        lambda t: _grid_mesh(t, _mesh(t), "--kappa", str(_kappa(t, (6, 8), "cm2 s-1"))),
+        "kappa11 has units 'cm2 s-1', but diffnorm reads it in m2 (or m2 s-1) (SI)",
     ),
     "nemo-layout-without-nemo": (
         lambda t: _estimate(t, _fields_file(t), "--nemo-layout"),
@@ -277,10 +315,11 @@ def _mesh_without(tmp_path, var):
     return tmp_path / "short.nc"
 
 
-def _kappa(tmp_path, shape):
+def _kappa(tmp_path, shape, units: str | None = None):
     k = np.full(shape, 1e8)
     path = tmp_path / "kappa.nc"
-    xr.Dataset({"kappa11": (("y", "x"), k), "kappa22": (("y", "x"), k)}).to_netcdf(path)
+    attrs = {"units": units} if units else {}
+    xr.Dataset({n: (("y", "x"), k, attrs) for n in ("kappa11", "kappa22")}).to_netcdf(path)
     return path
 
 

@@ -38,6 +38,9 @@ def base(**changes):
         ({"steps": 2}, "steps must be an even integer"),
         ({"steps": 4.5}, "steps must be an even integer"),
         ({"periodic_x": 2}, "periodic_x must be 0 or 1"),
+        # NumPy scalars (as read from files) in plain form, not np.float64(4.5)
+        ({"steps": np.float64(4.5)}, r"steps must be an even integer >= 4, got 4\.5$"),
+        ({"periodic_x": np.int64(2)}, "periodic_x must be 0 or 1, got 2$"),
         ({"alpha_y": None}, "alpha_y is missing"),
     ],
 )
@@ -104,6 +107,68 @@ def test_reading_bad_files(tmp_path):
     broken.to_netcdf(tmp_path / "nosteps.nc")
     with pytest.raises(FieldsError, match="missing attribute 'steps'"):
         read_fields(tmp_path / "nosteps.nc")
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_by_name(tmp_path):
+    fields = random_fields(seed=3)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    # not "[Errno 21] Is a directory: '.out.3t852jgh.tmp' -> 'out'", after the run
+    with pytest.raises(
+        IsADirectoryError, match=f"output {folder} is an existing folder; give a file"
+    ):
+        write_fields(folder, fields)
+    a_file = write_fields(tmp_path / "f.nc", fields)
+    with pytest.raises(
+        NotADirectoryError, match=f"{a_file} is a file, not a folder; choose another"
+    ):
+        write_fields(a_file / "sub" / "x.nc", fields)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.nc", "out"]  # no temporary left
+
+
+def test_atomic_output_uses_a_unique_temporary_and_removes_it_on_failure(tmp_path):
+    from diffnorm.fields import atomic_output
+
+    target = tmp_path / "g.nc"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_output(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["g.nc"]
+    # two writers of one path at once: their own temporaries, the last rename wins
+    with atomic_output(target) as first, atomic_output(target) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        first.write_text("first")
+        second.write_text("second")
+    assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["g.nc"]
+
+
+@pytest.mark.parametrize(
+    "name, units, ok",
+    [
+        ("area", "km2", False),
+        ("area", "m^2", True),
+        ("area", "square metres", True),
+        ("alpha_x", "cm2", False),
+        ("alpha_y", "m**2", True),
+        ("gamma", "km", False),
+        ("gamma", "metres", True),
+        ("area", "", True),  # empty or absent units are read as SI
+    ],
+)
+def test_fields_in_other_units_than_si_are_refused(tmp_path, name, units, ok):
+    fields = random_fields(seed=3)
+    path = write_fields(tmp_path / "s.nc", fields, np.where(fields.mask, 1e5, np.nan))
+    with xr.open_dataset(path) as ds:
+        changed = ds.load()
+    changed[name].attrs["units"] = units
+    changed.to_netcdf(tmp_path / "u.nc")
+    if ok:
+        read_fields(tmp_path / "u.nc")
+        return
+    with pytest.raises(FieldsError, match=rf"{name} has units '{units}', .* convert {name} to m"):
+        read_fields(tmp_path / "u.nc")
 
 
 def test_files_carry_cf_metadata_and_the_users_umask(tmp_path):

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from typer.testing import CliRunner
 
 from conftest import folded_fields, random_fields
@@ -36,6 +37,31 @@ def test_model_file_round_trip_is_exact(network, sample, tmp_path):
     np.testing.assert_array_equal(
         loaded.predict(sample.fields, "cpu"), network.predict(sample.fields, "cpu")
     )
+
+
+def test_saving_a_model_or_a_graph_refuses_a_folder_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from diffnorm.ml.export import export
+
+    net = resolve_model("windows-general-m10")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=f"{folder} is an existing folder; give a file"):
+        net.save(folder)
+    with pytest.raises(IsADirectoryError, match="windows-general-m10.ts"):  # before the tracing
+        export(net, folder, "torchscript")
+    saved = net.save(tmp_path / "m.pt")
+    before = saved.read_bytes()
+
+    def killed(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(OSError, match="No space left"):
+        net.save(saved)
+    assert saved.read_bytes() == before  # the old file intact, the partial one gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "models"]
+    assert not list(folder.iterdir())
 
 
 def test_tiles_with_halos_reproduce_one_pass(network, sample):
@@ -388,7 +414,8 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
     inp = tmp_path / "in.nc"
     write_fields(inp, sample.fields)
     for args in (
-        ["predict", str(inp), "-o", str(tmp_path / "p.nc"), "--model", str(model)],
+        ["predict", str(inp), "-o", str(tmp_path / "p.nc"), "--model", str(model), "-q"]
+        + ["--verify", "4"],
         [
             "estimate",
             str(inp),
@@ -406,6 +433,10 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output + repr(res.exception)
     (_, g1), (_, g2) = read_fields(tmp_path / "p.nc"), read_fields(tmp_path / "e.nc")
+    with xr.open_dataset(tmp_path / "p.nc") as ds:  # predict takes estimate's --verify
+        assert any(k.startswith("verify_") for k in ds["gamma"].attrs) or any(
+            k.startswith("verify_") for k in ds.attrs
+        )
     np.testing.assert_allclose(g1, g2, rtol=1e-5, equal_nan=True)
     res = runner.invoke(
         app,
@@ -673,6 +704,33 @@ def test_exports_mirror_the_fold_like_the_model(network, fold, tmp_path):
     onnx, _ = export(network, tmp_path / "m.onnx", "onnx", north_fold=fold, graph="features")
     got = onnxruntime.InferenceSession(str(onnx)).run(None, {"raw_features": raw})[0]
     np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_exported_graphs_refuse_a_folded_grid_with_fewer_rows_than_the_halo(tmp_path):
+    import onnxruntime
+
+    from diffnorm.ml.export import export
+
+    net = resolve_model("windows-general-m10")  # halo 16: an F fold needs 17 rows
+    c = len(net.encoding.channels)
+    raw = np.random.default_rng(0).standard_normal((1, c, 17, 8)).astype(np.float32)
+    ts, _ = export(net, tmp_path / "m.ts", "torchscript", north_fold="F", graph="features")
+    onnx, _ = export(net, tmp_path / "m.onnx", "onnx", north_fold="F", graph="features")
+    scripted = torch.jit.load(str(ts))
+    session = onnxruntime.InferenceSession(str(onnx))
+    assert scripted(torch.from_numpy(raw)).shape == (1, 17, 8)  # the smallest that works
+    assert session.run(None, {"raw_features": raw})[0].shape == (1, 17, 8)
+    for rows in (16, 10):  # 16: the old graphs read a clamped slice; 10: returned 0 rows
+        small = raw[:, :, :rows]
+        with pytest.raises(
+            torch.jit.Error, match=f"grid of {rows} rows .* at least 17 rows.*selinv"
+        ):
+            scripted(torch.from_numpy(small))
+        # ONNX keeps no assert: an out-of-range gather, not wrong rows
+        with pytest.raises(Exception, match="out of data bounds, idx=17"):
+            session.run(None, {"raw_features": small})
+    with pytest.raises(ValueError, match="grid of 16 rows .* at least 17 rows"):
+        net.predict_target(folded_fields("F", ny=16, nx=8, steps=10), "cpu")
 
 
 def test_cells_outside_the_training_data_are_flagged_and_written(network, tmp_path):

@@ -216,6 +216,60 @@ def test_halo_padding_follows_lbc_nfd(fold, kind):
     np.testing.assert_array_equal(ours, full)
 
 
+def test_gamma_on_nemo_layout_keeps_the_provenance_of_the_normal_output(tmp_path):
+    from diffnorm.fields import write_fields
+    from diffnorm.nemo import write_nemo_gamma
+
+    arrays = orca_like_mesh("F")
+    mesh = write_mesh(tmp_path / "mesh.nc", arrays, "F", "4.0")
+    fields = fields_from_metrics(mesh_mask_grid(mesh), KAPPA, KAPPA, STEPS)
+    result = estimate(fields, "selinv")
+    normal = write_fields(tmp_path / "g.nc", fields, result.gamma, attrs=result.attrs())
+    attrs = {**fields.attrs, **result.attrs()}
+    nemo = write_nemo_gamma(tmp_path / "n.nc", result.gamma, fields.topology, attrs, fields=fields)
+    with xr.open_dataset(normal) as want, xr.open_dataset(nemo) as got:
+        assert got.attrs == want.attrs  # steps, periodic_x, north_fold, diffnorm_version, method
+        assert (got.attrs["steps"], got.attrs["north_fold"]) == (STEPS, "F")
+        assert got["gamma"].shape == got["lat"].shape == (13, 18)  # halo columns, ghost row
+        np.testing.assert_array_equal(got["lat"].values, nemo40(arrays["gphit"], "T", "F"))
+        np.testing.assert_array_equal(got["lon"].values, nemo40(arrays["glamt"], "T", "F"))
+    # the call of diffnorm <= this version (no fields): all but M and the coordinates
+    old = write_nemo_gamma(tmp_path / "o.nc", result.gamma, fields.topology, attrs)
+    with xr.open_dataset(old) as got:
+        assert "lat" not in got.coords and "steps" not in got.attrs
+        assert got.attrs["periodic_x"] == 1 and got.attrs["diffnorm_version"]
+
+
+def test_metrics_and_parameters_in_other_units_than_si_are_refused(tmp_path):
+    from diffnorm.nemo import read_parameters
+
+    arrays = orca_like_mesh("T")
+    mesh = write_mesh(tmp_path / "mesh.nc", arrays, "T", "4.2")
+    with xr.open_dataset(mesh) as ds:
+        km = ds.load()
+    km["e2t"].attrs["units"] = "km"
+    km.to_netcdf(tmp_path / "km.nc")
+    with pytest.raises(FieldsError, match=r"e2t has units 'km', .* to m \(multiply .* by 1000\)"):
+        mesh_mask_grid(tmp_path / "km.nc")
+    km["e2t"].attrs["units"] = "metres"
+    km.to_netcdf(tmp_path / "metres.nc")
+    g = mesh_mask_grid(tmp_path / "metres.nc")
+    k = np.full(g.shape, KAPPA)
+    for units, ok in [("cm2", False), ("cm2 s-1", False), ("m2 s-1", True), ("m2", True)]:
+        attrs = {"units": units}
+        ds = xr.Dataset({n: (("y", "x"), k, attrs) for n in ("kappa11", "kappa22")})
+        ds.to_netcdf(tmp_path / "k.nc")
+        if ok:
+            assert read_parameters(tmp_path / "k.nc", g, "kappa")[0][1, 1] == KAPPA
+        else:
+            with pytest.raises(FieldsError, match=f"kappa11 has units '{units}', .*by 0.0001"):
+                read_parameters(tmp_path / "k.nc", g, "kappa")
+    ds = xr.Dataset({n: (("y", "x"), k, {"units": "km"}) for n in ("D1", "D2")})
+    ds.to_netcdf(tmp_path / "d.nc")
+    with pytest.raises(FieldsError, match="D1 has units 'km'"):
+        read_parameters(tmp_path / "d.nc", g, "length_scales")
+
+
 def test_cli_mesh_with_users_kappa_and_gamma_back_on_nemo_layout(tmp_path):
     from typer.testing import CliRunner
 

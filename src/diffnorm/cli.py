@@ -270,7 +270,7 @@ def estimate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Compute γ for a fields file and write it (NaN on land) with the method's metadata."""
-    from diffnorm.fields import read_fields, write_fields
+    from diffnorm.fields import check_output_path, read_fields, write_fields
     from diffnorm.methods import estimate as run_estimate
 
     options: dict = {}
@@ -325,7 +325,12 @@ def estimate(
     if stride is not None and method is not MethodName.probing:
         usage_error("--stride goes with --method probing (selinv needs no stride)")
     with user_errors():
+        check_output_path(output)  # before the work, not after it
         fields, _ = read_fields(input)
+        if nemo_layout:
+            from diffnorm.nemo import Layout
+
+            Layout.from_attrs(fields.attrs, fields.topology)  # a grid not from NEMO: say so now
         with progress_bars(not quiet) as bars:
             result = run_estimate(
                 fields,
@@ -351,7 +356,8 @@ def estimate(
         if nemo_layout:
             from diffnorm.nemo import write_nemo_gamma
 
-            write_nemo_gamma(output, result.gamma, fields.topology, {**fields.attrs, **attrs})
+            attrs = {**fields.attrs, **attrs}
+            write_nemo_gamma(output, result.gamma, fields.topology, attrs, fields=fields)
         else:
             write_fields(output, fields, result.gamma, attrs=attrs, variables=result.variables())
     g = result.gamma[fields.mask]
@@ -453,7 +459,7 @@ def grid(
     ] = False,
 ) -> None:
     """Write a fields file for a built-in grid (or a NEMO mesh) with chosen length scales."""
-    from diffnorm.fields import write_fields
+    from diffnorm.fields import check_output_path, write_fields
     from diffnorm.grid import (
         built_in_grid,
         fields_from_cell_length_scales,
@@ -471,6 +477,7 @@ def grid(
         "--seed": seed,
     }
     with user_errors():
+        check_output_path(output)
         # an option that does not apply would be dropped silently: refuse it instead
         if kappa is not None and length_scales is not None:
             raise ValueError("give --kappa or --length-scales, not both")

@@ -18,11 +18,12 @@ grid, values listed twice (a T-fold cell and its copy, a face on the fold) must 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,18 @@ class FieldsError(ValueError):
 
 class FieldsLayoutWarning(UserWarning):
     """A file was read in a layout other than DESIGN's (e.g. transposed dims)."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays as Python ones, for messages: ``5.5``, not
+    ``np.float64(5.5)``."""
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
+
+
+def _number(value: Any) -> str:
+    """A number for a message, plain and exact enough to tell apart values that differ:
+    ``1``, ``0``, ``1.2e+08``."""
+    return f"{float(value):.10g}"
 
 
 def _first_index(bad: np.ndarray) -> str:
@@ -114,14 +127,14 @@ class Fields:
             raise FieldsError("mask has no ocean cell (all land): there is nothing to normalize")
         steps = self.steps
         if isinstance(steps, (bool, np.bool_)) or not float(steps).is_integer():
-            raise FieldsError(f"steps must be an even integer >= 4, got {steps!r}")
+            raise FieldsError(f"steps must be an even integer >= 4, got {_plain(steps)!r}")
         steps = int(steps)
         if steps < 4 or steps % 2:
             raise FieldsError(
                 f"steps must be an even integer >= 4 (L^(1/2) = S^(M/2)), got {steps}"
             )
         if self.periodic_x not in (0, 1, True, False):
-            raise FieldsError(f"periodic_x must be 0 or 1, got {self.periodic_x!r}")
+            raise FieldsError(f"periodic_x must be 0 or 1, got {_plain(self.periodic_x)!r}")
         periodic = bool(self.periodic_x)
         try:
             topology = Topology.shared(shape[0], shape[1], periodic, self.north_fold)
@@ -327,12 +340,12 @@ def _check_fold_copies(topology: Topology, arrays: dict[str, np.ndarray], mask: 
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             what = "face" if name.startswith("alpha") else "cell"
+            one, copy = _number(values[j[k], i[k]]), _number(np.ravel(values)[other[k]])
             raise FieldsError(
                 f"{name} breaks the {topology.north_fold}-pivot north fold: row j={j[k]} lists "
-                f"one {what} at i={i[k]} and i={other[k] % topology.nx} with "
-                f"{values[j[k], i[k]]!r} and {np.ravel(values)[other[k]]!r}; values listed "
-                "twice on the fold must agree (give NEMO's inner domain with the fold applied, "
-                "as lbc_lnk leaves it)"
+                f"one {what} at i={i[k]} and i={other[k] % topology.nx} with {one} and {copy}; "
+                "values listed twice on the fold must agree (give NEMO's inner domain with the "
+                "fold applied, as lbc_lnk leaves it)"
             )
 
 
@@ -348,8 +361,6 @@ def to_dataset(
 ):
     """The CF-style xarray Dataset of a sample (fields, optional ``gamma``, attributes)."""
     import xarray as xr
-
-    from diffnorm import __version__
 
     dims = ("y", "x")
     data_vars: dict[str, Any] = {
@@ -412,20 +423,43 @@ def to_dataset(
         if np.shape(values) != fields.shape:
             raise FieldsError(f"{name} has shape {np.shape(values)}, expected {fields.shape}")
         data_vars[name] = (dims, values, {"location": "face", **var_attrs})
-    coords = {}
-    if fields.lat is not None:
-        coords["lat"] = (dims, fields.lat, {"units": "degrees_north", "standard_name": "latitude"})
-    if fields.lon is not None:
-        coords["lon"] = (dims, fields.lon, {"units": "degrees_east", "standard_name": "longitude"})
+    coords = {
+        name: (dims, getattr(fields, name), COORDINATE_ATTRS[name])
+        for name in ("lat", "lon")
+        if getattr(fields, name) is not None
+    }
     # result attributes come from this write's ``attrs`` only, never from the fields
     own = {k: v for k, v in fields.attrs.items() if not is_result_attr(k)}
-    all_attrs: dict[str, Any] = {"Conventions": "CF-1.10", **_netcdf_attrs(own)}
-    all_attrs["diffnorm_version"] = __version__
-    all_attrs.update(_netcdf_attrs(attrs or {}))
-    all_attrs["steps"] = np.int32(fields.steps)
-    all_attrs["periodic_x"] = np.int32(int(fields.periodic_x))
-    all_attrs["north_fold"] = fields.north_fold
+    all_attrs = file_attrs(own, attrs or {}, fields.steps, fields.periodic_x, fields.north_fold)
     return xr.Dataset(data_vars, coords=coords, attrs=all_attrs)
+
+
+COORDINATE_ATTRS = {
+    "lat": {"units": "degrees_north", "standard_name": "latitude"},
+    "lon": {"units": "degrees_east", "standard_name": "longitude"},
+}
+
+
+def file_attrs(
+    own: dict[str, Any],
+    result: dict[str, Any],
+    steps: int | None,
+    periodic_x: bool,
+    north_fold: str,
+) -> dict[str, Any]:
+    """The global attributes of every file diffnorm writes: conventions, the fields' ``own``
+    attributes, the writer's version, the ``result``'s attributes, then M (when known), the
+    east–west wrap and the north fold (the fields' own values always win)."""
+    from diffnorm import __version__
+
+    out: dict[str, Any] = {"Conventions": "CF-1.10", **_netcdf_attrs(own)}
+    out["diffnorm_version"] = __version__
+    out.update(_netcdf_attrs(result))
+    if steps is not None:
+        out["steps"] = np.int32(steps)
+    out["periodic_x"] = np.int32(int(periodic_x))
+    out["north_fold"] = north_fold
+    return out
 
 
 def _netcdf_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -456,17 +490,39 @@ def write_fields(
     return atomic_to_netcdf(ds, path)
 
 
-def atomic_to_netcdf(ds, path: str | os.PathLike) -> Path:
-    """``ds.to_netcdf(path)`` such that a killed writer never leaves a partial ``path``."""
+def check_output_path(path: str | os.PathLike, example: str = "output.nc") -> Path:
+    """``path`` as a :class:`Path`, refused up front when no file can be written there: an
+    existing folder (``IsADirectoryError``), or a parent that is a file (``NotADirectoryError``);
+    ``example``: a file name the message suggests."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"output {path} is an existing folder; give a file name for the output (e.g. "
+            f"{path / example})"
+        )
+    for parent in path.parents:  # the nearest one that exists must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(
+                    f"output {path}: {parent} is a file, not a folder; choose another folder "
+                    "for the output"
+                )
+            break
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, example: str = "output.nc") -> Iterator[Path]:
+    """A unique temporary file beside ``path`` (:func:`check_output_path` first) for the block to
+    write, renamed onto ``path`` when the block succeeds and removed on any failure: a killed or
+    failed writer never leaves a partial ``path`` or a stray temporary file, and two writers of
+    the same ``path`` never share one."""
+    path = check_output_path(path, example)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        encoding = {name: {"zlib": True, "complevel": 4} for name in ds.data_vars if ds[name].ndim}
-        # coordinates are never missing: no _FillValue (CF readers would mask valid values)
-        encoding.update({name: {"_FillValue": None} for name in ds.coords})
-        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+        yield Path(tmp)
         # mkstemp creates 0600: give the file the permissions the user's umask asks for
         umask = os.umask(0)
         os.umask(umask)
@@ -475,7 +531,16 @@ def atomic_to_netcdf(ds, path: str | os.PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_to_netcdf(ds, path: str | os.PathLike) -> Path:
+    """``ds.to_netcdf(path)`` through :func:`atomic_output`."""
+    encoding = {name: {"zlib": True, "complevel": 4} for name in ds.data_vars if ds[name].ndim}
+    # coordinates are never missing: no _FillValue (CF readers would mask valid values)
+    encoding.update({name: {"_FillValue": None} for name in ds.coords})
+    with atomic_output(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+    return Path(path)
 
 
 def read_fields(path: str | os.PathLike) -> tuple[Fields, np.ndarray | None]:
@@ -505,6 +570,9 @@ def fields_from_dataset(ds, source: str = "dataset") -> tuple[Fields, np.ndarray
     for attr in ("steps", "periodic_x"):
         if attr not in ds.attrs:
             raise FieldsError(f"{source}: missing attribute {attr!r}; {FILE_LAYOUT_HINT}")
+    for name, unit in FIELD_UNITS.items():
+        if name in ds.variables:
+            check_units(ds[name].attrs.get("units"), name, unit, source)
     arrays = {}
     for name in FIELD_NAMES + ("lat", "lon", "gamma"):
         if name in ds.variables:
@@ -534,6 +602,52 @@ def fields_from_dataset(ds, source: str = "dataset") -> tuple[Fields, np.ndarray
     return fields, arrays.get("gamma")
 
 
+# the SI unit diffnorm reads each variable in (DESIGN §1): a file's ``units``, when it has one,
+# must be a spelling of it; values in km², cm² or km read as m² or m would be silently wrong
+FIELD_UNITS = {"area": "m2", "alpha_x": "m2", "alpha_y": "m2", "gamma": "m"}
+_LENGTH_SPELLINGS = ("m", "meter", "meters", "metre", "metres")
+_SPELLINGS = {
+    "m": frozenset(_LENGTH_SPELLINGS),
+    "m2": frozenset(f"{m}2" for m in _LENGTH_SPELLINGS),
+    # κ is m² per diffusion step (DESIGN §1); tools that write it as a diffusivity say m2 s-1
+    "kappa": frozenset(f"{m}2{per}" for m in _LENGTH_SPELLINGS for per in ("", "s-1", "/s")),
+}
+_SI_NAMES = {"m": "m", "m2": "m2", "kappa": "m2 (or m2 s-1)"}
+
+
+def _normal_units(units: str) -> str:
+    """``units`` in one spelling: lower case, no spaces, dots or exponent signs, ``square x``
+    as ``x2`` (``m^2``, ``m**2``, ``m²``, ``square metres`` → ``m2``; ``m2 s^-1`` → ``m2s-1``)."""
+    u = units.strip().lower().replace("²", "2").replace("**", "").replace("^", "")
+    if u.startswith("square "):
+        u = u[len("square ") :] + "2"
+    return "".join(c for c in u if c not in " .·*")
+
+
+def check_units(units: Any, name: str, expected: str, source: str) -> None:
+    """Refuse a variable whose ``units`` attribute is not an SI spelling of ``expected``
+    (``m``, ``m2``, or ``kappa``: m2 or m2 s-1); absent or empty units are taken as SI."""
+    if units is None or not str(units).strip():
+        return
+    normal = _normal_units(str(units))
+    if normal in _SPELLINGS[expected]:
+        return
+    si = target = _SI_NAMES[expected]
+    hint = ""
+    for prefix, scale in _PREFIXES.items():  # km2, cm2 s-1, km: say by how much
+        rest = normal[len(prefix) :]
+        if normal.startswith(prefix) and "m" + rest in _SPELLINGS[expected]:
+            target = "m" + rest.replace("s-1", " s-1")
+            hint = f" (multiply values in {units} by {scale ** (2 if rest[:1] == '2' else 1):g})"
+    raise FieldsError(
+        f"{source}: {name} has units {str(units)!r}, but diffnorm reads it in {si} (SI); "
+        f"convert {name} to {target}{hint} and set its units attribute to match"
+    )
+
+
+_PREFIXES = {"km": 1e3, "cm": 1e-2, "mm": 1e-3}
+
+
 def _yx_array(var, name: str, source: str) -> np.ndarray:
     """A 2-D variable as ``(y, x)``, by dim names: ``(x, y)`` is transposed with a warning
     (solving it as stored would swap the axes and the roles of alpha_x and alpha_y)."""
@@ -557,7 +671,9 @@ def _yx_array(var, name: str, source: str) -> np.ndarray:
 def _scalar(value: Any, name: str, source: str) -> Any:
     arr = np.asarray(value)
     if arr.size != 1:
-        raise FieldsError(f"{source}: attribute {name} must be a single number, got {value!r}")
+        raise FieldsError(
+            f"{source}: attribute {name} must be a single number, got {_plain(value)!r}"
+        )
     item = arr.reshape(()).item()
     if isinstance(item, float) and item.is_integer():
         return int(item)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from diffnorm.fields import FieldsError
+from diffnorm.fields import Fields, FieldsError, check_units
 from diffnorm.grid import GridMetrics
 from diffnorm.topology import CELL, Topology, parse_north_fold
 
@@ -176,6 +176,8 @@ def mesh_mask_grid(
                 f"{path}: missing variable(s) {', '.join(missing)}; a NEMO mesh_mask.nc or "
                 f"domain_cfg.nc needs {', '.join(METRIC_VARIABLES)} and a mask"
             )
+        for v in METRIC_VARIABLES:
+            check_units(ds[v].attrs.get("units"), v, "m", source)
         arrays = {v: _yx(ds[v], v, source, notes) for v in METRIC_VARIABLES}
         arrays["mask"] = (_yx(ds[mask_name], mask_name, source, notes) > 0.5).astype(float)
         for la, lo in (("gphit", "glamt"), ("nav_lat", "nav_lon")):
@@ -309,6 +311,9 @@ def read_parameters(path: str | Path, metrics: GridMetrics, kind: str) -> tuple[
                 f"needs {names[0]} and {names[1]} at T points, dims (y, x), in "
                 f"{'m2' if kind == 'kappa' else 'm'}"
             )
+        unit = "kappa" if kind == "kappa" else "m"
+        for n in names:
+            check_units(ds[lower[n.lower()]].attrs.get("units"), n, unit, str(path))
         values = [_yx(ds[lower[n.lower()]], n, str(path), notes) for n in names]
     out = []
     layout = None
@@ -334,17 +339,43 @@ def read_parameters(path: str | Path, metrics: GridMetrics, kind: str) -> tuple[
     return tuple(out)
 
 
+# attributes write_nemo_gamma sets from the grid itself, whatever ``attrs`` say
+FILE_OWN_ATTRS = frozenset({"Conventions", "steps", "periodic_x", "north_fold"})
+
+
 def write_nemo_gamma(
-    path: str | Path, gamma: np.ndarray, topology: Topology, attrs: dict[str, Any]
+    path: str | Path,
+    gamma: np.ndarray,
+    topology: Topology,
+    attrs: dict[str, Any],
+    fields: Fields | None = None,
 ) -> Path:
     """γ on the NEMO file's own layout (``to_nemo_layout``), variable ``gamma`` on dims
-    ``(y, x)``, written atomically: what a NEMO-side reader expects."""
+    ``(y, x)``, written atomically: what a NEMO-side reader expects.
+
+    The file carries the global attributes of :func:`~diffnorm.fields.write_fields`'s output
+    (``attrs``, ``diffnorm_version``, ``periodic_x``, ``north_fold``); ``fields``, those γ was
+    computed from, adds M (``steps``, else taken from ``attrs`` when there) and ``lat``/``lon``
+    on the file's layout like γ."""
     import xarray as xr
 
-    from diffnorm.fields import atomic_to_netcdf
+    from diffnorm.fields import COORDINATE_ATTRS, atomic_to_netcdf, file_attrs, is_result_attr
 
-    full = to_nemo_layout(gamma, topology, attrs)
-    keep = {k: v for k, v in attrs.items() if isinstance(v, str | int | float | np.number)}
+    if fields is not None and fields.shape != topology.shape:
+        raise FieldsError(
+            f"fields: shape {fields.shape} but the topology has {topology.shape}; give the "
+            "fields γ was computed from"
+        )
+    layout = Layout.from_attrs(attrs, topology)
+    full = layout.restore(gamma, topology)
+    coords = {}
+    for name in ("lat", "lon"):
+        value = None if fields is None else getattr(fields, name)
+        if value is not None:
+            coords[name] = (("y", "x"), layout.restore(value, topology), COORDINATE_ATTRS[name])
+    own = {k: v for k, v in attrs.items() if k not in FILE_OWN_ATTRS and not is_result_attr(k)}
+    result = {k: v for k, v in attrs.items() if is_result_attr(k)}
+    steps = fields.steps if fields is not None else attrs.get("steps")
     ds = xr.Dataset(
         {
             "gamma": (
@@ -358,6 +389,7 @@ def write_nemo_gamma(
                 },
             )
         },
-        attrs={"Conventions": "CF-1.10", **keep},
+        coords=coords,
+        attrs=file_attrs(own, result, steps, topology.periodic_x, topology.north_fold),
     )
     return atomic_to_netcdf(ds, path)

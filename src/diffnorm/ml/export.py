@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffnorm.fields import atomic_output, check_output_path
 from diffnorm.ml.features import SMOOTH_SIZE, SMOOTH_WEIGHT
 from diffnorm.ml.halo import crop_wrap, pad_halo, same_on_copies
 from diffnorm.ml.modelfile import GammaNetwork
@@ -138,8 +139,9 @@ def export(
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # refused before the tracing, not after it
+    path = check_output_path(path, example=f"{model.name}.{'ts' if fmt == 'torchscript' else fmt}")
+    meta = check_output_path(path.with_name(path.name + ".json"))
     if graph == "fields":
         from diffnorm.ml.pipeline import FieldsToGamma, export_steps
 
@@ -171,25 +173,25 @@ def export(
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if fmt == "onnx":
             warnings.simplefilter("ignore", UserWarning)
-        if fmt == "torchscript":
-            torch.jit.trace(module, example, check_trace=False).save(str(path))
-        else:
-            axes = (
-                {0: "batch", 1: "ny", 2: "nx"}
-                if graph == "fields"
-                else {0: "batch", 2: "ny", 3: "nx"}
-            )
-            torch.onnx.export(
-                module,
-                example,
-                str(path),
-                input_names=names,
-                output_names=outputs,
-                dynamic_axes={n: axes for n in names},
-                opset_version=17,
-                dynamo=False,
-            )
-    meta = path.with_name(path.name + ".json")
+        with atomic_output(path) as tmp:
+            if fmt == "torchscript":
+                torch.jit.trace(module, example, check_trace=False).save(str(tmp))
+            else:
+                axes = (
+                    {0: "batch", 1: "ny", 2: "nx"}
+                    if graph == "fields"
+                    else {0: "batch", 2: "ny", 3: "nx"}
+                )
+                torch.onnx.export(
+                    module,
+                    example,
+                    str(tmp),
+                    input_names=names,
+                    output_names=outputs,
+                    dynamic_axes={n: axes for n in names},
+                    opset_version=17,
+                    dynamo=False,
+                )
     info = card(model, periodic_x, fmt, north_fold, steps)
     if graph == "fields":
         info["input"] = {
@@ -205,7 +207,8 @@ def export(
             "not capped or solved exactly here (diffnorm's cnn method does both): mask or solve "
             "them on the host"
         )
-    meta.write_text(json.dumps(info, indent=2) + "\n")
+    with atomic_output(meta) as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
     return path, meta
 
 

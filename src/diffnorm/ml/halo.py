@@ -4,6 +4,7 @@ across a north fold, closed (land) elsewhere. The fold's rows come from
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -59,17 +60,56 @@ def pad_halo(
 def _fold_rows(x: torch.Tensor, halo: int, north_fold: str, kinds: Sequence[str]) -> torch.Tensor:
     """The ``halo`` rows beyond the fold, per channel kind."""
     h = x.shape[-2]
+    recipes = [fold_recipe(north_fold, kind) for kind in kinds]
+    need = halo + max(offset for offset, _ in recipes)
+    if torch.jit.is_tracing():
+        # h is symbolic in an exported graph: check it there (TorchScript keeps the check)
+        x = _fold_rows_check()(x, need, fold_rows_message("{}", halo, north_fold, need))
+    elif h < need:
+        raise ValueError(fold_rows_message(h, halo, north_fold, need))
     parts = []
-    for k, kind in enumerate(kinds):
-        offset, shift = fold_recipe(north_fold, kind)
-        if halo > h - offset:
-            raise ValueError(
-                f"the network's halo of {halo} rows is deeper than a {north_fold}-fold grid of "
-                f"{h} rows can mirror; the grid needs at least {halo + offset} rows"
-            )
-        rows = x[:, k : k + 1, h - offset - halo : h - offset].flip(-2).flip(-1)
+    for k, (offset, shift) in enumerate(recipes):
+        rows = _rows_above(x[:, k : k + 1], halo, offset, need).flip(-2).flip(-1)
         parts.append(torch.roll(rows, shift, -1) if shift else rows)
     return torch.cat(parts, dim=1)
+
+
+def fold_rows_message(rows: int | str, halo: int, north_fold: str, need: int) -> str:
+    """Why a folded grid of ``rows`` rows is too small for a network's ``halo``, and the fix
+    (``rows="{}"``: a template for the exported graph's check)."""
+    return (
+        f"a grid of {rows} rows with a {north_fold}-pivot north fold is too small for this "
+        f"network: its halo of {halo} rows is mirrored across the fold, which needs at least "
+        f"{need} rows; for a smaller folded grid use an exact method (e.g. diffnorm estimate "
+        "--method selinv)"
+    )
+
+
+def _rows_above(x: torch.Tensor, halo: int, offset: int, need: int) -> torch.Tensor:
+    """Rows ``h − offset − halo … h − offset − 1`` of ``(B, 1, h, W)``, by a gather.
+
+    A slice clamps: on a grid of fewer than ``need`` rows an exported ONNX graph (which keeps
+    no assert) returned wrong or empty rows. On such a grid these indices start at ``need``,
+    out of range, so ONNX Runtime fails ("indices element out of data bounds, idx=<need>").
+    """
+    h = x.shape[-2]
+    # 0 … halo−1 built from x: an arange would pin the exporter's device into the graph
+    k = torch.ones_like(x[0, 0, 0, :1], dtype=torch.long).expand(halo).cumsum(0) - 1
+    first = k + (h - offset - halo)
+    return x.index_select(-2, torch.where(first[:1] < 0, k + need, first))
+
+
+@functools.cache
+def _fold_rows_check():
+    """The rows check of an exported graph, scripted once on first use (a traced graph keeps a
+    scripted function's ``raise``; a Python ``if`` on ``h`` would be frozen at trace time)."""
+
+    def check(x: torch.Tensor, need: int, message: str) -> torch.Tensor:
+        if x.shape[-2] < need:
+            raise ValueError(message.format(x.shape[-2]))
+        return x
+
+    return torch.jit.script(check)
 
 
 def crop_wrap(y: torch.Tensor, wrap: tuple[int, int], width: int) -> torch.Tensor:

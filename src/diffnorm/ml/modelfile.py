@@ -27,7 +27,7 @@ from torch import nn
 
 from diffnorm import __version__
 from diffnorm.device import pick_device
-from diffnorm.fields import Fields
+from diffnorm.fields import Fields, atomic_output
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import LOG_TARGETS, Standardizer, gamma_from_target
 from diffnorm.ml.halo import crop_wrap
@@ -338,13 +338,10 @@ class GammaNetwork:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the model file (atomically: a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.to_dict(), tmp)
-        tmp.replace(path)
-        return path
+        """Write the model file atomically (:func:`~diffnorm.fields.atomic_output`)."""
+        with atomic_output(path, example=f"{self.name}{MODEL_SUFFIX}") as tmp:
+            torch.save(self.to_dict(), tmp)
+        return Path(path)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "model") -> GammaNetwork:
