@@ -83,6 +83,14 @@ def _zero_e1u(a):
     return a
 
 
+def _train(tmp_path, *extra):
+    return ["train", "fit", "--data.root", str(tmp_path / "none"), *extra]
+
+
+def _grid(tmp_path, name, *extra):
+    return ["grid", name, "-o", str(tmp_path / "out.nc"), *extra]
+
+
 def _grid_mesh(tmp_path, mesh, *extra):
     return ["grid", "mesh", "--mesh", str(mesh), "-o", str(tmp_path / "out.nc"), *extra]
 
@@ -247,39 +255,39 @@ CASES = {
         "--constant sets D everywhere, --kappa reads it: give one",
     ),
     "grid-random-option-with-constant": (
-        lambda t: ["grid", "latlon", "-o", str(t / "out.nc"), "--constant", "3", "--d-min", "2"],
+        lambda t: _grid(t, "latlon", "--constant", "3", "--d-min", "2"),
         "--d-min shapes random length scales, which --constant replaces",
     ),
     "grid-mesh-for-a-built-in-grid": (
-        lambda t: ["grid", "latlon", "-o", str(t / "out.nc"), "--mesh", str(t / "m.nc")],
+        lambda t: _grid(t, "latlon", "--mesh", str(t / "m.nc")),
         "--mesh goes with grid 'mesh'",
     ),
     "grid-resolution-for-orca1": (
-        lambda t: ["grid", "orca1", "-o", str(t / "out.nc"), "--resolution", "2"],
+        lambda t: _grid(t, "orca1", "--resolution", "2"),
         "--resolution goes with grid 'latlon' (orca1 has its own)",
     ),
     "grid-polar-cap-out-of-range": (
-        lambda t: ["grid", "latlon", "-o", str(t / "out.nc"), "--polar-cap", "0"],
+        lambda t: _grid(t, "latlon", "--polar-cap", "0"),
         "--polar-cap is a latitude in (0, 90) degrees",
     ),
     "train-missing-data-root": (
-        lambda t: ["train", "fit", "--data.root", str(t / "none"), "--trainer.max_epochs", "1"],
+        lambda t: _train(t, "--trainer.max_epochs", "1"),
         "no such dataset folder",
     ),
     "train-unknown-arch": (
-        lambda t: ["train", "fit", "--data.root", str(t / "none"), "--model.arch", "foo"],
+        lambda t: _train(t, "--model.arch", "foo"),
         "arch must be one of ['residual', 'unet'], got 'foo' (a --model.* or --data.* option",
     ),
     "train-unknown-target": (
-        lambda t: ["train", "fit", "--data.root", str(t / "none"), "--model.target", "foo"],
+        lambda t: _train(t, "--model.target", "foo"),
         "target must be one of",
     ),
     "train-zero-batch": (
-        lambda t: ["train", "fit", "--data.root", str(t / "none"), "--data.batch_size", "0"],
+        lambda t: _train(t, "--data.batch_size", "0"),
         "batch_size must be >= 1",
     ),
     "train-unknown-init": (
-        lambda t: ["train", "fit", "--data.root", str(t / "none"), "--model.init_from", "nosuch"],
+        lambda t: _train(t, "--model.init_from", "nosuch"),
         "model 'nosuch' is neither a file nor a shipped model",
     ),
     "train-missing-checkpoint": (
