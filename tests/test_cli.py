@@ -130,6 +130,22 @@ def test_compare_keeps_the_other_rows_when_a_method_fails(tmp_path, fields_file)
     assert result.failed and not result.rows
 
 
+def test_a_warning_is_shown_when_raised_even_if_an_error_follows(capsys):
+    import warnings
+
+    import typer
+
+    from diffnorm.cli import user_errors
+    from diffnorm.torch_operator import SlowBackendWarning
+
+    with pytest.raises(typer.Exit):
+        with user_errors():
+            warnings.warn("slow here", SlowBackendWarning, stacklevel=1)
+            raise ValueError("then it failed")
+    err = capsys.readouterr().err  # the CLI's messages go to stderr
+    assert err.index("warning: slow here") < err.index("error: then it failed")
+
+
 def test_compare_rejects_bad_method_spec(tmp_path, fields_file):
     res = runner.invoke(app, ["compare", str(fields_file), "--methods", "analytic:3"])
     assert res.exit_code == 2 and "only randomization" in res.output

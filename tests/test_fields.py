@@ -144,6 +144,28 @@ def test_atomic_output_uses_a_unique_temporary_and_removes_it_on_failure(tmp_pat
     assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["g.nc"]
 
 
+def test_atomic_output_keeps_a_link_and_a_mode_and_refuses_a_special_file(tmp_path):
+    import os
+    import stat
+
+    from diffnorm.fields import atomic_output
+
+    target, link = tmp_path / "g.nc", tmp_path / "link.nc"
+    target.write_text("old")
+    target.chmod(0o640)
+    link.symlink_to(target)
+    with atomic_output(link) as tmp:
+        tmp.write_text("new")
+    assert link.is_symlink() and target.read_text() == "new"  # written through the link
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        with atomic_output(fifo):
+            pass
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # a rename would have replaced it
+
+
 @pytest.mark.parametrize(
     "name, units, ok",
     [

@@ -62,15 +62,20 @@ def user_errors():
     from diffnorm.fields import FieldsError
     from diffnorm.methods import ProbingCertificateError, SelinvCertificateError
 
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # when raised, not at the end: advice (a slow backend) must come before the wait
+        if category.__module__.startswith("diffnorm"):
+            console.print(f"[yellow]warning:[/] {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = show
             yield
-        for w in caught:
-            if w.category.__module__.startswith("diffnorm"):
-                console.print(f"[yellow]warning:[/] {w.message}")
-            else:
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     except (
         FieldsError,
         ValueError,
@@ -89,27 +94,15 @@ def usage_error(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def read_evaluation(path: Path, option: str) -> dict:
-    """An ``evaluation.json`` of ``diffnorm evaluate``, or an error naming ``option``."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{option}: {path} is not JSON ({exc}); {EVALUATION_HINT}") from None
-    if not isinstance(report, dict):
-        raise ValueError(f"{option}: {path} is not an evaluation.json; {EVALUATION_HINT}")
-    return report
-
-
 def check_out_folder(path: Path, option: str = "--out") -> None:
-    """Refuse, before any work, an output folder that cannot be made (it, or a folder above
+    """Refuse, before any work, an output folder that cannot be made (a folder above it, or
     it, is a file)."""
-    for p in (path, *path.parents):
-        if p.exists():
-            if not p.is_dir():
-                usage_error(
-                    f"{option} {path}: {p} is a file, not a folder; choose another {option}"
-                )
-            return
+    from diffnorm.fields import check_output_folder
+
+    try:
+        check_output_folder(path, f"{option} {path}")
+    except NotADirectoryError as exc:
+        usage_error(str(exc))
 
 
 @contextlib.contextmanager
@@ -744,8 +737,8 @@ def train(ctx: typer.Context) -> None:
         raise typer.Exit(code=2) from None
     except TrainOptionError as exc:
         console.print(
-            f"[bold red]error:[/] {exc} (a --model.* or --data.* option, in the config or the "
-            "command line; `diffnorm train fit --help` lists them)"
+            f"[bold red]error:[/] {exc} (an option in the config or on the command line; "
+            "`diffnorm train fit --help` lists them)"
         )
         raise typer.Exit(code=2) from None
 
@@ -974,14 +967,14 @@ def export(
                     "--format torchscript or --format onnx, or leave it out"
                 )
         else:
-            typed = next((k for k, v in model_options.items() if v), None)
+            typed = next((k for k, v in model_options.items() if v is not None), None)
             if typed:
                 raise ValueError(
                     f"{typed} is for model files (--format model), not graphs: export a model "
                     f"file with {typed} first, then the graph from that file"
                 )
         if format is ExportFormat.model:
-            from diffnorm.ml.evaluate import card_metrics
+            from diffnorm.ml.evaluate import card_metrics, read_evaluation
 
             net = resolve_model(model)
             if name:
@@ -1003,13 +996,7 @@ def export(
                     raise ValueError(f"--metrics wants LABEL=PATH, got {item!r}")
                 if not Path(path).is_file():
                     raise ValueError(f"--metrics {item}: no such file; {EVALUATION_HINT}")
-                report = read_evaluation(Path(path), f"--metrics {item}")
-                if "cnn" not in report or "samples" not in report:
-                    raise ValueError(
-                        f"--metrics {item}: not an evaluation.json of `diffnorm evaluate` (no "
-                        f"'cnn' metrics in it); {EVALUATION_HINT}"
-                    )
-                net.metrics[label] = card_metrics(path)
+                net.metrics[label] = card_metrics(path, f"--metrics {item}")
             if error_model is not None:
                 if not Path(error_model).is_file():
                     raise ValueError(

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -495,20 +496,33 @@ def check_output_path(path: str | os.PathLike, example: str = "output.nc") -> Pa
     existing folder (``IsADirectoryError``), or a parent that is a file (``NotADirectoryError``);
     ``example``: a file name the message suggests."""
     path = Path(path)
+    if path.is_symlink():  # write where the link points, and keep the link
+        path = Path(os.path.realpath(path))
     if path.is_dir():
         raise IsADirectoryError(
             f"output {path} is an existing folder; give a file name for the output (e.g. "
             f"{path / example})"
         )
-    for parent in path.parents:  # the nearest one that exists must be a folder
+    if path.exists() and not path.is_file():  # a device or a pipe: a rename would replace it
+        raise FileExistsError(
+            f"output {path} exists and is not a regular file; give a file name for the output"
+        )
+    check_output_folder(path.parent, f"output {path}")
+    return path
+
+
+def check_output_folder(folder: str | os.PathLike, what: str) -> None:
+    """Refuse ``folder`` (``what`` names it in the message) when it cannot be made: the nearest
+    existing one of it and its parents must be a folder."""
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
         if parent.exists():
             if not parent.is_dir():
                 raise NotADirectoryError(
-                    f"output {path}: {parent} is a file, not a folder; choose another folder "
-                    "for the output"
+                    f"{what}: {parent} is a file, not a folder; choose another folder for the "
+                    "output"
                 )
-            break
-    return path
+            return
 
 
 @contextlib.contextmanager
@@ -523,10 +537,12 @@ def atomic_output(path: str | os.PathLike, example: str = "output.nc") -> Iterat
     os.close(fd)
     try:
         yield Path(tmp)
-        # mkstemp creates 0600: give the file the permissions the user's umask asks for
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        if path.is_file():  # a rewrite keeps the file's permissions
+            shutil.copymode(path, tmp)
+        else:  # mkstemp creates 0600: give the permissions the user's umask asks for
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -639,9 +655,14 @@ def check_units(units: Any, name: str, expected: str, source: str) -> None:
         if normal.startswith(prefix) and "m" + rest in _SPELLINGS[expected]:
             target = "m" + rest.replace("s-1", " s-1")
             hint = f" (multiply values in {units} by {scale ** (2 if rest[:1] == '2' else 1):g})"
-    raise FieldsError(
-        f"{source}: {name} has units {str(units)!r}, but diffnorm reads it in {si} (SI); "
+    fix = (
         f"convert {name} to {target}{hint} and set its units attribute to match"
+        if hint
+        else f"if the values are in {si} already, set its units to {si.split()[0]!r}; "
+        f"else convert {name} to {si}"
+    )
+    raise FieldsError(
+        f"{source}: {name} has units {str(units)!r}, but diffnorm reads it in {si} (SI); {fix}"
     )
 
 

@@ -43,9 +43,10 @@ class TorchStencilOperator(DiffusionOperator):
             warnings.warn(
                 "backend torch on a CPU: its conjugate gradients are hundreds of times slower "
                 "than the sparse backend's direct solves (4° grid, randomization N=100: 42 s "
-                "against 0.06 s); use --backend sparse unless a GPU is there",
+                "against 0.06 s); use the sparse backend (--backend sparse, backend='sparse') "
+                "unless a GPU is there",
                 SlowBackendWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self.dtype = dtype
         self.rtol = rtol if rtol is not None else (1e-13 if dtype == torch.float64 else 1e-6)

@@ -213,9 +213,29 @@ def write_report(report: dict, out: Path, fields, cnn_mean_abs: np.ndarray) -> N
     plot_error_maps(fields, {"cnn: mean over samples": cnn_mean_abs}, out / "cnn_error_map.png")
 
 
-def card_metrics(path: str | Path) -> dict[str, float]:
+EVALUATION_HINT = "`diffnorm evaluate -m MODEL -d DATA --out DIR` writes DIR/evaluation.json"
+
+
+def read_evaluation(path: str | Path, what: str = "evaluation") -> dict:
+    """An ``evaluation.json`` of :func:`evaluate` as a dict, or a ValueError naming ``what``
+    (the option that gave it) and how to make one."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: {path} is not JSON ({exc}); {EVALUATION_HINT}") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{what}: {path} is not an evaluation.json; {EVALUATION_HINT}")
+    return report
+
+
+def card_metrics(path: str | Path, what: str = "metrics") -> dict[str, float]:
     """The network's mean metrics from an ``evaluation.json`` (for a model file's card)."""
-    summary = json.loads(Path(path).read_text())
+    summary = read_evaluation(path, what)
+    if not isinstance(summary.get("cnn"), dict) or "samples" not in summary:
+        raise ValueError(
+            f"{what}: {path} is not an evaluation.json of `diffnorm evaluate` (no 'cnn' "
+            f"metrics in it); {EVALUATION_HINT}"
+        )
     cnn = summary["cnn"]
     out = {k: float(v[0]) for k, v in cnn.items() if isinstance(v, list)}
     strata = summary.get("strata", {}).get("cnn")

@@ -64,7 +64,7 @@ class DiffnormCLI(LightningCLI):
         # the classes check their options when built: their errors are the user's, not bugs
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError) as exc:  # a TypeError is a bug: its traceback
             raise TrainOptionError(str(exc)) from exc
 
     def _run_subcommand(self, subcommand: str) -> None:
