@@ -106,7 +106,7 @@ def test_a_train_run_that_fails_at_its_start_leaves_no_empty_log_folders(tmp_pat
     res = CliRunner().invoke(app, ["train", "fit", "--config", str(path)])
     assert res.exit_code == 2, res.output + repr(res.exception)
     assert "--data.root" in res.output
-    assert not list((tmp_path / "run").rglob("version_*")), list((tmp_path / "run").rglob("*"))
+    assert not list((tmp_path / "run").rglob("*")), list((tmp_path / "run").rglob("*"))
 
 
 def test_only_the_log_folders_a_failed_run_made_are_removed(tmp_path):

@@ -10,6 +10,7 @@ defaults, with channels-last weights on every device and bf16 mixed precision on
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -100,13 +101,16 @@ def remove_untrained_log_dirs(trainer, keep: set[Path]) -> None:
     """After a run that failed before its first step (a data folder without training
     samples, a model that refuses the data's encoding): remove the CSV and TensorBoard
     ``version_N`` folders its loggers made, which would otherwise sit, empty, between the
-    real runs. Folders in ``keep`` (there before the run), folders holding a checkpoint, and
-    every folder of a run that trained at least one step are left alone."""
+    real runs (and the logger's ``csv``/``tb`` folder, once empty). Folders in ``keep``
+    (there before the run), folders holding a checkpoint, and every folder of a run that
+    trained at least one step are left alone."""
     if trainer is None or trainer.global_step > 0 or trainer.global_rank != 0:
         return
     for folder in log_dirs(trainer) - keep:
         if not any(folder.rglob("*.ckpt")):
             shutil.rmtree(folder, ignore_errors=True)  # never hide the run's own error
+            with contextlib.suppress(OSError):  # the logger's csv/ or tb/, if now empty
+                folder.parent.rmdir()
 
 
 def trainer_defaults(root: str = "runs", checkpoint_dir: str | None = None) -> dict:
