@@ -225,19 +225,13 @@ def test_gamma_on_nemo_layout_keeps_the_provenance_of_the_normal_output(tmp_path
     fields = fields_from_metrics(mesh_mask_grid(mesh), KAPPA, KAPPA, STEPS)
     result = estimate(fields, "selinv")
     normal = write_fields(tmp_path / "g.nc", fields, result.gamma, attrs=result.attrs())
-    attrs = {**fields.attrs, **result.attrs()}
-    nemo = write_nemo_gamma(tmp_path / "n.nc", result.gamma, fields.topology, attrs, fields=fields)
+    nemo = write_nemo_gamma(tmp_path / "n.nc", fields, result.gamma, result.attrs())
     with xr.open_dataset(normal) as want, xr.open_dataset(nemo) as got:
         assert got.attrs == want.attrs  # steps, periodic_x, north_fold, diffnorm_version, method
         assert (got.attrs["steps"], got.attrs["north_fold"]) == (STEPS, "F")
         assert got["gamma"].shape == got["lat"].shape == (13, 18)  # halo columns, ghost row
         np.testing.assert_array_equal(got["lat"].values, nemo40(arrays["gphit"], "T", "F"))
         np.testing.assert_array_equal(got["lon"].values, nemo40(arrays["glamt"], "T", "F"))
-    # the call of diffnorm <= this version (no fields): all but M and the coordinates
-    old = write_nemo_gamma(tmp_path / "o.nc", result.gamma, fields.topology, attrs)
-    with xr.open_dataset(old) as got:
-        assert "lat" not in got.coords and "steps" not in got.attrs
-        assert got.attrs["periodic_x"] == 1 and got.attrs["diffnorm_version"]
 
 
 def test_metrics_and_parameters_in_other_units_than_si_are_refused(tmp_path):

@@ -349,8 +349,7 @@ def estimate(
         if nemo_layout:
             from diffnorm.nemo import write_nemo_gamma
 
-            attrs = {**fields.attrs, **attrs}
-            write_nemo_gamma(output, result.gamma, fields.topology, attrs, fields=fields)
+            write_nemo_gamma(output, fields, result.gamma, attrs)
         else:
             write_fields(output, fields, result.gamma, attrs=attrs, variables=result.variables())
     g = result.gamma[fields.mask]

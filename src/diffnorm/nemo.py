@@ -339,48 +339,31 @@ def read_parameters(path: str | Path, metrics: GridMetrics, kind: str) -> tuple[
     return tuple(out)
 
 
-# attributes write_nemo_gamma sets from the grid itself, whatever ``attrs`` say
-FILE_OWN_ATTRS = frozenset({"Conventions", "steps", "periodic_x", "north_fold"})
-
-
 def write_nemo_gamma(
-    path: str | Path,
-    gamma: np.ndarray,
-    topology: Topology,
-    attrs: dict[str, Any],
-    fields: Fields | None = None,
+    path: str | Path, fields: Fields, gamma: np.ndarray, attrs: dict[str, Any] | None = None
 ) -> Path:
-    """γ on the NEMO file's own layout (``to_nemo_layout``), variable ``gamma`` on dims
-    ``(y, x)``, written atomically: what a NEMO-side reader expects.
-
-    The file carries the global attributes of :func:`~diffnorm.fields.write_fields`'s output
-    (``attrs``, ``diffnorm_version``, ``periodic_x``, ``north_fold``); ``fields``, those γ was
-    computed from, adds M (``steps``, else taken from ``attrs`` when there) and ``lat``/``lon``
-    on the file's layout like γ."""
+    """γ on the NEMO file's own layout (``to_nemo_layout``: the layout ``fields`` were read
+    with), variable ``gamma`` on dims ``(y, x)`` with ``lat``/``lon`` laid out alike, written
+    atomically: what a NEMO-side reader expects. The global attributes are those of
+    :func:`~diffnorm.fields.write_fields`'s output (the fields' own, the version, M, the
+    wrap, the fold, and the result's ``attrs``)."""
     import xarray as xr
 
     from diffnorm.fields import COORDINATE_ATTRS, atomic_to_netcdf, file_attrs, is_result_attr
 
-    if fields is not None and fields.shape != topology.shape:
-        raise FieldsError(
-            f"fields: shape {fields.shape} but the topology has {topology.shape}; give the "
-            "fields γ was computed from"
-        )
-    layout = Layout.from_attrs(attrs, topology)
-    full = layout.restore(gamma, topology)
-    coords = {}
-    for name in ("lat", "lon"):
-        value = None if fields is None else getattr(fields, name)
-        if value is not None:
-            coords[name] = (("y", "x"), layout.restore(value, topology), COORDINATE_ATTRS[name])
-    own = {k: v for k, v in attrs.items() if k not in FILE_OWN_ATTRS and not is_result_attr(k)}
-    result = {k: v for k, v in attrs.items() if is_result_attr(k)}
-    steps = fields.steps if fields is not None else attrs.get("steps")
+    topology = fields.topology
+    layout = Layout.from_attrs(fields.attrs, topology)
+    coords = {
+        name: (("y", "x"), layout.restore(getattr(fields, name), topology), COORDINATE_ATTRS[name])
+        for name in ("lat", "lon")
+        if getattr(fields, name) is not None
+    }
+    own = {k: v for k, v in fields.attrs.items() if not is_result_attr(k)}
     ds = xr.Dataset(
         {
             "gamma": (
                 ("y", "x"),
-                full,
+                layout.restore(gamma, topology),
                 {
                     "long_name": "normalization coefficient gamma = diag(L W^-1)^(-1/2)",
                     "units": "m",
@@ -390,6 +373,6 @@ def write_nemo_gamma(
             )
         },
         coords=coords,
-        attrs=file_attrs(own, result, steps, topology.periodic_x, topology.north_fold),
+        attrs=file_attrs(own, attrs or {}, fields.steps, fields.periodic_x, fields.north_fold),
     )
     return atomic_to_netcdf(ds, path)
