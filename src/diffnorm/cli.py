@@ -43,6 +43,11 @@ class Backend(StrEnum):
     torch = "torch"
 
 
+# grid: the random length scales' defaults (shown in --help, applied when not typed)
+RANDOM_D = {"d_min": 1.5, "d_max": 4.0, "anisotropy": 3.0, "correlation": 10.0, "seed": 0}
+LATLON_RESOLUTION = 4.0
+
+
 class GridName(StrEnum):
     toy = "toy"
     orca1 = "orca1"
@@ -397,11 +402,15 @@ def grid(
     steps: Annotated[int, typer.Option(help="number M of implicit diffusion steps")] = 10,
     d_min: Annotated[
         float | None,
-        typer.Option(help="smallest length scale D, in grid cells", show_default="1.5"),
+        typer.Option(
+            help="smallest length scale D, in grid cells", show_default=str(RANDOM_D["d_min"])
+        ),
     ] = None,
     d_max: Annotated[
         float | None,
-        typer.Option(help="largest length scale D, in grid cells", show_default="4.0"),
+        typer.Option(
+            help="largest length scale D, in grid cells", show_default=str(RANDOM_D["d_max"])
+        ),
     ] = None,
     constant: Annotated[
         float | None, typer.Option(help="one length scale D (cells) everywhere, isotropic")
@@ -409,20 +418,24 @@ def grid(
     anisotropy: Annotated[
         float | None,
         typer.Option(
-            help="largest κ₁₁/κ₂₂ ratio (its inverse is the smallest)", show_default="3.0"
+            help="largest κ₁₁/κ₂₂ ratio (its inverse is the smallest)",
+            show_default=str(RANDOM_D["anisotropy"]),
         ),
     ] = None,
     correlation: Annotated[
         float | None,
         typer.Option(
-            help="correlation length of the random D field, in cells", show_default="10.0"
+            help="correlation length of the random D field, in cells",
+            show_default=str(RANDOM_D["correlation"]),
         ),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="seed of the random length scales", show_default="0")
+        int | None,
+        typer.Option(help="seed of the random length scales", show_default=str(RANDOM_D["seed"])),
     ] = None,
     resolution: Annotated[
-        float | None, typer.Option(help="latlon: resolution in degrees", show_default="4.0")
+        float | None,
+        typer.Option(help="latlon: resolution in degrees", show_default=str(LATLON_RESOLUTION)),
     ] = None,
     polar_cap: Annotated[
         float | None, typer.Option(help="latlon: land poleward of ±this latitude")
@@ -461,12 +474,12 @@ def grid(
     from diffnorm.lengthscales import random_cell_length_scales
     from diffnorm.nemo import mesh_mask_grid, read_parameters
 
-    random_d = {
-        "--d-min": d_min,
-        "--d-max": d_max,
-        "--anisotropy": anisotropy,
-        "--correlation": correlation,
-        "--seed": seed,
+    random_d = {  # as typed (None: not typed)
+        "d_min": d_min,
+        "d_max": d_max,
+        "anisotropy": anisotropy,
+        "correlation": correlation,
+        "seed": seed,
     }
     with user_errors():
         check_output_path(output)
@@ -477,7 +490,9 @@ def grid(
         source = "--kappa" if kappa is not None else "--length-scales"
         if given is not None and constant is not None:
             raise ValueError(f"--constant sets D everywhere, {source} reads it: give one")
-        typed = next((k for k, v in random_d.items() if v is not None), None)
+        typed = next(
+            ("--" + k.replace("_", "-") for k, v in random_d.items() if v is not None), None
+        )
         if typed and (given is not None or constant is not None):
             by = source if given is not None else "--constant"
             raise ValueError(f"{typed} shapes random length scales, which {by} replaces")
@@ -492,11 +507,9 @@ def grid(
             raise ValueError(f"--polar-cap is a latitude in (0, 90) degrees, got {polar_cap}")
         if correlation is not None and not correlation > 0:
             raise ValueError(f"--correlation must be > 0 cells, got {correlation}")
-        d_min = 1.5 if d_min is None else d_min
-        d_max = 4.0 if d_max is None else d_max
-        anisotropy = 3.0 if anisotropy is None else anisotropy
-        correlation = 10.0 if correlation is None else correlation
-        seed = 0 if seed is None else seed
+        d_min, d_max, anisotropy, correlation, seed = (
+            RANDOM_D[k] if v is None else v for k, v in random_d.items()
+        )
         if name is GridName.mesh:
             if mesh is None:
                 raise ValueError(
@@ -510,7 +523,7 @@ def grid(
         else:
             kw = {}
             if name is GridName.latlon:
-                kw = {"resolution": 4.0 if resolution is None else resolution}
+                kw = {"resolution": LATLON_RESOLUTION if resolution is None else resolution}
                 kw["polar_cap"] = polar_cap
             metrics = built_in_grid(name.value, **kw)
         shape = metrics.mask.shape
@@ -945,11 +958,16 @@ def export(
 
     with user_errors():
         # an option of the other format would be dropped silently: refuse it instead
-        graph_options = {
-            "--periodic-x/--no-periodic-x": periodic_x,
-            "--north-fold": north_fold,
-            "--graph": graph,
-            "--steps": steps,
+        # the graph's options as typed (None: not typed; the exporter's own defaults apply)
+        graph_given = {
+            name: value
+            for name, value in (
+                ("periodic_x", periodic_x),
+                ("north_fold", north_fold),
+                ("graph", graph),
+                ("steps", steps),
+            )
+            if value is not None
         }
         model_options = {
             "--name": name,
@@ -959,8 +977,8 @@ def export(
             "--error-model": error_model,
         }
         if format is ExportFormat.model:
-            typed = next((k for k, v in graph_options.items() if v is not None), None)
-            if typed:
+            if graph_given:
+                typed = "--" + next(iter(graph_given)).replace("_", "-")
                 raise ValueError(
                     f"{typed} is for torchscript/onnx graphs, not model files: add "
                     "--format torchscript or --format onnx, or leave it out"
@@ -1013,17 +1031,12 @@ def export(
             from diffnorm.ml.export import export as run_export
             from diffnorm.topology import parse_north_fold
 
-            fold = parse_north_fold(north_fold or "none")
-            periodic_x = True if periodic_x is None else periodic_x
-            graph = graph or "fields"
-            if fold != "none" and not periodic_x:
+            if north_fold is not None:
+                graph_given["north_fold"] = parse_north_fold(north_fold)
+            if graph_given.get("north_fold", "none") != "none" and periodic_x is False:
                 raise ValueError("--north-fold needs --periodic-x (every ORCA grid is cyclic)")
             net = resolve_model(model)
-            written = list(
-                run_export(
-                    net, output, format.value, periodic_x, north_fold=fold, graph=graph, steps=steps
-                )
-            )
+            written = list(run_export(net, output, format.value, **graph_given))
     console.print(f"wrote {', '.join(map(str, written))}")
 
 
