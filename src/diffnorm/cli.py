@@ -99,17 +99,6 @@ def usage_error(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def check_out_folder(path: Path, option: str = "--out") -> None:
-    """Refuse, before any work, an output folder that cannot be made (a folder above it, or
-    it, is a file)."""
-    from diffnorm.fields import check_output_folder
-
-    try:
-        check_output_folder(path, f"{option} {path}")
-    except NotADirectoryError as exc:
-        usage_error(str(exc))
-
-
 @contextlib.contextmanager
 def progress_bars(enabled: bool = True):
     """``factory(label) -> progress(done, total)`` backed by rich bars with ETA."""
@@ -599,12 +588,12 @@ def compare(
 
     from diffnorm.compare import MethodFailedWarning, parse_method
     from diffnorm.compare import compare as run_compare
-    from diffnorm.fields import read_fields
+    from diffnorm.fields import check_output_folder, read_fields
     from diffnorm.metrics import relative_error
     from diffnorm.plots import plot_error_maps, plot_gamma
 
-    check_out_folder(out_dir)
     with user_errors():
+        check_output_folder(out_dir, f"--out {out_dir}")  # before the work
         specs = [parse_method(m) for m in methods.split(",") if m.strip()]
         fields, _ = read_fields(input)
         with progress_bars(not quiet) as bars, warnings.catch_warnings():
@@ -773,11 +762,12 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """A trained network vs randomization and analytic on the same samples (eval mode)."""
+    from diffnorm.fields import check_output_folder
     from diffnorm.ml.evaluate import evaluate as run_evaluate
     from diffnorm.ml.evaluate import markdown_table, strata_markdown
 
-    check_out_folder(out_dir)
     with user_errors():
+        check_output_folder(out_dir, f"--out {out_dir}")  # before the samples are scored
         try:
             counts = [int(float(n)) for n in samples.split(",") if n.strip()]
         except ValueError:
