@@ -188,6 +188,17 @@ def test_a_dataset_grows_and_keeps_its_samples(tmp_path):
     assert manifest["splits"]["train"] == BOX["splits"]["train"]
 
 
+def test_a_rerun_clears_the_temporary_files_of_a_killed_writer(tmp_path):
+    cfg = config_from_dict({**BOX, "splits": {"train": 1}})
+    generate(cfg, tmp_path, workers=1)
+    stale = [tmp_path / ".config.yaml.k1ll3d.tmp", tmp_path / "train" / ".x.nc.k1ll3d.tmp"]
+    for path in stale:
+        path.write_text("partial")
+    generate(cfg, tmp_path, workers=1)
+    assert not any(path.exists() for path in stale)
+    assert not list(tmp_path.rglob("*.tmp")), "the config and manifest writers left a temp file"
+
+
 def test_a_mesh_config_can_set_the_fold_and_old_digests_stay(tmp_path):
     import xarray as xr
 

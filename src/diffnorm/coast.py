@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from diffnorm.fields import atomic_output
 from diffnorm.topology import Topology
 
 _MEMORY: dict[str, np.ndarray] = {}
@@ -73,11 +73,8 @@ def land_mask(
 def _save(path: Path, mask: np.ndarray) -> None:
     """Atomic write; an unwritable cache only costs recomputation."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_output(path, path.name) as tmp, open(tmp, "wb") as fh:
             np.save(fh, mask)
-        os.replace(tmp, path)
     except OSError:
         pass
 

@@ -22,7 +22,7 @@ import yaml
 
 from diffnorm import __version__
 from diffnorm.data.config import SPLITS, ConfigError, DataConfig, GridSpec, config_from_dict
-from diffnorm.fields import Fields, write_fields
+from diffnorm.fields import Fields, atomic_output, write_fields
 
 CONFIG_FILE = "dataset.yaml"
 MANIFEST_FILE = "manifest.json"
@@ -195,11 +195,10 @@ def prepare_output(config: DataConfig, out: Path) -> None:
                 f"{out} holds a dataset of another config ({saved}); use another output folder"
             )
     # the saved config follows the split sizes asked for last (the samples do not depend on them)
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    os.replace(tmp, saved)
-    for split in SPLITS:
-        for stale in (out / split).glob(".*.tmp"):
+    with atomic_output(saved, CONFIG_FILE) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    for folder in (out, *(out / split for split in SPLITS)):
+        for stale in folder.glob(".*.tmp"):
             stale.unlink(missing_ok=True)  # left by a killed writer: never a sample
 
 
@@ -279,7 +278,6 @@ def write_manifest(config: DataConfig, out: Path, records: list[dict]) -> dict[s
         "splits": {s: sum(r["split"] == s for r in records) for s in SPLITS},
         "samples": records,
     }
-    tmp = out / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / MANIFEST_FILE)
+    with atomic_output(out / MANIFEST_FILE, MANIFEST_FILE) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
     return manifest
