@@ -49,6 +49,35 @@ def test_bad_input_names_the_field(changes, pattern):
         base(**changes)
 
 
+def test_masked_arrays_dataarrays_complex_values_and_bad_steps_are_read_or_refused():
+    import warnings
+
+    from diffnorm.fields import FieldsLayoutWarning
+
+    f = random_fields()
+    area = np.ma.masked_array(f.area.copy())
+    area.data[3, 3] = 9.969e36  # a netCDF fill under the mask: no data, not an area
+    area[3, 3] = np.ma.masked
+    with pytest.raises(FieldsError, match=r"area: 1 ocean cell.* j=3, i=3"):
+        f.replace(area=area)
+    mask = np.ma.masked_array(f.mask.astype(float), mask=~f.mask)
+    with pytest.raises(FieldsError, match="mask has .* missing \\(NaN or masked\\)"):
+        f.replace(mask=mask)
+    with pytest.raises(FieldsError, match="alpha_x has dtype complex128"):
+        f.replace(alpha_x=f.alpha_x.astype(complex))
+    for steps in (None, "10", 2.5):
+        with pytest.raises(FieldsError, match="steps must be an even integer >= 4"):
+            f.replace(steps=steps)
+    km2 = xr.DataArray(f.area / 1e6, dims=("y", "x"), attrs={"units": "km2"})
+    with pytest.raises(FieldsError, match="area has units 'km2'.*by 1e\\+06"):
+        f.replace(area=km2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = f.replace(alpha_x=xr.DataArray(f.alpha_x.T, dims=("x", "y")))
+    assert any(issubclass(w.category, FieldsLayoutWarning) for w in caught)
+    np.testing.assert_array_equal(g.alpha_x, f.alpha_x)
+
+
 def test_land_and_closed_faces_may_hold_anything():
     mask = np.ones((6, 7))
     mask[2, 3] = 0

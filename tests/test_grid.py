@@ -15,6 +15,7 @@ from diffnorm.grid import (
     built_in_grid,
     fields_from_cell_length_scales,
     fields_from_length_scales,
+    fields_from_metrics,
     kappa_from_length_scale,
     length_scale_from_kappa,
     orca1_latitudes,
@@ -206,3 +207,18 @@ def test_small_basins_are_removed_across_the_wrap():
     kept = remove_small_basins(ocean, 2, Topology(5, 8, periodic_x=True))
     assert kept[1, 0] and kept[1, 7] and not kept[3, 3]
     assert not remove_small_basins(ocean, 2, Topology(5, 8))[1, 0]
+
+
+def test_fields_builders_name_a_wrong_shape_and_a_bad_m():
+    g = box_grid(10, 12)
+    with pytest.raises(FieldsError, match=r"d1 has shape \(3, 3\); .* grid's shape \(10, 12\)"):
+        fields_from_cell_length_scales(g, np.ones((3, 3)), 3.0, steps=10)
+    with pytest.raises(FieldsError, match=r"kappa22 has shape \(3, 3\)"):
+        fields_from_metrics(g, 3e6, np.ones((3, 3)), steps=10)
+    for steps in (0, 2):  # κ = D²/(2M − 4) divided by zero before M was checked
+        with pytest.raises(FieldsError, match="steps must be an even integer >= 4"):
+            fields_from_cell_length_scales(g, 3.0, 3.0, steps=steps)
+    with pytest.raises(ValueError, match="ny, nx >= 1"):
+        box_grid(0, 5)
+    with pytest.raises(ValueError, match=r"'orca1' is fixed; option\(s\) resolution go with"):
+        built_in_grid("orca1", resolution=2)

@@ -76,6 +76,54 @@ def _number(value: Any) -> str:
     return f"{float(value):.10g}"
 
 
+def check_steps(steps: Any) -> int:
+    """``steps`` (M) as an int, refused unless an even integer >= 4 (``L^(1/2) = S^(M/2)``)."""
+    try:
+        whole = not isinstance(steps, bool | np.bool_ | str) and float(steps).is_integer()
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise FieldsError(f"steps must be an even integer >= 4, got {_plain(steps)!r}")
+    if int(steps) < 4 or int(steps) % 2:
+        raise FieldsError(
+            f"steps must be an even integer >= 4 (L^(1/2) = S^(M/2)), got {int(steps)}"
+        )
+    return int(steps)
+
+
+def same_fields(a: Fields, b: Fields) -> bool:
+    """Whether ``a`` and ``b`` define the same operator: grid, topology, M and the values of
+    mask, area and alphas (an operator built for one serves the other)."""
+    if a is b:
+        return True
+    return (
+        a.shape == b.shape
+        and (a.steps, a.periodic_x, a.north_fold) == (b.steps, b.periodic_x, b.north_fold)
+        and all(np.array_equal(getattr(a, n), getattr(b, n)) for n in FIELD_NAMES)
+    )
+
+
+def _field_array(value: Any, name: str) -> np.ndarray:
+    """A field given to :class:`Fields` as a 2-D (y, x) array: a NumPy masked array's masked
+    cells become NaN (its hidden values, often a netCDF fill of 1e36, are no data); an xarray
+    ``DataArray`` is read as :func:`read_fields` reads a variable (``(x, y)`` dims transposed
+    with a warning, units checked as SI)."""
+    if hasattr(value, "dims") and hasattr(value, "attrs"):  # an xarray DataArray
+        if name in FIELD_UNITS:
+            check_units(value.attrs.get("units"), name, FIELD_UNITS[name], "Fields")
+        if tuple(value.dims) == ("x", "y"):
+            return _yx_array(value, name, "Fields")
+        value = value.values
+    if np.ma.isMaskedArray(value):
+        value = np.ma.filled(np.ma.asarray(value, dtype=np.float64), np.nan)
+    arr = np.asarray(value)
+    if arr.ndim != 2:
+        raise FieldsError(f"{name} must be a 2-D (y, x) array, got shape {arr.shape}")
+    if np.iscomplexobj(arr) or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
+        raise FieldsError(f"{name} has dtype {arr.dtype}; give real numbers (a float array)")
+    return arr
+
+
 def _first_index(bad: np.ndarray) -> str:
     j, i = np.argwhere(bad)[0]
     return f"j={j}, i={i}"
@@ -103,10 +151,7 @@ class Fields:
             value = getattr(self, name)
             if value is None:
                 raise FieldsError(f"{name} is missing; {FILE_LAYOUT_HINT}")
-            arr = np.asarray(value)
-            if arr.ndim != 2:
-                raise FieldsError(f"{name} must be a 2-D (y, x) array, got shape {arr.shape}")
-            arrays[name] = arr
+            arrays[name] = _field_array(value, name)
         shape = arrays["mask"].shape
         if min(shape) < 1:
             raise FieldsError(f"mask has an empty shape {shape}; the grid needs ny, nx >= 1")
@@ -117,6 +162,12 @@ class Fields:
                     "all fields must share the (y, x) grid"
                 )
         raw_mask = arrays["mask"].astype(np.float64)
+        if not np.isfinite(raw_mask).all():
+            bad = ~np.isfinite(raw_mask)
+            raise FieldsError(
+                f"mask has {int(bad.sum())} missing (NaN or masked) value(s), first at "
+                f"{_first_index(bad)}; give every cell 0 (land) or 1 (ocean)"
+            )
         bad = ~np.isin(raw_mask, (0.0, 1.0))
         if bad.any():
             raise FieldsError(
@@ -126,14 +177,7 @@ class Fields:
         mask = raw_mask.astype(bool)
         if not mask.any():
             raise FieldsError("mask has no ocean cell (all land): there is nothing to normalize")
-        steps = self.steps
-        if isinstance(steps, (bool, np.bool_)) or not float(steps).is_integer():
-            raise FieldsError(f"steps must be an even integer >= 4, got {_plain(steps)!r}")
-        steps = int(steps)
-        if steps < 4 or steps % 2:
-            raise FieldsError(
-                f"steps must be an even integer >= 4 (L^(1/2) = S^(M/2)), got {steps}"
-            )
+        steps = check_steps(self.steps)
         if self.periodic_x not in (0, 1, True, False):
             raise FieldsError(f"periodic_x must be 0 or 1, got {_plain(self.periodic_x)!r}")
         periodic = bool(self.periodic_x)

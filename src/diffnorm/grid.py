@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from diffnorm.coast import land_mask, remove_small_basins
-from diffnorm.fields import Fields, FieldsError
+from diffnorm.fields import Fields, FieldsError, check_steps
 from diffnorm.topology import EAST, NORTH, Topology, TopologyError
 
 EARTH_RADIUS = 6378.137e3  # m, as in the seed study
@@ -97,6 +97,18 @@ def _face_mean(values: np.ndarray, topology: Topology, slot: int) -> np.ndarray:
     return 0.5 * (values + np.where(nbr >= 0, flat[np.maximum(nbr, 0)], values))
 
 
+def on_grid(value: np.ndarray | float, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """``value`` (a number or an array) as a float array of the grid's ``shape``."""
+    value = np.asarray(value, dtype=np.float64)
+    try:
+        return np.broadcast_to(value, shape)
+    except ValueError:
+        raise FieldsError(
+            f"{name} has shape {value.shape}; give one number or an array of the grid's shape "
+            f"{shape}"
+        ) from None
+
+
 def fields_from_metrics(
     metrics: GridMetrics,
     kappa11: np.ndarray | float,
@@ -107,10 +119,11 @@ def fields_from_metrics(
     """Fields from cell-centre diffusivities ``κ₁₁`` (along x) and ``κ₂₂`` (along y), m²."""
     shape = metrics.shape
     topo = metrics.topology
+    steps = check_steps(steps)
     # a T-fold copy takes its cell's value, so that the fold's two listings agree
     copy_of = topo.representative
-    k11 = np.broadcast_to(np.asarray(kappa11, dtype=np.float64), shape).ravel()[copy_of]
-    k22 = np.broadcast_to(np.asarray(kappa22, dtype=np.float64), shape).ravel()[copy_of]
+    k11 = on_grid(kappa11, "kappa11", shape).ravel()[copy_of]
+    k22 = on_grid(kappa22, "kappa22", shape).ravel()[copy_of]
     k11, k22 = k11.reshape(shape), k22.reshape(shape)
     for name, k in (("kappa11", k11), ("kappa22", k22)):
         bad = metrics.mask & ~(np.isfinite(k) & (k > 0))
@@ -141,8 +154,9 @@ def fields_from_length_scales(
     metrics: GridMetrics, d1: np.ndarray | float, d2: np.ndarray | float, steps: int
 ) -> Fields:
     """Fields from Daley length scales ``D₁`` (along x) and ``D₂`` (along y) in metres."""
+    steps = check_steps(steps)
     for name, d in (("D1", d1), ("D2", d2)):
-        d = np.broadcast_to(np.asarray(d, dtype=np.float64), metrics.shape)
+        d = on_grid(d, name, metrics.shape)
         bad = metrics.mask & ~(np.isfinite(d) & (d > 0))
         if bad.any():
             raise FieldsError(
@@ -160,9 +174,8 @@ def fields_from_cell_length_scales(
 
     In grid units the diffusivity is then ``d²/(2M − 4)`` whatever the cell size.
     """
-    return fields_from_length_scales(
-        metrics, np.asarray(d1) * metrics.e1t, np.asarray(d2) * metrics.e2t, steps
-    )
+    d1, d2 = on_grid(d1, "d1", metrics.shape), on_grid(d2, "d2", metrics.shape)
+    return fields_from_length_scales(metrics, d1 * metrics.e1t, d2 * metrics.e2t, steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +323,8 @@ def box_grid(
     mask: np.ndarray | None = None,
 ) -> GridMetrics:
     """A uniform Cartesian grid (no coastline package): for tests and idealized studies."""
+    if min(ny, nx) < 1:
+        raise ValueError(f"box_grid needs ny, nx >= 1 cells, got ny={ny}, nx={nx}")
     full = np.ones((ny, nx))
     return GridMetrics(
         mask=np.ones((ny, nx), dtype=bool) if mask is None else mask,
@@ -326,6 +341,11 @@ def box_grid(
 
 def built_in_grid(name: str, **kw: Any) -> GridMetrics:
     """``toy``, ``orca1`` or ``latlon`` (keywords ``resolution``, ``polar_cap``)."""
+    given = sorted(k for k, v in kw.items() if v is not None)
+    if name in ("toy", "orca1") and given:
+        raise ValueError(
+            f"grid {name!r} is fixed; option(s) {', '.join(given)} go with grid 'latlon' only"
+        )
     if name == "toy":
         return toy_grid()
     if name == "orca1":

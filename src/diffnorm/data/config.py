@@ -155,6 +155,11 @@ def _check(cfg: DataConfig, where: str) -> None:
             parse_north_fold(g.north_fold)
         except TopologyError as exc:
             raise ConfigError(f"{where}grid.{exc}") from None
+    latlon_only = [k for k in ("resolution", "polar_cap") if getattr(g, k) is not None]
+    if latlon_only and g.name != "latlon":
+        raise ConfigError(
+            f"{where}grid.{latlon_only[0]} goes with grid 'latlon', not {g.name!r}; remove it"
+        )
     if g.name == "mesh" and not g.mesh:
         raise ConfigError(f"{where}grid.mesh must give the path of a mesh_mask.nc for grid 'mesh'")
     if g.name == "box" and not (g.ny and g.nx and g.ny > 1 and g.nx > 1):
