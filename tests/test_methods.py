@@ -9,8 +9,10 @@ import pytest
 
 from conftest import dense_variance, random_fields
 from diffnorm.fields import Fields
+from diffnorm.grid import box_grid, fields_from_cell_length_scales
 from diffnorm.methods import ProbingCertificateError, estimate, method_options
 from diffnorm.methods.brute import brute_variance
+from diffnorm.ml.modelfile import ModelFileError
 from diffnorm.operator import make_operator
 
 
@@ -137,6 +139,56 @@ def test_estimate_rejects_unknown_method_and_option(small_fields):
     with pytest.raises(TypeError, match="unknown option"):
         estimate(small_fields, "brute", samples=3)
     assert set(method_options("randomization")) == {"samples", "seed", "block_size"}
+
+
+@pytest.mark.parametrize(
+    "method, options, error, pattern",
+    [
+        ("randomization", {"seed": -1}, ValueError, "seed must be a whole number >= 0, got -1"),
+        ("randomization", {"seed": 1.5}, TypeError, "seed must be a whole number, got 1.5"),
+        ("randomization", {"samples": float("nan")}, TypeError, "samples must be a whole number"),
+        ("probing", {"stride": 2.5}, TypeError, "stride must be a whole number or a pair"),
+        ("selinv", {"tolerance": "1e-6"}, TypeError, "tolerance must be a number, got '1e-6'"),
+        ("selinv", {"tolerance": None}, TypeError, "tolerance must be a number, got None"),
+        ("selinv", {"threads": "2"}, TypeError, "threads must be a whole number"),
+        ("selinv", {"fallback": "no"}, TypeError, "fallback must be True or False"),
+        ("cnn", {"exact_basins": -1}, ValueError, "exact_basins must be a whole number >= 0"),
+    ],
+)
+def test_estimate_checks_the_type_and_range_of_options(
+    small_fields, method, options, error, pattern
+):
+    with pytest.raises(error, match=f"method '{method}': option {pattern}"):
+        estimate(small_fields, method, **options)
+
+
+def test_a_whole_float_option_is_an_int_and_other_calls_are_refused_by_name(small_fields):
+    result = estimate(small_fields, "randomization", samples=1e2, seed=np.int64(1))
+    assert result.options["samples"] == 100 and isinstance(result.options["samples"], int)
+    with pytest.raises(ValueError, match="backend: method 'analytic' does not solve"):
+        estimate(small_fields, "analytic", backend="torch")
+    with pytest.raises(ModelFileError, match="model must be a shipped model's name"):
+        estimate(small_fields, "cnn", model=3)
+
+
+def test_an_operator_of_other_fields_is_refused(small_fields):
+    other = small_fields.replace(alpha_x=small_fields.alpha_x * 2.0)
+    op = make_operator(small_fields)
+    same = small_fields.replace()  # equal values, another object: the operator serves it
+    assert np.array_equal(
+        estimate(same, "brute", operator=op).gamma, estimate(op, "brute").gamma, equal_nan=True
+    )
+    with pytest.raises(ValueError, match="operator: it was built for other fields"):
+        estimate(other, "brute", operator=op)
+
+
+def test_lattice_and_images_take_a_large_m():
+    # the quadrature's weights overflowed for M >= 172 (no finite γ at any cell)
+    fields = fields_from_cell_length_scales(box_grid(20, 20), 3.0, 3.0, steps=200)
+    ref = estimate(fields, "selinv").gamma
+    images = estimate(fields, "images").gamma
+    assert np.nanmax(np.abs(images**2 / ref**2 - 1)) < 1e-4
+    assert np.isfinite(estimate(fields, "lattice").gamma[fields.mask]).all()
 
 
 def test_result_metadata(small_fields):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from typing import Any
 
 import numpy as np
 
-from diffnorm.fields import Fields
+from diffnorm.fields import Fields, same_fields
 from diffnorm.methods import (  # noqa: F401  (register)
     analytic,
     brute,
@@ -73,9 +75,64 @@ def _method(method: str):
         ) from None
 
 
+# the least value of the whole-number options (a count, a seed, a size), by name
+LEAST = {
+    "seed": 0,
+    "exact_basins": 0,
+    "exact_fold_rows": 0,
+    "samples": 1,
+    "stride": 1,
+    "nodes": 1,
+    "threads": 1,
+    "block_size": 1,
+    "symmetries": 1,
+    "tile": 1,
+}
+
+
+def _whole(value: Any) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool | np.bool_)
+        and math.isfinite(value)
+        and float(value).is_integer()
+    )
+
+
+def _option_error(name: str, value: Any, annotation: Any) -> str | None:
+    """Why ``value`` does not fit option ``name``'s annotation (``int``, ``float``, ``bool``,
+    ``str``, ``tuple[int, int]``, ``| None``), or None; other annotations are not checked.
+    A whole number below the option's least value gets ``"a whole number >= N"``."""
+    kinds = {k.strip() for k in str(annotation).split("|")}
+    if not kinds <= {"int", "float", "bool", "str", "None", "tuple[int, int]"}:
+        return None
+    if value is None and "None" in kinds:
+        return None
+    if "bool" in kinds and isinstance(value, bool | np.bool_):
+        return None
+    if "int" in kinds and _whole(value):
+        least = LEAST.get(name)
+        return None if least is None or value >= least else f"a whole number >= {least}"
+    if "tuple[int, int]" in kinds and isinstance(value, tuple | list):
+        if len(value) == 2 and all(_whole(v) and v >= LEAST.get(name, 0) for v in value):
+            return None
+    if "float" in kinds and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return None
+    if "str" in kinds and isinstance(value, str):
+        return None
+    names = {
+        "int": "a whole number",
+        "float": "a number",
+        "bool": "True or False",
+        "str": "a string",
+        "tuple[int, int]": "a pair of whole numbers",
+    }
+    return " or ".join(names.get(k, k) for k in sorted(kinds) if k != "None")
+
+
 def check_method(method: str, options: dict[str, Any]):
-    """The registered ``method``, once its ``options`` are known to be its own (a caller that
-    runs several methods checks them all before the first, costly one)."""
+    """The registered ``method``, once its ``options`` are known to be its own and of their
+    types (a caller that runs several methods checks them all before the first, costly one)."""
     spec = _method(method)
     allowed = method_options(method)
     unknown = sorted(set(options) - set(allowed))
@@ -84,6 +141,13 @@ def check_method(method: str, options: dict[str, Any]):
             f"method {method!r} got unknown option(s) {', '.join(unknown)}; "
             f"it accepts {', '.join(allowed) or 'none'}"
         )
+    params = inspect.signature(spec.fn).parameters
+    for name, value in options.items():
+        why = _option_error(name, value, params[name].annotation)
+        if why is not None:
+            # the right type out of range is a ValueError, as the methods' own checks raise
+            error = ValueError if why.startswith("a whole number >=") else TypeError
+            raise error(f"method {method!r}: option {name} must be {why}, got {value!r}")
     return spec
 
 
@@ -103,8 +167,25 @@ def estimate(
     building the operator when it is built here.
     """
     spec = check_method(method, options)
+    params = inspect.signature(spec.fn).parameters
+    # a whole-number option given as 1e4 (a float) is that int
+    options = {
+        k: int(v) if "int" in str(params[k].annotation).split(" | ") and _whole(v) else v
+        for k, v in options.items()
+    }
     if isinstance(fields, DiffusionOperator):
         operator, fields = fields, fields.fields
+    if backend != "sparse" and not spec.needs_operator:
+        raise ValueError(
+            f"backend: method {method!r} does not solve with the operator; backend goes with "
+            f"{', '.join(sorted(k for k, v in METHODS.items() if v.needs_operator))}"
+        )
+    if operator is not None and not same_fields(operator.fields, fields):
+        raise ValueError(
+            "operator: it was built for other fields (grid, mask, area, alphas or M differ); "
+            "pass the operator alone, estimate(operator, method), or build one for these "
+            "fields with make_operator(fields)"
+        )
     with Timer() as timer:
         if spec.needs_operator:
             op = operator if operator is not None else make_operator(fields, backend)

@@ -37,11 +37,12 @@ import math
 
 import numpy as np
 import torch
-from scipy.special import gammaln, ive, roots_genlaguerre
+from scipy.special import ive
 from torch import nn
 
 from diffnorm.fields import Fields
 from diffnorm.methods.base import MethodOutput, register
+from diffnorm.methods.lattice import gamma_quadrature
 
 CAP = 32  # cells: a wall farther than this along a row or column is ignored
 IMAGE_PERIODS = 2  # K: image offsets up to 2KL
@@ -89,8 +90,7 @@ QUADRATURE_TAIL = 1e-8
 def quadrature(steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes ``t_j`` and weights of ``Γ(M)⁻¹ ∫ t^{M−1} e^{−t} f(t) dt ≈ Σ w_j f(t_j)``, without
     the trailing nodes whose weights sum to at most ``QUADRATURE_TAIL``."""
-    t, w = roots_genlaguerre(nodes(steps), steps - 1)
-    w = w * np.exp(-gammaln(steps))
+    t, w = gamma_quadrature(nodes(steps), steps)
     tail = np.cumsum(w[::-1])[::-1]  # tail[j] = Σ_{k ≥ j} w_k
     keep = max(1, int(np.count_nonzero(tail > QUADRATURE_TAIL)))
     return t[:keep], w[:keep]

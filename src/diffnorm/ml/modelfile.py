@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -501,6 +502,11 @@ def resolve_model(
     ``calibrated`` (what ``cnn --exact-above`` chooses its cells by)."""
     if isinstance(model, GammaNetwork):
         return model
+    if model is not None and not isinstance(model, str | os.PathLike):
+        raise ModelFileError(
+            f"model must be a shipped model's name, a model file's path or a loaded "
+            f"GammaNetwork, got {type(model).__name__} {model!r} (`diffnorm models` lists names)"
+        )
     from diffnorm.models import shipped_model_path, shipped_models
 
     if model is None and fields is not None:
