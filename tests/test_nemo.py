@@ -234,6 +234,29 @@ def test_gamma_on_nemo_layout_keeps_the_provenance_of_the_normal_output(tmp_path
         np.testing.assert_array_equal(got["lon"].values, nemo40(arrays["glamt"], "T", "F"))
 
 
+def test_gamma_on_nemo_layout_masks_land_checks_the_shape_and_keeps_per_cell_results(tmp_path):
+    from diffnorm.nemo import write_nemo_gamma
+
+    arrays = orca_like_mesh("F")
+    mesh = write_mesh(tmp_path / "mesh.nc", arrays, "F", "4.0")
+    fields = fields_from_metrics(mesh_mask_grid(mesh), KAPPA, KAPPA, STEPS)
+    gamma = np.where(fields.mask, 5.0e4, 0.0)  # a caller's zero on land
+    error = np.full(fields.shape, 0.01)
+    flags = np.where(fields.mask, 3, 7).astype(np.uint8)
+    extra = {"gamma_error_estimate": (error, {}), "domain_flags": (flags, {})}
+    path = write_nemo_gamma(tmp_path / "n.nc", fields, gamma, variables=extra)
+    with xr.open_dataset(path) as got:
+        ocean = nemo40(fields.mask.astype(float), "T", "F") > 0
+        assert got["gamma"].shape == got["domain_flags"].shape == (13, 18)
+        assert np.isnan(got["gamma"].values[~ocean]).all()
+        assert np.isnan(got["gamma_error_estimate"].values[~ocean]).all()
+        assert (got["gamma"].values[ocean] == 5.0e4).all()
+        assert got["domain_flags"].dtype == np.uint8
+        assert set(np.unique(got["domain_flags"].values[ocean])) == {3}
+    with pytest.raises(FieldsError, match=r"gamma has shape \(.*\), expected"):
+        write_nemo_gamma(tmp_path / "t.nc", fields, gamma.T)
+
+
 def test_metrics_and_parameters_in_other_units_than_si_are_refused(tmp_path):
     from diffnorm.nemo import read_parameters
 

@@ -343,7 +343,7 @@ def estimate(
         if nemo_layout:
             from diffnorm.nemo import write_nemo_gamma
 
-            write_nemo_gamma(output, fields, result.gamma, attrs)
+            write_nemo_gamma(output, fields, result.gamma, attrs, result.variables())
         else:
             write_fields(output, fields, result.gamma, attrs=attrs, variables=result.variables())
     g = result.gamma[fields.mask]

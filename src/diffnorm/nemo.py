@@ -340,38 +340,57 @@ def read_parameters(path: str | Path, metrics: GridMetrics, kind: str) -> tuple[
 
 
 def write_nemo_gamma(
-    path: str | Path, fields: Fields, gamma: np.ndarray, attrs: dict[str, Any] | None = None
+    path: str | Path,
+    fields: Fields,
+    gamma: np.ndarray,
+    attrs: dict[str, Any] | None = None,
+    variables: dict[str, tuple[np.ndarray, dict[str, Any]]] | None = None,
 ) -> Path:
     """γ on the NEMO file's own layout (``to_nemo_layout``: the layout ``fields`` were read
-    with), variable ``gamma`` on dims ``(y, x)`` with ``lat``/``lon`` laid out alike, written
-    atomically: what a NEMO-side reader expects. The global attributes are those of
-    :func:`~diffnorm.fields.write_fields`'s output (the fields' own, the version, M, the
-    wrap, the fold, and the result's ``attrs``)."""
+    with), variable ``gamma`` on dims ``(y, x)`` (NaN on land) with ``lat``/``lon`` and the
+    result's per-cell ``variables`` (:meth:`GammaResult.variables`: error estimate, flags)
+    laid out alike, written atomically: what a NEMO-side reader expects. The global
+    attributes are those of :func:`~diffnorm.fields.write_fields`'s output (the fields' own,
+    the version, M, the wrap, the fold, and the result's ``attrs``)."""
     import xarray as xr
 
     from diffnorm.fields import COORDINATE_ATTRS, atomic_to_netcdf, file_attrs, is_result_attr
 
     topology = fields.topology
     layout = Layout.from_attrs(fields.attrs, topology)
+
+    def laid_out(name: str, values: np.ndarray) -> np.ndarray:
+        """``values`` (the fields' grid) on the file's layout; land NaN, or 0 for integers."""
+        values = np.asarray(values)
+        if values.shape != fields.shape:
+            raise FieldsError(f"{name} has shape {values.shape}, expected {fields.shape}")
+        if np.issubdtype(values.dtype, np.integer):
+            out = layout.restore(np.where(fields.mask, values, 0).astype(np.float64), topology)
+            return np.nan_to_num(out, nan=0.0).astype(values.dtype)
+        return layout.restore(np.where(fields.mask, values, np.nan), topology)
+
     coords = {
         name: (("y", "x"), layout.restore(getattr(fields, name), topology), COORDINATE_ATTRS[name])
         for name in ("lat", "lon")
         if getattr(fields, name) is not None
     }
+    data_vars = {
+        "gamma": (
+            ("y", "x"),
+            laid_out("gamma", gamma),
+            {
+                "long_name": "normalization coefficient gamma = diag(L W^-1)^(-1/2)",
+                "units": "m",
+                "comment": "on the NEMO file's own layout: halo columns and ghost row "
+                "filled as lbc_lnk fills T points",
+            },
+        )
+    }
+    for name, (values, var_attrs) in (variables or {}).items():
+        data_vars[name] = (("y", "x"), laid_out(name, values), var_attrs)
     own = {k: v for k, v in fields.attrs.items() if not is_result_attr(k)}
     ds = xr.Dataset(
-        {
-            "gamma": (
-                ("y", "x"),
-                layout.restore(gamma, topology),
-                {
-                    "long_name": "normalization coefficient gamma = diag(L W^-1)^(-1/2)",
-                    "units": "m",
-                    "comment": "on the NEMO file's own layout: halo columns and ghost row "
-                    "filled as lbc_lnk fills T points",
-                },
-            )
-        },
+        data_vars,
         coords=coords,
         attrs=file_attrs(own, attrs or {}, fields.steps, fields.periodic_x, fields.north_fold),
     )
