@@ -204,7 +204,7 @@ def estimate(
         str | None, typer.Option(help="cnn: cpu, cuda or auto", show_default="auto")
     ] = None,
     tile: Annotated[
-        int | None, typer.Option(help="cnn: predict in tiles of this many cells (memory)")
+        int | None, typer.Option(help="cnn: predict in N×N-cell tiles, each with its halo (memory)")
     ] = None,
     symmetries: Annotated[
         int | None,
@@ -250,8 +250,9 @@ def estimate(
         bool,
         typer.Option(
             "--nemo-layout",
-            help="write γ alone on the layout of the NEMO file the grid was read from (halo "
-            "columns and ghost row restored as NEMO fills them)",
+            help="write γ (and the cnn's error estimate and domain flags) on the layout of the "
+            "NEMO file the grid was read from (halo columns and ghost row restored as NEMO "
+            "fills them)",
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
@@ -796,11 +797,14 @@ def predict(
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
     tile: Annotated[
-        int | None, typer.Option(help="predict in tiles of this many cells (memory)")
+        int | None, typer.Option(help="predict in N×N-cell tiles, each with its halo (memory)")
     ] = None,
     symmetries: Annotated[
         int,
-        typer.Option(help="average over this many of the grid's flips and turns (up to 8)"),
+        typer.Option(
+            help="average over this many of the grid's flips and turns (up to 8 closed, "
+            "4 periodic or folded)"
+        ),
     ] = 1,
     precision: Annotated[
         str, typer.Option(help="float32, or bfloat16 (faster where the hardware has it)")
@@ -819,7 +823,10 @@ def predict(
     seed: Annotated[int, typer.Option(help="--verify: random seed")] = 0,
     nemo_layout: Annotated[
         bool,
-        typer.Option("--nemo-layout", help="write γ alone on the NEMO file's layout"),
+        typer.Option(
+            "--nemo-layout",
+            help="write γ, its error estimate and domain flags on the NEMO file's layout",
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
