@@ -21,6 +21,19 @@ def rel_err_g2(gamma_hat: np.ndarray, gamma: np.ndarray) -> np.ndarray:
     return (gamma_hat[ok] ** 2 - gamma[ok] ** 2) / gamma[ok] ** 2
 
 
+@pytest.mark.parametrize("columns", [[1.5], [[0, 1]], ["0"]])
+def test_brute_refuses_columns_that_are_not_whole_indices(small_fields, columns):
+    with pytest.raises(ValueError, match="columns must be a 1-D list of whole ocean-cell"):
+        estimate(small_fields, "brute", columns=columns)
+
+
+def test_brute_on_some_columns_equals_brute_everywhere_there(small_fields):
+    everywhere = estimate(small_fields, "brute").gamma[small_fields.mask]
+    some = estimate(small_fields, "brute", columns=[0.0, 3]).gamma[small_fields.mask]
+    np.testing.assert_allclose(some[[0, 3]], everywhere[[0, 3]], rtol=1e-12)
+    assert np.isnan(some[1])
+
+
 @pytest.mark.parametrize(
     "periodic_x, steps, anisotropy, seed",
     [(True, 6, 1.0, 0), (False, 4, 2.0, 1), (True, 8, 0.5, 2), (False, 10, 1.0, 3)],

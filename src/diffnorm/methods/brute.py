@@ -44,7 +44,14 @@ def brute(
         variance = brute_variance(op, None, block_size, progress)
         n_cols = op.n
     else:
-        cols = np.asarray(columns, dtype=np.int64)
+        given = np.asarray(columns)
+        if given.ndim != 1 or not (
+            given.size == 0
+            or (np.issubdtype(given.dtype, np.number) and np.all(given == np.round(given)))
+        ):
+            # int64 of 1.5 is 1: a fractional index would solve another cell without a word
+            raise ValueError("columns must be a 1-D list of whole ocean-cell indices")
+        cols = given.astype(np.int64)
         if cols.size and (cols.min() < 0 or cols.max() >= op.n):
             raise ValueError(f"columns must be ocean-cell indices in [0, {op.n}), got out of range")
         variance = np.full(op.n, np.nan)
