@@ -76,6 +76,25 @@ def test_masked_arrays_dataarrays_complex_values_and_bad_steps_are_read_or_refus
         g = f.replace(alpha_x=xr.DataArray(f.alpha_x.T, dims=("x", "y")))
     assert any(issubclass(w.category, FieldsLayoutWarning) for w in caught)
     np.testing.assert_array_equal(g.alpha_x, f.alpha_x)
+    # an (x, y) DataArray gets the same checks as any array, other dim names are refused
+    with pytest.raises(FieldsError, match="area has dtype complex"):
+        f.replace(area=xr.DataArray(f.area.T.astype(complex), dims=("x", "y")))
+    with pytest.raises(FieldsError, match=r"dims \('lon', 'lat'\); name them \(y, x\)"):
+        f.replace(area=xr.DataArray(f.area, dims=("lon", "lat")))
+
+
+def test_a_steps_attribute_written_as_text_is_read_as_its_number(tmp_path):
+    f = random_fields(steps=6)
+    write_fields(tmp_path / "f.nc", f)
+    with xr.open_dataset(tmp_path / "f.nc") as ds:
+        ds = ds.load()
+    ds.attrs["steps"] = "6"  # what `ncatted -a steps,global,o,c,6` leaves
+    ds.to_netcdf(tmp_path / "text.nc")
+    assert read_fields(tmp_path / "text.nc")[0].steps == 6
+    ds.attrs["steps"] = "six"
+    ds.to_netcdf(tmp_path / "words.nc")
+    with pytest.raises(FieldsError, match="steps must be an even integer >= 4, got 'six'"):
+        read_fields(tmp_path / "words.nc")
 
 
 def test_land_and_closed_faces_may_hold_anything():

@@ -111,9 +111,7 @@ def _field_array(value: Any, name: str) -> np.ndarray:
     if hasattr(value, "dims") and hasattr(value, "attrs"):  # an xarray DataArray
         if name in FIELD_UNITS:
             check_units(value.attrs.get("units"), name, FIELD_UNITS[name], "Fields")
-        if tuple(value.dims) == ("x", "y"):
-            return _yx_array(value, name, "Fields")
-        value = value.values
+        value = _yx_dims(value, name, "Fields").values  # then checked as any array
     if np.ma.isMaskedArray(value):
         value = np.ma.filled(np.ma.asarray(value, dtype=np.float64), np.nan)
     arr = np.asarray(value)
@@ -714,8 +712,14 @@ _PREFIXES = {"km": 1e3, "cm": 1e-2, "mm": 1e-3}
 
 
 def _yx_array(var, name: str, source: str) -> np.ndarray:
+    """A 2-D variable as a float64 ``(y, x)`` array (:func:`_yx_dims`)."""
+    return np.asarray(_yx_dims(var, name, source).values, dtype=np.float64)
+
+
+def _yx_dims(var, name: str, source: str):
     """A 2-D variable as ``(y, x)``, by dim names: ``(x, y)`` is transposed with a warning
-    (solving it as stored would swap the axes and the roles of alpha_x and alpha_y)."""
+    (solving it as stored would swap the axes and the roles of alpha_x and alpha_y); other
+    names are refused, since which is the row cannot be told."""
     import warnings
 
     if var.ndim != 2:
@@ -730,7 +734,7 @@ def _yx_array(var, name: str, source: str) -> np.ndarray:
             f"{source}: variable {name} has dims {var.dims}; name them (y, x) (rows northward, "
             "columns eastward), or (x, y) to have them transposed"
         )
-    return np.asarray(var.values, dtype=np.float64)
+    return var
 
 
 def _scalar(value: Any, name: str, source: str) -> Any:
@@ -740,6 +744,11 @@ def _scalar(value: Any, name: str, source: str) -> Any:
             f"{source}: attribute {name} must be a single number, got {_plain(value)!r}"
         )
     item = arr.reshape(()).item()
+    if isinstance(item, str):  # a text attribute (ncatted … c) holding a number: that number
+        try:
+            item = float(item)
+        except ValueError:
+            return item
     if isinstance(item, float) and item.is_integer():
         return int(item)
     return item
