@@ -343,3 +343,20 @@ def test_the_walk_mean_is_nearer_exact_than_images_in_inlets():
     assert t_walk[12, 25] < 0.2 * t_images[12, 25]
     assert t_walk[5:8, 25:30].mean() < 0.2 * t_images[5:8, 25:30].mean()
     assert t_walk[mask].mean() < 0.4 * t_images[mask].mean()
+
+
+@pytest.mark.parametrize("steps", [4, 10, 40, 170])
+def test_gamma_quadrature_is_scipys_gauss_laguerre_normalized(steps):
+    from scipy.special import gammaln, roots_genlaguerre
+
+    from diffnorm.methods.lattice import gamma_quadrature
+
+    t, w = gamma_quadrature(48, steps)
+    t_ref, w_ref = roots_genlaguerre(48, steps - 1.0)
+    np.testing.assert_allclose(t, t_ref, rtol=1e-12)
+    w_ref = w_ref / np.exp(gammaln(steps))  # the Gamma(M, 1) density's 1/Γ(M)
+    big = w_ref > 1e-12 * w_ref.max()
+    np.testing.assert_allclose(w[big], w_ref[big], rtol=1e-8)
+    # its moments are the Gamma(M, 1) distribution's: E t = M, Var t = M
+    assert abs(w.sum() - 1) < 1e-13 and abs(w @ t / steps - 1) < 1e-12
+    assert abs(w @ (t - steps) ** 2 / steps - 1) < 1e-11

@@ -154,6 +154,27 @@ def test_estimate_rejects_unknown_method_and_option(small_fields):
     assert set(method_options("randomization")) == {"samples", "seed", "block_size"}
 
 
+def test_numpy_values_and_whole_floats_are_taken_as_python_numbers(small_fields):
+    result = estimate(
+        small_fields, "randomization", samples=np.array(20.0), seed=np.int64(3), block_size=8.0
+    )
+    assert result.attrs()["option_samples"] == 20 and result.attrs()["option_seed"] == 3
+    same = estimate(small_fields, "randomization", samples=20, seed=3, block_size=8)
+    np.testing.assert_array_equal(result.gamma, same.gamma)
+    selinv = estimate(small_fields, "selinv", fallback=np.bool_(True))
+    assert selinv.attrs()["option_fallback"] in (1, True)
+    import torch
+
+    from diffnorm.ml.modelfile import OutOfRangeWarning
+
+    for device in (None, torch.device("cpu")):  # the cnn's device is not only a string
+        with pytest.warns(OutOfRangeWarning):  # a tiny periodic grid: its kernels wrap
+            assert estimate(small_fields, "cnn", device=device).info["device"] == "cpu"
+    a = estimate(small_fields, "probing", stride=(14.0, np.float64(14)))
+    b = estimate(small_fields, "probing", stride=[14, 14])
+    np.testing.assert_array_equal(a.gamma, b.gamma)
+
+
 @pytest.mark.parametrize(
     "method, options, error, pattern",
     [
@@ -166,6 +187,9 @@ def test_estimate_rejects_unknown_method_and_option(small_fields):
         ("selinv", {"threads": "2"}, TypeError, "threads must be a whole number"),
         ("selinv", {"fallback": "no"}, TypeError, "fallback must be True or False"),
         ("cnn", {"exact_basins": -1}, ValueError, "exact_basins must be a whole number >= 0"),
+        ("probing", {"stride": (0, 8)}, ValueError, "stride must be a pair of whole numbers >= 1"),
+        ("randomization", {"seed": 2**70}, ValueError, "seed must be a whole number <= 2"),
+        ("selinv", {"fallback": 1}, TypeError, "fallback must be True or False"),
     ],
 )
 def test_estimate_checks_the_type_and_range_of_options(

@@ -99,6 +99,27 @@ def _whole(value: Any) -> bool:
     )
 
 
+# NetCDF attributes (where the options are recorded) hold 64-bit integers
+WHOLE_MAX = 2**63 - 1
+
+
+def _whole_range(name: str, value: Any) -> str | None:
+    least = LEAST.get(name, -WHOLE_MAX)
+    if least <= value <= WHOLE_MAX:
+        return None
+    return f"a whole number >= {least}" if value < least else "a whole number <= 2**63 - 1"
+
+
+def _plain_option(value: Any) -> Any:
+    """A NumPy scalar or 0-d array as its Python value, a pair's items likewise: the methods
+    and the attributes that record them see ``int``, ``float`` and ``bool``."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    if isinstance(value, tuple | list):
+        return type(value)(_plain_option(v) for v in value)
+    return value
+
+
 def _option_error(name: str, value: Any, annotation: Any) -> str | None:
     """Why ``value`` does not fit option ``name``'s annotation (``int``, ``float``, ``bool``,
     ``str``, ``tuple[int, int]``, ``| None``), or None; other annotations are not checked.
@@ -111,11 +132,12 @@ def _option_error(name: str, value: Any, annotation: Any) -> str | None:
     if "bool" in kinds and isinstance(value, bool | np.bool_):
         return None
     if "int" in kinds and _whole(value):
-        least = LEAST.get(name)
-        return None if least is None or value >= least else f"a whole number >= {least}"
+        return _whole_range(name, value)
     if "tuple[int, int]" in kinds and isinstance(value, tuple | list):
-        if len(value) == 2 and all(_whole(v) and v >= LEAST.get(name, 0) for v in value):
-            return None
+        if len(value) == 2 and all(_whole(v) for v in value):
+            if all(_whole_range(name, v) is None for v in value):
+                return None
+            return f"a pair of whole numbers >= {LEAST.get(name, -WHOLE_MAX)} and <= 2**63 - 1"
     if "float" in kinds and isinstance(value, numbers.Real) and not isinstance(value, bool):
         return None
     if "str" in kinds and isinstance(value, str):
@@ -128,6 +150,15 @@ def _option_error(name: str, value: Any, annotation: Any) -> str | None:
         "tuple[int, int]": "a pair of whole numbers",
     }
     return " or ".join(names.get(k, k) for k in sorted(kinds) if k != "None")
+
+
+def _whole_ints(value: Any, annotation: str) -> Any:
+    kinds = {k.strip() for k in annotation.split("|")}
+    if "int" in kinds and _whole(value):
+        return int(value)
+    if "tuple[int, int]" in kinds and isinstance(value, tuple | list) and all(map(_whole, value)):
+        return tuple(int(v) for v in value)
+    return value
 
 
 def check_method(method: str, options: dict[str, Any]):
@@ -146,7 +177,7 @@ def check_method(method: str, options: dict[str, Any]):
         why = _option_error(name, value, params[name].annotation)
         if why is not None:
             # the right type out of range is a ValueError, as the methods' own checks raise
-            error = ValueError if why.startswith("a whole number >=") else TypeError
+            error = ValueError if ">=" in why or "<=" in why else TypeError
             raise error(f"method {method!r}: option {name} must be {why}, got {value!r}")
     return spec
 
@@ -166,13 +197,11 @@ def estimate(
     ``options`` are the method's own (see :func:`method_options`). The wall time includes
     building the operator when it is built here.
     """
+    options = {k: _plain_option(v) for k, v in options.items()}
     spec = check_method(method, options)
     params = inspect.signature(spec.fn).parameters
-    # a whole-number option given as 1e4 (a float) is that int
-    options = {
-        k: int(v) if "int" in str(params[k].annotation).split(" | ") and _whole(v) else v
-        for k, v in options.items()
-    }
+    # a whole-number option given as 1e4 (a float) is that int, a pair's items likewise
+    options = {k: _whole_ints(v, str(params[k].annotation)) for k, v in options.items()}
     if isinstance(fields, DiffusionOperator):
         operator, fields = fields, fields.fields
     if backend != "sparse" and not spec.needs_operator:

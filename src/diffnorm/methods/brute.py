@@ -50,7 +50,9 @@ def brute(
             or (np.issubdtype(given.dtype, np.number) and np.all(given == np.round(given)))
         ):
             # int64 of 1.5 is 1: a fractional index would solve another cell without a word
-            raise ValueError("columns must be a 1-D list of whole ocean-cell indices")
+            raise ValueError(
+                f"columns must be a 1-D list of whole ocean-cell indices, got {given.tolist()!r}"
+            )
         cols = given.astype(np.int64)
         if cols.size and (cols.min() < 0 or cols.max() >= op.n):
             raise ValueError(f"columns must be ocean-cell indices in [0, {op.n}), got out of range")

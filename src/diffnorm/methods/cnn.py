@@ -23,6 +23,8 @@ reads the band's).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from diffnorm.fields import Fields
@@ -36,6 +38,9 @@ from diffnorm.subgrid import (
     cells_variance,
     fold_band_variance,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 DENSE_ROUNDOFF = 1e-10  # |ε| of a small basin's dense solve: round-off, with room to spare
 
@@ -86,7 +91,7 @@ def cnn(
     fields: Fields,
     *,
     model=None,
-    device: str = "auto",
+    device: str | torch.device | None = "auto",
     tile: int | None = None,
     exact_basins: int = 64,
     exact_fold_rows: int = EXACT_FOLD_ROWS,

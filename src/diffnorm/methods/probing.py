@@ -597,7 +597,11 @@ def gamma2_error(relative: np.ndarray, estimator: str) -> np.ndarray:
         return np.where(relative < 1.0, relative / (1.0 - relative), np.inf)
 
 
-@register("probing", "exact to a certified tolerance: one probe per colour (s^2 x M/2 solves)")
+@register(
+    "probing",
+    "exact to a certified tolerance: one probe per colour (colours x M/2 solves; "
+    "a fold band's colours x M)",
+)
 def probing(
     op: DiffusionOperator,
     *,
