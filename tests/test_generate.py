@@ -129,6 +129,8 @@ def test_dask_two_workers_match_one(tmp_path):
         ({"colour": 1}, "unknown key"),
         ({"grid": {**BOX["grid"], "north_fold": "T"}}, "north_fold goes with grid 'mesh'"),
         ({"grid": {"name": "mesh", "mesh": "m.nc", "north_fold": "X"}}, "north_fold must be"),
+        ({"grid": {"name": "orca1", "resolution": 2.0}}, "grid.resolution goes with grid 'latlon'"),
+        ({"grid": {**BOX["grid"], "polar_cap": 70.0}}, "grid.polar_cap goes with grid 'latlon'"),
     ],
 )
 def test_bad_configs_name_the_key(change, pattern):
@@ -233,3 +235,18 @@ def test_a_list_of_steps_draws_m_per_sample_and_single_m_configs_stay():
     a, b = sample_fields(one, "train", 3), sample_fields(several, "train", 3)
     np.testing.assert_array_equal(a.mask, b.mask)
     np.testing.assert_allclose(a.alpha_x * (2 * a.steps - 4), b.alpha_x * (2 * b.steps - 4))
+
+
+def test_a_second_run_on_a_folder_being_written_is_refused(tmp_path):
+    import fcntl
+
+    cfg = config_from_dict({**BOX, "splits": {"train": 1}})
+    tmp_path.mkdir(exist_ok=True)
+    # another process's run holds the lock (a separate open file description, as flock sees)
+    with open(tmp_path / ".generate.lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(DatasetError, match="another diffnorm generate is writing"):
+            generate(cfg, tmp_path, workers=1)
+        assert not (tmp_path / "train").exists() or not list((tmp_path / "train").glob("*.nc"))
+    generate(cfg, tmp_path, workers=1)  # released: the run goes ahead
+    assert len(list((tmp_path / "train").glob("*.nc"))) == 1

@@ -8,10 +8,11 @@ atomically; a file that exists is kept only when its provenance matches the conf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
@@ -222,13 +223,42 @@ def generate(
     if not isinstance(config, DataConfig):
         raise ConfigError("config must be a DataConfig (see diffnorm.data.config.load_config)")
     out = Path(out)
-    prepare_output(config, out)
-    todo = tasks(config)
-    for split, index in todo:  # fail fast, before any worker starts
-        check_existing(sample_path(out, split, index), config, split, index)
-    workers = workers or os.cpu_count() or 1
-    records = list(_run(config, out, todo, workers, scheduler, progress))
-    return write_manifest(config, out, records)
+    out.mkdir(parents=True, exist_ok=True)
+    with dataset_lock(out):
+        prepare_output(config, out)
+        todo = tasks(config)
+        for split, index in todo:  # fail fast, before any worker starts
+            check_existing(sample_path(out, split, index), config, split, index)
+        workers = workers or os.cpu_count() or 1
+        records = list(_run(config, out, todo, workers, scheduler, progress))
+        return write_manifest(config, out, records)
+
+
+LOCK_FILE = ".generate.lock"
+
+
+@contextlib.contextmanager
+def dataset_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.generate.lock`` for the run: a second ``generate`` on the same folder would
+    clear this run's temporary files as a killed run's and race it on every sample, so it is
+    refused. The lock is the kernel's (``flock``): a killed run releases it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded, as before
+        yield
+        return
+    with open(out / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatasetError(
+                f"{out}: another diffnorm generate is writing this dataset; wait for it to "
+                "finish (a later run resumes and completes it) or use another output folder"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _run(config, out, todo, workers, scheduler, progress) -> Iterable[dict]:
