@@ -310,7 +310,9 @@ def test_cli_mesh_with_users_kappa_and_gamma_back_on_nemo_layout(tmp_path):
     expected = estimate(by_hand(arrays["tmask"] > 0, e, "T", True), "selinv").gamma
     with xr.open_dataset(out) as ds:
         gamma = ds["gamma"].values
-    assert gamma.shape == (13, 18)
+        error = ds["gamma_error_estimate"].values  # selinv's certificate, laid out alike
+    assert gamma.shape == error.shape == (13, 18)
+    assert np.array_equal(np.isnan(error), np.isnan(gamma))
     want = nemo40(np.nan_to_num(expected, nan=-1.0), "T", "T")
     np.testing.assert_allclose(np.nan_to_num(gamma, nan=-1.0), want, rtol=1e-6)
     # a parameter file on neither layout is refused with both shapes named

@@ -250,9 +250,9 @@ def estimate(
         bool,
         typer.Option(
             "--nemo-layout",
-            help="write γ (and the cnn's error estimate and domain flags) on the layout of the "
-            "NEMO file the grid was read from (halo columns and ghost row restored as NEMO "
-            "fills them)",
+            help="write γ, with the method's error estimate and the cnn's domain flags, on the "
+            "layout of the NEMO file the grid was read from (halo columns and ghost row "
+            "restored as NEMO fills them)",
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
