@@ -93,7 +93,7 @@ LEAST = {
 def _whole(value: Any) -> bool:
     return (
         isinstance(value, numbers.Real)
-        and not isinstance(value, bool | np.bool_)
+        and not isinstance(value, bool)
         and math.isfinite(value)
         and float(value).is_integer()
     )
@@ -102,68 +102,64 @@ def _whole(value: Any) -> bool:
 # NetCDF attributes (where the options are recorded) hold 64-bit integers
 WHOLE_MAX = 2**63 - 1
 
+# what each checked annotation accepts, as said in a message
+KINDS = {
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "True or False",
+    "str": "a string",
+    "tuple[int, int]": "a pair of whole numbers",
+}
 
-def _whole_range(name: str, value: Any) -> str | None:
-    least = LEAST.get(name, -WHOLE_MAX)
-    if least <= value <= WHOLE_MAX:
-        return None
-    return f"a whole number >= {least}" if value < least else "a whole number <= 2**63 - 1"
 
-
-def _plain_option(value: Any) -> Any:
-    """A NumPy scalar or 0-d array as its Python value, a pair's items likewise: the methods
-    and the attributes that record them see ``int``, ``float`` and ``bool``."""
+def _plain(value: Any) -> Any:
+    """A NumPy scalar or 0-d array as its Python value, a pair's items likewise."""
     if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
         return value.item()
     if isinstance(value, tuple | list):
-        return type(value)(_plain_option(v) for v in value)
+        return type(value)(_plain(v) for v in value)
     return value
 
 
-def _option_error(name: str, value: Any, annotation: Any) -> str | None:
-    """Why ``value`` does not fit option ``name``'s annotation (``int``, ``float``, ``bool``,
-    ``str``, ``tuple[int, int]``, ``| None``), or None; other annotations are not checked.
-    A whole number below the option's least value gets ``"a whole number >= N"``."""
+def _option_value(method: str, name: str, value: Any, annotation: Any) -> Any:
+    """``value`` as option ``name`` of ``method`` takes it, from the annotation (``int``,
+    ``float``, ``bool``, ``str``, ``tuple[int, int]``, ``| None``; others pass unchecked):
+    NumPy values as Python ones (the methods and the attributes recording them see ``int``,
+    ``float``, ``bool``), a whole float as the int. A wrong type is a TypeError; a whole
+    number outside ``[LEAST[name], 2**63 − 1]`` a ValueError, as the methods' own checks."""
     kinds = {k.strip() for k in str(annotation).split("|")}
-    if not kinds <= {"int", "float", "bool", "str", "None", "tuple[int, int]"}:
-        return None
-    if value is None and "None" in kinds:
-        return None
-    if "bool" in kinds and isinstance(value, bool | np.bool_):
-        return None
-    if "int" in kinds and _whole(value):
-        return _whole_range(name, value)
-    if "tuple[int, int]" in kinds and isinstance(value, tuple | list):
-        if len(value) == 2 and all(_whole(v) for v in value):
-            if all(_whole_range(name, v) is None for v in value):
-                return None
-            return f"a pair of whole numbers >= {LEAST.get(name, -WHOLE_MAX)} and <= 2**63 - 1"
+    value = _plain(value)
+    if not kinds <= {*KINDS, "None"} or (value is None and "None" in kinds):
+        return value
+    if "bool" in kinds and isinstance(value, bool):
+        return value
+    pair = isinstance(value, tuple | list) and len(value) == 2
+    if ("int" in kinds and _whole(value)) or (
+        "tuple[int, int]" in kinds and pair and all(map(_whole, value))
+    ):
+        least = LEAST.get(name, -WHOLE_MAX)
+        given = value if pair else [value]
+        what = "a pair of whole numbers" if pair else "a whole number"
+        if min(given) < least:
+            raise ValueError(
+                f"method {method!r}: option {name} must be {what} >= {least}, got {value!r}"
+            )
+        if max(given) > WHOLE_MAX:
+            raise ValueError(
+                f"method {method!r}: option {name} must be {what} <= 2**63 - 1, got {value!r}"
+            )
+        return tuple(int(v) for v in value) if pair else int(value)
     if "float" in kinds and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return None
+        return value
     if "str" in kinds and isinstance(value, str):
-        return None
-    names = {
-        "int": "a whole number",
-        "float": "a number",
-        "bool": "True or False",
-        "str": "a string",
-        "tuple[int, int]": "a pair of whole numbers",
-    }
-    return " or ".join(names.get(k, k) for k in sorted(kinds) if k != "None")
+        return value
+    expected = " or ".join(KINDS[k] for k in sorted(kinds) if k != "None")
+    raise TypeError(f"method {method!r}: option {name} must be {expected}, got {value!r}")
 
 
-def _whole_ints(value: Any, annotation: str) -> Any:
-    kinds = {k.strip() for k in annotation.split("|")}
-    if "int" in kinds and _whole(value):
-        return int(value)
-    if "tuple[int, int]" in kinds and isinstance(value, tuple | list) and all(map(_whole, value)):
-        return tuple(int(v) for v in value)
-    return value
-
-
-def check_method(method: str, options: dict[str, Any]):
-    """The registered ``method``, once its ``options`` are known to be its own and of their
-    types (a caller that runs several methods checks them all before the first, costly one)."""
+def checked_options(method: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The registered ``method`` and its ``options`` as it takes them (:func:`_option_value`),
+    once they are known to be its own and of their types."""
     spec = _method(method)
     allowed = method_options(method)
     unknown = sorted(set(options) - set(allowed))
@@ -173,13 +169,13 @@ def check_method(method: str, options: dict[str, Any]):
             f"it accepts {', '.join(allowed) or 'none'}"
         )
     params = inspect.signature(spec.fn).parameters
-    for name, value in options.items():
-        why = _option_error(name, value, params[name].annotation)
-        if why is not None:
-            # the right type out of range is a ValueError, as the methods' own checks raise
-            error = ValueError if ">=" in why or "<=" in why else TypeError
-            raise error(f"method {method!r}: option {name} must be {why}, got {value!r}")
-    return spec
+    return spec, {k: _option_value(method, k, v, params[k].annotation) for k, v in options.items()}
+
+
+def check_method(method: str, options: dict[str, Any]):
+    """The registered ``method``, once its ``options`` are known to be its own and of their
+    types (a caller that runs several methods checks them all before the first, costly one)."""
+    return checked_options(method, options)[0]
 
 
 def estimate(
@@ -197,11 +193,7 @@ def estimate(
     ``options`` are the method's own (see :func:`method_options`). The wall time includes
     building the operator when it is built here.
     """
-    options = {k: _plain_option(v) for k, v in options.items()}
-    spec = check_method(method, options)
-    params = inspect.signature(spec.fn).parameters
-    # a whole-number option given as 1e4 (a float) is that int, a pair's items likewise
-    options = {k: _whole_ints(v, str(params[k].annotation)) for k, v in options.items()}
+    spec, options = checked_options(method, options)
     if isinstance(fields, DiffusionOperator):
         operator, fields = fields, fields.fields
     if backend != "sparse" and not spec.needs_operator:
