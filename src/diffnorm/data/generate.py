@@ -184,8 +184,8 @@ def _record(path: Path, split: str, index: int, attrs: dict, reused: bool) -> di
 
 
 def prepare_output(config: DataConfig, out: Path) -> None:
-    """Create the folder, or check that it belongs to this config; clear stale temp files."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Check that the folder (made and locked by :func:`generate`) belongs to this config;
+    clear stale temp files."""
     saved = out / CONFIG_FILE
     if saved.exists():
         previous = config_from_dict(yaml.safe_load(saved.read_text()) or {})
