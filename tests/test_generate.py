@@ -241,7 +241,6 @@ def test_a_second_run_on_a_folder_being_written_is_refused(tmp_path):
     import fcntl
 
     cfg = config_from_dict({**BOX, "splits": {"train": 1}})
-    tmp_path.mkdir(exist_ok=True)
     # another process's run holds the lock (a separate open file description, as flock sees)
     with open(tmp_path / ".generate.lock", "a") as other:
         fcntl.flock(other, fcntl.LOCK_EX)
