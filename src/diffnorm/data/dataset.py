@@ -185,8 +185,13 @@ class SplitLoaders:
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
-            num_workers=self.num_workers,
+            num_workers=self.num_workers if split == "train" else self.eval_workers,
         )
+
+    @property
+    def eval_workers(self) -> int:
+        """Loader processes for the validation and test splits."""
+        return self.num_workers
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

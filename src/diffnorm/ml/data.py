@@ -22,6 +22,7 @@ from diffnorm.data.dataset import (
 )
 from diffnorm.ml.encoding import Encoding
 from diffnorm.ml.features import Standardizer, raw_features, raw_target
+from diffnorm.ml.resident import ResidentBatches, encode_copies
 from diffnorm.ml.sampling import PrioritySampler, check_share
 
 
@@ -173,6 +174,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         area: str = "global",
         steps_input: bool = False,
         priority: float = 0.0,
+        resident: int = 0,
     ):
         """``root``: a dataset folder, or several joined by commas (their samples pooled);
         ``augment``: random grid symmetries of the training samples (see
@@ -182,11 +184,21 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         standardization statistics of this model file, checkpoint or shipped model
         (fine-tuning) instead of fitting them on the training split. ``priority``: the share
         of training draws made by each window's last loss instead of uniformly
-        (:class:`~diffnorm.ml.sampling.PrioritySampler`; 0 shuffles as usual)."""
+        (:class:`~diffnorm.ml.sampling.PrioritySampler`; 0 shuffles as usual).
+        ``resident``: hold the training split on the training device as that many encoded
+        copies of each window (the window, then random symmetries drawn once;
+        :mod:`diffnorm.ml.resident`) and draw batches there, ``augment`` being the share of
+        draws that take a transformed copy: for a GPU, which loader processes cannot keep
+        busy (0: a DataLoader, as usual; windows of one shape, one device)."""
         augment_probability(augment)  # fail before the Trainer is built
         if batch_size < 1 or num_workers < 0:
             raise ValueError(
                 f"batch_size must be >= 1 and num_workers >= 0, got {batch_size} and {num_workers}"
+            )
+        if resident < 0 or (resident and crop):
+            raise ValueError(
+                f"data.resident must be >= 0 copies per window and is not taken with "
+                f"data.crop, got resident={resident}, crop={crop}"
             )
         check_share(priority, "data.priority")
         super().__init__()
@@ -198,6 +210,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         self.info: dict = {}
         self.sets: dict[str, EncodedDataset] = {}
         self.priority_sampler: PrioritySampler | None = None
+        self.resident: ResidentBatches | None = None
 
     def setup(self, stage: str | None = None) -> None:
         workers = self.num_workers  # the loaders' processes read and encode too
@@ -214,12 +227,27 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
             else:
                 self.stats = fit_standardizer(train, self.enc, workers)
             self.info = data_info(train, self.hparams.root)
-            self.sets["train"] = EncodedDataset(
-                train, self.enc, self.stats, self.hparams.augment, self.hparams.crop, workers
-            )
             if self.hparams.priority > 0:
                 seed = int(torch.randint(2**31 - 1, ()))  # from the run's seed_everything
                 self.priority_sampler = PrioritySampler(len(train), self.hparams.priority, seed)
+            if self.hparams.resident:
+                seed = int(torch.randint(2**31 - 1, ()))
+                copies = encode_copies(
+                    train, self.enc, self.stats, self.hparams.resident, seed, workers
+                )
+                self.resident = ResidentBatches(
+                    copies,
+                    len(train),
+                    self.batch_size,
+                    augment_probability(self.hparams.augment),
+                    torch.Generator().manual_seed(seed),
+                    self.priority_sampler,
+                )
+            else:
+                self.sets["train"] = EncodedDataset(
+                    train, self.enc, self.stats, self.hparams.augment, self.hparams.crop, workers
+                )
+            del train
         for split in ("val", "test"):
             samples = [] if split in self.sets else pooled_split(self.hparams.root, split, workers)
             if samples:
@@ -227,7 +255,21 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         release_free_memory()
 
     def train_dataloader(self):
-        return self._loader("train", True, self.priority_sampler)
+        if self.resident is None:
+            return self._loader("train", True, self.priority_sampler)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            raise ValueError(
+                "data.resident holds the training windows on one device; with several "
+                "devices set data.resident 0"
+            )
+        return self.resident.to(trainer.strategy.root_device if trainer is not None else "cpu")
+
+    @property
+    def eval_workers(self) -> int:
+        # evaluation items are encoded already; forking a process that holds the resident
+        # copies costs more than the processes save
+        return 0 if self.resident is not None else self.num_workers
 
     def state_dict(self) -> dict:
         """Saved in checkpoints: the windows' scores and the sampler's generator, so a run

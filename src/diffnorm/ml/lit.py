@@ -11,8 +11,12 @@ at ``TAIL_CLIP`` unless the trainer sets its own clipping.
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import lightning
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from diffnorm.ml.features import AREAS, DISTANCES, LOG_TARGETS, TARGETS, Standardizer
 from diffnorm.ml.networks import build_network, first_conv
@@ -44,6 +48,14 @@ def architecture(
     return {"arch": arch, "in_channels": in_channels, "activation": activation, "norm": norm, **kw}
 
 
+def _cosine(steps: int, timer: Timer, step: int) -> float:
+    """The cosine factor ``(1 + cos πp)/2`` at progress ``p``: the larger of the share of
+    ``steps`` taken and the share of the timer's ``max_time`` spent training."""
+    spent = timer.time_elapsed()
+    p = max(step / steps, spent / max(spent + (timer.time_remaining() or 0.0), 1e-9))
+    return 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0)))
+
+
 class GammaModel(lightning.LightningModule):
     def __init__(
         self,
@@ -71,7 +83,8 @@ class GammaModel(lightning.LightningModule):
     ):
         """``arch="residual"`` uses width/blocks/layers_per_block/skip/dilation;
         ``arch="unet"`` uses width/levels/unet_halo. ``schedule="cosine"`` anneals the learning
-        rate to zero over the whole run (per optimizer step). ``init_from``: a model file,
+        rate to zero over the whole run (per optimizer step), or, under ``trainer.max_time``,
+        by its clock if that ends first. ``init_from``: a model file,
         checkpoint or shipped model's name of the same architecture to fine-tune (its weights;
         the data module takes its standardization statistics, see
         ``TrainingDataModule(stats_from=…)``).
@@ -249,7 +262,11 @@ class GammaModel(lightning.LightningModule):
         if self.hparams.schedule == "constant":
             return opt
         steps = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None or timer.time_remaining() is None:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        else:  # trainer.max_time: anneal by the steps or the clock, whichever ends first
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_cosine, steps, timer))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
