@@ -62,7 +62,7 @@ def test_sample_gamma_is_exact(tmp_path):
     np.testing.assert_allclose(gamma[m] ** 2, exact[m] ** 2, rtol=1e-8)
 
 
-def test_resume_keeps_finished_samples_and_refuses_foreign_ones(tmp_path):
+def test_resume_keeps_finished_samples_and_refuses_foreign_ones(tmp_path, monkeypatch):
     cfg = config_from_dict(BOX)
     generate(cfg, tmp_path, workers=1)
     victim = sample_path(tmp_path, "train", 1)
@@ -72,6 +72,14 @@ def test_resume_keeps_finished_samples_and_refuses_foreign_ones(tmp_path):
     assert victim.exists()
     assert sample_path(tmp_path, "train", 0).stat().st_mtime_ns == mtime
     assert sum(not r["reused"] for r in manifest["samples"]) == 1
+
+    def no_workers(*args):  # a finished dataset is checked once, by this process
+        raise AssertionError("kept samples were sent to workers")
+
+    monkeypatch.setattr(sys.modules["diffnorm.data.generate"], "_run", no_workers)
+    again = generate(cfg, tmp_path, workers=2)
+    assert all(r["reused"] for r in again["samples"])
+    assert [r["file"] for r in again["samples"]] == [r["file"] for r in manifest["samples"]]
     other = config_from_dict({**BOX, "seed": 8})
     with pytest.raises(DatasetError, match="another config"):
         generate(other, tmp_path, workers=1)
