@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The default network trained on at GPU pace, in one call of at most 10 minutes on a lent GPU
-# machine: exact data for the four window sets on every core (train and val splits), then
-# configs/train/windows_smooth_gpu.yaml (windows-smooth-m10 on its own windows, held on the GPU:
-# data.resident) until the call's time is nearly spent, and the model file, best checkpoint,
-# training log, GPU samples and each step's wall time in $OUT. Evaluate, calibrate its error
-# model and ship it here afterwards: the same configs and seeds make the same val windows here.
+# machine: exact data for the four window sets on every core (train and val splits; SCALE of
+# them, default half), then configs/train/windows_smooth_gpu.yaml (windows-smooth-m10 on those
+# windows, held on the GPU: data.resident) until a deadline that leaves FINISH seconds, and the
+# model file, best checkpoint, training log (as it is written), GPU samples and each step's
+# wall time in $OUT. Evaluate, calibrate its error model and ship it here afterwards: the same
+# configs and seeds make the same val windows here.
 #
 #   bash scripts/gpu_wheels.sh                  # here, once: the wheels the device lacks, in .whl/
 #   device run, carry [".whl"]:  bash scripts/gpu_recipe.sh
 #   QUICK=1 bash scripts/gpu_recipe.sh          # a CPU smoke run of every step (~2 minutes)
 #
-# BUDGET (s, default 585) is the whole call; SETUP (s, default 130) what training needs before
-# its first step (reading and encoding the windows), which trainer.max_time does not count;
-# WIDTH, LOADERS (cores − 2), LR and BATCH override the config; INIT= (empty) trains a new
-# network instead (with WIDTH=40, say); TARGET=log_images_walk the walk-mean baseline.
+# Measured on the lent H200 machine (2026-12-04, 16 cores): the four full sets (15 730 windows)
+# took 421 s to generate, 0.43 core-s a window, ~1.6x this 2-core host's; hence SCALE 0.5.
+# BUDGET (s, default 585) is the whole call, FINISH (40) what export needs after training;
+# WIDTH, LOADERS (cores − 2), LR, BATCH and RESIDENT override the config; INIT= (empty) trains
+# a new network instead (with WIDTH=40, say); TARGET=log_images_walk the walk-mean baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -34,19 +36,20 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 DN="$PY -m diffnorm"
 cores=$(nproc)
 LOADERS=${LOADERS:-$((cores > 2 ? cores - 2 : 1))}
-step "python $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())'), $cores cores"
+step "python $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())'), $cores cores, $(free -g | awk '/Mem/ {print $2}') GiB, /dev/shm $(df -h /dev/shm | awk 'NR == 2 {print $2}')"
 if command -v nvidia-smi > /dev/null; then  # utilization every 5 s, for the record
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw --format=csv \
     -l 5 > "$OUT/gpu.csv" 2>&1 &
 fi
 
 if [[ -n ${QUICK:-} ]]; then  # a few dozen windows and a few short epochs: every step, on a CPU
-  SCALE=${SCALE:-0.01}; BUDGET=${BUDGET:-400}; SETUP=${SETUP:-30}; DATA=data/gpu_quick
-  extra=(--trainer.max_epochs 6 --trainer.check_val_every_n_epoch 3 --data.batch_size 8)
+  SCALE=${SCALE:-0.01}; BUDGET=${BUDGET:-150}; DATA=data/gpu_quick
+  extra=(--trainer.check_val_every_n_epoch 3 --data.batch_size 8)
 else
-  SCALE=${SCALE:-1}; BUDGET=${BUDGET:-585}; SETUP=${SETUP:-130}; DATA=data
+  SCALE=${SCALE:-0.5}; BUDGET=${BUDGET:-585}; DATA=data
   extra=()
 fi
+FINISH=${FINISH:-40}
 RUN=runs/gpu_recipe/train
 mkdir -p "$RUN"
 roots=()
@@ -66,29 +69,37 @@ PY
 done
 pooled=$(IFS=,; echo "${roots[*]}")
 
-# training gets what is left but for its setup and ~40 s to write the model file
-left=$((BUDGET - (SECONDS - start) - SETUP - 40))
-((left > 30)) || { step "no time left to train"; exit 1; }
-max_time=$(printf '00:%02d:%02d:%02d' $((left / 3600)) $((left % 3600 / 60)) $((left % 60)))
-step "training for up to $max_time after setup, $LOADERS loader processes"
+# training stops at a moment (diffnorm.ml.train.Deadline) that leaves FINISH seconds to write
+# the model file, whatever the setup (reading, encoding, moving the windows to the GPU) took; a
+# watchdog ends it 20 s later if it has not stopped. Its log goes to $OUT as it is written.
+deadline=$(($(date +%s) + BUDGET - (SECONDS - start) - FINISH))
+((deadline - $(date +%s) > 60)) || { step "no time left to train"; exit 1; }
+step "training until $(date -d @$deadline +%T) ($((deadline - $(date +%s))) s from now, setup included), $LOADERS loader processes"
 args=(--config configs/train/windows_smooth_gpu.yaml --data.root "$pooled"
-  --data.num_workers "$LOADERS" --trainer.max_time "$max_time"
-  --trainer.default_root_dir "$RUN" --trainer.enable_progress_bar false "${extra[@]}")
+  --data.num_workers "$LOADERS" --trainer.default_root_dir "$RUN"
+  --trainer.enable_progress_bar false
+  "--trainer.callbacks+=diffnorm.ml.train.Deadline" "--trainer.callbacks.at=$deadline"
+  "${extra[@]}")
 [[ -n ${WIDTH:-} ]] && args+=(--model.width "$WIDTH")
 [[ -n ${LR:-} ]] && args+=(--model.lr "$LR")
 [[ -n ${BATCH:-} ]] && args+=(--data.batch_size "$BATCH")
+[[ -n ${RESIDENT:-} ]] && args+=(--data.resident "$RESIDENT")
 [[ -n ${TARGET:-} ]] && args+=(--model.target "$TARGET")
 [[ -v INIT ]] && args+=(--model.init_from "${INIT:-null}")
-$DN train fit "${args[@]}" 2>&1 | grep -v -i warn | tail -n 8 | tee -a "$LOG"
-version=$(ls -td "$RUN"/csv/version_* | head -n 1)
-best=$version/checkpoints/best.ckpt  # by validation loss; last.ckpt if no validation ran
+timeout -k 10 $((deadline - $(date +%s) + 20)) $DN train fit "${args[@]}" > "$OUT/train.log" 2>&1 \
+  || step "training ended with status $? (124: the watchdog)"
+grep -E "^data:|Time limit|stopped|Error" "$OUT/train.log" | tail -n 12 | tee -a "$LOG" || true
+version=$(ls -td "$RUN"/csv/version_* 2> /dev/null | head -n 1)
+best=$version/checkpoints/best.ckpt  # by validation max |eps|; last.ckpt if no validation ran
 [[ -f $best ]] || best=$version/checkpoints/last.ckpt
+[[ -n $version && -f $best ]] || { step "no checkpoint was written"; exit 1; }
 cp "$version"/metrics.csv "$OUT"/train_metrics.csv
-step "trained: $best"
+steps=$(awk -F, 'NR > 1 && $3 != "" {s = $3} END {print s + 1}' "$OUT"/train_metrics.csv)
+step "trained $steps steps: $best"
 
 name=windows-smooth-gpu-m10
 $DN export -m "$best" -o "$OUT/$name.pt" --name "$name" \
-  --note "configs/train/windows_smooth_gpu.yaml by scripts/gpu_recipe.sh (max_time $max_time after setup)"
+  --note "configs/train/windows_smooth_gpu.yaml by scripts/gpu_recipe.sh (deadline $(date -d @$deadline +%T), SCALE $SCALE)"
 step "exported $OUT/$name.pt ($(du -h "$OUT/$name.pt" | cut -f1))"
 size=$(stat -c %s "$best")
 ((size < 16000000)) && cp "$best" "$OUT/best.ckpt" && step "copied $best ($size bytes)"

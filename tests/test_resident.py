@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import lightning
 import pytest
@@ -95,3 +96,17 @@ def test_the_cosine_anneals_by_the_clock_when_max_time_ends_first():
     assert _cosine(1000, Clock(), 0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
     assert _cosine(1000, Clock(), 500) == pytest.approx(0.5)  # the steps are further on
     assert _cosine(10, Clock(), 20) == 0.0
+
+
+def test_a_deadline_stops_training_at_its_moment(tiny_dataset, tmp_path):
+    from diffnorm.ml.train import Deadline
+
+    lightning.seed_everything(0, verbose=False)
+    model = small_model()
+    dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, batch_size=2, resident=1)
+    run = trainer(tmp_path, max_epochs=5, callbacks=[Deadline(time.time() - 1.0)])
+    run.fit(model, dm)
+    assert run.global_step == 1  # past its moment: one step, then the stop
+    sched = run.lr_scheduler_configs[0].scheduler
+    assert isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
+    assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # annealed by the clock

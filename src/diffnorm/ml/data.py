@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +81,17 @@ def data_info(samples: list[Sample], root: str) -> dict:
         "dataset": str(root),
         "dataset_config_digest": digest,
     }
+
+
+@contextlib.contextmanager
+def timed(what: str) -> Iterator[None]:
+    """Log ``data: <what> in <s> s`` when the block ends: where a run's setup time goes
+    (on a lent GPU machine, minutes of a 10-minute call)."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    start = time.perf_counter()
+    yield
+    rank_zero_info(f"data: {what} in {time.perf_counter() - start:.1f} s")
 
 
 def augment_probability(augment: bool | float) -> float:
@@ -215,7 +229,8 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
     def setup(self, stage: str | None = None) -> None:
         workers = self.num_workers  # the loaders' processes read and encode too
         if self.stats is None:
-            train = pooled_split(self.hparams.root, "train", workers)
+            with timed("read the training windows"):
+                train = pooled_split(self.hparams.root, "train", workers)
             if not train:
                 raise DatasetFolderError(f"{self.hparams.root} has no training samples")
             if self.hparams.stats_from:
@@ -225,16 +240,19 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
                 stats = resolve_model(self.hparams.stats_from).stats
                 self.stats = stats.with_channels(len(self.enc.channels))
             else:
-                self.stats = fit_standardizer(train, self.enc, workers)
-            self.info = data_info(train, self.hparams.root)
+                with timed("fitted the standardization"):
+                    self.stats = fit_standardizer(train, self.enc, workers)
+            with timed(f"described {len(train)} training windows"):
+                self.info = data_info(train, self.hparams.root)
             if self.hparams.priority > 0:
                 seed = int(torch.randint(2**31 - 1, ()))  # from the run's seed_everything
                 self.priority_sampler = PrioritySampler(len(train), self.hparams.priority, seed)
             if self.hparams.resident:
                 seed = int(torch.randint(2**31 - 1, ()))
-                copies = encode_copies(
-                    train, self.enc, self.stats, self.hparams.resident, seed, workers
-                )
+                with timed(f"encoded {self.hparams.resident} copies of each window"):
+                    copies = encode_copies(
+                        train, self.enc, self.stats, self.hparams.resident, seed, workers
+                    )
                 self.resident = ResidentBatches(
                     copies,
                     len(train),
@@ -244,14 +262,23 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
                     self.priority_sampler,
                 )
             else:
-                self.sets["train"] = EncodedDataset(
-                    train, self.enc, self.stats, self.hparams.augment, self.hparams.crop, workers
-                )
+                with timed("encoded the training windows"):
+                    self.sets["train"] = EncodedDataset(
+                        train,
+                        self.enc,
+                        self.stats,
+                        self.hparams.augment,
+                        self.hparams.crop,
+                        workers,
+                    )
             del train
         for split in ("val", "test"):
             samples = [] if split in self.sets else pooled_split(self.hparams.root, split, workers)
             if samples:
-                self.sets[split] = EncodedDataset(samples, self.enc, self.stats, workers=workers)
+                with timed(f"encoded {len(samples)} {split} windows"):
+                    self.sets[split] = EncodedDataset(
+                        samples, self.enc, self.stats, workers=workers
+                    )
         release_free_memory()
 
     def train_dataloader(self):

@@ -49,10 +49,14 @@ def architecture(
 
 
 def _cosine(steps: int, timer: Timer, step: int) -> float:
-    """The cosine factor ``(1 + cos πp)/2`` at progress ``p``: the larger of the share of
-    ``steps`` taken and the share of the timer's ``max_time`` spent training."""
-    spent = timer.time_elapsed()
-    p = max(step / steps, spent / max(spent + (timer.time_remaining() or 0.0), 1e-9))
+    """The cosine factor ``(1 + cos πp)/2`` at progress ``p``: the share of ``steps`` taken,
+    or, once the timer has a duration (``trainer.max_time``, a
+    :class:`~diffnorm.ml.train.Deadline`), the share of it spent training if that is larger."""
+    p = step / steps
+    left = timer.time_remaining()
+    if left is not None:
+        spent = timer.time_elapsed()
+        p = max(p, spent / max(spent + left, 1e-9))
     return 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0)))
 
 
@@ -263,9 +267,9 @@ class GammaModel(lightning.LightningModule):
             return opt
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
-        if timer is None or timer.time_remaining() is None:
+        if timer is None:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        else:  # trainer.max_time: anneal by the steps or the clock, whichever ends first
+        else:  # trainer.max_time or a Deadline: by the steps or the clock, whichever ends first
             sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_cosine, steps, timer))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
