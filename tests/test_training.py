@@ -451,6 +451,8 @@ def test_setup_in_worker_processes_gives_what_one_process_gives(tiny_dataset):
     for a, b in zip(one.sets["train"].items, many.sets["train"].items, strict=True):
         for key in a:
             assert torch.equal(a[key], b[key])
+            assert a[key].dtype == b[key].dtype  # sent by value, tensors again
+    assert one.info == many.info  # described in workers as in one process
 
 
 def test_channels_last_training_fits_as_the_default_layout_does(tiny_dataset, tmp_path):

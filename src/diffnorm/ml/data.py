@@ -39,24 +39,32 @@ def fit_standardizer(samples: list[Sample], enc: Encoding, workers: int = 0) -> 
     return Standardizer.fit([p[0] for p in pairs], [p[1] for p in pairs])
 
 
-def data_info(samples: list[Sample], root: str) -> dict:
-    """What a model trained on ``samples`` has seen: M, length scales D in cells (from the
-    grid diffusivities, ``D² = κ(2M − 4)``), cell sizes, grid shapes; stored with the model so
-    that predictions outside that range can warn."""
+def _describe(sample: Sample) -> tuple[np.ndarray, ...]:
+    """One sample's D in cells, cell sizes, anisotropies, stretchings and open-face counts."""
     from diffnorm.ml.domain import cell_descriptors
 
+    f = sample.fields
+    kx, ky = f.grid_diffusivity()
+    k = np.concatenate([kx[f.open_x], ky[f.open_y]])
+    cells = cell_descriptors(f)
+    return (
+        np.sqrt(k * (2 * f.steps - 4)),
+        np.sqrt(f.area[f.mask]),
+        cells["anisotropy"][np.isfinite(cells["anisotropy"])],
+        np.abs(cells["stretching"][f.mask]),
+        np.unique(cells["open_faces"][f.mask]),
+    )
+
+
+def data_info(samples: list[Sample], root: str, workers: int = 0) -> dict:
+    """What a model trained on ``samples`` has seen: M, length scales D in cells (from the
+    grid diffusivities, ``D² = κ(2M − 4)``), cell sizes, grid shapes; stored with the model so
+    that predictions outside that range can warn. ``workers``: :func:`parallel_map`."""
     steps = sorted({s.fields.steps for s in samples})
-    d_cells, sizes, ratios, stretch, faces = [], [], [], [], set()
-    for s in samples:
-        f = s.fields
-        kx, ky = f.grid_diffusivity()
-        k = np.concatenate([kx[f.open_x], ky[f.open_y]])
-        d_cells.append(np.sqrt(k * (2 * f.steps - 4)))
-        sizes.append(np.sqrt(f.area[f.mask]))
-        cells = cell_descriptors(f)
-        ratios.append(cells["anisotropy"][np.isfinite(cells["anisotropy"])])
-        stretch.append(np.abs(cells["stretching"][f.mask]))
-        faces |= set(np.unique(cells["open_faces"][f.mask]).tolist())
+    d_cells, sizes, ratios, stretch, faces = zip(
+        *parallel_map(_describe, samples, workers), strict=True
+    )
+    faces = set(np.concatenate(faces).tolist())
     d, dx = np.concatenate(d_cells), np.concatenate(sizes)
     ratio = np.concatenate(ratios)
     digests = []
@@ -243,7 +251,7 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
                 with timed("fitted the standardization"):
                     self.stats = fit_standardizer(train, self.enc, workers)
             with timed(f"described {len(train)} training windows"):
-                self.info = data_info(train, self.hparams.root)
+                self.info = data_info(train, self.hparams.root, workers)
             if self.hparams.priority > 0:
                 seed = int(torch.randint(2**31 - 1, ()))  # from the run's seed_everything
                 self.priority_sampler = PrioritySampler(len(train), self.hparams.priority, seed)
