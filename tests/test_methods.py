@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -362,3 +363,16 @@ def test_lattice_method_is_exact_for_constant_kappa_on_a_periodic_lattice():
     np.testing.assert_allclose(
         estimate(chan, "lattice").gamma[5], estimate(chan, "brute").gamma[5], rtol=1e-6
     )
+
+
+def test_an_m_far_above_those_in_use_warns_before_the_work():
+    from diffnorm.methods import LARGE_STEPS, LargeStepsWarning
+
+    big = fields_from_cell_length_scales(box_grid(6, 6), 2.0, 2.0, steps=LARGE_STEPS + 2)
+    with pytest.warns(LargeStepsWarning, match="steps: M = 1002 .* check the steps attribute"):
+        result = estimate(big, "analytic")
+    assert np.isfinite(result.gamma[big.mask]).all()  # a warning, not a refusal
+    usual = fields_from_cell_length_scales(box_grid(6, 6), 2.0, 2.0, steps=LARGE_STEPS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LargeStepsWarning)
+        estimate(usual, "analytic")

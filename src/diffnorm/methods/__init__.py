@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ __all__ = [
     "METHODS",
     "GammaError",
     "GammaResult",
+    "LargeStepsWarning",
     "ProbingCertificateError",
     "SelinvCertificateError",
     "check_method",
@@ -45,6 +47,13 @@ class GammaError(ValueError):
 
 
 DEFAULT_METHOD = "selinv"
+LARGE_STEPS = 1000  # M above which estimate warns: implicit diffusion in use takes 4-20
+
+
+class LargeStepsWarning(UserWarning):
+    """M far above the M of diffusion operators in use: the run may take hours."""
+
+
 """The fastest certified exact method (it falls back to probing when it cannot certify)."""
 EXACT_METHODS = ("selinv", "probing", "brute")
 
@@ -200,6 +209,15 @@ def estimate(
         raise ValueError(
             f"backend: method {method!r} does not solve with the operator; backend goes with "
             f"{', '.join(sorted(k for k, v in METHODS.items() if v.needs_operator))}"
+        )
+    if fields.steps > LARGE_STEPS:
+        warnings.warn(
+            f"steps: M = {fields.steps} is far above the M of implicit diffusion operators in "
+            "use (4-20); the exact methods' cost grows with M (selinv factors M/2 + 1 shifted "
+            "matrices; brute force, probing and randomization solve M systems per column, "
+            "colour or sample), so this may run for hours: check the steps attribute",
+            LargeStepsWarning,
+            stacklevel=2,
         )
     if operator is not None and not same_fields(operator.fields, fields):
         raise ValueError(
