@@ -40,6 +40,7 @@ step "python $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch",
 if command -v nvidia-smi > /dev/null; then  # utilization every 5 s, for the record
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,power.draw --format=csv \
     -l 5 > "$OUT/gpu.csv" 2>&1 &
+  trap "kill $! 2> /dev/null || true" EXIT
 fi
 
 if [[ -n ${QUICK:-} ]]; then  # a few dozen windows and a few short epochs: every step, on a CPU
@@ -69,17 +70,18 @@ PY
 done
 pooled=$(IFS=,; echo "${roots[*]}")
 
-# training stops at a moment (diffnorm.ml.train.Deadline) that leaves FINISH seconds to write
+# training stops at a moment (diffnorm.ml.deadline.Deadline) that leaves FINISH seconds to write
 # the model file, whatever the setup (reading, encoding, moving the windows to the GPU) took; a
 # watchdog ends it 20 s later if it has not stopped. Its log goes to $OUT as it is written.
 deadline=$(($(date +%s) + BUDGET - (SECONDS - start) - FINISH))
 ((deadline - $(date +%s) > 60)) || { step "no time left to train"; exit 1; }
 step "training until $(date -d @$deadline +%T) ($((deadline - $(date +%s))) s from now, setup included), $LOADERS loader processes"
+rm -rf "$RUN"/csv "$RUN"/tb "$RUN"/final.ckpt  # a warm machine keeps an earlier call's run
 args=(--config configs/train/windows_smooth_gpu.yaml --data.root "$pooled"
   --data.num_workers "$LOADERS" --trainer.default_root_dir "$RUN"
   --trainer.enable_progress_bar false
-  "--trainer.callbacks+=diffnorm.ml.train.Deadline" "--trainer.callbacks.at=$deadline"
-  "${extra[@]}")
+  "--trainer.callbacks+=diffnorm.ml.deadline.Deadline" "--trainer.callbacks.at=$deadline"
+  "--trainer.callbacks.final=$RUN/final.ckpt" "${extra[@]}")
 [[ -n ${WIDTH:-} ]] && args+=(--model.width "$WIDTH")
 [[ -n ${LR:-} ]] && args+=(--model.lr "$LR")
 [[ -n ${BATCH:-} ]] && args+=(--data.batch_size "$BATCH")
@@ -89,17 +91,28 @@ args=(--config configs/train/windows_smooth_gpu.yaml --data.root "$pooled"
 timeout -k 10 $((deadline - $(date +%s) + 20)) $DN train fit "${args[@]}" > "$OUT/train.log" 2>&1 \
   || step "training ended with status $? (124: the watchdog)"
 grep -E "^data:|Time limit|stopped|Error" "$OUT/train.log" | tail -n 12 | tee -a "$LOG" || true
-version=$(ls -td "$RUN"/csv/version_* 2> /dev/null | head -n 1)
-best=$version/checkpoints/best.ckpt  # by validation max |eps|; last.ckpt if no validation ran
-[[ -f $best ]] || best=$version/checkpoints/last.ckpt
-[[ -n $version && -f $best ]] || { step "no checkpoint was written"; exit 1; }
-cp "$version"/metrics.csv "$OUT"/train_metrics.csv
+version=$(ls -td "$RUN"/csv/version_* 2> /dev/null | head -n 1 || true)
+[[ -n $version ]] || { step "training wrote no run folder: see $OUT/train.log"; exit 1; }
+cp "$version"/metrics.csv "$OUT"/train_metrics.csv 2> /dev/null || true
+best=$version/checkpoints/best.ckpt  # by validation max |eps|
+final=$RUN/final.ckpt  # where the schedule ended (the Deadline's)
+[[ -f $best ]] || best=$final
+[[ -f $final ]] || final=$best
+[[ -f $best ]] || { step "no checkpoint was written: see $OUT/train.log"; exit 1; }
 steps=$(awk -F, 'NR > 1 && $3 != "" {s = $3} END {print s + 1}' "$OUT"/train_metrics.csv)
-step "trained $steps steps: $best"
+step "trained $steps steps: best $best, final $final"
 
-name=windows-smooth-gpu-m10
-$DN export -m "$best" -o "$OUT/$name.pt" --name "$name" \
-  --note "configs/train/windows_smooth_gpu.yaml by scripts/gpu_recipe.sh (deadline $(date -d @$deadline +%T), SCALE $SCALE)"
-step "exported $OUT/$name.pt ($(du -h "$OUT/$name.pt" | cut -f1))"
+# both: the best on validation and the annealed end; compare them on the val windows here
+note="configs/train/windows_smooth_gpu.yaml by scripts/gpu_recipe.sh (deadline $(date -d @$deadline +%T), SCALE $SCALE)"
+for which in best final; do
+  ckpt=${!which} name=windows-smooth-gpu-m10
+  if [[ $which == final ]]; then name+=-final; fi
+  $DN export -m "$ckpt" -o "$OUT/$name.pt" --name "$name" --note "$note ($which)"
+  step "exported $OUT/$name.pt from $ckpt ($(du -h "$OUT/$name.pt" | cut -f1))"
+done
 size=$(stat -c %s "$best")
-((size < 16000000)) && cp "$best" "$OUT/best.ckpt" && step "copied $best ($size bytes)"
+if ((size < 16000000)); then
+  cp "$best" "$OUT/best.ckpt" && step "copied $best ($size bytes)"
+else
+  step "$best ($size bytes) is too large to come back; the model files hold its weights"
+fi

@@ -58,6 +58,8 @@ def test_resident_batches_draw_every_window_once_an_epoch(tiny_dataset):
     assert "train" not in dm.sets and "val" in dm.sets and dm.eval_workers == 0
     with pytest.raises(ValueError, match="data.resident"):
         TrainingDataModule(str(tiny_dataset), resident=2, crop=8)
+    with pytest.raises(ValueError, match="data.resident 1 holds no transformed copy"):
+        TrainingDataModule(str(tiny_dataset), resident=1, augment=0.5)
 
 
 def test_resident_training_scores_windows_and_is_seeded(tiny_dataset, tmp_path):
@@ -83,30 +85,55 @@ def test_resident_training_scores_windows_and_is_seeded(tiny_dataset, tmp_path):
         torch.testing.assert_close(pa, pb)
 
 
-def test_the_cosine_anneals_by_the_clock_when_max_time_ends_first():
+def test_the_cosine_anneals_by_the_deadline_when_that_ends_first():
+    from diffnorm.ml.deadline import Deadline
     from diffnorm.ml.lit import _cosine
 
-    class Clock:  # a Timer 30 s into a 120 s max_time
-        def time_elapsed(self):
-            return 30.0
-
-        def time_remaining(self):
-            return 90.0
-
-    assert _cosine(1000, Clock(), 0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
-    assert _cosine(1000, Clock(), 500) == pytest.approx(0.5)  # the steps are further on
-    assert _cosine(10, Clock(), 20) == 0.0
+    clock = Deadline(at=0.0)
+    clock.share = 0.25  # a quarter of the time to the deadline spent training
+    assert _cosine(1000, clock, 0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert _cosine(1000, clock, 500) == pytest.approx(0.5)  # the steps are further on
+    assert _cosine(10, None, 5) == pytest.approx(0.5)
+    assert _cosine(10, clock, 20) == 0.0
 
 
-def test_a_deadline_stops_training_at_its_moment(tiny_dataset, tmp_path):
-    from diffnorm.ml.train import Deadline
+def test_a_deadline_stops_training_at_its_moment_and_keeps_the_last_weights(tiny_dataset, tmp_path):
+    from diffnorm.ml.deadline import Deadline
 
     lightning.seed_everything(0, verbose=False)
     model = small_model()
-    dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, batch_size=2, resident=1)
-    run = trainer(tmp_path, max_epochs=5, callbacks=[Deadline(time.time() - 1.0)])
+    dm = TrainingDataModule(str(tiny_dataset), halo=model.halo, batch_size=2, resident=2)
+    final = tmp_path / "final.ckpt"
+    run = trainer(tmp_path, max_epochs=5, callbacks=[Deadline(time.time() - 1.0, str(final))])
     run.fit(model, dm)
     assert run.global_step == 1  # past its moment: one step, then the stop
     sched = run.lr_scheduler_configs[0].scheduler
-    assert isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
     assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)  # annealed by the clock
+    state = torch.load(final, weights_only=False)
+    assert state["global_step"] == 1 and "resident" in state["datamodule_hyper_parameters"]
+    assert "resident" in state["TrainingDataModule"]  # its generator, for a faithful resume
+    # resumed with the same moment ahead: the killed run's training time counts against it
+    again = Deadline(time.time() + 100.0)
+    again._offset = 99.0
+    again.on_train_start(run, model)
+    assert again.time_remaining() == pytest.approx(100.0, abs=1.0)
+
+
+def test_checkpoints_of_the_former_cosine_schedule_resume(tiny_dataset, tmp_path):
+    lightning.seed_everything(0, verbose=False)
+    dm = TrainingDataModule(str(tiny_dataset), halo=4, batch_size=2)
+    model = small_model()
+    run = trainer(tmp_path, max_epochs=1, enable_checkpointing=True)
+    run.fit(model, dm)
+    path = tmp_path / "old.ckpt"
+    run.save_checkpoint(path)
+    state = torch.load(path, weights_only=False)
+    old = state["lr_schedulers"][0]
+    old.pop("lr_lambdas")  # what a CosineAnnealingLR saved
+    old |= {"T_max": 6, "eta_min": 0.0}
+    torch.save(state, path)
+    resumed = trainer(tmp_path, max_epochs=2)
+    resumed.fit(
+        small_model(), TrainingDataModule(str(tiny_dataset), halo=4, batch_size=2), ckpt_path=path
+    )
+    assert resumed.global_step > run.global_step

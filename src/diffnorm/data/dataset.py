@@ -59,10 +59,10 @@ class _Mapped(Dataset):
 
 
 class _Tensor:
-    """A tensor's values as a NumPy array, on its way from a worker (see :func:`_by_value`)."""
+    """A CPU tensor's values as a NumPy array, on its way from a worker (:func:`_by_value`)."""
 
     def __init__(self, tensor: torch.Tensor):
-        self.array = tensor.numpy()
+        self.array = tensor.detach().numpy()
 
 
 def _by_value(result):
@@ -71,8 +71,12 @@ def _by_value(result):
     socket: ~2 ms a tensor, all in the receiving process, which capped encoding the training
     windows at ~40 windows/s however many workers ran (2 480 windows with two copies each took
     58 s on 2 workers, as long as on none)."""
-    if isinstance(result, torch.Tensor):
-        return _Tensor(result)
+    if isinstance(result, torch.Tensor):  # NumPy holds no bfloat16: those go as tensors
+        return (
+            _Tensor(result)
+            if result.device.type == "cpu" and result.dtype != torch.bfloat16
+            else result
+        )
     if isinstance(result, dict):
         return {k: _by_value(v) for k, v in result.items()}
     if isinstance(result, (list, tuple)) and not hasattr(result, "_fields"):
@@ -88,6 +92,8 @@ def _own(result):
     """``result`` with the tensors :func:`_by_value` sent made tensors again."""
     if isinstance(result, _Tensor):
         return torch.from_numpy(result.array)
+    if isinstance(result, torch.Tensor):  # shared: copied out, or each would hold a descriptor
+        return result.clone()
     if isinstance(result, dict):
         return {k: _own(v) for k, v in result.items()}
     if isinstance(result, (list, tuple)) and not hasattr(result, "_fields"):

@@ -42,18 +42,19 @@ __all__ = [
 ]
 
 
-class GammaError(ValueError):
-    """A method produced no usable γ (non-finite or non-positive variance)."""
-
-
-DEFAULT_METHOD = "selinv"
 LARGE_STEPS = 1000  # M above which estimate warns: implicit diffusion in use takes 4-20
+STEPS_FREE = ("analytic",)  # methods whose cost does not grow with M
 
 
 class LargeStepsWarning(UserWarning):
     """M far above the M of diffusion operators in use: the run may take hours."""
 
 
+class GammaError(ValueError):
+    """A method produced no usable γ (non-finite or non-positive variance)."""
+
+
+DEFAULT_METHOD = "selinv"
 """The fastest certified exact method (it falls back to probing when it cannot certify)."""
 EXACT_METHODS = ("selinv", "probing", "brute")
 
@@ -210,12 +211,12 @@ def estimate(
             f"backend: method {method!r} does not solve with the operator; backend goes with "
             f"{', '.join(sorted(k for k, v in METHODS.items() if v.needs_operator))}"
         )
-    if fields.steps > LARGE_STEPS:
+    if fields.steps > LARGE_STEPS and spec.name not in STEPS_FREE:
         warnings.warn(
             f"steps: M = {fields.steps} is far above the M of implicit diffusion operators in "
-            "use (4-20); the exact methods' cost grows with M (selinv factors M/2 + 1 shifted "
-            "matrices; brute force, probing and randomization solve M systems per column, "
-            "colour or sample), so this may run for hours: check the steps attribute",
+            f"use (4-20), and the cost of {spec.name} grows with M (selinv factors M/2 + 1 "
+            "shifted matrices; brute force, probing and randomization solve M systems per "
+            "column, colour or sample), so this may run for hours: check the steps attribute",
             LargeStepsWarning,
             stacklevel=2,
         )

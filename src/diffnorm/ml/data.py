@@ -222,6 +222,11 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
                 f"data.resident must be >= 0 copies per window and is not taken with "
                 f"data.crop, got resident={resident}, crop={crop}"
             )
+        if resident == 1 and float(augment) > 0:
+            raise ValueError(
+                f"data.resident 1 holds no transformed copy for data.augment {augment} to "
+                "draw: set data.resident >= 2, or data.augment 0"
+            )
         check_share(priority, "data.priority")
         super().__init__()
         self.save_hyperparameters()
@@ -309,10 +314,16 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
     def state_dict(self) -> dict:
         """Saved in checkpoints: the windows' scores and the sampler's generator, so a run
         resumed from an end-of-epoch checkpoint (the default ones) draws as the killed one
-        would have; from a mid-epoch one, with the scores it had then."""
-        return {"priority": self.priority_sampler.state_dict()} if self.priority_sampler else {}
+        would have; from a mid-epoch one, with the scores it had then. With ``resident``, the
+        generator of its shuffles and copy choices too."""
+        state = {"priority": self.priority_sampler.state_dict()} if self.priority_sampler else {}
+        if self.resident is not None:
+            state["resident"] = self.resident.generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Lightning calls it after :meth:`setup`, so the sampler exists if the run has one."""
         if self.priority_sampler is not None and "priority" in state:
             self.priority_sampler.load_state_dict(state["priority"])
+        if self.resident is not None and "resident" in state:
+            self.resident.generator.set_state(state["resident"])

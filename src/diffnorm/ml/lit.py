@@ -16,8 +16,8 @@ from functools import partial
 
 import lightning
 import torch
-from lightning.pytorch.callbacks import Timer
 
+from diffnorm.ml.deadline import Deadline
 from diffnorm.ml.features import AREAS, DISTANCES, LOG_TARGETS, TARGETS, Standardizer
 from diffnorm.ml.networks import build_network, first_conv
 
@@ -48,15 +48,10 @@ def architecture(
     return {"arch": arch, "in_channels": in_channels, "activation": activation, "norm": norm, **kw}
 
 
-def _cosine(steps: int, timer: Timer, step: int) -> float:
+def _cosine(steps: int, clock: Deadline | None, step: int) -> float:
     """The cosine factor ``(1 + cos πp)/2`` at progress ``p``: the share of ``steps`` taken,
-    or, once the timer has a duration (``trainer.max_time``, a
-    :class:`~diffnorm.ml.train.Deadline`), the share of it spent training if that is larger."""
-    p = step / steps
-    left = timer.time_remaining()
-    if left is not None:
-        spent = timer.time_elapsed()
-        p = max(p, spent / max(spent + left, 1e-9))
+    or, with a :class:`~diffnorm.ml.deadline.Deadline`, the share of its time spent if larger."""
+    p = max(step / steps, clock.share if clock is not None else 0.0)
     return 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0)))
 
 
@@ -87,11 +82,11 @@ class GammaModel(lightning.LightningModule):
     ):
         """``arch="residual"`` uses width/blocks/layers_per_block/skip/dilation;
         ``arch="unet"`` uses width/levels/unet_halo. ``schedule="cosine"`` anneals the learning
-        rate to zero over the whole run (per optimizer step), or, under ``trainer.max_time``,
-        by its clock if that ends first. ``init_from``: a model file,
-        checkpoint or shipped model's name of the same architecture to fine-tune (its weights;
-        the data module takes its standardization statistics, see
-        ``TrainingDataModule(stats_from=…)``).
+        rate to zero over the whole run (per optimizer step), or, with a
+        :class:`~diffnorm.ml.deadline.Deadline`, by its clock if that ends first.
+        ``init_from``: a model file, checkpoint or shipped model's name of the same
+        architecture to fine-tune (its weights; the data module takes its standardization
+        statistics, see ``TrainingDataModule(stats_from=…)``).
         ``tail_scale``: τ of the loss ``E[ε² + ε⁴/τ²]`` (``loss="eps2"`` only; None: ``E[ε²]``).
         ``area``: the area channel, ``global`` or ``local`` (see :mod:`diffnorm.ml.features`).
         ``hard_weight``: cells near the coast or in passages
@@ -266,11 +261,10 @@ class GammaModel(lightning.LightningModule):
         if self.hparams.schedule == "constant":
             return opt
         steps = max(1, int(self.trainer.estimated_stepping_batches))
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
-        if timer is None:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        else:  # trainer.max_time or a Deadline: by the steps or the clock, whichever ends first
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_cosine, steps, timer))
+        clock = next(
+            (c for c in self.trainer.callbacks if isinstance(c, Deadline) and c.anneal), None
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, partial(_cosine, steps, clock))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -279,6 +273,8 @@ class GammaModel(lightning.LightningModule):
         checkpoint["diffnorm_data"] = self.data_info
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for state in checkpoint.get("lr_schedulers", []):  # a CosineAnnealingLR's state (older
+            state.setdefault("lr_lambdas", [None])  # runs): the LambdaLR goes on, same curve
         if "diffnorm_standardizer" in checkpoint:
             self.stats = Standardizer.from_dict(checkpoint["diffnorm_standardizer"])
         self.data_info = checkpoint.get("diffnorm_data", {})

@@ -39,14 +39,27 @@ class PrioritySampler(Sampler[int]):
         if size < 1:
             raise ValueError(f"a priority sampler needs at least one window, got {size}")
         self.size, self.share = size, check_share(share)
-        self.scores = torch.full((size,), UNSEEN, dtype=torch.float64)
+        self._scores = torch.full((size,), UNSEEN, dtype=torch.float64)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """Every window's last loss (the latest batch's included)."""
+        self._apply_pending()
+        return self._scores
+
+    @scores.setter
+    def scores(self, value: torch.Tensor) -> None:
+        self._pending, self._scores = None, value
 
     def __len__(self) -> int:
         return self.size
 
     def probabilities(self) -> torch.Tensor:
-        s = self.scores.clamp_min(0.0)
+        """The mixture above, from the scores as of the batch before the latest (see
+        :meth:`update`)."""
+        s = self._scores.clamp_min(0.0)
         total = float(s.sum())
         prior = s / total if total > 0 else torch.full_like(s, 1.0 / self.size)
         return (1.0 - self.share) / self.size + self.share * prior
@@ -61,8 +74,17 @@ class PrioritySampler(Sampler[int]):
             left -= n
 
     def update(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record the loss of each window of a batch (the last one counts)."""
-        self.scores[indices.long().cpu()] = losses.detach().double().cpu()
+        """Record the loss of each window of a batch (the last one counts). Applied one batch
+        late: reading a GPU's losses at once would wait for the step to finish before the
+        host could queue the next one; by the next batch they are long computed."""
+        self._apply_pending()
+        self._pending = (indices.detach(), losses.detach())
+
+    def _apply_pending(self) -> None:
+        if self._pending is not None:
+            indices, losses = self._pending
+            self._pending = None
+            self._scores[indices.long().cpu()] = losses.double().cpu()
 
     def state_dict(self) -> dict:
         return {"scores": self.scores.clone(), "generator": self.generator.get_state()}

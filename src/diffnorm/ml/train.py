@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import time
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -36,21 +35,6 @@ class ChannelsLast(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         pl_module.to(memory_format=torch.channels_last)
-
-
-class Deadline(Timer):
-    """``trainer.max_time`` as a moment rather than a duration: training stops, and the cosine
-    schedule ends, at ``at`` (Unix seconds), however long reading and encoding the windows
-    took before the first step. For runs with a hard end, such as one call on a lent GPU:
-    ``--trainer.callbacks+=diffnorm.ml.train.Deadline --trainer.callbacks.at=$(date +%s)+…``."""
-
-    def __init__(self, at: float):
-        super().__init__(duration=None)
-        self.at = float(at)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self._duration = max(self.at - time.time(), 0.0)
-        super().on_train_start(trainer, pl_module)
 
 
 class TrainOptionError(ValueError):
@@ -85,9 +69,16 @@ class DiffnormCLI(LightningCLI):
             raise TrainOptionError(str(exc)) from exc
 
     def before_fit(self) -> None:
-        # the windows are read and encoded, in forked processes, before the trainer takes its
-        # device (a GPU's context) and starts its clock; Lightning's own setup call then finds
-        # them ready
+        # on one device the windows are read and encoded, in forked processes, before the
+        # trainer takes it (a GPU's context) and starts its clock; Lightning's own setup call
+        # then finds them ready (with several, ddp_spawn would pickle them to every process)
+        if self.trainer.world_size > 1:
+            if self.datamodule.hparams.resident:
+                raise TrainOptionError(
+                    "data.resident holds the training windows on one device; with several "
+                    "devices set data.resident 0"
+                )
+            return
         self.datamodule.setup("fit")
 
     def _run_subcommand(self, subcommand: str) -> None:
