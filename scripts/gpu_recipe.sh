@@ -4,8 +4,8 @@
 # them, default half), then configs/train/windows_smooth_gpu.yaml (windows-smooth-m10 on those
 # windows, held on the GPU: data.resident) until a deadline that leaves FINISH seconds, and the
 # model file, best checkpoint, training log (as it is written), GPU samples and each step's
-# wall time in $OUT. Evaluate, calibrate its error model and ship it here afterwards: the same
-# configs and seeds make the same val windows here.
+# wall time in $OUT. Back here, scripts/gpu_compare.sh scores what came back against the
+# shipped default (the same configs and seeds make the same val windows here).
 #
 #   bash scripts/gpu_wheels.sh                  # here, once: the wheels the device lacks, in .whl/
 #   device run, carry [".whl"]:  bash scripts/gpu_recipe.sh

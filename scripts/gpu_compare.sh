@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# After scripts/gpu_recipe.sh on a lent GPU, here: its two model files (best on validation and
+# the annealed end) against the shipped default, on the same val windows (the four sets' whole
+# val splits: seeds follow split and index, so they hold the GPU run's), then, with GRIDS=1,
+# on the grids no network was trained on (benchmarks/bench_generalization.py, network only).
+#
+#   bash scripts/gpu_compare.sh /work/.device/N         # the folder the device's files came to
+#   GRIDS=1 bash scripts/gpu_compare.sh /work/.device/N  # and the unseen grids (~10 minutes)
+#
+# Ship the better one with scripts/build_models.sh's ship_windows steps (its error model
+# calibrated on these val windows, its card on the test splits).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FROM=${1:?the folder holding windows-smooth-gpu-m10.pt and windows-smooth-gpu-m10-final.pt}
+PY=${PY:-.venv/bin/python}
+DN="$PY -m diffnorm"
+VAL=${VAL:-data/val}
+roots=()
+for set in stretched_9k:stretched polar:polar metres:metres uniform:uniform; do
+  config=$VAL/windows_${set##*:}.yaml folder=$VAL/windows_${set##*:}
+  mkdir -p "$VAL"
+  $PY - "configs/data/windows_${set%%:*}.yaml" "$config" <<'PY'
+import sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+c["splits"] = {k: (v if k == "val" else 0) for k, v in c["splits"].items()}
+yaml.safe_dump(c, open(sys.argv[2], "w"))
+PY
+  $DN generate -c "$config" -o "$folder" -q
+  roots+=("$folder")
+done
+pooled=$(IFS=,; echo "${roots[*]}")
+models=(windows-smooth-m10 "$FROM"/windows-smooth-gpu-m10.pt "$FROM"/windows-smooth-gpu-m10-final.pt)
+for model in "${models[@]}"; do
+  [[ -f $model || $model != */* ]] || { echo "$model: missing, skipped"; continue; }
+  out=runs/gpu_compare/$(basename "${model%.pt}")
+  $DN evaluate -m "$model" -d "$pooled" --split val --samples "" --out "$out" -q > /dev/null
+  $PY - "$model" "$out/evaluation.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[2]))["cnn"]  # [mean, std] over windows of each window's metric
+print(f"{sys.argv[1]}: over the val windows, mean of each one's mean {c['mean_abs'][0]:.3e}, "
+      f"Q99.99 {c['q9999'][0]:.3g}, max {c['max_abs'][0]:.3g}")
+PY
+done
+if [[ -n ${GRIDS:-} ]]; then
+  for model in "${models[@]}"; do
+    [[ -f $model || $model != */* ]] || continue
+    echo "== $model on unseen grids"
+    $PY benchmarks/bench_generalization.py --model "$model" --samples 1 --randomization 0
+  done
+fi
