@@ -12,7 +12,9 @@
 #   QUICK=1 bash scripts/gpu_recipe.sh          # a CPU smoke run of every step (~2 minutes)
 #
 # Measured on the lent H200 machine (2026-12-04, 16 cores): the four full sets (15 730 windows)
-# took 421 s to generate, 0.43 core-s a window, ~1.6x this 2-core host's; hence SCALE 0.5.
+# took 421 s to generate, 0.43 core-s a window; hence SCALE 0.5. Since then a scheduler-wide
+# write lock is gone (a window: 73 -> 19.5 ms on 2 workers here): if recipe.log shows
+# generation at a quarter of that, SCALE=1 fits.
 # BUDGET (s, default 585) is the whole call, FINISH (40) what export needs after training;
 # WIDTH, LOADERS (cores − 2), LR, BATCH and RESIDENT override the config; INIT= (empty) trains
 # a new network instead (with WIDTH=40, say); TARGET=log_images_walk the walk-mean baseline.

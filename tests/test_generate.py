@@ -17,7 +17,7 @@ import yaml
 from diffnorm.data import ConfigError, DatasetError, generate, load_config
 from diffnorm.data.config import config_from_dict
 from diffnorm.data.generate import sample_fields, sample_path
-from diffnorm.fields import read_fields
+from diffnorm.fields import read_fields, write_fields
 from diffnorm.methods import estimate
 
 BOX = {
@@ -184,6 +184,26 @@ def test_existing_scheduler(tmp_path):
     ) as c:
         manifest = generate(cfg, tmp_path, scheduler=c.scheduler_address)
     assert [r["file"] for r in manifest["samples"]] == ["val/val_00000.nc", "val/val_00001.nc"]
+
+
+def test_files_written_beside_a_dask_client_take_no_cluster_lock(tmp_path, monkeypatch):
+    """On a Dask worker xarray would take a scheduler-wide lock for every attribute written
+    (72 ms of a window's 90 ms); files are written under an in-process lock instead."""
+    import distributed
+    from dask.distributed import Client, LocalCluster
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cluster-wide lock was taken to write one file")
+
+    monkeypatch.setattr(distributed.Lock, "acquire", refuse)
+    fields = sample_fields(config_from_dict(BOX), "train", 0)
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster),
+    ):
+        write_fields(tmp_path / "f.nc", fields, np.ones(fields.shape))
+    again, gamma = read_fields(tmp_path / "f.nc")
+    np.testing.assert_array_equal(again.mask, fields.mask)
 
 
 def test_a_dataset_grows_and_keeps_its_samples(tmp_path):
