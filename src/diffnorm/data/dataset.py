@@ -65,23 +65,41 @@ class _Tensor:
         self.array = tensor.detach().numpy()
 
 
+def _leaves(result, fn):
+    """``result`` with ``fn`` applied to every leaf of its dicts, lists and tuples."""
+    if isinstance(result, dict):
+        return {k: _leaves(v, fn) for k, v in result.items()}
+    if isinstance(result, (list, tuple)):
+        return type(result)(_leaves(v, fn) for v in result)
+    return fn(result)
+
+
+def _send(leaf):
+    # NumPy holds no bfloat16, and a CUDA tensor has no NumPy view: those go as tensors
+    if (
+        isinstance(leaf, torch.Tensor)
+        and leaf.device.type == "cpu"
+        and leaf.dtype != torch.bfloat16
+    ):
+        return _Tensor(leaf)
+    return leaf
+
+
+def _receive(leaf):
+    if isinstance(leaf, _Tensor):
+        return torch.from_numpy(leaf.array)
+    if isinstance(leaf, torch.Tensor):  # shared: copied out, or each would hold a descriptor
+        return leaf.clone()
+    return leaf
+
+
 def _by_value(result):
     """``result`` with its tensors sent by value. A torch tensor crosses processes through
     shared memory, and the receiver fetches each one's file descriptor from the sender over a
     socket: ~2 ms a tensor, all in the receiving process, which capped encoding the training
     windows at ~40 windows/s however many workers ran (2 480 windows with two copies each took
     58 s on 2 workers, as long as on none)."""
-    if isinstance(result, torch.Tensor):  # NumPy holds no bfloat16: those go as tensors
-        return (
-            _Tensor(result)
-            if result.device.type == "cpu" and result.dtype != torch.bfloat16
-            else result
-        )
-    if isinstance(result, dict):
-        return {k: _by_value(v) for k, v in result.items()}
-    if isinstance(result, (list, tuple)) and not hasattr(result, "_fields"):
-        return type(result)(map(_by_value, result))
-    return result
+    return _leaves(result, _send)
 
 
 def _as_is(item):
@@ -90,15 +108,7 @@ def _as_is(item):
 
 def _own(result):
     """``result`` with the tensors :func:`_by_value` sent made tensors again."""
-    if isinstance(result, _Tensor):
-        return torch.from_numpy(result.array)
-    if isinstance(result, torch.Tensor):  # shared: copied out, or each would hold a descriptor
-        return result.clone()
-    if isinstance(result, dict):
-        return {k: _own(v) for k, v in result.items()}
-    if isinstance(result, (list, tuple)) and not hasattr(result, "_fields"):
-        return type(result)(map(_own, result))
-    return result
+    return _leaves(result, _receive)
 
 
 def parallel_map(fn, items: list, workers: int = 0) -> list:
