@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import types
 
 import lightning
 import pytest
@@ -60,6 +61,10 @@ def test_resident_batches_draw_every_window_once_an_epoch(tiny_dataset):
         TrainingDataModule(str(tiny_dataset), resident=2, crop=8)
     with pytest.raises(ValueError, match="data.resident 1 holds no transformed copy"):
         TrainingDataModule(str(tiny_dataset), resident=1, augment=0.5)
+    several = TrainingDataModule("no/such/folder", resident=2)
+    several.trainer = types.SimpleNamespace(world_size=2)  # DDP: refused before any reading
+    with pytest.raises(ValueError, match="data.resident holds the training windows on one"):
+        several.setup("fit")
 
 
 def test_resident_training_scores_windows_and_is_seeded(tiny_dataset, tmp_path):

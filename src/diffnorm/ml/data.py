@@ -241,6 +241,12 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
 
     def setup(self, stage: str | None = None) -> None:
         workers = self.num_workers  # the loaders' processes read and encode too
+        trainer = getattr(self, "trainer", None)
+        if self.hparams.resident and trainer is not None and trainer.world_size > 1:
+            raise ValueError(  # before any window is read
+                "data.resident holds the training windows on one device; with several "
+                "devices set data.resident 0"
+            )
         if self.stats is None:
             with timed("read the training windows"):
                 train = pooled_split(self.hparams.root, "train", workers)
@@ -298,18 +304,13 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
         if self.resident is None:
             return self._loader("train", True, self.priority_sampler)
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.world_size > 1:
-            raise ValueError(
-                "data.resident holds the training windows on one device; with several "
-                "devices set data.resident 0"
-            )
         return self.resident.to(trainer.strategy.root_device if trainer is not None else "cpu")
 
     @property
     def eval_workers(self) -> int:
-        # evaluation items are encoded already; forking a process that holds the resident
-        # copies costs more than the processes save
-        return 0 if self.resident is not None else self.num_workers
+        # val and test items are encoded at setup: loader processes would only look them up,
+        # at the cost of starting at every validation
+        return 0
 
     def state_dict(self) -> dict:
         """Saved in checkpoints: the windows' scores and the sampler's generator, so a run

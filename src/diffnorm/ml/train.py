@@ -72,14 +72,8 @@ class DiffnormCLI(LightningCLI):
         # on one device the windows are read and encoded, in forked processes, before the
         # trainer takes it (a GPU's context) and starts its clock; Lightning's own setup call
         # then finds them ready (with several, ddp_spawn would pickle them to every process)
-        if self.trainer.world_size > 1:
-            if self.datamodule.hparams.resident:
-                raise TrainOptionError(
-                    "data.resident holds the training windows on one device; with several "
-                    "devices set data.resident 0"
-                )
-            return
-        self.datamodule.setup("fit")
+        if self.trainer.world_size == 1:
+            self.datamodule.setup("fit")
 
     def _run_subcommand(self, subcommand: str) -> None:
         existing = log_dirs(self.trainer)  # a logger given a version may reuse a trained run's
