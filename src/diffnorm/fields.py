@@ -608,11 +608,8 @@ def _process_write_lock() -> Iterator[None]:
     writes: 72 ms of a 64×64 window's 90 ms there (cProfile on a worker). Our datasets hold
     NumPy arrays and each file has one writer, so xarray's in-process lock is enough: it
     takes that when dask's scheduler is the synchronous one."""
-    try:
-        import dask
-    except ImportError:  # pragma: no cover - dask is a dependency
-        yield
-        return
+    import dask
+
     with dask.config.set(scheduler="synchronous"):
         yield
 

@@ -43,7 +43,6 @@ __all__ = [
 
 
 LARGE_STEPS = 1000  # M above which estimate warns: implicit diffusion in use takes 4-20
-STEPS_FREE = ("analytic",)  # methods whose cost does not grow with M
 
 
 class LargeStepsWarning(UserWarning):
@@ -211,7 +210,7 @@ def estimate(
             f"backend: method {method!r} does not solve with the operator; backend goes with "
             f"{', '.join(sorted(k for k, v in METHODS.items() if v.needs_operator))}"
         )
-    if fields.steps > LARGE_STEPS and spec.name not in STEPS_FREE:
+    if fields.steps > LARGE_STEPS and not spec.steps_free:
         warnings.warn(
             f"steps: M = {fields.steps} is far above the M of implicit diffusion operators in "
             f"use (4-20), and the cost of {spec.name} grows with M (selinv factors M/2 + 1 "

@@ -48,7 +48,12 @@ def cap_by_basin_area(fields: Fields, g2: np.ndarray) -> np.ndarray:
     return np.where(fields.mask, np.minimum(g2, basin_area[labels]), np.nan)
 
 
-@register("analytic", "local infinite-plane formula 4 pi (M-1) sqrt(k11 k22), O(n)", False)
+@register(
+    "analytic",
+    "local infinite-plane formula 4 pi (M-1) sqrt(k11 k22), O(n)",
+    needs_operator=False,
+    steps_free=True,
+)
 def analytic(fields: Fields, *, progress=None) -> MethodOutput:
     g2 = analytic_gamma_squared(fields).ravel()[fields.ocean]
     return MethodOutput(1.0 / g2, tolerance=None, info={"solves": 0})

@@ -101,16 +101,17 @@ class Method:
     fn: MethodFn
     needs_operator: bool
     summary: str
+    steps_free: bool = False  # its cost does not grow with M
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, needs_operator: bool = True):
+def register(name: str, summary: str, needs_operator: bool = True, steps_free: bool = False):
     """Add a method ``fn(op_or_fields, *, progress, **options) -> MethodOutput`` to the registry."""
 
     def wrap(fn: MethodFn) -> MethodFn:
-        METHODS[name] = Method(name, fn, needs_operator, summary)
+        METHODS[name] = Method(name, fn, needs_operator, summary, steps_free)
         return fn
 
     return wrap
