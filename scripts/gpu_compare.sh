@@ -19,19 +19,16 @@ roots=()
 for set in stretched_9k:stretched polar:polar metres:metres uniform:uniform; do
   config=$VAL/windows_${set##*:}.yaml folder=$VAL/windows_${set##*:}
   mkdir -p "$VAL"
-  $PY - "configs/data/windows_${set%%:*}.yaml" "$config" <<'PY'
-import sys, yaml
-c = yaml.safe_load(open(sys.argv[1]))
-c["splits"] = {k: (v if k == "val" else 0) for k, v in c["splits"].items()}
-yaml.safe_dump(c, open(sys.argv[2], "w"))
-PY
+  $PY scripts/split_config.py "configs/data/windows_${set%%:*}.yaml" "$config" --only val
   $DN generate -c "$config" -o "$folder" -q
   roots+=("$folder")
 done
 pooled=$(IFS=,; echo "${roots[*]}")
-models=(windows-smooth-m10 "$FROM"/windows-smooth-gpu-m10.pt "$FROM"/windows-smooth-gpu-m10-final.pt)
+models=(windows-smooth-m10)  # the shipped default, then what came back
+for file in "$FROM"/windows-smooth-gpu-m10.pt "$FROM"/windows-smooth-gpu-m10-final.pt; do
+  if [[ -f $file ]]; then models+=("$file"); else echo "$file: missing, skipped"; fi
+done
 for model in "${models[@]}"; do
-  [[ -f $model || $model != */* ]] || { echo "$model: missing, skipped"; continue; }
   out=runs/gpu_compare/$(basename "${model%.pt}")
   $DN evaluate -m "$model" -d "$pooled" --split val --samples "" --out "$out" -q > /dev/null
   $PY - "$model" "$out/evaluation.json" <<'PY'
@@ -43,7 +40,6 @@ PY
 done
 if [[ -n ${GRIDS:-} ]]; then
   for model in "${models[@]}"; do
-    [[ -f $model || $model != */* ]] || continue
     echo "== $model on unseen grids"
     $PY benchmarks/bench_generalization.py --model "$model" --samples 1 --randomization 0
   done

@@ -58,14 +58,8 @@ mkdir -p "$RUN"
 roots=()
 for set in stretched_9k:stretched polar:polar metres:metres uniform:uniform; do
   config=$RUN/windows_${set##*:}.yaml folder=$DATA/windows_${set##*:}
-  # the same windows (seeds follow split and index), fewer where SCALE < 1, no test split
-  $PY - "configs/data/windows_${set%%:*}.yaml" "$config" "$SCALE" <<'PY'
-import sys, yaml
-src, dst, scale = sys.argv[1], sys.argv[2], float(sys.argv[3])
-c = yaml.safe_load(open(src))
-c["splits"] = {k: max(2, round(v * scale)) if k != "test" else 0 for k, v in c["splits"].items()}
-yaml.safe_dump(c, open(dst, "w"))
-PY
+  $PY scripts/split_config.py "configs/data/windows_${set%%:*}.yaml" "$config" \
+    --scale "$SCALE" --only train,val
   $DN generate -c "$config" -o "$folder" -q
   roots+=("$folder")
   step "generated $folder"
