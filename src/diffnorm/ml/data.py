@@ -242,11 +242,8 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
     def setup(self, stage: str | None = None) -> None:
         workers = self.num_workers  # the loaders' processes read and encode too
         trainer = getattr(self, "trainer", None)
-        if self.hparams.resident and trainer is not None and trainer.world_size > 1:
-            raise ValueError(  # before any window is read
-                "data.resident holds the training windows on one device; with several "
-                "devices set data.resident 0"
-            )
+        if trainer is not None:
+            self.check_devices(trainer.world_size)  # before any window is read
         if self.stats is None:
             with timed("read the training windows"):
                 train = pooled_split(self.hparams.root, "train", workers)
@@ -299,6 +296,14 @@ class TrainingDataModule(SplitLoaders, _datamodule_base()):
                         samples, self.enc, self.stats, workers=workers
                     )
         release_free_memory()
+
+    def check_devices(self, world_size: int) -> None:
+        """Refuse ``data.resident`` with several devices (it holds the windows on one)."""
+        if self.hparams.resident and world_size > 1:
+            raise ValueError(
+                "data.resident holds the training windows on one device; with several "
+                "devices set data.resident 0"
+            )
 
     def train_dataloader(self):
         if self.resident is None:

@@ -72,6 +72,10 @@ class DiffnormCLI(LightningCLI):
         # on one device the windows are read and encoded, in forked processes, before the
         # trainer takes it (a GPU's context) and starts its clock; Lightning's own setup call
         # then finds them ready (with several, ddp_spawn would pickle them to every process)
+        try:
+            self.datamodule.check_devices(self.trainer.world_size)
+        except ValueError as exc:  # the user's option: a clean error, not a traceback
+            raise TrainOptionError(str(exc)) from exc
         if self.trainer.world_size == 1:
             self.datamodule.setup("fit")
 
