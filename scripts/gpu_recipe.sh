@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The default network trained on at GPU pace, in one call of at most 10 minutes on a lent GPU
-# machine: exact data for the four window sets on every core (train and val splits; SCALE of
-# them, default half), then configs/train/windows_smooth_gpu.yaml (windows-smooth-m10 on those
+# machine: exact data for the four window sets on every core (train and val splits, SCALE of
+# them, for at most GEN seconds), then configs/train/windows_smooth_gpu.yaml (windows-smooth-m10 on those
 # windows, held on the GPU: data.resident) until a deadline that leaves FINISH seconds, and the
 # model file, best checkpoint, training log (as it is written), GPU samples and each step's
 # wall time in $OUT. Back here, scripts/gpu_compare.sh scores what came back against the
@@ -12,9 +12,9 @@
 #   QUICK=1 bash scripts/gpu_recipe.sh          # a CPU smoke run of every step (~2 minutes)
 #
 # Measured on the lent H200 machine (2026-12-04, 16 cores): the four full sets (15 730 windows)
-# took 421 s to generate, 0.43 core-s a window; hence SCALE 0.5. Since then a scheduler-wide
-# write lock is gone (a window: 73 -> 19.5 ms on 2 workers here): if recipe.log shows
-# generation at a quarter of that, SCALE=1 fits.
+# took 421 s to generate, 0.43 core-s a window. Since then a scheduler-wide write lock is gone
+# (a window: 73 -> 19.5 ms on 2 workers here), and generation stops at GEN seconds (default
+# 200) with what it has made, val windows first.
 # BUDGET (s, default 585) is the whole call, FINISH (40) what export needs after training;
 # WIDTH, LOADERS (cores − 2), LR, BATCH and RESIDENT override the config; INIT= (empty) trains
 # a new network instead (with WIDTH=40, say); TARGET=log_images_walk the walk-mean baseline.
@@ -46,23 +46,33 @@ if command -v nvidia-smi > /dev/null; then  # utilization every 5 s, for the rec
 fi
 
 if [[ -n ${QUICK:-} ]]; then  # a few dozen windows and a few short epochs: every step, on a CPU
-  SCALE=${SCALE:-0.01}; BUDGET=${BUDGET:-150}; DATA=data/gpu_quick
+  SCALE=${SCALE:-0.01}; BUDGET=${BUDGET:-150}; GEN=${GEN:-40}; DATA=data/gpu_quick
   extra=(--trainer.check_val_every_n_epoch 3 --data.batch_size 8)
 else
-  SCALE=${SCALE:-0.5}; BUDGET=${BUDGET:-585}; DATA=data
-  extra=()
+  SCALE=${SCALE:-1}; BUDGET=${BUDGET:-585}; GEN=${GEN:-200}; DATA=data
+  extra=(--trainer.benchmark true)  # cuDNN picks its fastest kernels: every input is one size
 fi
 FINISH=${FINISH:-40}
 RUN=runs/gpu_recipe/train
 mkdir -p "$RUN"
+# exact data: each set gets its share (by windows) of what is left of GEN seconds, makes its val
+# windows first and stops at its --time-limit; training takes what exists (a warm machine's
+# next call completes the sets)
+sets=(polar:polar:2050 metres:metres:3050 uniform:uniform:1530 stretched_9k:stretched:9100)
+left_windows=15730
 roots=()
-for set in stretched_9k:stretched polar:polar metres:metres uniform:uniform; do
-  config=$RUN/windows_${set##*:}.yaml folder=$DATA/windows_${set##*:}
-  $PY scripts/split_config.py "configs/data/windows_${set%%:*}.yaml" "$config" \
+for set in "${sets[@]}"; do
+  IFS=: read -r name short windows <<< "$set"
+  config=$RUN/windows_$short.yaml folder=$DATA/windows_$short
+  $PY scripts/split_config.py "configs/data/windows_$name.yaml" "$config" \
     --scale "$SCALE" --only train,val
-  $DN generate -c "$config" -o "$folder" -q
+  share=$(((GEN - (SECONDS - start)) * windows / left_windows))
+  share=$((share > 5 ? share : 5))
+  left_windows=$((left_windows - windows))
+  $DN generate -c "$config" -o "$folder" -q --time-limit "$share" \
+    2> >(grep -v CancelledError >&2)
   roots+=("$folder")
-  step "generated $folder"
+  step "generated $folder: $(ls "$folder"/train | wc -l) train, $(ls "$folder"/val | wc -l) val windows (limit ${share} s)"
 done
 pooled=$(IFS=,; echo "${roots[*]}")
 

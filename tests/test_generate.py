@@ -277,3 +277,51 @@ def test_a_second_run_on_a_folder_being_written_is_refused(tmp_path):
         assert not (tmp_path / "train").exists() or not list((tmp_path / "train").glob("*.nc"))
     generate(cfg, tmp_path, workers=1)  # released: the run goes ahead
     assert len(list((tmp_path / "train").glob("*.nc"))) == 1
+
+
+def test_a_time_limit_stops_with_val_and_test_first_and_a_rerun_completes(tmp_path, monkeypatch):
+    import importlib
+    import types
+
+    gen = importlib.import_module("diffnorm.data.generate")  # the package re-exports generate()
+    clock = iter(range(1000))  # every look at the clock is one second later
+    fake = types.SimpleNamespace(**vars(gen.time))
+    fake.monotonic = lambda: float(next(clock))
+    monkeypatch.setattr(gen, "time", fake)
+    cfg = config_from_dict(BOX)  # train 3, val 1, test 1
+    manifest = generate(cfg, tmp_path, workers=1, time_limit=3.5)
+    assert not manifest["complete"]
+    assert manifest["splits"] == {"train": 1, "val": 1, "test": 1}
+    monkeypatch.undo()
+    manifest = generate(cfg, tmp_path, workers=1)
+    assert manifest["complete"] and manifest["splits"]["train"] == 3
+    assert sum(r["reused"] for r in manifest["samples"]) == 3
+    with pytest.raises(ConfigError, match="time-limit"):
+        generate(cfg, tmp_path, workers=1, time_limit=0)
+
+
+def test_a_time_limit_on_dask_returns_what_exists(tmp_path):
+    manifest = generate(config_from_dict(BOX), tmp_path, workers=2, time_limit=0.01)
+    assert not manifest["complete"]
+    assert len(manifest["samples"]) == sum(manifest["splits"].values()) < 5
+
+
+def test_a_killed_growth_leaves_no_manifest_that_hides_new_samples(tmp_path, monkeypatch):
+    import importlib
+
+    from diffnorm.data.dataset import sample_files
+
+    gen = importlib.import_module("diffnorm.data.generate")
+
+    generate(config_from_dict({**BOX, "splits": {"val": 1}}), tmp_path, workers=1)
+    real = gen._run
+
+    def killed_after_one(*args):
+        yield next(real(*args))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gen, "_run", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        generate(config_from_dict(BOX), tmp_path, workers=1)
+    assert len(sample_files(tmp_path, "val")) == 1
+    assert len(sample_files(tmp_path, "test")) == 1  # made after the first manifest

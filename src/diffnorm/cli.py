@@ -644,6 +644,10 @@ def generate(
         str | None, typer.Option(help="address of a running Dask scheduler (many machines)")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    time_limit: Annotated[
+        float | None,
+        typer.Option(help="seconds; then stop, keep what is made (val and test first), exit 0"),
+    ] = None,
 ) -> None:
     """Generate (or resume) a dataset of samples with exact γ, one NetCDF file each."""
     from diffnorm.data import generate as run_generate
@@ -657,13 +661,20 @@ def generate(
                 raise ValueError(f"--workers must be >= 1, got {workers}")
             with progress_bars(not quiet) as bars:
                 manifest = run_generate(
-                    cfg, out, workers=workers, scheduler=scheduler, progress=bars("samples")
+                    cfg,
+                    out,
+                    workers=workers,
+                    scheduler=scheduler,
+                    progress=bars("samples"),
+                    time_limit=time_limit,
                 )
         except DatasetError as exc:
             raise ValueError(str(exc)) from None
     made = sum(not r["reused"] for r in manifest["samples"])
     sizes = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
     console.print(f"{out}: {sizes} ({made} made now, {len(manifest['samples']) - made} kept)")
+    if not manifest["complete"]:
+        console.print(f"stopped at --time-limit {time_limit:g} s; the same command completes it")
 
 
 @app.command()

@@ -213,13 +213,19 @@ def generate(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    time_limit: float | None = None,
 ) -> dict[str, Any]:
     """Generate (or complete) the dataset in ``out``; returns the manifest.
 
     ``scheduler`` is the address of a running Dask scheduler; otherwise a local cluster of
     ``workers`` processes (default: one per core) runs the samples, or the current process
-    when ``workers == 1``.
+    when ``workers == 1``. After ``time_limit`` seconds no sample is started or waited for: the
+    manifest lists what exists (``complete`` false) and a rerun makes the rest. Samples are
+    run smallest split first, so a stopped run has its val and test samples.
     """
+    if time_limit is not None and not time_limit > 0:
+        raise ConfigError(f"time_limit (--time-limit) is in seconds, > 0; got {time_limit}")
+    until = None if time_limit is None else time.monotonic() + time_limit
     if not isinstance(config, DataConfig):
         raise ConfigError("config must be a DataConfig (see diffnorm.data.config.load_config)")
     out = Path(out)
@@ -235,8 +241,14 @@ def generate(
             else:  # checked once here, not again on a worker (15 700 kept: minutes on Dask)
                 kept.append(_record(path, split, index, found, reused=True))
         workers = workers or os.cpu_count() or 1
-        made = list(_run(config, out, todo, workers, scheduler, progress)) if todo else []
-        return write_manifest(config, out, kept + made)
+        made = []
+        if todo:
+            # the old manifest lists fewer samples: a killed run must not leave it to hide the
+            # new ones from readers (sample_files falls back to the files when there is none)
+            (out / MANIFEST_FILE).unlink(missing_ok=True)
+            todo.sort(key=lambda task: config.splits[task[0]])  # smallest split first
+            made = list(_run(config, out, todo, workers, scheduler, progress, until))
+        return write_manifest(config, out, kept + made, complete=len(made) == len(todo))
 
 
 LOCK_FILE = ".generate.lock"
@@ -266,12 +278,14 @@ def dataset_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run(config, out, todo, workers, scheduler, progress) -> Iterable[dict]:
+def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterable[dict]:
     total = len(todo)
     done = 0
     cfg = config.to_dict()
     if scheduler is None and workers == 1:
         for split, index in todo:
+            if until is not None and time.monotonic() >= until:
+                return
             yield run_sample(cfg, split, index, str(out))
             done += 1
             if progress:
@@ -293,23 +307,30 @@ def _run(config, out, todo, workers, scheduler, progress) -> Iterable[dict]:
             )
             for s, i in todo
         ]
-        for future in as_completed(futures):
-            yield future.result()
-            done += 1
-            if progress:
-                progress(done, total)
+        timeout = None if until is None else max(until - time.monotonic(), 0.001)
+        try:
+            for future in as_completed(futures, timeout=timeout):
+                yield future.result()
+                done += 1
+                if progress:
+                    progress(done, total)
+        except TimeoutError:  # time_limit; a sample already running may still write its file
+            client.cancel(futures)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
 
-def write_manifest(config: DataConfig, out: Path, records: list[dict]) -> dict[str, Any]:
+def write_manifest(
+    config: DataConfig, out: Path, records: list[dict], complete: bool = True
+) -> dict[str, Any]:
     records = sorted(records, key=lambda r: (SPLITS.index(r["split"]), r["index"]))
     manifest = {
         "generator_version": __version__,
         "config_digest": config.digest(),
         "config": config.to_dict(),
+        "complete": complete,
         "splits": {s: sum(r["split"] == s for r in records) for s in SPLITS},
         "samples": records,
     }
