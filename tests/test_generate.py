@@ -300,10 +300,21 @@ def test_a_time_limit_stops_with_val_and_test_first_and_a_rerun_completes(tmp_pa
         generate(cfg, tmp_path, workers=1, time_limit=0)
 
 
-def test_a_time_limit_on_dask_returns_what_exists(tmp_path):
-    manifest = generate(config_from_dict(BOX), tmp_path, workers=2, time_limit=0.01)
+def test_a_time_limit_on_dask_returns_what_exists(tmp_path, monkeypatch):
+    import importlib
+    import types
+
+    manifest = generate(config_from_dict(BOX), tmp_path / "idle", workers=2, time_limit=0.01)
     assert not manifest["complete"]
     assert len(manifest["samples"]) == sum(manifest["splits"].values()) < 5
+    # a busy cluster always has a result waiting: the limit must hold all the same
+    gen = importlib.import_module("diffnorm.data.generate")
+    clock = iter([0.0, 0.0] + [5000.0] * 100)  # the limit passes as the first result comes
+    fake = types.SimpleNamespace(**vars(gen.time))
+    fake.monotonic = lambda: next(clock)
+    monkeypatch.setattr(gen, "time", fake)
+    manifest = generate(config_from_dict(BOX), tmp_path / "busy", workers=2, time_limit=1000)
+    assert not manifest["complete"] and len(manifest["samples"]) == 1
 
 
 def test_a_killed_growth_leaves_no_manifest_that_hides_new_samples(tmp_path, monkeypatch):

@@ -307,6 +307,8 @@ def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterabl
             )
             for s, i in todo
         ]
+        # as_completed's timeout fires only while no result is waiting; a busy cluster
+        # always has one, so the clock is also read after each result
         timeout = None if until is None else max(until - time.monotonic(), 0.001)
         try:
             for future in as_completed(futures, timeout=timeout):
@@ -314,6 +316,8 @@ def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterabl
                 done += 1
                 if progress:
                     progress(done, total)
+                if until is not None and time.monotonic() >= until:
+                    raise TimeoutError
         except TimeoutError:  # time_limit; a sample already running may still write its file
             client.cancel(futures)
     finally:
