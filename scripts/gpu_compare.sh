@@ -7,8 +7,9 @@
 #   bash scripts/gpu_compare.sh /work/.device/N         # the folder the device's files came to
 #   GRIDS=1 bash scripts/gpu_compare.sh /work/.device/N  # and the unseen grids (~10 minutes)
 #
-# Ship the better one with scripts/build_models.sh's ship_windows steps (its error model
-# calibrated on these val windows, its card on the test splits).
+# Ship the better one, if it beats the default on the unseen grids, with scripts/ship_windows.sh
+# (VAL=data/val TEST=data/test: its error model calibrated on these val windows, its card on
+# the test splits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FROM=${1:?the folder holding windows-smooth-gpu-m10.pt and windows-smooth-gpu-m10-final.pt}

@@ -631,11 +631,7 @@ def test_shipped_models_load_list_and_predict_well():
 
     assert DEFAULT in shipped_models()
     res = CliRunner().invoke(app, ["models"])
-    assert (
-        res.exit_code == 0
-        and "windows-smooth-m10 (default)" in res.output
-        and "mean abs" in res.output
-    )
+    assert res.exit_code == 0 and f"{DEFAULT} (default)" in res.output and "mean abs" in res.output
     grid = built_in_grid("latlon", resolution=4.0, polar_cap=80.0)
     rng = np.random.default_rng(123)  # a sample the model never saw
     d1, d2 = random_cell_length_scales(
@@ -647,17 +643,17 @@ def test_shipped_models_load_list_and_predict_well():
     assert cnn.info["model"] == "latlon4-m10"
     # a grid of the training windows' shape is home to every window model: the default wins
     box = random_fields(ny=64, nx=64, steps=10, seed=1)
-    assert resolve_model(None, box).name == "windows-smooth-m10"
+    assert resolve_model(None, box).name == DEFAULT
     # it has no error model: --exact-above picks the closest shipped model that has one
     hybrid = estimate(fields, "cnn", device="cpu", exact_above=0.05)
-    assert hybrid.info["model"] == "windows-smooth-m10" and hybrid.info["exact_above_rounds"]
+    assert hybrid.info["model"] == DEFAULT and hybrid.info["exact_above_rounds"]
     m = sample_metrics(cnn.gamma, exact, fields.mask)
     # measured 1.4e-2 / 2.2e-1 on the test split: far below analytic (0.68 mean)
     assert m["mean_abs"] < 0.03 and m["max_abs"] < 0.6, m
     for fold in ("T", "F"):  # a folded grid: the general model, which has seen folds
         folded = folded_fields(fold, ny=20, nx=24, steps=10, seed=2)
         r = estimate(folded, "cnn", device="cpu")
-        assert r.info["model"] == "windows-smooth-m10" and r.info["outside_fold"] == 0
+        assert r.info["model"] == DEFAULT and r.info["outside_fold"] == 0
     # another M: the network with M as an input
     fields6 = fields_from_cell_length_scales(grid, d1, d2, 6)
     cnn6 = estimate(fields6, "cnn", device="cpu")

@@ -803,7 +803,8 @@ def predict(
         str | None,
         typer.Option(
             help="model file, checkpoint or shipped name (default: a shipped model trained "
-            "on this grid, else windows-smooth-m10, or the one for the grid's M; diffnorm models)"
+            "on this grid, else windows-smooth-gpu-m10, or the one for the grid's M; "
+            "diffnorm models)"
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
