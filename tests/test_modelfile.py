@@ -928,8 +928,12 @@ def test_the_fields_graph_is_the_python_prediction(network, fold, target, tmp_pa
         ts, card = export(
             network, tmp_path / "f.ts", "torchscript", f.periodic_x, north_fold=f.north_fold
         )
-        traced = torch.jit.load(str(ts))(*inputs)[0].numpy()  # no grad: an inference graph
+        loaded = torch.jit.load(str(ts))
+        traced = loaded(*inputs)[0].numpy()  # no grad: an inference graph
         np.testing.assert_allclose(traced[m], want[m], rtol=1e-5)
+        # a device constant would make the graph fail on a GPU (found on an H200: the halo's
+        # fill was made with device=x.device, which the tracer froze to "cpu")
+        assert 'value="cpu"' not in str(loaded.inlined_graph)
         assert '"alpha_x"' in card.read_text()
         onnx, _ = export(
             network, tmp_path / "f.onnx", "onnx", f.periodic_x, north_fold=f.north_fold

@@ -514,7 +514,9 @@ def _run_mean(
     front = CAP + 1  # one more: the sum before the first cell a run can reach
     nodes = values.shape[0]
     grid = torch.zeros_like(m.flatten(), dtype=values.dtype)[None].repeat(nodes, 1)
-    grid = grid.index_put((torch.arange(nodes)[:, None], ocean[None]), values)
+    # node indices from values itself: a traced arange would pin the exporter's device
+    node = torch.ones_like(values[:, 0], dtype=torch.long).cumsum(0) - 1
+    grid = grid.index_put((node[:, None], ocean[None]), values)
     grid = grid.view(nodes, *m.shape)
     places = torch.ones_like(m, dtype=torch.long)  # becomes each cell's index in the sum
     if axis == -2:

@@ -13,6 +13,7 @@ homogeneous-lattice baseline, or γ itself. A JSON card beside the file says whi
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -163,6 +164,9 @@ def export(
         c = len(model.encoding.channels)
         example = (torch.randn(1, c, *example_shape),)
         names, outputs = ["raw_features"], ["target"]
+    # traced on the CPU from a copy: the loaded model's network may sit on a GPU (a cnn
+    # estimate there moves it), and the example inputs are CPU tensors
+    module = copy.deepcopy(module).cpu()
     # an inference graph: its outputs must not require grad (`.numpy()` on them failed)
     module.requires_grad_(False)
     with torch.no_grad(), warnings.catch_warnings():

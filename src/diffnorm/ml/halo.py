@@ -37,7 +37,8 @@ def pad_halo(
         # a module's buffer moves with the module: no device constant in an exported graph
         fill = fill.to(x.dtype).reshape(1, -1, 1, 1)
     else:
-        fill = torch.full((1, 1, 1, 1), float(fill), dtype=x.dtype, device=x.device)
+        # from x itself: a traced torch.full(device=x.device) pins the tracing device
+        fill = torch.zeros_like(x[:1, :1, :1, :1]) + float(fill)
     b, c, h, w = x.shape
     cap = fill.expand(b, c, halo, w)
     if north_fold == "none":
