@@ -12,7 +12,7 @@
 # the test splits).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FROM=${1:?the folder holding windows-smooth-gpu-m10.pt and windows-smooth-gpu-m10-final.pt}
+FROM=${1:?the folder holding gpu-recipe-best.pt and gpu-recipe-final.pt}
 PY=${PY:-.venv/bin/python}
 DN="$PY -m diffnorm"
 VAL=${VAL:-data/val}
@@ -25,8 +25,8 @@ for set in stretched_9k:stretched polar:polar metres:metres uniform:uniform; do
   roots+=("$folder")
 done
 pooled=$(IFS=,; echo "${roots[*]}")
-models=(windows-smooth-m10)  # the shipped default, then what came back
-for file in "$FROM"/windows-smooth-gpu-m10.pt "$FROM"/windows-smooth-gpu-m10-final.pt; do
+models=("$($PY -c "from diffnorm.models import DEFAULT; print(DEFAULT)")")  # then what came back
+for file in "$FROM"/gpu-recipe-best.pt "$FROM"/gpu-recipe-final.pt; do
   if [[ -f $file ]]; then models+=("$file"); else echo "$file: missing, skipped"; fi
 done
 for model in "${models[@]}"; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The default network trained on at GPU pace, in one call of at most 10 minutes on a lent GPU
 # machine: exact data for the four window sets on every core (train and val splits, SCALE of
-# them, for at most GEN seconds), then configs/train/windows_smooth_gpu.yaml (windows-smooth-m10 on those
+# them, for at most GEN seconds), then configs/train/windows_smooth_gpu.yaml (the default network on those
 # windows, held on the GPU: data.resident) until a deadline that leaves FINISH seconds, and the
 # model file, best checkpoint, training log (as it is written), GPU samples and each step's
 # wall time in $OUT. Back here, scripts/gpu_compare.sh scores what came back against the
@@ -111,8 +111,7 @@ step "trained $steps steps: best $best, final $final"
 # both: the best on validation and the annealed end; compare them on the val windows here
 note="configs/train/windows_smooth_gpu.yaml by scripts/gpu_recipe.sh (deadline $(date -d @$deadline +%T), SCALE $SCALE)"
 for which in best final; do
-  ckpt=${!which} name=windows-smooth-gpu-m10
-  if [[ $which == final ]]; then name+=-final; fi
+  ckpt=${!which} name=gpu-recipe-$which  # not a shipped name: compared with them back here
   $DN export -m "$ckpt" -o "$OUT/$name.pt" --name "$name" --note "$note ($which)"
   step "exported $OUT/$name.pt from $ckpt ($(du -h "$OUT/$name.pt" | cut -f1))"
 done
