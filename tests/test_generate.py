@@ -336,3 +336,15 @@ def test_a_killed_growth_leaves_no_manifest_that_hides_new_samples(tmp_path, mon
         generate(config_from_dict(BOX), tmp_path, workers=1)
     assert len(sample_files(tmp_path, "val")) == 1
     assert len(sample_files(tmp_path, "test")) == 1  # made after the first manifest
+
+
+def test_a_stopped_run_on_dask_prints_no_dask_tracebacks(tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({**BOX, "splits": {"train": 400}}))
+    cmd = [sys.executable, "-m", "diffnorm.cli", "generate", "-c", str(cfg_path)]
+    cmd += ["-o", str(tmp_path / "ds"), "--workers", "2", "-q", "--time-limit", "6"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert "stopped at --time-limit 6 s" in said
+    assert "Traceback" not in said and "CancelledError" not in said, said

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -296,8 +297,14 @@ def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterabl
     if scheduler is not None:
         client, cluster = Client(scheduler), None
     else:
+        # Dask's own logs at shutdown or on a cancel (a worker's heartbeat traceback, its
+        # CancelledError) are noise to a user; a failed sample raises through its future
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
         )
         client = Client(cluster)
     try:
