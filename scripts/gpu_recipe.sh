@@ -14,7 +14,7 @@
 # Measured on the lent H200 machine (2026-12-04, 16 cores): the four full sets (15 730 windows)
 # took 421 s to generate, 0.43 core-s a window. Since then a scheduler-wide write lock is gone
 # (a window: 73 -> 19.5 ms on 2 workers here), and generation stops at GEN seconds (default
-# 200) with what it has made, val windows first.
+# 200) with what it has made, its val windows whole.
 # BUDGET (s, default 585) is the whole call, FINISH (40) what export needs after training;
 # WIDTH, LOADERS (cores − 2), LR, BATCH and RESIDENT override the config; INIT= (empty) trains
 # a new network instead (with WIDTH=40, say); TARGET=log_images_walk the walk-mean baseline.
@@ -56,8 +56,8 @@ FINISH=${FINISH:-40}
 RUN=runs/gpu_recipe/train
 mkdir -p "$RUN"
 # exact data: each set gets its share (by windows) of what is left of GEN seconds, makes its val
-# windows first and stops at its --time-limit; training takes what exists (a warm machine's
-# next call completes the sets)
+# windows whole, then train windows until its --time-limit; training takes what the manifests
+# list (a warm machine's next call completes the sets)
 sets=(polar:polar:2050 metres:metres:3050 uniform:uniform:1530 stretched_9k:stretched:9100)
 left_windows=15730
 roots=()
@@ -72,7 +72,9 @@ for set in "${sets[@]}"; do
   $DN generate -c "$config" -o "$folder" -q --time-limit "$share" \
     2> >(grep -v CancelledError >&2)
   roots+=("$folder")
-  step "generated $folder: $(ls "$folder"/train | wc -l) train, $(ls "$folder"/val | wc -l) val windows (limit ${share} s)"
+  listed=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))['splits'])" \
+    "$folder/manifest.json")
+  step "generated $folder: $listed (limit ${share} s)"
 done
 pooled=$(IFS=,; echo "${roots[*]}")
 

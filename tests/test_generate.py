@@ -289,32 +289,61 @@ def test_a_time_limit_stops_with_val_and_test_first_and_a_rerun_completes(tmp_pa
     fake.monotonic = lambda: float(next(clock))
     monkeypatch.setattr(gen, "time", fake)
     cfg = config_from_dict(BOX)  # train 3, val 1, test 1
-    manifest = generate(cfg, tmp_path, workers=1, time_limit=3.5)
+    manifest = generate(cfg, tmp_path, workers=1, time_limit=2.5)
     assert not manifest["complete"]
-    assert manifest["splits"] == {"train": 1, "val": 1, "test": 1}
+    assert manifest["splits"] == {"train": 2, "val": 1, "test": 1}
     monkeypatch.undo()
     manifest = generate(cfg, tmp_path, workers=1)
     assert manifest["complete"] and manifest["splits"]["train"] == 3
-    assert sum(r["reused"] for r in manifest["samples"]) == 3
+    assert sum(r["reused"] for r in manifest["samples"]) == 4
     with pytest.raises(ConfigError, match="time-limit"):
         generate(cfg, tmp_path, workers=1, time_limit=0)
 
 
-def test_a_time_limit_on_dask_returns_what_exists(tmp_path, monkeypatch):
+def test_a_time_limit_on_dask_keeps_val_and_test_and_lists_every_file(tmp_path, monkeypatch):
     import importlib
     import types
 
-    manifest = generate(config_from_dict(BOX), tmp_path / "idle", workers=2, time_limit=0.01)
+    from diffnorm.data.dataset import sample_files
+
+    many = config_from_dict({**BOX, "splits": {"train": 40, "val": 2, "test": 2}})
+    manifest = generate(many, tmp_path / "idle", workers=2, time_limit=0.01)
     assert not manifest["complete"]
-    assert len(manifest["samples"]) == sum(manifest["splits"].values()) < 5
+    assert manifest["splits"]["val"] == 2 and manifest["splits"]["test"] == 2
+    on_disk = sorted((tmp_path / "idle" / "train").glob("*.nc"))
+    assert len(sample_files(tmp_path / "idle", "train")) == len(on_disk) < 40
     # a busy cluster always has a result waiting: the limit must hold all the same
     gen = importlib.import_module("diffnorm.data.generate")
-    clock = iter([0.0, 0.0] + [5000.0] * 100)  # the limit passes as the first result comes
+    clock = iter([0.0, 0.0] + [5000.0] * 100)  # the limit passes as the first train result comes
     fake = types.SimpleNamespace(**vars(gen.time))
     fake.monotonic = lambda: next(clock)
     monkeypatch.setattr(gen, "time", fake)
-    manifest = generate(config_from_dict(BOX), tmp_path / "busy", workers=2, time_limit=1000)
-    assert not manifest["complete"] and len(manifest["samples"]) == 1
+    manifest = generate(many, tmp_path / "busy", workers=2, time_limit=1000)
+    assert not manifest["complete"] and manifest["splits"]["val"] == 2
+    assert manifest["splits"]["train"] == len(list((tmp_path / "busy" / "train").glob("*.nc")))
+
+
+def test_a_sample_that_times_out_by_itself_is_an_error_not_a_stop(tmp_path, monkeypatch):
+    import importlib
+
+    gen = importlib.import_module("diffnorm.data.generate")
+
+    def slow_disk(*args):
+        raise TimeoutError("a network file system timed out")
+
+    from dask.distributed import LocalCluster
+
+    monkeypatch.setattr(gen, "run_sample", slow_disk)
+    cfg = config_from_dict({**BOX, "splits": {"train": 2}})
+    with pytest.raises(TimeoutError, match="network file system"):
+        generate(cfg, tmp_path / "one", workers=1)
+    with (  # on Dask too (its workers in this process, so that they run the patched function)
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as c,
+        pytest.raises(TimeoutError, match="network file system"),
+    ):
+        generate(cfg, tmp_path / "dask", scheduler=c.scheduler_address)
 
 
 def test_a_killed_growth_leaves_no_manifest_that_hides_new_samples(tmp_path, monkeypatch):

@@ -646,7 +646,10 @@ def generate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     time_limit: Annotated[
         float | None,
-        typer.Option(help="seconds; then stop, keep what is made (val and test first), exit 0"),
+        typer.Option(
+            help="seconds for the train split (val and test are made first, whole); "
+            "then stop, keep what is made, exit 0"
+        ),
     ] = None,
 ) -> None:
     """Generate (or resume) a dataset of samples with exact γ, one NetCDF file each."""
@@ -673,7 +676,7 @@ def generate(
     made = sum(not r["reused"] for r in manifest["samples"])
     sizes = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
     console.print(f"{out}: {sizes} ({made} made now, {len(manifest['samples']) - made} kept)")
-    if not manifest["complete"]:
+    if not manifest["complete"] and time_limit is not None:
         console.print(f"stopped at --time-limit {time_limit:g} s; the same command completes it")
 
 

@@ -220,9 +220,12 @@ def generate(
 
     ``scheduler`` is the address of a running Dask scheduler; otherwise a local cluster of
     ``workers`` processes (default: one per core) runs the samples, or the current process
-    when ``workers == 1``. After ``time_limit`` seconds no sample is started or waited for: the
-    manifest lists what exists (``complete`` false) and a rerun makes the rest. Samples are
-    run smallest split first, so a stopped run has its val and test samples.
+    when ``workers == 1``. ``time_limit`` (s) bounds the train split: its samples start only
+    after the val and test ones, which are always made (few, and what a stopped run is
+    evaluated on); after ``time_limit`` seconds no train sample is started or waited for, the
+    manifest lists every sample on disk (``complete`` false) and a rerun makes the rest. With
+    ``scheduler``, train samples already running on its workers finish after this returns:
+    let them before a rerun, which would clear their temporary files.
     """
     if time_limit is not None and not time_limit > 0:
         raise ConfigError(f"time_limit (--time-limit) is in seconds, > 0; got {time_limit}")
@@ -247,8 +250,15 @@ def generate(
             # the old manifest lists fewer samples: a killed run must not leave it to hide the
             # new ones from readers (sample_files falls back to the files when there is none)
             (out / MANIFEST_FILE).unlink(missing_ok=True)
-            todo.sort(key=lambda task: config.splits[task[0]])  # smallest split first
+            todo.sort(key=lambda task: task[0] == "train")  # held-out samples first
             made = list(_run(config, out, todo, workers, scheduler, progress, until))
+            listed = {(r["split"], r["index"]) for r in made}
+            for split, index in todo:  # finished after the time limit, before the cluster went
+                path = sample_path(out, split, index)
+                if (split, index) not in listed and path.exists():
+                    found = check_existing(path, config, split, index)
+                    if found is not None:
+                        made.append(_record(path, split, index, found, reused=False))
         return write_manifest(config, out, kept + made, complete=len(made) == len(todo))
 
 
@@ -283,9 +293,13 @@ def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterabl
     total = len(todo)
     done = 0
     cfg = config.to_dict()
+
+    def over(split: str) -> bool:
+        return until is not None and split == "train" and time.monotonic() >= until
+
     if scheduler is None and workers == 1:
         for split, index in todo:
-            if until is not None and time.monotonic() >= until:
+            if over(split):
                 return
             yield run_sample(cfg, split, index, str(out))
             done += 1
@@ -309,24 +323,47 @@ def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterabl
         client = Client(cluster)
     try:
         futures = [
-            client.submit(
-                run_sample, cfg, s, i, str(out), key=f"diffnorm-{s}-{i}-{config.digest()}"
+            (
+                client.submit(
+                    run_sample,
+                    cfg,
+                    s,
+                    i,
+                    str(out),
+                    key=f"diffnorm-{s}-{i}-{config.digest()}",
+                    priority=int(s != "train"),  # held-out samples are started first
+                ),
+                s,
             )
             for s, i in todo
         ]
-        # as_completed's timeout fires only while no result is waiting; a busy cluster
-        # always has one, so the clock is also read after each result
+        held_out = [f for f, s in futures if s != "train"]
+        train = [f for f, s in futures if s == "train"]
+        for future in as_completed(held_out):  # always all of them
+            yield future.result()
+            done += 1
+            if progress:
+                progress(done, total)
+        # as_completed's timeout fires only while no result is waiting (a busy cluster always
+        # has one: the clock is also read after each result); a sample's own TimeoutError
+        # is not the limit's and raises
         timeout = None if until is None else max(until - time.monotonic(), 0.001)
-        try:
-            for future in as_completed(futures, timeout=timeout):
-                yield future.result()
-                done += 1
-                if progress:
-                    progress(done, total)
-                if until is not None and time.monotonic() >= until:
-                    raise TimeoutError
-        except TimeoutError:  # time_limit; a sample already running may still write its file
-            client.cancel(futures)
+        results = as_completed(train, timeout=timeout)
+        while True:
+            try:
+                future = next(results)
+            except StopIteration:
+                break
+            except TimeoutError:
+                client.cancel(train)
+                break
+            yield future.result()
+            done += 1
+            if progress:
+                progress(done, total)
+            if over("train"):
+                client.cancel(train)
+                break
     finally:
         client.close()
         if cluster is not None:

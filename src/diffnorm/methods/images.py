@@ -515,8 +515,8 @@ def _run_mean(
     nodes = values.shape[0]
     grid = torch.zeros_like(m.flatten(), dtype=values.dtype)[None].repeat(nodes, 1)
     # node indices from values itself: a traced arange would pin the exporter's device
-    node = torch.ones_like(values[:, 0], dtype=torch.long).cumsum(0) - 1
-    grid = grid.index_put((node[:, None], ocean[None]), values)
+    node = torch.ones_like(values, dtype=torch.long).cumsum(0) - 1
+    grid = grid.index_put((node, ocean[None]), values)
     grid = grid.view(nodes, *m.shape)
     places = torch.ones_like(m, dtype=torch.long)  # becomes each cell's index in the sum
     if axis == -2:

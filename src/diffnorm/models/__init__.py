@@ -7,7 +7,7 @@ grid before it had its north fold, so it is used there only when asked for); els
 the general model trained on geometry windows (``windows-smooth-gpu-m10``: a U-Net correcting
 the ``images`` estimate blended with its 3×3 ocean mean, trained on closed, stretched, polar
 (T and F folds), metre-κ and uniform windows, with a per-cell error estimate). It is
-``windows-smooth-m10`` (trained 18 CPU epochs on that baseline from ``windows-general-m10``,
+``windows-smooth-m10`` (trained 22 CPU epochs on that baseline from ``windows-general-m10``,
 the same network against the plain ``images`` estimate) fine-tuned on one GPU for 1.1 million
 window passes (``scripts/gpu_recipe.sh``). Those models and their ancestors
 ``windows-images-m10`` (no fold, no metre κ) and ``windows-polar-m10`` (the first with folds)
