@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # The default network trained on at GPU pace, in one call of at most 10 minutes on a lent GPU
-# machine: exact data for the four window sets on every core (train and val splits, SCALE of
-# them, for at most GEN seconds), then configs/train/windows_smooth_gpu.yaml (the default network on those
-# windows, held on the GPU: data.resident) until a deadline that leaves FINISH seconds, and the
-# model file, best checkpoint, training log (as it is written), GPU samples and each step's
-# wall time in $OUT. Back here, scripts/gpu_compare.sh scores what came back against the
-# shipped default (the same configs and seeds make the same val windows here).
+# machine: first scripts/gpu_check.py (the default network and its TorchScript graph on the GPU
+# against the CPU, ~30 s), then exact data for the four window sets on every core (train and
+# val splits, SCALE of them, for at most GEN seconds), then configs/train/windows_smooth_gpu.yaml
+# (the default network on those windows, held on the GPU: data.resident) until a deadline that
+# leaves FINISH seconds, and the model files, best checkpoint, training log (as it is written),
+# GPU samples, the check's JSON and each step's wall time in $OUT (8 files, the most that come
+# back). Back here, scripts/gpu_compare.sh scores what came back against the shipped default
+# (the same configs and seeds make the same val windows here).
 #
 #   bash scripts/gpu_wheels.sh                  # here, once: the wheels the device lacks, in .whl/
 #   device run, carry [".whl"]:  bash scripts/gpu_recipe.sh
-#   QUICK=1 bash scripts/gpu_recipe.sh          # a CPU smoke run of every step (~2 minutes)
+#   QUICK=1 bash scripts/gpu_recipe.sh          # a CPU smoke run of every step (~2.5 minutes)
 #
-# Measured on the lent H200 machine (2026-12-04, 16 cores): the four full sets (15 730 windows)
-# took 421 s to generate, 0.43 core-s a window. Since then a scheduler-wide write lock is gone
-# (a window: 73 -> 19.5 ms on 2 workers here), and generation stops at GEN seconds (default
-# 200) with what it has made, its val windows whole.
+# Measured on the lent H200 machine (2026-12-04, 16 cores): the first call's four full sets
+# (15 730 windows) took 421 s to generate, 0.43 core-s a window; after a write lock was removed,
+# the second call's took 214 s, 0.18 core-s, then 88 s of setup and 8 452 training steps in
+# 192 s (docs/results.md, "Two GPU calls"). Generation stops at GEN seconds (default 200) with
+# what it has made, each set's val windows whole.
 # BUDGET (s, default 585) is the whole call, FINISH (40) what export needs after training;
 # WIDTH, LOADERS (cores − 2), LR, BATCH and RESIDENT override the config; INIT= (empty) trains
-# a new network instead (with WIDTH=40, say); TARGET=log_images_walk the walk-mean baseline.
+# a new network instead (with WIDTH=40, say); TARGET=log_images_walk the walk-mean baseline;
+# CHECK=0 skips the check (CHECK=1 runs it on a CPU too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -45,8 +49,20 @@ if command -v nvidia-smi > /dev/null; then  # utilization every 5 s, for the rec
   trap "kill $! 2> /dev/null || true" EXIT
 fi
 
+# first, half a minute: the default network and its TorchScript graph on the GPU against the CPU
+# (scripts/gpu_check.py, $OUT/gpu_check.json; CHECK=0 skips it, CHECK=1 runs it without a GPU)
+if [[ ${CHECK:-auto} == 1 ]] || { [[ ${CHECK:-auto} == auto ]] \
+  && $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; }; then
+  if timeout 90 $PY scripts/gpu_check.py --out "$OUT" > "$OUT/gpu_check.log" 2>&1; then
+    rm -f "$OUT/gpu_check.log"  # at most 8 files come back: the JSON says it all
+    step "gpu_check, max |γ/γ_cpu − 1|: $($PY -c "import json, sys; r = json.load(open(sys.argv[1])); print({k: v['vs_cpu' if 'vs_cpu' in v else 'vs_network_cpu']['max'] for k, v in r.items() if isinstance(v, dict) and ('vs_cpu' in v or 'vs_network_cpu' in v)})" "$OUT/gpu_check.json")"
+  else
+    step "gpu_check failed (status $?): see gpu_check.log; training goes on"
+  fi
+fi
+
 if [[ -n ${QUICK:-} ]]; then  # a few dozen windows and a few short epochs: every step, on a CPU
-  SCALE=${SCALE:-0.01}; BUDGET=${BUDGET:-150}; GEN=${GEN:-40}; DATA=data/gpu_quick
+  SCALE=${SCALE:-0.01}; BUDGET=${BUDGET:-170}; GEN=${GEN:-40}; DATA=data/gpu_quick
   extra=(--trainer.check_val_every_n_epoch 3 --data.batch_size 8)
 else
   SCALE=${SCALE:-1}; BUDGET=${BUDGET:-585}; GEN=${GEN:-200}; DATA=data
