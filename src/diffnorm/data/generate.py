@@ -238,12 +238,12 @@ def generate(
         prepare_output(config, out)
         kept, todo = [], []
         for split, index in tasks(config):  # fail fast, before any worker starts
-            path = sample_path(out, split, index)
-            found = check_existing(path, config, split, index)
-            if found is None:
+            # checked once here, not again on a worker (15 700 kept: minutes on Dask)
+            record = _finished(config, out, split, index, reused=True)
+            if record is None:
                 todo.append((split, index))
-            else:  # checked once here, not again on a worker (15 700 kept: minutes on Dask)
-                kept.append(_record(path, split, index, found, reused=True))
+            else:
+                kept.append(record)
         workers = workers or os.cpu_count() or 1
         made = []
         if todo:
@@ -251,15 +251,23 @@ def generate(
             # new ones from readers (sample_files falls back to the files when there is none)
             (out / MANIFEST_FILE).unlink(missing_ok=True)
             todo.sort(key=lambda task: task[0] == "train")  # held-out samples first
-            made = list(_run(config, out, todo, workers, scheduler, progress, until))
+            for record in _run(config, out, todo, workers, scheduler, until):
+                made.append(record)
+                if progress:
+                    progress(len(made), len(todo))
             listed = {(r["split"], r["index"]) for r in made}
             for split, index in todo:  # finished after the time limit, before the cluster went
-                path = sample_path(out, split, index)
-                if (split, index) not in listed and path.exists():
-                    found = check_existing(path, config, split, index)
-                    if found is not None:
-                        made.append(_record(path, split, index, found, reused=False))
+                if (split, index) not in listed:
+                    record = _finished(config, out, split, index, reused=False)
+                    made += [record] if record is not None else []
         return write_manifest(config, out, kept + made, complete=len(made) == len(todo))
+
+
+def _finished(config: DataConfig, out: Path, split: str, index: int, reused: bool) -> dict | None:
+    """The manifest record of a finished sample file, or None if there is none."""
+    path = sample_path(out, split, index)
+    found = check_existing(path, config, split, index)
+    return None if found is None else _record(path, split, index, found, reused=reused)
 
 
 LOCK_FILE = ".generate.lock"
@@ -289,9 +297,8 @@ def dataset_lock(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterable[dict]:
-    total = len(todo)
-    done = 0
+def _run(config, out, todo, workers, scheduler, until=None) -> Iterable[dict]:
+    """The records of the samples ``todo``, as they finish (see :func:`generate`)."""
     cfg = config.to_dict()
 
     def over(split: str) -> bool:
@@ -302,9 +309,6 @@ def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterabl
             if over(split):
                 return
             yield run_sample(cfg, split, index, str(out))
-            done += 1
-            if progress:
-                progress(done, total)
         return
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -341,9 +345,6 @@ def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterabl
         train = [f for f, s in futures if s == "train"]
         for future in as_completed(held_out):  # always all of them
             yield future.result()
-            done += 1
-            if progress:
-                progress(done, total)
         # as_completed's timeout fires only while no result is waiting (a busy cluster always
         # has one: the clock is also read after each result); a sample's own TimeoutError
         # is not the limit's and raises
@@ -358,9 +359,6 @@ def _run(config, out, todo, workers, scheduler, progress, until=None) -> Iterabl
                 client.cancel(train)
                 break
             yield future.result()
-            done += 1
-            if progress:
-                progress(done, total)
             if over("train"):
                 client.cancel(train)
                 break
