@@ -377,3 +377,13 @@ def test_a_stopped_run_on_dask_prints_no_dask_tracebacks(tmp_path):
     said = done.stdout + done.stderr
     assert "stopped at --time-limit 6 s" in said
     assert "Traceback" not in said and "CancelledError" not in said, said
+
+
+def test_progress_counts_every_sample_made_once(tmp_path):
+    calls = []
+    cfg = config_from_dict({**BOX, "splits": {"train": 2, "val": 1}})
+    generate(cfg, tmp_path, workers=1, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    calls.clear()
+    generate(cfg, tmp_path, workers=1, progress=lambda done, total: calls.append((done, total)))
+    assert calls == []  # nothing left to make
