@@ -8,9 +8,16 @@ method (features, forward pass, γ; warm, median of repeats) on CPU and, when th
 the GPU, in float32 and in bfloat16; of ``selinv`` (the default exact method, tolerance 1e-6,
 the reference: warm, its ordering cached, as for every sample after the first on a grid) and
 ``randomization`` with N samples; the cnn with the cells whose error estimate is above τ
-solved exactly (``--exact-above``); the CNN's error against selinv; the ratios. Then training
-throughput (samples/s, forward + backward + step, batch of 4) of the same network on CPU and
-GPU at the grid's size. The last line printed is one JSON object with all numbers.
+solved exactly (``--exact-above``); the exported TorchScript fields graph (what FTorch loads)
+on each device; the CNN's error against selinv; the ratios. On a GPU, how far each result is
+from the CPU's (``vs_cpu``: max |γ/γ_cpu − 1|; the graph is the network alone, so it is set
+beside ``cnn`` with ``exact_basins=0, exact_fold_rows=0``, outside basins of at most 64 cells,
+which the method caps or solves). Then training throughput (samples/s, forward + backward +
+step, batch of 4) of the same network on CPU and GPU at the grid's size. The last line printed
+is one JSON object with all numbers.
+
+    python benchmarks/bench_cnn.py --samples "" --exact-above "" --train-steps 1
+        # the GPU check scripts/gpu_recipe.sh runs first on a lent GPU (~30 s there)
 """
 
 from __future__ import annotations
@@ -21,13 +28,17 @@ import itertools
 import json
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 from common import benchmark_fields
 
 from diffnorm.methods import estimate
 from diffnorm.metrics import sample_metrics
+from diffnorm.ml.export import export
 from diffnorm.ml.modelfile import resolve_model
 from diffnorm.ml.networks import PRECISIONS, build_network
 
@@ -40,6 +51,43 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def max_relative(a: np.ndarray, b: np.ndarray, cells: np.ndarray) -> float:
+    return float(np.max(np.abs(a[cells] / b[cells] - 1.0)))
+
+
+def torchscript_rows(model, fields, devices, exact, repeats: int) -> dict[str, dict]:
+    """The exported fields graph on each device, against the network alone on the CPU."""
+    alone = estimate(fields, "cnn", model=model, device="cpu", exact_basins=0, exact_fold_rows=0)
+    labels = fields.basin_labels
+    served = fields.counted & (np.bincount(labels.ravel())[labels] > 64)
+    arrays = (fields.mask, fields.area, fields.alpha_x, fields.alpha_y)
+    inputs = [torch.from_numpy(np.array(a, dtype=np.float64))[None] for a in arrays]
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = export(
+            model,
+            Path(tmp) / "g.ts",
+            "torchscript",
+            fields.periodic_x,
+            north_fold=fields.north_fold,
+        )
+        for dev in devices:
+            graph = torch.jit.load(str(path), map_location=dev)
+            moved = [x.to(dev) for x in inputs]
+            result = {}
+
+            def run(graph=graph, moved=moved, dev=dev, result=result) -> None:
+                with torch.no_grad():
+                    result["gamma"] = graph(*moved)[0].double().cpu().numpy()  # waits for it
+
+            rows[f"torchscript ({dev}, float32)"] = {
+                "time_s": median_time(run, repeats),
+                "vs_cpu": max_relative(result["gamma"], alone.gamma, served),
+                **sample_metrics(result["gamma"], exact.gamma, fields.counted),
+            }
+    return rows
 
 
 def train_throughput(net, x: torch.Tensor, device: str, steps: int) -> float:
@@ -119,6 +167,13 @@ def main() -> None:
             "predict_target_s": forward,
             **sample_metrics(result["r"].gamma, exact.gamma, fields.counted),
         }
+        if dev == "cpu" and precision == "float32":
+            on_cpu = result["r"].gamma
+        else:
+            rows[f"cnn ({dev}, {precision})"]["vs_cpu"] = max_relative(
+                result["r"].gamma, on_cpu, fields.counted
+            )
+    rows.update(torchscript_rows(model, fields, devices, exact, args.repeats))
     for tau in (float(t) for t in args.exact_above.split(",") if t):
         result = {}
         fresh = iter([dataclasses.replace(fields) for _ in range(args.repeats + 1)])
@@ -132,11 +187,12 @@ def main() -> None:
         }
     for row in rows.values():
         row["x_selinv_time"] = row["time_s"] / rows["selinv"]["time_s"]
-    print("| method | wall time (s) | × selinv | mean abs(ε) | max abs(ε) |")
-    print("|---|---|---|---|---|")
+    print("| method | wall time (s) | × selinv | mean abs(ε) | max abs(ε) | vs cpu |")
+    print("|---|---|---|---|---|---|")
     for name, row in rows.items():
         errs = f"{row['mean_abs']:.2e} | {row['max_abs']:.2e}" if "mean_abs" in row else "– | –"
-        print(f"| {name} | {row['time_s']:.4g} | {row['x_selinv_time']:.3g} | {errs} |")
+        vs = f"{row['vs_cpu']:.1e}" if "vs_cpu" in row else "–"
+        print(f"| {name} | {row['time_s']:.4g} | {row['x_selinv_time']:.3g} | {errs} | {vs} |")
 
     h = model.encoding.halo
     x = torch.randn(4, model.arch["in_channels"], fields.shape[0] + 2 * h, fields.shape[1] + 2 * h)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The default network trained on at GPU pace, in one call of at most 10 minutes on a lent GPU
-# machine: first scripts/gpu_check.py (the default network and its TorchScript graph on the GPU
-# against the CPU, ~30 s), then exact data for the four window sets on every core (train and
+# machine: first benchmarks/bench_cnn.py (the default network and its TorchScript graph on the
+# GPU beside the CPU, ~30 s), then exact data for the four window sets on every core (train and
 # val splits, SCALE of them, for at most GEN seconds), then configs/train/windows_smooth_gpu.yaml
 # (the default network on those windows, held on the GPU: data.resident) until a deadline that
 # leaves FINISH seconds, and the model files, best checkpoint, training log (as it is written),
-# GPU samples, the check's JSON and each step's wall time in $OUT (8 files, the most that come
+# GPU samples, the benchmark's table and each step's wall time in $OUT (8 files, the most that come
 # back). Back here, scripts/gpu_compare.sh scores what came back against the shipped default
 # (the same configs and seeds make the same val windows here).
 #
@@ -49,15 +49,16 @@ if command -v nvidia-smi > /dev/null; then  # utilization every 5 s, for the rec
   trap "kill $! 2> /dev/null || true" EXIT
 fi
 
-# first, half a minute: the default network and its TorchScript graph on the GPU against the CPU
-# (scripts/gpu_check.py, $OUT/gpu_check.json; CHECK=0 skips it, CHECK=1 runs it without a GPU)
+# first, half a minute: the default network and its TorchScript graph timed on the GPU and set
+# beside the CPU's (benchmarks/bench_cnn.py, its table and JSON in $OUT/bench_cnn.txt; CHECK=0
+# skips it, CHECK=1 runs it without a GPU)
 if [[ ${CHECK:-auto} == 1 ]] || { [[ ${CHECK:-auto} == auto ]] \
   && $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; }; then
-  if timeout 90 $PY scripts/gpu_check.py --out "$OUT" > "$OUT/gpu_check.log" 2>&1; then
-    rm -f "$OUT/gpu_check.log"  # at most 8 files come back: the JSON says it all
-    step "gpu_check, max |γ/γ_cpu − 1|: $($PY -c "import json, sys; r = json.load(open(sys.argv[1])); print({k: v['vs_cpu' if 'vs_cpu' in v else 'vs_network_cpu']['max'] for k, v in r.items() if isinstance(v, dict) and ('vs_cpu' in v or 'vs_network_cpu' in v)})" "$OUT/gpu_check.json")"
+  if timeout 120 $PY benchmarks/bench_cnn.py --samples "" --exact-above "" --train-steps 1 \
+    > "$OUT/bench_cnn.txt" 2>&1; then
+    grep -E "^\| (cnn|torchscript)" "$OUT/bench_cnn.txt" | tee -a "$LOG"
   else
-    step "gpu_check failed (status $?): see gpu_check.log; training goes on"
+    step "bench_cnn failed (status $?): see bench_cnn.txt; training goes on"
   fi
 fi
 
