@@ -75,14 +75,20 @@ mkdir -p "$RUN"
 # exact data: each set gets its share (by windows) of what is left of GEN seconds, makes its val
 # windows whole, then train windows until its --time-limit; training takes what the manifests
 # list (a warm machine's next call completes the sets)
-sets=(polar:polar:2050 metres:metres:3050 uniform:uniform:1530 stretched_9k:stretched:9100)
-left_windows=15730
+sets=(polar:polar metres:metres uniform:uniform stretched_9k:stretched)
+windows_in() {  # a config's windows (its splits' sizes): the sets' shares of GEN follow them
+  $PY -c "import sys, yaml; print(sum(yaml.safe_load(open(sys.argv[1]))['splits'].values()))" "$1"
+}
+left_windows=0
+for set in "${sets[@]}"; do
+  $PY scripts/split_config.py "configs/data/windows_${set%%:*}.yaml" \
+    "$RUN/windows_${set##*:}.yaml" --scale "$SCALE" --only train,val
+  left_windows=$((left_windows + $(windows_in "$RUN/windows_${set##*:}.yaml")))
+done
 roots=()
 for set in "${sets[@]}"; do
-  IFS=: read -r name short windows <<< "$set"
-  config=$RUN/windows_$short.yaml folder=$DATA/windows_$short
-  $PY scripts/split_config.py "configs/data/windows_$name.yaml" "$config" \
-    --scale "$SCALE" --only train,val
+  config=$RUN/windows_${set##*:}.yaml folder=$DATA/windows_${set##*:}
+  windows=$(windows_in "$config")
   share=$(((GEN - (SECONDS - start)) * windows / left_windows))
   share=$((share > 5 ? share : 5))
   left_windows=$((left_windows - windows))

@@ -49,10 +49,6 @@ class PrioritySampler(Sampler[int]):
         self._apply_pending()
         return self._scores
 
-    @scores.setter
-    def scores(self, value: torch.Tensor) -> None:
-        self._pending, self._scores = None, value
-
     def __len__(self) -> int:
         return self.size
 
@@ -96,5 +92,5 @@ class PrioritySampler(Sampler[int]):
                 f"the checkpoint's priority scores are for {scores.numel()} windows, the "
                 f"training set has {self.size}: resume on the data the run started with"
             )
-        self.scores = scores
+        self._pending, self._scores = None, scores
         self.generator.set_state(state["generator"])
