@@ -41,6 +41,7 @@ from diffnorm.metrics import sample_metrics
 from diffnorm.ml.export import export
 from diffnorm.ml.modelfile import resolve_model
 from diffnorm.ml.networks import PRECISIONS, build_network
+from diffnorm.subgrid import SUGGESTED_EXACT_ABOVE
 
 
 def median_time(fn, repeats: int) -> float:
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--exact-above",
-        default="0.015",
+        default=str(SUGGESTED_EXACT_ABOVE),
         help="also time the cnn (cpu, float32) with the cells whose error estimate is above "
         "each of these solved exactly (comma-separated; '' for none)",
     )

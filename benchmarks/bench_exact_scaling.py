@@ -35,6 +35,7 @@ import numpy as np
 from common import random_fields_on
 
 from diffnorm.grid import built_in_grid
+from diffnorm.subgrid import SUGGESTED_EXACT_ABOVE
 
 
 def make_fields(resolution: float, steps: int, d_min: float, d_max: float, seed: int):
@@ -66,7 +67,7 @@ def run_method(args: dict, queue: mp.Queue) -> None:
         if name == "cnn" and arg:
             options = {"model": arg}
         if name == "cnn_exact":  # the cnn with the cells it doubts solved exactly
-            name, options = "cnn", {"exact_above": float(arg or 0.015)}
+            name, options = "cnn", {"exact_above": float(arg or SUGGESTED_EXACT_ABOVE)}
         # the network needs no operator: its time is the whole prediction
         result = estimate(fields if name == "cnn" else make_operator(fields), name, **options)
         wall = time.perf_counter() - t0

@@ -144,7 +144,7 @@ smooth=$(latest runs/windows_smooth_long3 last)
 ship_windows "$smooth" eval_smooth windows-smooth-m10 \
   "windows-general-m10 retrained against the smoothed images baseline (log_images_smooth): 3 epochs of configs/train/windows_smooth_cpu.yaml (stopped at 3 of 5 for time), 1 annealing epoch (windows_smooth_anneal_cpu.yaml), then 6 more epochs (windows_smooth_long_cpu.yaml), 4 more from lr 1.5e-4 (the same config, --model.lr 0.00015 --trainer.max_epochs 4) and 8 more from lr 1.2e-4 (--model.lr 0.00012 --trainer.max_epochs 8); the default until windows-smooth-gpu-m10"
 
-# windows-smooth-gpu-m10 (the default): windows-smooth-m10 fine-tuned on one GPU by
+# windows-smooth-gpu-m10 (the default until windows-smooth-gpu2-m10): windows-smooth-m10 fine-tuned on one GPU by
 # scripts/gpu_recipe.sh (configs/train/windows_smooth_gpu.yaml; the shipped run: 14 016 windows,
 # 8 452 steps of 128 in 192 s on an H200, its best checkpoint on val max |eps| at step 7 700).
 # It needs a GPU; GPU_CKPT=the best.ckpt the recipe returns ships it. On 2 CPU cores the
@@ -152,6 +152,13 @@ ship_windows "$smooth" eval_smooth windows-smooth-m10 \
 GPU_NOTE=${GPU_NOTE:-"windows-smooth-m10 fine-tuned on one H200 by scripts/gpu_recipe.sh (configs/train/windows_smooth_gpu.yaml)"}
 if [[ -n ${GPU_CKPT:-} ]]; then
   ship_windows "$GPU_CKPT" eval_smooth_gpu windows-smooth-gpu-m10 "$GPU_NOTE"
+fi
+# windows-smooth-gpu2-m10 (the default): windows-smooth-gpu-m10 fine-tuned by the same recipe
+# on 10 698 windows it had not seen (SEED_OFFSET=100 INIT=windows-smooth-gpu-m10; the shipped
+# run: its best checkpoint, step 7 980 of 11 146 in 235 s on an H200); GPU2_CKPT ships it.
+GPU2_NOTE=${GPU2_NOTE:-"windows-smooth-gpu-m10 fine-tuned on one H200 by scripts/gpu_recipe.sh on fresh windows (SEED_OFFSET 100)"}
+if [[ -n ${GPU2_CKPT:-} ]]; then
+  ship_windows "$GPU2_CKPT" eval_smooth_gpu2 windows-smooth-gpu2-m10 "$GPU2_NOTE"
 fi
 
 $BIN/diffnorm models

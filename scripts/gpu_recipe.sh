@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The default network trained on at GPU pace, in one call of at most 10 minutes on a lent GPU
 # machine: first benchmarks/bench_cnn.py (the default network and its TorchScript graph on the
-# GPU beside the CPU, ~30 s), then exact data for the four window sets on every core (train and
+# GPU beside the CPU, ~60 s), then exact data for the four window sets on every core (train and
 # val splits, SCALE of them, for at most GEN seconds), then configs/train/windows_smooth_gpu.yaml
 # (the default network on those windows, held on the GPU: data.resident) until a deadline that
 # leaves FINISH seconds, and the model files, best checkpoint, training log (as it is written),
 # GPU samples, the benchmark's table and each step's wall time in $OUT (8 files, the most that come
-# back). Back here, scripts/gpu_compare.sh scores what came back against the shipped default
-# (the same configs and seeds make the same val windows here).
+# back: write nothing else there, or one of them stays behind). Back here, scripts/gpu_compare.sh
+# scores what came back against the shipped default on data/val, windows neither has seen.
 #
 #   bash scripts/gpu_wheels.sh                  # here, once: the wheels the device lacks, in .whl/
 #   device run, carry [".whl"]:  bash scripts/gpu_recipe.sh
@@ -16,12 +16,14 @@
 # Measured on the lent H200 machine (2026-12-04, 16 cores): the first call's four full sets
 # (15 730 windows) took 421 s to generate, 0.43 core-s a window; after a write lock was removed,
 # the second call's took 214 s, 0.18 core-s, then 88 s of setup and 8 452 training steps in
-# 192 s (docs/results.md, "Two GPU calls"). Generation stops at GEN seconds (default 200) with
-# what it has made, each set's val windows whole.
+# 192 s (docs/results.md, "Two GPU calls"); the third (a fresh machine, SEED_OFFSET 100): the
+# check ~60 s, 10 928 windows in ~150 s, 64 s of setup, 11 146 steps in 235 s (21 ms a step),
+# 576 s in all. Generation stops at GEN seconds (default 200) with what it has made, each set's
+# val windows whole.
 # BUDGET (s, default 585) is the whole call, FINISH (40) what export needs after training;
 # WIDTH, LOADERS (cores − 2), LR, BATCH and RESIDENT override the config; INIT= (empty) trains
 # a new network instead (with WIDTH=40, say); TARGET=log_images_walk the walk-mean baseline;
-# CHECK=0 skips the check (CHECK=1 runs it on a CPU too); SEED_OFFSET (100) draws fresh windows.
+# CHECK=0 skips the check (CHECK=1 runs it on a CPU too); SEED_OFFSET (200) draws fresh windows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -71,9 +73,10 @@ else
 fi
 FINISH=${FINISH:-40}
 # windows the default has not been trained on: the configs' seeds + SEED_OFFSET (0: their own,
-# on which windows-smooth-gpu-m10 made its 8 452 steps; the val windows here then differ from
-# data/val too, so scripts/gpu_compare.sh scores both networks on windows neither has seen)
-SEED_OFFSET=${SEED_OFFSET:-100}
+# on which windows-smooth-gpu-m10 made its 8 452 steps; 100: windows-smooth-gpu2-m10's 11 146,
+# so the next run wants another, 200). The val windows here then differ from data/val too, so
+# scripts/gpu_compare.sh scores both networks on windows neither has seen.
+SEED_OFFSET=${SEED_OFFSET:-200}
 RUN=runs/gpu_recipe/train
 mkdir -p "$RUN"
 # exact data: each set gets its share (by windows) of what is left of GEN seconds, makes its val

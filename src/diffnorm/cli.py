@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from diffnorm import __version__
-from diffnorm.subgrid import EXACT_FOLD_ROWS, EXACT_ROUNDS
+from diffnorm.subgrid import EXACT_FOLD_ROWS, EXACT_ROUNDS, SUGGESTED_EXACT_ABOVE
 
 app = typer.Typer(
     help="Normalization coefficients γ of diffusion-based correlation operators.",
@@ -125,9 +125,6 @@ def progress_bars(enabled: bool = True):
 
     with bars:
         yield factory
-
-
-SUGGESTED_EXACT_ABOVE = 0.015  # below randomization 10⁴ on every unseen grid (docs/results.md)
 
 
 def doubt_line(result, fields, exact_above: float | None) -> str:
@@ -806,7 +803,7 @@ def predict(
         str | None,
         typer.Option(
             help="model file, checkpoint or shipped name (default: a shipped model trained "
-            "on this grid, else windows-smooth-gpu-m10, or the one for the grid's M; "
+            "on this grid, else windows-smooth-gpu2-m10, or the one for the grid's M; "
             "diffnorm models)"
         ),
     ] = None,

@@ -531,7 +531,7 @@ def closest_shipped(
     """Among models trained for the fields' M (those serving a range of M only when none
     is): one trained on this very grid (its shape and north fold
     among the training ones) if there is one; else, on a folded grid, one whose training data
-    had that fold (the ``default`` first, ``windows-smooth-gpu-m10``, which has); else the
+    had that fold (the ``default`` first, ``windows-smooth-gpu2-m10``, which has); else the
     ``default`` (the general model, trained on geometry windows), else any; ties go to the
     nearest training cell size."""
     serving = [m for m in models if m.serves(fields.steps)]
