@@ -34,14 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import benchmark_fields
+from common import benchmark_fields, exact_above_values
 
 from diffnorm.methods import estimate
 from diffnorm.metrics import sample_metrics
 from diffnorm.ml.export import export
 from diffnorm.ml.modelfile import resolve_model
 from diffnorm.ml.networks import PRECISIONS, build_network
-from diffnorm.subgrid import SUGGESTED_EXACT_ABOVE
 
 
 def median_time(fn, repeats: int) -> float:
@@ -125,9 +124,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--exact-above",
-        default=str(SUGGESTED_EXACT_ABOVE),
+        default="auto",
         help="also time the cnn (cpu, float32) with the cells whose error estimate is above "
-        "each of these solved exactly (comma-separated; '' for none)",
+        "each of these solved exactly (comma-separated; auto: the model's τ; '' for none)",
     )
     args = parser.parse_args()
 
@@ -175,14 +174,14 @@ def main() -> None:
                 result["r"].gamma, on_cpu, fields.counted
             )
     rows.update(torchscript_rows(model, fields, devices, exact, args.repeats))
-    for tau in (float(t) for t in args.exact_above.split(",") if t):
+    for text, tau in exact_above_values(args.exact_above).items():
         result = {}
         fresh = iter([dataclasses.replace(fields) for _ in range(args.repeats + 1)])
 
         def hybrid(result=result, fresh=fresh, tau=tau) -> None:
             result["r"] = estimate(next(fresh), "cnn", model=model, device="cpu", exact_above=tau)
 
-        rows[f"cnn (cpu, float32), exact above {tau:g}"] = {
+        rows[f"cnn (cpu, float32), exact above {text}"] = {
             "time_s": median_time(hybrid, args.repeats),
             **sample_metrics(result["r"].gamma, exact.gamma, fields.counted),
         }

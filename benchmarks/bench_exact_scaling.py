@@ -13,7 +13,8 @@ other method's max |ε|. When selinv runs, every other method is also measured a
 multiple of selinv's: that is where the network's cost (linear in the cells) overtakes the
 exact method's (cells^1.4–1.5). ``cnn`` is the shipped model for the grid (``cnn:NAME`` for
 another; the operator is not built for it, so its time is the whole prediction);
-``cnn_exact:τ`` the same with the cells whose error estimate is above τ solved exactly
+``cnn_exact:τ`` the same with the cells whose error estimate is above τ solved exactly (no τ:
+the model's own, ``auto``)
 (``--exact-above``). The last
 lines fit ``time ∝ cells^p`` per method; the last line printed is one JSON object with all
 numbers.
@@ -35,7 +36,6 @@ import numpy as np
 from common import random_fields_on
 
 from diffnorm.grid import built_in_grid
-from diffnorm.subgrid import SUGGESTED_EXACT_ABOVE
 
 
 def make_fields(resolution: float, steps: int, d_min: float, d_max: float, seed: int):
@@ -67,7 +67,7 @@ def run_method(args: dict, queue: mp.Queue) -> None:
         if name == "cnn" and arg:
             options = {"model": arg}
         if name == "cnn_exact":  # the cnn with the cells it doubts solved exactly
-            name, options = "cnn", {"exact_above": float(arg or SUGGESTED_EXACT_ABOVE)}
+            name, options = "cnn", {"exact_above": float(arg) if arg else "auto"}
         # the network needs no operator: its time is the whole prediction
         result = estimate(fields if name == "cnn" else make_operator(fields), name, **options)
         wall = time.perf_counter() - t0

@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from common import random_fields_on
+from common import exact_above_values, random_fields_on
 
 from diffnorm.augment import symmetries
 from diffnorm.fields import Fields
@@ -139,7 +139,7 @@ def main() -> None:
         "--exact-above",
         default="",
         help="also score the cnn with the cells whose error estimate is above each of these "
-        "|ε| solved exactly (comma-separated, e.g. 0.01,0.015)",
+        "|ε| solved exactly (comma-separated, e.g. 0.01,0.015; auto: the model's τ)",
     )
     parser.add_argument(
         "--gate", default=None, help="A,B: fade the correction out from A·D to B·D off the coast"
@@ -157,8 +157,8 @@ def main() -> None:
     for name, samples in cases(args.cases.split(","), args.samples, args.steps).items():
         rows: dict[str, dict] = {}
         baselines = [b for b in args.baselines.split(",") if b]
-        taus = [float(t) for t in args.exact_above.split(",") if t]
-        hybrids = {f"cnn_exact_above_{t:g}": t for t in taus}
+        taus = exact_above_values(args.exact_above)
+        hybrids = {f"cnn_exact_above_{text}": tau for text, tau in taus.items()}
         eps: dict[str, list] = {
             "cnn": [],
             **{h: [] for h in hybrids},
@@ -220,7 +220,7 @@ def main() -> None:
             label = (
                 f"cnn ({model_name})"
                 if method == "cnn"
-                else f"cnn, exact above {hybrids[method]:g}"
+                else f"cnn, exact above {method.removeprefix('cnn_exact_above_')}"
                 if method in hybrids
                 else f"randomization N={args.randomization}"
                 if method == "randomization"

@@ -33,3 +33,10 @@ def random_fields_on(
         metrics.mask.shape, rng, d_min=d_min, d_max=d_max, topology=metrics.topology
     )
     return fields_from_cell_length_scales(metrics, d1, d2, steps)
+
+
+def exact_above_values(text: str) -> dict[str, float | str]:
+    """``--exact-above``'s comma-separated list, by its text: ``auto`` (the model's calibrated τ,
+    ``GammaNetwork.exact_above``) or |ε| values."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return {t: t if t == "auto" else float(t) for t in items}

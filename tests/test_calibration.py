@@ -238,3 +238,29 @@ def test_dead_ends_get_their_own_factor():
     d["dead_end_faces"] = 2
     with pytest.raises(ValueError, match="calibrate it again"):
         ErrorModel.from_dict(d)
+
+
+def test_served_threshold_is_the_largest_tau_whose_served_tail_stays_under_the_target():
+    from diffnorm.ml.calibration import served_threshold
+
+    # three classes of 20 000 cells: estimates 0.006 / 0.01 / 0.02, errors up to 0.01 / 0.04 /
+    # 0.2; served Q99.99 is 0.01, then ~0.04, then ~0.2 as τ takes in each class
+    rng = np.random.default_rng(0)
+    est = np.repeat([0.006, 0.01, 0.02], 20_000)
+    eps = rng.uniform(size=est.size) * np.repeat([0.01, 0.04, 0.2], 20_000)
+    eps[:5] = np.nan  # cells with no held-out error (solved exactly) are left out
+    assert served_threshold([eps], [est], target=0.045) == 0.01
+    assert served_threshold([eps], [est], target=0.5) == 0.02
+    assert served_threshold([eps], [est], target=0.005) is None  # the first class fails
+    # a class above the target stops the scan: a larger τ past it is not taken
+    assert served_threshold([eps], [np.repeat([0.006, 0.02, 0.01], 20_000)], 0.045) == 0.006
+
+
+def test_the_fit_stores_its_tau_and_files_without_one_still_load():
+    held = [random_fields(ny=30, nx=40, seed=s) for s in range(6)]
+    model = ErrorModel.fit([(_eps(f, s), f) for s, f in enumerate(held)])
+    assert model.exact_above is not None and 0.005 <= model.exact_above <= 0.03
+    d = model.to_dict()
+    assert ErrorModel.from_dict(d).exact_above == model.exact_above
+    del d["exact_above"]
+    assert ErrorModel.from_dict(d).exact_above is None

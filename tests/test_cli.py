@@ -150,7 +150,7 @@ def test_compare_rejects_bad_method_spec(tmp_path, fields_file):
     res = runner.invoke(app, ["compare", str(fields_file), "--methods", "analytic:3"])
     assert res.exit_code == 2 and "only randomization" in res.output
     res = runner.invoke(app, ["compare", str(fields_file), "--methods", "cnn:high"])
-    assert res.exit_code == 2 and "cnn:0.015" in res.output
+    assert res.exit_code == 2 and "cnn:0.0125" in res.output and "auto" in res.output
     for bad in ("randomization:0", "randomization:2.5", "cnn:-1"):  # before the reference
         res = runner.invoke(app, ["compare", str(fields_file), "--methods", bad])
         assert res.exit_code == 2 and "must be" in res.output and "|" not in res.output, bad
@@ -179,6 +179,7 @@ def test_compare_scores_the_cnn_with_its_doubted_cells_exact(tmp_path):
         specs = [parse_method("cnn"), parse_method("cnn:0.0")]
         result = compare(fields, specs)
     assert [r.label for r in result.rows] == ["cnn", "cnn, exact above 0"]
+    assert parse_method("cnn:auto") == ("cnn", {"exact_above": "auto"})
     assert result.rows[1].metrics["max_abs"] <= 1e-4 < result.rows[0].metrics["max_abs"]
 
 

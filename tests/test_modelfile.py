@@ -203,8 +203,29 @@ def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
     assert np.all(t.error_estimate[wet] == CELLS_TOLERANCE)
     with pytest.raises(ValueError, match="error model"):
         estimate(f, "cnn", model=network, device="cpu", exact_above=0.04)
-    with pytest.raises(ValueError, match="exact_above"):
-        estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=-1.0)
+    for bad in (-1.0, "half"):
+        with pytest.raises(ValueError, match="exact_above"):
+            estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=bad)
+
+
+def test_exact_above_auto_takes_the_tau_of_the_model_s_calibration():
+    import dataclasses
+
+    from diffnorm.ml.modelfile import resolve_model
+    from diffnorm.subgrid import SUGGESTED_EXACT_ABOVE
+
+    net = resolve_model("windows-smooth-m10")
+    assert "exact_above" not in net.error_model  # calibrated before models carried a τ
+    assert net.exact_above == SUGGESTED_EXACT_ABOVE
+    own = dataclasses.replace(net, error_model={**net.error_model, "exact_above": 0.05})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
+        f = random_fields(ny=30, nx=40, steps=10, seed=3)
+        r = estimate(f, "cnn", model=own, device="cpu", exact_above="auto")
+    assert r.info["exact_above"] == 0.05 == r.info["suggested_exact_above"]
+    from diffnorm.models import DEFAULT
+
+    assert resolve_model(DEFAULT).error_model["exact_above"] > 0  # the default carries its own
 
 
 def test_a_small_basin_s_measured_error_stays_in_it():
@@ -498,7 +519,8 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
         (["--samples", "5"], "--samples goes with --method randomization"),
         (["--method", "cnn", "--tolerance", "1e-3"], "--tolerance goes with --method selinv"),
         (["--backend", "torch"], "--backend goes with the methods that solve"),
-        (["--method", "cnn", "--exact-above", "-0.1"], "--exact-above must be an |ε| >= 0"),
+        (["--method", "cnn", "--exact-above", "-0.1"], "--exact-above must be auto"),
+        (["--method", "cnn", "--exact-above", "half"], "--exact-above must be auto"),
         (["--method", "cnn", "--model", str(model), "--exact-above", "0.02"], "no error model"),
     ):
         res = runner.invoke(app, ["estimate", str(inp), "-o", str(tmp_path / "t.nc"), *args])
@@ -515,14 +537,17 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
 
 
 def test_cli_cnn_counts_the_cells_it_doubts_and_names_what_solves_them(tmp_path):
-    from diffnorm.cli import SUGGESTED_EXACT_ABOVE
+    from diffnorm.subgrid import SUGGESTED_EXACT_ABOVE
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random per-cell metrics are out of range
         f = random_fields(ny=64, nx=80, steps=10, seed=2)
         r = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
+    # a file calibrated before models carried their τ: the package's
+    tau = r.info["suggested_exact_above"]
+    assert tau == SUGGESTED_EXACT_ABOVE
     served = r.error_estimate[f.counted & ~r.exact]
-    doubted = int((~(served <= SUGGESTED_EXACT_ABOVE)).sum())
+    doubted = int((~(served <= tau)).sum())
     assert doubted > 0
     write_fields(tmp_path / "in.nc", f)
     args = ["estimate", str(tmp_path / "in.nc"), "-o", str(tmp_path / "o.nc"), "--method", "cnn"]
@@ -531,7 +556,8 @@ def test_cli_cnn_counts_the_cells_it_doubts_and_names_what_solves_them(tmp_path)
     said = " ".join(res.output.split())  # the console wraps long lines
     assert res.exit_code == 0, res.output
     assert f"on {doubted} of the {served.size} cells the network serves" in said
-    assert f"--exact-above {SUGGESTED_EXACT_ABOVE:g} solves those exactly" in said
+    assert f"above {tau:.2%} (the model's τ)" in said
+    assert "--exact-above auto solves those exactly" in said
     from unittest import mock
 
     from diffnorm.subgrid import WHOLE_GRID_SHARE

@@ -127,9 +127,26 @@ def progress_bars(enabled: bool = True):
         yield factory
 
 
-def doubt_line(result, fields, exact_above: float | None) -> str:
+def parse_exact_above(text: str) -> str | float:
+    """``--exact-above``: ``auto`` or an |ε| ≥ 0 (a usage error otherwise)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        tau = float(text)
+    except ValueError:
+        tau = float("nan")
+    if not tau >= 0:
+        usage_error(
+            f"--exact-above must be auto (the model's calibrated τ) or an |ε| >= 0 (e.g. "
+            f"{SUGGESTED_EXACT_ABOVE:g}), got {text!r}"
+        )
+    return tau
+
+
+def doubt_line(result, fields) -> str:
     """The cnn's error estimate in one line: the cells it doubts, and what solves them."""
     info = result.info
+    exact_above = info.get("exact_above")  # the τ used ("auto": the model's)
     whole = info.get("exact_above_cells") and info["exact_cells"] == fields.n_ocean
     if exact_above is not None and whole:
         return (
@@ -145,16 +162,16 @@ def doubt_line(result, fields, exact_above: float | None) -> str:
         if left:
             return line + f"; {left} cells the network serves still have an estimate above it"
         return line + "; every cell the network serves has its estimate at or below it"
+    tau = info.get("suggested_exact_above", SUGGESTED_EXACT_ABOVE)
     est = result.error_estimate[fields.counted & ~result.exact]  # the cells it serves
-    doubted = int((~(est <= SUGGESTED_EXACT_ABOVE)).sum())  # no estimate counts as doubt
+    doubted = int((~(est <= tau)).sum())  # no estimate counts as doubt
     line = (
         f"error estimate ({info['error_quantile']:.0%} quantile of |ε| per kind of cell, or the "
-        "network's error measured beside, if larger): above "
-        f"{SUGGESTED_EXACT_ABOVE:.1%}, or none, on {doubted} of the {est.size} cells the "
-        "network serves"
+        f"network's error measured beside, if larger): above {tau:.2%} (the model's τ), or "
+        f"none, on {doubted} of the {est.size} cells the network serves"
     )
     if doubted:
-        line += f" (--exact-above {SUGGESTED_EXACT_ABOVE:g} solves those exactly)"
+        line += " (--exact-above auto solves those exactly)"
     return line
 
 
@@ -228,10 +245,11 @@ def estimate(
         ),
     ] = None,
     exact_above: Annotated[
-        float | None,
+        str | None,
         typer.Option(
             help="cnn: also solve exactly every cell whose error estimate is above this |ε| "
-            "(e.g. 0.015): a sparse solve on those cells and their halos, keeping every cell "
+            "(auto: the model's calibrated τ, e.g. 0.0125): a sparse solve on those cells "
+            "and their halos, keeping every cell "
             f"it determines, then on the cells whose estimate rose above it (up to {EXACT_ROUNDS} "
             "rounds)"
         ),
@@ -301,8 +319,8 @@ def estimate(
         )
     if exact_fold_rows is not None and exact_fold_rows < 0:
         usage_error(f"--exact-fold-rows must be >= 0, got {exact_fold_rows}")
-    if exact_above is not None and not exact_above >= 0:
-        usage_error(f"--exact-above must be an |ε| >= 0 (e.g. 0.015), got {exact_above}")
+    if exact_above is not None:
+        exact_above = parse_exact_above(exact_above)
     from diffnorm.ml.networks import PRECISIONS
 
     if precision is not None and precision not in PRECISIONS:
@@ -351,7 +369,7 @@ def estimate(
         summary += f", certified |ε| ≤ {result.tolerance:.1e}"
     console.print(summary)
     if method is MethodName.cnn and result.error_estimate is not None:
-        console.print(doubt_line(result, fields, exact_above))
+        console.print(doubt_line(result, fields))
     if verify:
         from diffnorm.verify import SPACING as VERIFY_SPACING
 
@@ -825,8 +843,11 @@ def predict(
         int, typer.Option(help="rows under a north fold solved exactly (0: none)")
     ] = EXACT_FOLD_ROWS,
     exact_above: Annotated[
-        float | None,
-        typer.Option(help="also solve exactly the cells whose error estimate is above this"),
+        str | None,
+        typer.Option(
+            help="also solve exactly the cells whose error estimate is above this |ε| "
+            "(auto: the model's calibrated τ)"
+        ),
     ] = None,
     verify: Annotated[
         int,

@@ -43,18 +43,21 @@ DEFAULT_METHODS: tuple[MethodSpec, ...] = (
 
 def parse_method(text: str) -> MethodSpec:
     """``name``, ``randomization:N`` (samples, e.g. ``randomization:1000``) or ``cnn:τ`` (the
-    cnn with the cells whose error estimate is above τ solved exactly, e.g. ``cnn:0.015``)."""
+    cnn with the cells whose error estimate is above τ solved exactly, e.g. ``cnn:0.0125``;
+    ``cnn:auto``: the model's calibrated τ)."""
     name, _, arg = text.partition(":")
     name = name.strip()
     if not arg:
         return name, {}
+    if name == "cnn" and arg.strip() == "auto":
+        return name, {"exact_above": "auto"}
     if name == "cnn":
         try:
             tau = float(arg)
         except ValueError:
             tau = math.nan
         if not tau >= 0:
-            raise ValueError(f"τ in {text!r} must be a number >= 0, e.g. cnn:0.015")
+            raise ValueError(f"τ in {text!r} must be auto or a number >= 0, e.g. cnn:0.0125")
         return name, {"exact_above": tau}
     if name != "randomization":
         raise ValueError(
@@ -76,8 +79,9 @@ def label(spec: MethodSpec) -> str:
     name, options = spec
     if name == "randomization":
         return f"randomization N={options.get('samples', 1000):g}"
-    if name == "cnn" and options.get("exact_above") is not None:
-        return f"cnn, exact above {options['exact_above']:g}"
+    tau = options.get("exact_above")
+    if name == "cnn" and tau is not None:
+        return f"cnn, exact above {tau if isinstance(tau, str) else format(tau, 'g')}"
     return name
 
 

@@ -97,7 +97,7 @@ def cnn(
     exact_fold_rows: int = EXACT_FOLD_ROWS,
     symmetries: int = 1,
     precision: str = "float32",
-    exact_above: float | None = None,
+    exact_above: float | str | None = None,
     progress=None,
 ) -> MethodOutput:
     """``model``: a model file, a Lightning checkpoint, a shipped model's name or a loaded
@@ -113,7 +113,8 @@ def cnn(
     bfloat16 arithmetic, slightly larger errors; see ``GammaNetwork.predict_target``);
     ``exact_above``: also solve exactly (to ``CELLS_TOLERANCE``) every cell whose error
     estimate is above this |ε|, or has none, in rounds until no served cell's estimate, re-read
-    on the γ returned, is (needs a model with an error model)."""
+    on the γ returned, is (needs a model with an error model); ``"auto"``: the τ the model's
+    calibration picked (``GammaNetwork.exact_above``)."""
     from diffnorm.device import pick_device
     from diffnorm.ml.calibration import network_correction
     from diffnorm.ml.domain import FLAGS
@@ -122,8 +123,13 @@ def cnn(
 
     if exact_fold_rows < 0:
         raise ValueError(f"exact_fold_rows must be >= 0 (0: none), got {exact_fold_rows}")
-    if exact_above is not None and not exact_above >= 0:
-        raise ValueError(f"exact_above must be an |ε| >= 0 (e.g. 0.015), got {exact_above}")
+    if exact_above is not None and exact_above != "auto":
+        try:
+            tau = float(exact_above)
+        except (TypeError, ValueError):
+            tau = float("nan")
+        if not tau >= 0:
+            raise ValueError(f"exact_above must be 'auto' or an |ε| >= 0, got {exact_above!r}")
     # the cells are chosen by the error estimate: without a model named, one that has it
     net = resolve_model(model, fields, calibrated=exact_above is not None)
     if exact_above is not None and net.error_model is None:
@@ -132,6 +138,10 @@ def cnn(
             "use a shipped model, or calibrate this one: `diffnorm evaluate` on held-out "
             "data, then `diffnorm export --format model --error-model DIR/evaluation.json`"
         )
+    if exact_above == "auto":
+        exact_above = net.exact_above
+    elif exact_above is not None:
+        exact_above = float(exact_above)
     flags, report = net.check_fields(fields)
     target = net.predict_target(fields, device, tile, symmetries, precision)
     gamma = gamma_from_target(fields, target, net.target)
@@ -179,6 +189,7 @@ def cnn(
     error = error_of(variance)
     if error is not None:
         info["error_quantile"] = net.error_model["quantile"]
+        info["suggested_exact_above"] = net.exact_above
     if exact_above is not None:
         assert error is not None
         rounds, count = 0, 0

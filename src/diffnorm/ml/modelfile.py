@@ -294,6 +294,17 @@ class GammaNetwork:
 
         return ErrorModel.from_dict(self.error_model).estimate(fields, correction)
 
+    @property
+    def exact_above(self) -> float | None:
+        """The τ for ``cnn --exact-above auto``: the one its calibration picked
+        (:func:`~diffnorm.ml.calibration.served_threshold`), else, for files calibrated before
+        it, ``SUGGESTED_EXACT_ABOVE``; None without an error model."""
+        if self.error_model is None:
+            return None
+        from diffnorm.subgrid import SUGGESTED_EXACT_ABOVE
+
+        return self.error_model.get("exact_above") or SUGGESTED_EXACT_ABOVE
+
     def predict(
         self,
         fields: Fields,
