@@ -1085,3 +1085,17 @@ def test_a_unet_model_reads_wrap_context_on_a_periodic_grid(network, tmp_path):
     feed = dict(zip(["mask", "area", "alpha_x", "alpha_y"], (a[None] for a in arrays), strict=True))
     out = onnxruntime.InferenceSession(str(onnx)).run(None, feed)[0][0]
     np.testing.assert_allclose(out[m], want[m], rtol=1e-4)
+
+
+def test_choosing_a_shipped_model_twice_reads_no_file_the_second_time():
+    from unittest import mock
+
+    from diffnorm.ml.modelfile import GammaNetwork, _cached, resolve_model
+    from diffnorm.models import shipped_models
+
+    assert _cached.cache_info().maxsize > len(shipped_models())  # every one stays cached
+    f = random_fields(ny=20, nx=24, steps=10, seed=1)
+    first = resolve_model(None, f)
+    with mock.patch.object(GammaNetwork, "load", side_effect=AssertionError("read again")):
+        assert resolve_model(None, f) is first
+        assert resolve_model(None, f, calibrated=True).error_model is not None
