@@ -67,7 +67,7 @@ def run_method(args: dict, queue: mp.Queue) -> None:
         if name == "cnn" and arg:
             options = {"model": arg}
         if name == "cnn_exact":  # the cnn with the cells it doubts solved exactly
-            name, options = "cnn", {"exact_above": float(arg) if arg else "auto"}
+            name, options = "cnn", {"exact_above": "auto" if arg in ("", "auto") else float(arg)}
         # the network needs no operator: its time is the whole prediction
         result = estimate(fields if name == "cnn" else make_operator(fields), name, **options)
         wall = time.perf_counter() - t0

@@ -168,6 +168,7 @@ def main() -> None:
         dist: list[np.ndarray] = []
         times = dict.fromkeys(eps, 0.0)
         times["selinv"] = 0.0
+        used: dict[str, float] = {}  # each hybrid's τ ("auto": the model's)
         model_name = ""
         parts = []
         covered: list[np.ndarray] = []  # |ε| ≤ the model's own per-cell error estimate
@@ -201,6 +202,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 h = estimate(fresh, "cnn", symmetries=sym, exact_above=tau, **options)
                 times[key] += time.perf_counter() - t0
+                used[key] = h.info["exact_above"]
                 eps[key].append(relative_error(h.gamma, exact.gamma, m))
             grid = np.full(fields.shape, np.nan)
             grid[m] = eps["cnn"][-1]
@@ -217,10 +219,14 @@ def main() -> None:
             if not values:
                 continue
             rows[method] = {**metrics(values, dist), "s_per_sample": times[method] / len(samples)}
+            if method in used:
+                rows[method]["exact_above"] = used[method]
+            text = method.removeprefix("cnn_exact_above_")
             label = (
                 f"cnn ({model_name})"
                 if method == "cnn"
-                else f"cnn, exact above {method.removeprefix('cnn_exact_above_')}"
+                else f"cnn, exact above {text}"
+                + (f" ({used[method]:.4g})" if text == "auto" else "")
                 if method in hybrids
                 else f"randomization N={args.randomization}"
                 if method == "randomization"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # After scripts/gpu_recipe.sh on a lent GPU, here: its two model files (best on validation and
-# the annealed end) against the shipped default, on the same val windows (the four sets' whole
-# val splits: seeds follow split and index, so they hold the GPU run's), then, with GRIDS=1,
+# the annealed end) against the shipped default, on the four sets' whole val splits made from
+# the configs' own seeds (data/val: the windows the recipe validated on when SEED_OFFSET was 0;
+# with an offset, windows neither network trained on), then, with GRIDS=1,
 # on the grids no network was trained on (benchmarks/bench_generalization.py, network only).
 #
 #   bash scripts/gpu_compare.sh /work/.device/N         # the folder the device's files came to

@@ -7,7 +7,7 @@
 # leaves FINISH seconds, and the model files, best checkpoint, training log (as it is written),
 # GPU samples, the benchmark's table and each step's wall time in $OUT (8 files, the most that come
 # back: write nothing else there, or one of them stays behind). Back here, scripts/gpu_compare.sh
-# scores what came back against the shipped default on data/val, windows neither has seen.
+# scores what came back against the shipped default on data/val, windows neither trained on.
 #
 #   bash scripts/gpu_wheels.sh                  # here, once: the wheels the device lacks, in .whl/
 #   device run, carry [".whl"]:  bash scripts/gpu_recipe.sh
@@ -18,7 +18,7 @@
 # the second call's took 214 s, 0.18 core-s, then 88 s of setup and 8 452 training steps in
 # 192 s (docs/results.md, "Two GPU calls"); the third (a fresh machine, SEED_OFFSET 100): the
 # check ~60 s, 10 928 windows in ~150 s, 64 s of setup, 11 146 steps in 235 s (21 ms a step),
-# 576 s in all. Generation stops at GEN seconds (default 200) with what it has made, each set's
+# 577 s in all. Generation stops at GEN seconds (default 200) with what it has made, each set's
 # val windows whole.
 # BUDGET (s, default 585) is the whole call, FINISH (40) what export needs after training;
 # WIDTH, LOADERS (cores − 2), LR, BATCH and RESIDENT override the config; INIT= (empty) trains
@@ -75,7 +75,7 @@ FINISH=${FINISH:-40}
 # windows the default has not been trained on: the configs' seeds + SEED_OFFSET (0: their own,
 # on which windows-smooth-gpu-m10 made its 8 452 steps; 100: windows-smooth-gpu2-m10's 11 146,
 # so the next run wants another, 200). The val windows here then differ from data/val too, so
-# scripts/gpu_compare.sh scores both networks on windows neither has seen.
+# scripts/gpu_compare.sh scores both networks on windows neither trained on.
 SEED_OFFSET=${SEED_OFFSET:-200}
 RUN=runs/gpu_recipe/train
 mkdir -p "$RUN"

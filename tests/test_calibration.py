@@ -264,3 +264,9 @@ def test_the_fit_stores_its_tau_and_files_without_one_still_load():
     assert ErrorModel.from_dict(d).exact_above == model.exact_above
     del d["exact_above"]
     assert ErrorModel.from_dict(d).exact_above is None
+    # errors far above the target everywhere: the smallest τ, not none (a file with none
+    # takes the package's larger τ)
+    from diffnorm.ml.calibration import TAU_RANGE
+
+    wrong = [(np.where(f.mask, 1.0, np.nan), f) for f in held]
+    assert ErrorModel.fit(wrong).exact_above == TAU_RANGE[0]

@@ -556,8 +556,17 @@ def test_cli_cnn_counts_the_cells_it_doubts_and_names_what_solves_them(tmp_path)
     said = " ".join(res.output.split())  # the console wraps long lines
     assert res.exit_code == 0, res.output
     assert f"on {doubted} of the {served.size} cells the network serves" in said
-    assert f"above {tau:.2%} (the model's τ)" in said
+    assert f"above {tau:.2%} (the package's τ" in said  # this file has none of its own
     assert "--exact-above auto solves those exactly" in said
+    # auto, in any case, reaches the method as the model's τ, written as a number
+    res = CliRunner().invoke(app, [*args, "--exact-above", " AUTO"])
+    assert res.exit_code == 0, res.output
+    assert f"--exact-above {tau:g}:" in " ".join(res.output.split())
+    with xr.open_dataset(tmp_path / "o.nc") as ds:
+        assert ds.attrs["option_exact_above"] == "auto"  # as typed: what reruns the command
+    res = CliRunner().invoke(app, [*args, "--exact-above", "0.5"])
+    with xr.open_dataset(tmp_path / "o.nc") as ds:
+        assert float(ds.attrs["option_exact_above"]) == 0.5
     from unittest import mock
 
     from diffnorm.subgrid import WHOLE_GRID_SHARE

@@ -146,7 +146,7 @@ def parse_exact_above(text: str) -> str | float:
 def doubt_line(result, fields) -> str:
     """The cnn's error estimate in one line: the cells it doubts, and what solves them."""
     info = result.info
-    exact_above = info.get("exact_above")  # the τ used ("auto": the model's)
+    exact_above = info.get("exact_above")  # the τ used (with "auto", the model's)
     whole = info.get("exact_above_cells") and info["exact_cells"] == fields.n_ocean
     if exact_above is not None and whole:
         return (
@@ -163,11 +163,16 @@ def doubt_line(result, fields) -> str:
             return line + f"; {left} cells the network serves still have an estimate above it"
         return line + "; every cell the network serves has its estimate at or below it"
     tau = info.get("suggested_exact_above", SUGGESTED_EXACT_ABOVE)
+    whose = (
+        "the model's τ"
+        if info.get("exact_above_calibrated")
+        else "the package's τ: this model's calibration predates its own"
+    )
     est = result.error_estimate[fields.counted & ~result.exact]  # the cells it serves
     doubted = int((~(est <= tau)).sum())  # no estimate counts as doubt
     line = (
         f"error estimate ({info['error_quantile']:.0%} quantile of |ε| per kind of cell, or the "
-        f"network's error measured beside, if larger): above {tau:.2%} (the model's τ), or "
+        f"network's error measured beside, if larger): above {tau:.2%} ({whose}), or "
         f"none, on {doubted} of the {est.size} cells the network serves"
     )
     if doubted:
@@ -283,6 +288,8 @@ def estimate(
         options = {"tolerance": 1e-6 if tolerance is None else tolerance, "stride": stride}
     elif method is MethodName.selinv:
         options = {"tolerance": 1e-6 if tolerance is None else tolerance}
+    if exact_above is not None:
+        exact_above = parse_exact_above(exact_above)  # "auto" or a float from here on
     # the cnn's options as typed (None: not typed; the method's own defaults then apply)
     cnn_given = {
         name: value
@@ -319,8 +326,6 @@ def estimate(
         )
     if exact_fold_rows is not None and exact_fold_rows < 0:
         usage_error(f"--exact-fold-rows must be >= 0, got {exact_fold_rows}")
-    if exact_above is not None:
-        exact_above = parse_exact_above(exact_above)
     from diffnorm.ml.networks import PRECISIONS
 
     if precision is not None and precision not in PRECISIONS:

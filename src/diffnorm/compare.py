@@ -49,7 +49,7 @@ def parse_method(text: str) -> MethodSpec:
     name = name.strip()
     if not arg:
         return name, {}
-    if name == "cnn" and arg.strip() == "auto":
+    if name == "cnn" and arg.strip().lower() == "auto":
         return name, {"exact_above": "auto"}
     if name == "cnn":
         try:

@@ -124,11 +124,7 @@ def cnn(
     if exact_fold_rows < 0:
         raise ValueError(f"exact_fold_rows must be >= 0 (0: none), got {exact_fold_rows}")
     if exact_above is not None and exact_above != "auto":
-        try:
-            tau = float(exact_above)
-        except (TypeError, ValueError):
-            tau = float("nan")
-        if not tau >= 0:
+        if isinstance(exact_above, str) or not exact_above >= 0:
             raise ValueError(f"exact_above must be 'auto' or an |ε| >= 0, got {exact_above!r}")
     # the cells are chosen by the error estimate: without a model named, one that has it
     net = resolve_model(model, fields, calibrated=exact_above is not None)
@@ -140,8 +136,6 @@ def cnn(
         )
     if exact_above == "auto":
         exact_above = net.exact_above
-    elif exact_above is not None:
-        exact_above = float(exact_above)
     flags, report = net.check_fields(fields)
     target = net.predict_target(fields, device, tile, symmetries, precision)
     gamma = gamma_from_target(fields, target, net.target)
@@ -190,6 +184,7 @@ def cnn(
     if error is not None:
         info["error_quantile"] = net.error_model["quantile"]
         info["suggested_exact_above"] = net.exact_above
+        info["exact_above_calibrated"] = "exact_above" in net.error_model
     if exact_above is not None:
         assert error is not None
         rounds, count = 0, 0

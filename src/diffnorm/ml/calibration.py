@@ -49,7 +49,8 @@ network has lower estimates, so a fixed τ serves more of its coastal cells, and
 them the quantile leaves uncovered brings its tails back (``windows-smooth-gpu2-m10`` at τ =
 0.015: maxima 0.030 and 0.024 on the North Atlantic and Table 8, against 0.0165 and 0.0134 for
 the network before it). The calibration stores the largest τ at which the held-out cells with
-an estimate at or below it have a Q99.99 |ε| of at most ``SERVED_Q9999``: the value at which
+an estimate at or below it have a Q99.99 |ε| of at most ``SERVED_Q9999`` (the smallest of
+``TAU_RANGE`` when none does): the value at which
 the hybrid met a third of randomization 10⁴ on the unseen grids with both networks (their
 held-out windows' served Q99.99 at their measured τ: 0.044 at 0.015 and 0.043 at 0.0125; the
 windows are coastal and have no later rounds, so the number is higher than a grid's).
@@ -278,9 +279,10 @@ class ErrorModel:
             if r.size >= MIN_CELLS:
                 setattr(model, f"by_{zone}", q(r))
         final = [model.estimate(s[1], s[2] if with_t else None) for s in samples]
-        model.exact_above = served_threshold(
-            [np.where(s[1].counted, s[0], np.nan) for s in samples], final
-        )
+        tau = served_threshold([np.where(s[1].counted, s[0], np.nan) for s in samples], final)
+        # no τ in range keeps the served tail under the target: the smallest, not none (a
+        # file with none would take the package's larger τ)
+        model.exact_above = TAU_RANGE[0] if tau is None else tau
         return model
 
     def estimate(self, fields: Fields, correction: np.ndarray | None = None) -> np.ndarray:

@@ -303,7 +303,8 @@ class GammaNetwork:
             return None
         from diffnorm.subgrid import SUGGESTED_EXACT_ABOVE
 
-        return self.error_model.get("exact_above") or SUGGESTED_EXACT_ABOVE
+        tau = self.error_model.get("exact_above")
+        return SUGGESTED_EXACT_ABOVE if tau is None else float(tau)
 
     def predict(
         self,
