@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -970,6 +971,9 @@ def test_the_fields_graph_is_the_python_prediction(network, fold, target, tmp_pa
         # fill was made with device=x.device, which the tracer froze to "cpu")
         assert 'value="cpu"' not in str(loaded.inlined_graph)
         assert '"alpha_x"' in card.read_text()
+        # what the host must solve itself: small basins, and under a fold its band
+        said = json.loads(card.read_text())["gamma"]
+        assert "64 cells" in said and ("rows under the north fold" in said) == (fold != "none")
         onnx, _ = export(
             network, tmp_path / "f.onnx", "onnx", f.periodic_x, north_fold=f.north_fold
         )
