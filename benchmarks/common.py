@@ -38,5 +38,7 @@ def random_fields_on(
 def exact_above_values(text: str) -> dict[str, float | str]:
     """``--exact-above``'s comma-separated list, by its text: ``auto`` (the model's calibrated τ,
     ``GammaNetwork.exact_above``) or |ε| values."""
+    from diffnorm.methods.cnn import exact_above_value
+
     items = [t.strip() for t in text.split(",") if t.strip()]
-    return {t: t if t == "auto" else float(t) for t in items}
+    return {t: exact_above_value(t, "--exact-above") for t in items}

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from diffnorm import __version__
-from diffnorm.subgrid import EXACT_FOLD_ROWS, EXACT_ROUNDS, SUGGESTED_EXACT_ABOVE
+from diffnorm.subgrid import EXACT_FOLD_ROWS, EXACT_ROUNDS
 
 app = typer.Typer(
     help="Normalization coefficients γ of diffusion-based correlation operators.",
@@ -127,22 +127,6 @@ def progress_bars(enabled: bool = True):
         yield factory
 
 
-def parse_exact_above(text: str) -> str | float:
-    """``--exact-above``: ``auto`` or an |ε| ≥ 0 (a usage error otherwise)."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        tau = float(text)
-    except ValueError:
-        tau = float("nan")
-    if not tau >= 0:
-        usage_error(
-            f"--exact-above must be auto (the model's calibrated τ) or an |ε| >= 0 (e.g. "
-            f"{SUGGESTED_EXACT_ABOVE:g}), got {text!r}"
-        )
-    return tau
-
-
 def doubt_line(result, fields) -> str:
     """The cnn's error estimate in one line: the cells it doubts, and what solves them."""
     info = result.info
@@ -162,7 +146,7 @@ def doubt_line(result, fields) -> str:
         if left:
             return line + f"; {left} cells the network serves still have an estimate above it"
         return line + "; every cell the network serves has its estimate at or below it"
-    tau = info.get("suggested_exact_above", SUGGESTED_EXACT_ABOVE)
+    tau = info["suggested_exact_above"]  # set with the error estimate
     whose = (
         "the model's τ"
         if info.get("exact_above_calibrated")
@@ -288,8 +272,13 @@ def estimate(
         options = {"tolerance": 1e-6 if tolerance is None else tolerance, "stride": stride}
     elif method is MethodName.selinv:
         options = {"tolerance": 1e-6 if tolerance is None else tolerance}
-    if exact_above is not None:
-        exact_above = parse_exact_above(exact_above)  # "auto" or a float from here on
+    if exact_above is not None:  # "auto" or a float from here on
+        from diffnorm.methods.cnn import exact_above_value
+
+        try:
+            exact_above = exact_above_value(exact_above, "--exact-above")
+        except ValueError as exc:
+            usage_error(str(exc))
     # the cnn's options as typed (None: not typed; the method's own defaults then apply)
     cnn_given = {
         name: value

@@ -49,16 +49,15 @@ def parse_method(text: str) -> MethodSpec:
     name = name.strip()
     if not arg:
         return name, {}
-    if name == "cnn" and arg.strip().lower() == "auto":
-        return name, {"exact_above": "auto"}
     if name == "cnn":
+        from diffnorm.methods.cnn import exact_above_value
+
         try:
-            tau = float(arg)
+            return name, {"exact_above": exact_above_value(arg)}
         except ValueError:
-            tau = math.nan
-        if not tau >= 0:
-            raise ValueError(f"τ in {text!r} must be auto or a number >= 0, e.g. cnn:0.0125")
-        return name, {"exact_above": tau}
+            raise ValueError(
+                f"τ in {text!r} must be auto or a number >= 0, e.g. cnn:0.0125"
+            ) from None
     if name != "randomization":
         raise ValueError(
             f"only randomization (':N' samples) and cnn (':τ' exact above) take an argument, "

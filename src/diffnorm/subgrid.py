@@ -41,10 +41,9 @@ DIFFUSIVITY_BIN = 1.25  # cells_variance: halos of diffusivities rounded up to p
 # ORCA1 with D to 6 cells, 91 %: 0.84 s against 0.70 s; but 55 % of the 1/4° North Atlantic
 # 0.38 s against 1.01 s, and 34 % of 1/4° lat-lon 4.9 s against 42 s)
 WHOLE_GRID_SHARE = 0.6
-# the τ that puts the default network within a third of randomization 10⁴ on the unseen grids'
-# every metric (windows-smooth-gpu2-m10: solving ~28 % of the North Atlantic's and Table 8's
-# cells); at 0.015 its estimates leave more coastal cells served (24 %, 21 % solved) and their
-# tails reach 0.030 (docs/results.md, "A third GPU call"). It follows the model's calibration.
+# cnn --exact-above auto on a model file calibrated before models carried their own τ
+# (diffnorm.ml.calibration.served_threshold): what put windows-smooth-gpu2-m10 within a third
+# of randomization 10⁴ on the unseen grids (docs/results.md, "A third GPU call")
 SUGGESTED_EXACT_ABOVE = 0.0125
 # cnn --exact-above: at most this many rounds of solves (1/4° lat-lon: 3 at τ = 0.015; at τ = 0.01
 # they left 163 cells above τ, and 5 more rounds moved no metric; the unseen grids of

@@ -35,6 +35,7 @@ from diffnorm.subgrid import (
     EXACT_FOLD_ROWS,
     EXACT_ROUNDS,
     FOLD_TOLERANCE,
+    SUGGESTED_EXACT_ABOVE,
     cells_variance,
     fold_band_variance,
 )
@@ -43,6 +44,25 @@ if TYPE_CHECKING:
     import torch
 
 DENSE_ROUNDOFF = 1e-10  # |ε| of a small basin's dense solve: round-off, with room to spare
+
+
+def exact_above_value(value: float | str, name: str = "exact_above") -> float | str:
+    """``exact_above`` as given, a number or its text (a command line's): ``"auto"`` (any
+    case) or an |ε| ≥ 0 as a float; a ValueError naming ``name`` otherwise."""
+    tau = value
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            tau = float(value)
+        except ValueError:
+            tau = float("nan")
+    if isinstance(tau, bool) or not tau >= 0:
+        raise ValueError(
+            f"{name} must be auto (the model's calibrated τ) or an |ε| >= 0 (e.g. "
+            f"{SUGGESTED_EXACT_ABOVE:g}), got {value!r}"
+        )
+    return float(tau)
 
 
 def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +134,8 @@ def cnn(
     ``exact_above``: also solve exactly (to ``CELLS_TOLERANCE``) every cell whose error
     estimate is above this |ε|, or has none, in rounds until no served cell's estimate, re-read
     on the γ returned, is (needs a model with an error model); ``"auto"``: the τ the model's
-    calibration picked (``GammaNetwork.exact_above``)."""
+    calibration picked (``GammaNetwork.exact_above``); text is read by
+    :func:`exact_above_value`."""
     from diffnorm.device import pick_device
     from diffnorm.ml.calibration import network_correction
     from diffnorm.ml.domain import FLAGS
@@ -123,9 +144,8 @@ def cnn(
 
     if exact_fold_rows < 0:
         raise ValueError(f"exact_fold_rows must be >= 0 (0: none), got {exact_fold_rows}")
-    if exact_above is not None and exact_above != "auto":
-        if isinstance(exact_above, str) or not exact_above >= 0:
-            raise ValueError(f"exact_above must be 'auto' or an |ε| >= 0, got {exact_above!r}")
+    if exact_above is not None:
+        exact_above = exact_above_value(exact_above)
     # the cells are chosen by the error estimate: without a model named, one that has it
     net = resolve_model(model, fields, calibrated=exact_above is not None)
     if exact_above is not None and net.error_model is None:

@@ -215,9 +215,8 @@ def export(
         if north_fold != "none":  # the network's weakest rows, which cnn solves exactly
             info["gamma"] += (
                 f"; nor are the {EXACT_FOLD_ROWS} rows under the north fold, where the network "
-                "alone errs most (windows-smooth-gpu2-m10 on the ORCA1-like grid: up to 60 % in "
-                "gamma^2, mean 3.4 %, against "
-                "0.5 % elsewhere): solve them on the host (diffnorm.subgrid.fold_band_variance)"
+                "alone errs most (the user guide gives the default's measured miss there): "
+                "solve them on the host (diffnorm.subgrid.fold_band_variance)"
             )
     with atomic_output(meta) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
