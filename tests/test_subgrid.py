@@ -34,6 +34,16 @@ def test_halo_grows_with_the_length_scale_and_the_tolerance():
     assert halo_width(1.0, 1.0, 10, 1e-3) < halo_width(1.0, 1.0, 10, 1e-8)
 
 
+@pytest.mark.parametrize("kx, ky, power", [(0.0, 3.0, 10), (0.3, 0.02, 4), (7.7, 36.0, 20)])
+def test_the_kernel_along_each_axis_is_the_full_kernels(kx, ky, power):
+    from diffnorm.methods.probing import lattice_kernel, lattice_kernel_axes
+
+    full = lattice_kernel(kx, ky, power)
+    column, row = lattice_kernel_axes(kx, ky, power)
+    np.testing.assert_allclose(column, full[:, 0], rtol=0, atol=1e-13 * full[0, 0])
+    np.testing.assert_allclose(row, full[0, :], rtol=0, atol=1e-13 * full[0, 0])
+
+
 @pytest.mark.parametrize("fold", ["T", "F"])
 def test_the_band_under_a_fold_gives_the_whole_grid_gamma(fold):
     from conftest import folded_fields

@@ -24,6 +24,7 @@ exceeds τ, and keeps the interior's γ too.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -54,14 +55,20 @@ EXACT_ROUNDS = 3
 def halo_width(kx: float, ky: float, steps: int, tolerance: float) -> tuple[int, int]:
     """``(H_y, H_x)`` cells such that the lattice kernel of ``S^M`` at ``2H`` along each axis
     is below ``tolerance`` times its peak (κ in grid units, the largest of the crop)."""
-    from diffnorm.methods.probing import lattice_kernel
-
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
-    k = lattice_kernel(kx, ky, steps)
-    k = k / k[0, 0]
+    return _halo_width(float(kx), float(ky), int(steps), float(tolerance))
+
+
+# remembered: cell_halos asks for the same binned diffusivities in every round of cnn
+# --exact-above (206 kernels, 0.27 s of a 0.65 s call on the 1/4° North Atlantic)
+@functools.lru_cache(maxsize=4096)
+def _halo_width(kx: float, ky: float, steps: int, tolerance: float) -> tuple[int, int]:
+    from diffnorm.methods.probing import lattice_kernel_axes
+
     out = []
-    for profile in (k[:, 0], k[0, :]):
+    for profile in lattice_kernel_axes(kx, ky, steps):
+        profile = profile / profile[0]
         half = profile[: profile.size // 2 + 1]
         below = np.flatnonzero(half < tolerance)
         reach = int(below[0]) if below.size else half.size

@@ -87,12 +87,9 @@ def _decay_rate(kappa: float) -> float:
     return math.acosh(1.0 + 1.0 / (2.0 * kappa)) if kappa > 0 else math.inf
 
 
-def lattice_kernel(kx: float, ky: float, power: int) -> np.ndarray:
-    """Kernel of ``Ŝ^power`` (unit cell area) on the infinite homogeneous lattice.
-
-    Indexed ``[δy mod Ny, δx mod Nx]`` on a periodic box large enough for the kernel to
-    vanish (below 1e-30 of its peak) before it wraps.
-    """
+def _lattice_symbol(kx: float, ky: float, power: int) -> tuple[np.ndarray, int, int]:
+    """The symbol of ``Ŝ^power`` on the rfft frequencies of :func:`lattice_kernel`'s box,
+    and the box ``(Ny, Nx)``."""
     sizes = []
     for kappa in (ky, kx):
         rate = _decay_rate(kappa)
@@ -106,7 +103,32 @@ def lattice_kernel(kx: float, ky: float, power: int) -> np.ndarray:
     fy = np.fft.fftfreq(ny)[:, None]
     fx = np.fft.rfftfreq(nx)[None, :]
     symbol = 1.0 + ky * (2 - 2 * np.cos(2 * np.pi * fy)) + kx * (2 - 2 * np.cos(2 * np.pi * fx))
-    return np.fft.irfft2(symbol ** (-float(power)), s=(ny, nx))
+    return symbol ** (-float(power)), ny, nx
+
+
+def lattice_kernel(kx: float, ky: float, power: int) -> np.ndarray:
+    """Kernel of ``Ŝ^power`` (unit cell area) on the infinite homogeneous lattice.
+
+    Indexed ``[δy mod Ny, δx mod Nx]`` on a periodic box large enough for the kernel to
+    vanish (below 1e-30 of its peak) before it wraps.
+    """
+    symbol, ny, nx = _lattice_symbol(kx, ky, power)
+    return np.fft.irfft2(symbol, s=(ny, nx))
+
+
+def lattice_kernel_axes(kx: float, ky: float, power: int) -> tuple[np.ndarray, np.ndarray]:
+    """``lattice_kernel(kx, ky, power)[:, 0]`` and ``[0, :]``: the kernel along each axis
+    through its peak, by 1-D transforms of the symbol's sums over the other axis (an inverse
+    transform is linear), without the 2-D one."""
+    symbol, ny, nx = _lattice_symbol(kx, ky, power)
+    # the sum over all x-frequencies from the rfft half: the interior ones appear twice
+    twice = np.full(symbol.shape[1], 2.0)
+    twice[0] = 1.0
+    if nx % 2 == 0:
+        twice[-1] = 1.0
+    column = np.fft.ifft(symbol @ twice).real / nx
+    row = np.fft.irfft(symbol.sum(axis=0), n=nx) / ny
+    return column, row
 
 
 def _axis_points(s: int | None, n: int, off: int) -> np.ndarray:
