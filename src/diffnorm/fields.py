@@ -208,7 +208,8 @@ class Fields:
                 )
             alphas[name] = np.where(opened, alpha, 0.0)
         _check_fold_copies(topology, alphas, mask)
-        _check_conditioning(topology, alphas, area, mask)
+        slots = topology.slot_alpha(alphas["alpha_x"], alphas["alpha_y"], mask)
+        _check_conditioning(slots, area, mask)
         area = np.where(mask, area, np.where(np.isfinite(area), area, 0.0))
 
         for name in ("lat", "lon"):
@@ -229,6 +230,7 @@ class Fields:
         object.__setattr__(self, "attrs", dict(self.attrs))
         for name in ("mask", "area", "alpha_x", "alpha_y"):
             getattr(self, name).flags.writeable = False
+        self.__dict__["_slot_alpha"] = _read_only(slots)  # the check's: computed once
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -348,12 +350,10 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _check_conditioning(
-    topology: Topology, alphas: dict[str, np.ndarray], area: np.ndarray, mask: np.ndarray
-) -> None:
+def _check_conditioning(slots: np.ndarray, area: np.ndarray, mask: np.ndarray) -> None:
     """Refuse diffusivities no solver can take: ``alpha/area`` (cells²) must be ≤
-    ``GRID_DIFFUSIVITY_MAX`` (and finite: no overflow)."""
-    slots = topology.slot_alpha(alphas["alpha_x"], alphas["alpha_y"], mask).max(axis=0)
+    ``GRID_DIFFUSIVITY_MAX`` (and finite: no overflow); ``slots``: ``Topology.slot_alpha``."""
+    slots = slots.max(axis=0)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         grid = np.where(mask, slots / np.where(mask, area, 1.0), 0.0)
     bad = ~(grid <= GRID_DIFFUSIVITY_MAX)
