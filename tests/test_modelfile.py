@@ -229,6 +229,38 @@ def test_exact_above_auto_takes_the_tau_of_the_model_s_calibration():
     assert resolve_model(DEFAULT).error_model["exact_above"] > 0  # the default carries its own
 
 
+def test_exact_above_solves_the_grid_whole_without_the_network_when_it_must(monkeypatch):
+    """The least estimate any prediction could give (``error_floor``) already puts most of the
+    grid above τ: the first round would solve it whole, so the network is not run at all."""
+    from diffnorm.ml.calibration import network_correction
+    from diffnorm.ml.modelfile import GammaNetwork, resolve_model
+    from diffnorm.subgrid import CELLS_TOLERANCE
+
+    f = random_fields(ny=40, nx=48, steps=10, seed=7)
+    net = resolve_model("windows-smooth-m10")
+    floor = net.error_floor(f)
+    ocean = f.mask.astype(bool)
+    for scale in (-1.0, 0.0, 1.0):  # the network's |t| moves the estimate, never under it
+        t = network_correction(f, np.exp(scale * f.area / f.area.max()), net.target)
+        assert np.all(floor[ocean] <= net.error_estimate(f, t)[ocean])
+    exact = estimate(f, "selinv", tolerance=1e-9).gamma
+
+    def unused(*args, **kwargs):
+        raise AssertionError("the network ran")
+
+    with monkeypatch.context() as m, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
+        m.setattr(GammaNetwork, "predict_target", unused)
+        r = estimate(f, "cnn", model=net, device="cpu", exact_above=0.0)
+    assert r.info["exact_above_whole_grid"] and r.exact[ocean].all()
+    np.testing.assert_allclose(r.gamma[ocean] ** 2, exact[ocean] ** 2, rtol=CELLS_TOLERANCE)
+    assert np.all(r.error_estimate[ocean] == CELLS_TOLERANCE) and not r.flags.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        served = estimate(f, "cnn", model=net, device="cpu", exact_above=float(np.nanmax(floor)))
+    assert "exact_above_whole_grid" not in served.info  # nothing is surely above that τ
+
+
 def test_a_small_basin_s_measured_error_stays_in_it():
     """A one-cell lake is solved exactly, and the network's error measured there would reach
     the ocean cells diagonal to it, which no diffusion joins to it."""

@@ -292,6 +292,12 @@ def region_interior(
     return inside
 
 
+def covers(fields: Fields, region: np.ndarray, share: float = WHOLE_GRID_SHARE) -> bool:
+    """Whether ``region`` holds at least ``share`` of the ocean cells: a solve on it then
+    costs about what the whole grid's does."""
+    return bool(region.sum() >= share * fields.mask.astype(bool).sum())
+
+
 def cells_variance(
     fields: Fields,
     cells: np.ndarray,
@@ -314,7 +320,7 @@ def cells_variance(
     if not cells.any():
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     region = cells_region(fields, cells, tolerance)
-    if whole_share is not None and region.sum() >= whole_share * fields.mask.astype(bool).sum():
+    if whole_share is not None and covers(fields, region, whole_share):
         gamma = estimate(fields, "selinv", tolerance=tolerance / 10).gamma
         return np.arange(fields.n_ocean), gamma.ravel()[fields.ocean] ** -2.0
     sub = fields.replace(mask=region.astype(np.int8))

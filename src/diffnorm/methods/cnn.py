@@ -14,6 +14,10 @@ The estimates are then re-read on the γ returned, and the served cells now abov
 solved ones, whose exact correction their estimate reads) are solved in another round, until
 none is: every cell the network still serves then has its estimate ≤ τ (after
 ``EXACT_ROUNDS`` rounds, ``info["exact_above_left"]`` counts those still above).
+Where the cells above τ whatever the network predicts (:func:`surely_solved`, from the least
+estimate of each cell's class) already need most of the grid, the grid is solved whole before
+the network runs (:func:`whole_grid`; ``info["exact_above_whole_grid"]``): the network would
+cost its pass for nothing.
 
 Every solve also *measures* the network where it solved: a cell's estimate is at least the
 network's error on the solved cells of its 3 × 3 square (:func:`beside_measured`), so a
@@ -36,7 +40,9 @@ from diffnorm.subgrid import (
     EXACT_ROUNDS,
     FOLD_TOLERANCE,
     SUGGESTED_EXACT_ABOVE,
+    cells_region,
     cells_variance,
+    covers,
     fold_band_variance,
 )
 
@@ -83,6 +89,27 @@ def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np
         s = np.linalg.solve(system_block(fields, idx, stencil), np.diag(w[idx]))
         var_all.append(np.diag(np.linalg.matrix_power(s, fields.steps)) / w[idx])
     return np.concatenate(idx_all), np.concatenate(var_all)
+
+
+def surely_solved(
+    fields: Fields, net, exact_above: float, exact_basins: int, exact_fold_rows: int
+) -> np.ndarray:
+    """The cells (a boolean grid of unknowns) that ``exact_above`` solves in its first round
+    whatever the network predicts: those whose least possible estimate
+    (:meth:`~diffnorm.ml.modelfile.GammaNetwork.error_floor`) is above τ or unknown, outside
+    the small basins and the fold band solved anyway."""
+    from diffnorm.ml.domain import FLAGS
+
+    floor = net.error_floor(fields).ravel()[fields.ocean]
+    flags, _ = net.check_fields(fields)
+    todo = ~(floor <= exact_above) | ((flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0)
+    sizes = np.bincount(fields.basin_labels.ravel())
+    todo &= sizes[fields.basin_labels.ravel()[fields.ocean]] > exact_basins
+    if fields.topology.folded and exact_fold_rows > 0:
+        todo &= fields.ocean < (fields.shape[0] - exact_fold_rows) * fields.shape[1]
+    cells = np.zeros(fields.shape, dtype=bool)
+    cells.ravel()[fields.ocean[todo]] = True
+    return cells
 
 
 def beside_measured(
@@ -157,6 +184,13 @@ def cnn(
     if exact_above == "auto":
         exact_above = net.exact_above
     flags, report = net.check_fields(fields)
+    if exact_above is not None:
+        # when the cells τ solves whatever the network says already need most of the grid,
+        # its first round would solve the grid whole: do that, without the network first
+        # (ORCA1-like grid at τ 0.0124: 1.07 s with the network, against selinv's 0.65 s)
+        surely = surely_solved(fields, net, exact_above, exact_basins, exact_fold_rows)
+        if covers(fields, cells_region(fields, surely)):
+            return whole_grid(fields, net, exact_above, flags, report, symmetries, precision)
     target = net.predict_target(fields, device, tile, symmetries, precision)
     gamma = gamma_from_target(fields, target, net.target)
     variance = gamma.ravel()[fields.ocean] ** -2.0
@@ -238,4 +272,39 @@ def cnn(
     flags[fields.topology.same_on_copies(on_grid)] = 0  # solved exactly: on known ground
     return MethodOutput(
         variance, tolerance=None, info=info, flags=flags, error_estimate=error, exact=idx
+    )
+
+
+def whole_grid(
+    fields: Fields, net, exact_above: float, flags, report, symmetries: int, precision: str
+) -> MethodOutput:
+    """:func:`cnn`'s output when ``exact_above`` solves the whole grid before the network
+    runs: one ``selinv`` to ``CELLS_TOLERANCE``, as :func:`cells_variance` solves a grid."""
+    from diffnorm.methods import estimate
+
+    gamma = estimate(fields, "selinv", tolerance=CELLS_TOLERANCE / 10).gamma
+    variance = gamma.ravel()[fields.ocean] ** -2.0
+    every = np.arange(fields.n_ocean)
+    info = {
+        "model": net.name,
+        "device": "none (the network did not run)",
+        "exact_cells": int(fields.n_ocean),
+        "exact_fold_cells": 0,
+        "symmetries": int(symmetries),
+        "precision": precision,
+        "solves": 0,
+        **{f"outside_{k}": v for k, v in report.items()},
+        "error_quantile": net.error_model["quantile"],
+        "suggested_exact_above": net.exact_above,
+        "exact_above_calibrated": "exact_above" in net.error_model,
+        "exact_above": float(exact_above),
+        "exact_above_cells": int(fields.n_ocean),
+        "exact_above_rounds": 1,
+        "exact_above_left": 0,
+        "exact_above_whole_grid": True,
+    }
+    flags[:] = 0  # solved exactly: on known ground
+    error = np.full(fields.n_ocean, CELLS_TOLERANCE)
+    return MethodOutput(
+        variance, tolerance=None, info=info, flags=flags, error_estimate=error, exact=every
     )

@@ -285,13 +285,18 @@ class ErrorModel:
         model.exact_above = TAU_RANGE[0] if tau is None else tau
         return model
 
-    def estimate(self, fields: Fields, correction: np.ndarray | None = None) -> np.ndarray:
+    def estimate(
+        self, fields: Fields, correction: np.ndarray | None = None, least: bool = False
+    ) -> np.ndarray:
         """The estimate of |ε| per cell (NaN on land and in the exact band under a fold); by
         class and |t| bin when the model has them and ``correction`` (the network's
-        ``log(γ̂²/γ²_baseline)``) is given."""
+        ``log(γ̂²/γ²_baseline)``) is given. ``least``: the smallest estimate any correction
+        could give (the least over the |t| bins), known before the network runs."""
         di, fi = cell_classes(fields)
         d, f = np.maximum(di, 0), np.maximum(fi, 0)
-        if self.by_correction is not None and correction is not None:
+        if self.by_correction is not None and least:
+            values = np.asarray(self.by_correction).min(axis=-1)[d, f]
+        elif self.by_correction is not None and correction is not None:
             bins = correction_bins(fields, correction, self.correction_window)
             values = np.asarray(self.by_correction)[d, f, bins]
         else:

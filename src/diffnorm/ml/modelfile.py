@@ -294,6 +294,16 @@ class GammaNetwork:
 
         return ErrorModel.from_dict(self.error_model).estimate(fields, correction)
 
+    def error_floor(self, fields: Fields) -> np.ndarray | None:
+        """The least :meth:`error_estimate` can be on each cell, whatever the network
+        predicts (NaN on land), without running it; None without an error model."""
+        if self.error_model is None:
+            return None
+        from diffnorm.ml.calibration import ErrorModel
+
+        least = self.target in LOG_TARGETS  # other targets' estimate does not read |t|
+        return ErrorModel.from_dict(self.error_model).estimate(fields, least=least)
+
     @property
     def exact_above(self) -> float | None:
         """The τ for ``cnn --exact-above auto``: the one its calibration picked
