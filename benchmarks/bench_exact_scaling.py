@@ -51,7 +51,7 @@ def run_method(args: dict, queue: mp.Queue) -> None:
 
     fields = make_fields(args["resolution"], args["steps"], args["d_min"], args["d_max"], 0)
     name, _, arg = args["method"].partition(":")
-    cols = np.asarray(args["columns"])
+    cols = np.asarray(args["columns"], dtype=np.int64)  # --check 0: an empty index, not floats
     info: dict = {}
     full = None  # the variance on every ocean cell, kept for the comparison with selinv
     t0 = time.perf_counter()
@@ -91,19 +91,29 @@ def all_cell_errors(variance: np.ndarray, exact: np.ndarray) -> dict:
     }
 
 
-def timed(args: dict, budget: float) -> dict | None:
+def timed(args: dict, budget: float) -> dict:
+    """``run_method`` in a fresh process: its result, or ``{"failed": why}`` once it is past
+    the budget or has died (an error, or killed for memory), whichever comes first."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=run_method, args=(args, queue))
     proc.start()
-    try:
-        out = queue.get(timeout=budget)
-    except Exception:  # queue.Empty: past the budget, or the process died (memory)
-        out = None
+    deadline = time.perf_counter() + budget
+    out = None
+    while out is None and time.perf_counter() < deadline:
+        try:
+            out = queue.get(timeout=1.0)
+        except Exception:  # queue.Empty: still running, or dead with nothing sent
+            if not proc.is_alive() and queue.empty():
+                break
     proc.join(timeout=5)
     if proc.is_alive():
         proc.kill()
         proc.join()
+    if out is None:
+        if time.perf_counter() >= deadline:
+            return {"failed": f"> {budget:.0f} s"}
+        return {"failed": f"died (exit code {proc.exitcode}: an error above, or out of memory)"}
     return out
 
 
@@ -150,9 +160,9 @@ def main() -> None:
                 "save": str(scratch / f"{method.replace(':', '_')}_{resolution:g}.npy"),
             }
             out = timed(job, args.budget)
-            if out is None:
+            if "failed" in out:
                 stopped.add(method)
-                print(f"  {method:<20} > {args.budget:.0f} s or out of memory")
+                print(f"  {method:<20} {out['failed']}")
                 rows.append({"resolution": resolution, "cells": n, "method": method})
                 continue
             variance = np.asarray(out.pop("variance"))
