@@ -259,6 +259,36 @@ def test_exact_above_solves_the_grid_whole_without_the_network_when_it_must(monk
         warnings.simplefilter("ignore")
         served = estimate(f, "cnn", model=net, device="cpu", exact_above=float(np.nanmax(floor)))
     assert "exact_above_whole_grid" not in served.info  # nothing is surely above that τ
+    for bad in ({"precision": "float64"}, {"symmetries": 99}, {"device": "nowhere"}):
+        with pytest.raises(ValueError):  # refused as the network's path refuses them
+            estimate(f, "cnn", model=net, exact_above=0.0, **{"device": "cpu", **bad})
+
+
+def test_the_whole_grid_shortcut_gives_what_the_network_s_first_round_would(monkeypatch):
+    """τ in the middle of the least estimates: some cells are surely solved, not all, and
+    their region already covers the grid; with the shortcut off, the first round (after the
+    network) solves the grid whole as well, and γ agrees to the solves' tolerance."""
+    from diffnorm.methods.cnn import surely_solved
+    from diffnorm.ml.modelfile import resolve_model
+    from diffnorm.subgrid import CELLS_TOLERANCE, EXACT_FOLD_ROWS, cells_region, covers
+
+    f = random_fields(ny=40, nx=48, steps=10, seed=7)
+    ocean = f.mask.astype(bool)
+    net = resolve_model("windows-smooth-m10")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random per-cell metrics are out of range
+        flags, _ = net.check_fields(f)
+        tau = float(np.nanquantile(net.error_floor(f)[ocean], 0.5))
+        surely = surely_solved(f, net, flags, tau, 64, EXACT_FOLD_ROWS)
+        assert 0 < surely.sum() < f.n_ocean and covers(f, cells_region(f, surely))
+        short = estimate(f, "cnn", model=net, device="cpu", exact_above=tau)
+        monkeypatch.setattr("diffnorm.methods.cnn.covers", lambda *args: False)
+        full = estimate(f, "cnn", model=net, device="cpu", exact_above=tau)
+    assert short.info["exact_above_whole_grid"] and "exact_above_whole_grid" not in full.info
+    assert full.exact[ocean].all() and full.info["exact_above_rounds"] == 1
+    np.testing.assert_allclose(
+        short.gamma[ocean] ** 2, full.gamma[ocean] ** 2, rtol=2 * CELLS_TOLERANCE
+    )
 
 
 def test_a_small_basin_s_measured_error_stays_in_it():

@@ -92,19 +92,24 @@ def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np
 
 
 def surely_solved(
-    fields: Fields, net, exact_above: float, exact_basins: int, exact_fold_rows: int
+    fields: Fields,
+    net,
+    flags: np.ndarray,
+    exact_above: float,
+    exact_basins: int,
+    exact_fold_rows: int,
 ) -> np.ndarray:
     """The cells (a boolean grid of unknowns) that ``exact_above`` solves in its first round
     whatever the network predicts: those whose least possible estimate
-    (:meth:`~diffnorm.ml.modelfile.GammaNetwork.error_floor`) is above τ or unknown, outside
-    the small basins and the fold band solved anyway."""
+    (:meth:`~diffnorm.ml.modelfile.GammaNetwork.error_floor`) is above τ, or that have none
+    (``flags``: the domain flags; a grid the kernel wraps around), outside the small basins
+    and the fold band solved anyway."""
     from diffnorm.ml.domain import FLAGS
 
     floor = net.error_floor(fields).ravel()[fields.ocean]
-    flags, _ = net.check_fields(fields)
     todo = ~(floor <= exact_above) | ((flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0)
-    sizes = np.bincount(fields.basin_labels.ravel())
-    todo &= sizes[fields.basin_labels.ravel()[fields.ocean]] > exact_basins
+    labels = fields.basin_labels.ravel()[fields.ocean]  # as small_basin_variance counts
+    todo &= np.bincount(labels)[labels] > exact_basins
     if fields.topology.folded and exact_fold_rows > 0:
         todo &= fields.ocean < (fields.shape[0] - exact_fold_rows) * fields.shape[1]
     cells = np.zeros(fields.shape, dtype=bool)
@@ -184,11 +189,12 @@ def cnn(
     if exact_above == "auto":
         exact_above = net.exact_above
     flags, report = net.check_fields(fields)
+    net.check_options(fields, device, symmetries, precision)  # refused alike either way
     if exact_above is not None:
         # when the cells τ solves whatever the network says already need most of the grid,
         # its first round would solve the grid whole: do that, without the network first
         # (ORCA1-like grid at τ 0.0124: 1.07 s with the network, against selinv's 0.65 s)
-        surely = surely_solved(fields, net, exact_above, exact_basins, exact_fold_rows)
+        surely = surely_solved(fields, net, flags, exact_above, exact_basins, exact_fold_rows)
         if covers(fields, cells_region(fields, surely)):
             return whole_grid(fields, net, exact_above, flags, report, symmetries, precision)
     target = net.predict_target(fields, device, tile, symmetries, precision)
@@ -279,7 +285,10 @@ def whole_grid(
     fields: Fields, net, exact_above: float, flags, report, symmetries: int, precision: str
 ) -> MethodOutput:
     """:func:`cnn`'s output when ``exact_above`` solves the whole grid before the network
-    runs: one ``selinv`` to ``CELLS_TOLERANCE``, as :func:`cells_variance` solves a grid."""
+    runs: one ``selinv`` to ``CELLS_TOLERANCE``, as :func:`cells_variance` solves a grid.
+    Every cell is that solve's, the small basins and the band under a fold too (so
+    ``exact_above_cells`` counts them, ``exact_fold_cells`` is 0 and their estimate is the
+    solve's tolerance, where the network's path solves them apart, more tightly)."""
     from diffnorm.methods import estimate
 
     gamma = estimate(fields, "selinv", tolerance=CELLS_TOLERANCE / 10).gamma
@@ -303,7 +312,7 @@ def whole_grid(
         "exact_above_left": 0,
         "exact_above_whole_grid": True,
     }
-    flags[:] = 0  # solved exactly: on known ground
+    flags[...] = 0  # every cell solved exactly: on known ground
     error = np.full(fields.n_ocean, CELLS_TOLERANCE)
     return MethodOutput(
         variance, tolerance=None, info=info, flags=flags, error_estimate=error, exact=every

@@ -203,11 +203,9 @@ class GammaNetwork:
         on the unseen grids of ``bench_generalization`` it changed the mean |ε| by +0.4 %
         (ORCA1), +1.6 % (North Atlantic) and −0.1 % (Table 8), the maxima by under 1 %.
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        dev = self.check_options(fields, device, symmetries, precision)
         if symmetries != 1:
             return self._symmetry_mean(fields, device, tile, symmetries, precision)
-        dev = pick_device(device)
         low = precision == "bfloat16"
         if low and dev.type == "cpu" and not cpu_has_bfloat16():
             warnings.warn(
@@ -258,6 +256,29 @@ class GammaNetwork:
                     pred[j:j1, i:i1] = net(patch[None])[0, 0]
         return pred.float()
 
+    @staticmethod
+    def check_options(
+        fields: Fields,
+        device: str | torch.device | None = "auto",
+        symmetries: int = 1,
+        precision: str = "float32",
+    ) -> torch.device:
+        """The device :meth:`predict_target` would run on, after refusing, before any work,
+        a precision, a count of symmetries or a device it cannot take."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if symmetries != 1:
+            from diffnorm.augment import symmetries as group_of
+
+            group = group_of(fields.topology)
+            if not 1 <= symmetries <= len(group):
+                raise ValueError(
+                    f"symmetries: this grid ({fields.topology.describe()}) has {len(group)} "
+                    f"symmetries the network can be averaged over, got {symmetries}; use 1 "
+                    f"to {len(group)}"
+                )
+        return pick_device(device)
+
     def _symmetry_mean(
         self,
         fields: Fields,
@@ -269,12 +290,6 @@ class GammaNetwork:
         from diffnorm.augment import symmetries
 
         group = symmetries(fields.topology)
-        if not 1 <= count <= len(group):
-            raise ValueError(
-                f"symmetries: this grid ({fields.topology.describe()}) has {len(group)} "
-                f"symmetries the network can be averaged over, got {count}; use 1 to "
-                f"{len(group)}"
-            )
         total = np.zeros(fields.shape)
         for t in group[:count]:
             total += t.restore_cells(
