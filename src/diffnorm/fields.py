@@ -208,8 +208,6 @@ class Fields:
                 )
             alphas[name] = np.where(opened, alpha, 0.0)
         _check_fold_copies(topology, alphas, mask)
-        slots = topology.slot_alpha(alphas["alpha_x"], alphas["alpha_y"], mask)
-        _check_conditioning(slots, area, mask)
         area = np.where(mask, area, np.where(np.isfinite(area), area, 0.0))
 
         for name in ("lat", "lon"):
@@ -230,7 +228,7 @@ class Fields:
         object.__setattr__(self, "attrs", dict(self.attrs))
         for name in ("mask", "area", "alpha_x", "alpha_y"):
             getattr(self, name).flags.writeable = False
-        self.__dict__["_slot_alpha"] = _read_only(slots)  # the check's: computed once
+        _check_conditioning(self.slot_alpha(), self.area, mask)  # the faces' alphas, once
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -175,10 +175,20 @@ def fold_band_variance(
     band, first = fold_band(fields, rows, tolerance)
     gamma = estimate(band, "selinv", tolerance=tolerance / 10).gamma
     ny, nx = fields.shape
-    # the unknowns are row-major: those of the top rows are the last ones
-    idx = np.arange(np.searchsorted(fields.ocean, (ny - rows) * nx), fields.n_ocean)
+    idx = fold_band_cells(fields, rows)
     j, i = np.divmod(fields.ocean[idx], nx)
     return idx, gamma[j - (ny - rows) + first, i] ** -2.0
+
+
+def fold_band_cells(fields: Fields, rows: int) -> np.ndarray:
+    """Indices into ``fields.ocean`` of the top ``rows`` rows of a folded grid (none on a
+    grid without a fold): the cells :func:`fold_band_variance` solves."""
+    if rows < 1 or not fields.topology.folded:
+        return np.zeros(0, dtype=np.int64)
+    ny, nx = fields.shape
+    # the unknowns are row-major: those of the top rows are the last ones
+    first = np.searchsorted(fields.ocean, (ny - min(rows, ny)) * nx)
+    return np.arange(first, fields.n_ocean)
 
 
 def cell_halos(
@@ -292,6 +302,17 @@ def region_interior(
     return inside
 
 
+def whole_variance(
+    fields: Fields, tolerance: float = CELLS_TOLERANCE
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cells_variance` of every cell: one ``selinv`` of the grid to ``tolerance``;
+    returns (every index into ``fields.ocean``, variances)."""
+    from diffnorm.methods import estimate
+
+    gamma = estimate(fields, "selinv", tolerance=tolerance / 10).gamma
+    return np.arange(fields.n_ocean), gamma.ravel()[fields.ocean] ** -2.0
+
+
 def covers(fields: Fields, region: np.ndarray, share: float = WHOLE_GRID_SHARE) -> bool:
     """Whether ``region`` holds at least ``share`` of the ocean cells: a solve on it then
     costs about what the whole grid's does."""
@@ -321,8 +342,7 @@ def cells_variance(
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     region = cells_region(fields, cells, tolerance)
     if whole_share is not None and covers(fields, region, whole_share):
-        gamma = estimate(fields, "selinv", tolerance=tolerance / 10).gamma
-        return np.arange(fields.n_ocean), gamma.ravel()[fields.ocean] ** -2.0
+        return whole_variance(fields, tolerance)
     sub = fields.replace(mask=region.astype(np.int8))
     gamma = estimate(sub, "selinv", tolerance=tolerance / 10).gamma
     if interior:

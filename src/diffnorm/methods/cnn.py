@@ -43,7 +43,9 @@ from diffnorm.subgrid import (
     cells_region,
     cells_variance,
     covers,
+    fold_band_cells,
     fold_band_variance,
+    whole_variance,
 )
 
 if TYPE_CHECKING:
@@ -71,18 +73,25 @@ def exact_above_value(value: float | str, name: str = "exact_above") -> float | 
     return float(tau)
 
 
-def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of basins of ≤ ``max_cells`` cells,
-    by dense algebra per basin; returns (ocean indices, variances)."""
+def small_basins(fields: Fields, max_cells: int) -> list[np.ndarray]:
+    """Indices into ``fields.ocean`` of each basin of at most ``max_cells`` unknowns."""
     ocean_labels = fields.basin_labels.ravel()[fields.ocean]
     sizes = np.bincount(ocean_labels)
     small = np.flatnonzero((sizes > 0) & (sizes <= max_cells))
     if max_cells < 1 or small.size == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    w = fields.weights
+        return []
     by_label = np.argsort(ocean_labels, kind="stable")  # each basin's cells, in order
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    idx_all = [by_label[starts[b] : starts[b + 1]] for b in small]
+    return [by_label[starts[b] : starts[b + 1]] for b in small]
+
+
+def small_basin_variance(fields: Fields, max_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of basins of ≤ ``max_cells`` cells,
+    by dense algebra per basin; returns (ocean indices, variances)."""
+    idx_all = small_basins(fields, max_cells)
+    if not idx_all:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    w = fields.weights
     stencil = grid_stencil(fields, fields.ocean[np.concatenate(idx_all)])
     var_all = []
     for idx in idx_all:
@@ -108,10 +117,8 @@ def surely_solved(
 
     floor = net.error_floor(fields).ravel()[fields.ocean]
     todo = ~(floor <= exact_above) | ((flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0)
-    labels = fields.basin_labels.ravel()[fields.ocean]  # as small_basin_variance counts
-    todo &= np.bincount(labels)[labels] > exact_basins
-    if fields.topology.folded and exact_fold_rows > 0:
-        todo &= fields.ocean < (fields.shape[0] - exact_fold_rows) * fields.shape[1]
+    for apart in (*small_basins(fields, exact_basins), fold_band_cells(fields, exact_fold_rows)):
+        todo[apart] = False
     cells = np.zeros(fields.shape, dtype=bool)
     cells.ravel()[fields.ocean[todo]] = True
     return cells
@@ -168,7 +175,6 @@ def cnn(
     on the γ returned, is (needs a model with an error model); ``"auto"``: the τ the model's
     calibration picked (``GammaNetwork.exact_above``); text is read by
     :func:`exact_above_value`."""
-    from diffnorm.device import pick_device
     from diffnorm.ml.calibration import network_correction
     from diffnorm.ml.domain import FLAGS
     from diffnorm.ml.features import gamma_from_target
@@ -189,14 +195,26 @@ def cnn(
     if exact_above == "auto":
         exact_above = net.exact_above
     flags, report = net.check_fields(fields)
-    net.check_options(fields, device, symmetries, precision)  # refused alike either way
+    dev = net.check_options(fields, device, symmetries, precision)  # refused alike either way
+    info = {
+        "model": net.name,
+        "device": str(dev),
+        "symmetries": int(symmetries),
+        "precision": precision,
+        "solves": 0,
+        **{f"outside_{k}": v for k, v in report.items()},
+    }
+    if net.error_model is not None:
+        info["error_quantile"] = net.error_model["quantile"]
+        info["suggested_exact_above"] = net.exact_above
+        info["exact_above_calibrated"] = "exact_above" in net.error_model
     if exact_above is not None:
         # when the cells τ solves whatever the network says already need most of the grid,
         # its first round would solve the grid whole: do that, without the network first
         # (ORCA1-like grid at τ 0.0124: 1.07 s with the network, against selinv's 0.65 s)
         surely = surely_solved(fields, net, flags, exact_above, exact_basins, exact_fold_rows)
         if covers(fields, cells_region(fields, surely)):
-            return whole_grid(fields, net, exact_above, flags, report, symmetries, precision)
+            return whole_grid(fields, info, exact_above, flags)
     target = net.predict_target(fields, device, tile, symmetries, precision)
     gamma = gamma_from_target(fields, target, net.target)
     variance = gamma.ravel()[fields.ocean] ** -2.0
@@ -206,16 +224,7 @@ def cnn(
     variance[fold_idx] = fold_exact
     variance[small] = exact
     idx = np.union1d(small, fold_idx)
-    info = {
-        "model": net.name,
-        "device": str(pick_device(device)),
-        "exact_cells": int(idx.size),
-        "exact_fold_cells": int(fold_idx.size),
-        "symmetries": int(symmetries),
-        "precision": precision,
-        "solves": 0,
-        **{f"outside_{k}": v for k, v in report.items()},
-    }
+    info |= {"exact_cells": int(idx.size), "exact_fold_cells": int(fold_idx.size)}
     # no held-out cell was on a grid its kernel wraps around: no estimate there
     wraps = (flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0
     solved_tolerance = [(small, DENSE_ROUNDOFF), (fold_idx, FOLD_TOLERANCE)]
@@ -241,10 +250,6 @@ def cnn(
         return error
 
     error = error_of(variance)
-    if error is not None:
-        info["error_quantile"] = net.error_model["quantile"]
-        info["suggested_exact_above"] = net.exact_above
-        info["exact_above_calibrated"] = "exact_above" in net.error_model
     if exact_above is not None:
         assert error is not None
         rounds, count = 0, 0
@@ -281,31 +286,18 @@ def cnn(
     )
 
 
-def whole_grid(
-    fields: Fields, net, exact_above: float, flags, report, symmetries: int, precision: str
-) -> MethodOutput:
+def whole_grid(fields: Fields, info: dict, exact_above: float, flags) -> MethodOutput:
     """:func:`cnn`'s output when ``exact_above`` solves the whole grid before the network
-    runs: one ``selinv`` to ``CELLS_TOLERANCE``, as :func:`cells_variance` solves a grid.
-    Every cell is that solve's, the small basins and the band under a fold too (so
-    ``exact_above_cells`` counts them, ``exact_fold_cells`` is 0 and their estimate is the
-    solve's tolerance, where the network's path solves them apart, more tightly)."""
-    from diffnorm.methods import estimate
-
-    gamma = estimate(fields, "selinv", tolerance=CELLS_TOLERANCE / 10).gamma
-    variance = gamma.ravel()[fields.ocean] ** -2.0
-    every = np.arange(fields.n_ocean)
-    info = {
-        "model": net.name,
+    runs (``info``: cnn's, without the network's results): one solve of the grid as
+    :func:`cells_variance` makes. Every cell is that solve's, the small basins and the band
+    under a fold too (so ``exact_above_cells`` counts them, ``exact_fold_cells`` is 0 and
+    their estimate is the solve's tolerance, where the network's path solves them apart,
+    more tightly)."""
+    every, variance = whole_variance(fields)
+    info = info | {
         "device": "none (the network did not run)",
         "exact_cells": int(fields.n_ocean),
         "exact_fold_cells": 0,
-        "symmetries": int(symmetries),
-        "precision": precision,
-        "solves": 0,
-        **{f"outside_{k}": v for k, v in report.items()},
-        "error_quantile": net.error_model["quantile"],
-        "suggested_exact_above": net.exact_above,
-        "exact_above_calibrated": "exact_above" in net.error_model,
         "exact_above": float(exact_above),
         "exact_above_cells": int(fields.n_ocean),
         "exact_above_rounds": 1,
