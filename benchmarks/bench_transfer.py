@@ -18,6 +18,7 @@ import numpy as np
 from diffnorm.grid import fields_from_cell_length_scales, latlon_grid
 from diffnorm.lengthscales import random_cell_length_scales
 from diffnorm.methods import estimate
+from diffnorm.methods.cnn import NETWORK_EXACT_BASINS
 from diffnorm.metrics import METRIC_NAMES, error_metrics, relative_error
 from diffnorm.ml.modelfile import resolve_model
 
@@ -48,7 +49,7 @@ def main() -> None:
         fields = fields_from_cell_length_scales(grid, d1, d2, 10)
         exact = estimate(fields, "probing", tolerance=1e-6).gamma
         for name, model in models.items():
-            gamma = estimate(fields, "cnn", model=model).gamma
+            gamma = estimate(fields, "cnn", model=model, exact_basins=NETWORK_EXACT_BASINS).gamma
             rows[name].append(error_metrics(relative_error(gamma, exact, fields.mask)))
         if args.randomization:
             r = estimate(fields, "randomization", samples=args.randomization, seed=k)

@@ -171,7 +171,8 @@ def test_numpy_values_and_whole_floats_are_taken_as_python_numbers(small_fields)
 
     for device in (None, torch.device("cpu")):  # the cnn's device is not only a string
         with pytest.warns(OutOfRangeWarning):  # a tiny periodic grid: its kernels wrap
-            assert estimate(small_fields, "cnn", device=device).info["device"] == "cpu"
+            r = estimate(small_fields, "cnn", device=device, exact_basins=np.int64(4))
+        assert r.info["device"] == "cpu" and r.options["exact_basins"] == 4
     a = estimate(small_fields, "probing", stride=(14.0, np.float64(14)))
     b = estimate(small_fields, "probing", stride=[14, 14])
     np.testing.assert_array_equal(a.gamma, b.gamma)

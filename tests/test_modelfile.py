@@ -16,6 +16,7 @@ from diffnorm.cli import app
 from diffnorm.data.dataset import load_split
 from diffnorm.fields import write_fields
 from diffnorm.methods import estimate
+from diffnorm.methods.cnn import NETWORK_EXACT_BASINS as NETWORK  # the network measured
 from diffnorm.ml.modelfile import GammaNetwork, ModelFileError, OutOfRangeWarning, resolve_model
 
 
@@ -87,14 +88,16 @@ def test_the_symmetry_mean_commutes_with_the_grid_s_symmetries(network, sample):
         np.testing.assert_allclose(moved, t.cells(mean), atol=1e-5)
     with pytest.raises(ValueError, match=f"symmetries: this grid .* has {full}"):
         network.predict_target(f, "cpu", symmetries=full + 1)
-    r = estimate(f, "cnn", model=network, device="cpu", symmetries=2)
+    r = estimate(f, "cnn", exact_basins=NETWORK, model=network, device="cpu", symmetries=2)
     assert r.info["symmetries"] == 2 and np.all(np.isfinite(r.gamma[f.mask]))
 
 
 def test_bfloat16_predictions_stay_close_to_float32(network, sample):
     f = sample.fields
-    full = estimate(f, "cnn", model=network, device="cpu")
-    low = estimate(f, "cnn", model=network, device="cpu", precision="bfloat16")
+    full = estimate(f, "cnn", exact_basins=NETWORK, model=network, device="cpu")
+    low = estimate(
+        f, "cnn", exact_basins=NETWORK, model=network, device="cpu", precision="bfloat16"
+    )
     assert low.info["precision"] == "bfloat16" and full.info["precision"] == "float32"
     ratio = (low.gamma / full.gamma)[f.mask] ** 2 - 1.0
     assert 0.0 < np.abs(ratio).max() < 0.02
@@ -119,7 +122,7 @@ def test_bfloat16_on_a_cpu_without_it_warns(network, sample, monkeypatch, hardwa
 
 
 def test_cnn_method_and_exact_small_basins(network, sample):
-    r = estimate(sample.fields, "cnn", model=network, device="cpu")
+    r = estimate(sample.fields, "cnn", exact_basins=NETWORK, model=network, device="cpu")
     assert r.method == "cnn" and r.info["model"] == "tiny"
     assert np.all(np.isfinite(r.gamma[sample.fields.mask]))
     assert "option_model" not in r.attrs()  # an object is named in info, not written
@@ -133,8 +136,10 @@ def test_cnn_solves_the_rows_under_a_fold_exactly(network, fold):
     exact = estimate(f, "selinv", tolerance=1e-9).gamma
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny network has seen no fold
-        r = estimate(f, "cnn", model=network, device="cpu", exact_fold_rows=3)
-        none = estimate(f, "cnn", model=network, device="cpu", exact_fold_rows=0)
+        r = estimate(f, "cnn", exact_basins=NETWORK, model=network, device="cpu", exact_fold_rows=3)
+        none = estimate(
+            f, "cnn", exact_basins=NETWORK, model=network, device="cpu", exact_fold_rows=0
+        )
     top = f.mask.astype(bool) & (np.arange(30) >= 27)[:, None]
     np.testing.assert_allclose(r.gamma[top], exact[top], rtol=1e-4)
     assert r.info["exact_fold_cells"] == np.count_nonzero(f.counted[-3:])
@@ -163,9 +168,16 @@ def _exact_cnn_and_hybrids(f, *taus: float):
     exact = estimate(f, "selinv", tolerance=1e-9).gamma
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random per-cell metrics are out of range
-        base = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
+        base = estimate(f, "cnn", exact_basins=NETWORK, model="windows-smooth-m10", device="cpu")
         hybrids = [
-            estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=t)
+            estimate(
+                f,
+                "cnn",
+                exact_basins=NETWORK,
+                model="windows-smooth-m10",
+                device="cpu",
+                exact_above=t,
+            )
             for t in taus
         ]
     return exact, base, hybrids
@@ -198,15 +210,24 @@ def test_cnn_solves_exactly_the_cells_its_error_estimate_doubts(network):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         folded = folded_fields("T", ny=30, nx=40, steps=10, seed=4)
-        t = estimate(folded, "cnn", device="cpu", exact_above=0.0, exact_fold_rows=0)
+        t = estimate(
+            folded, "cnn", exact_basins=NETWORK, device="cpu", exact_above=0.0, exact_fold_rows=0
+        )
     wet = folded.mask.astype(bool)
     assert t.exact[wet].all() and not t.flags[wet].any()
     assert np.all(t.error_estimate[wet] == CELLS_TOLERANCE)
     with pytest.raises(ValueError, match="error model"):
-        estimate(f, "cnn", model=network, device="cpu", exact_above=0.04)
+        estimate(f, "cnn", exact_basins=NETWORK, model=network, device="cpu", exact_above=0.04)
     for bad in (-1.0, "half"):
         with pytest.raises(ValueError, match="exact_above"):
-            estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_above=bad)
+            estimate(
+                f,
+                "cnn",
+                exact_basins=NETWORK,
+                model="windows-smooth-m10",
+                device="cpu",
+                exact_above=bad,
+            )
 
 
 def test_exact_above_auto_takes_the_tau_of_the_model_s_calibration():
@@ -222,7 +243,7 @@ def test_exact_above_auto_takes_the_tau_of_the_model_s_calibration():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random per-cell metrics are out of range
         f = random_fields(ny=30, nx=40, steps=10, seed=3)
-        r = estimate(f, "cnn", model=own, device="cpu", exact_above="auto")
+        r = estimate(f, "cnn", exact_basins=NETWORK, model=own, device="cpu", exact_above="auto")
     assert r.info["exact_above"] == 0.05 == r.info["suggested_exact_above"]
     from diffnorm.models import DEFAULT
 
@@ -251,17 +272,31 @@ def test_exact_above_solves_the_grid_whole_without_the_network_when_it_must(monk
     with monkeypatch.context() as m, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random per-cell metrics are out of range
         m.setattr(GammaNetwork, "predict_target", unused)
-        r = estimate(f, "cnn", model=net, device="cpu", exact_above=0.0)
+        r = estimate(f, "cnn", exact_basins=NETWORK, model=net, device="cpu", exact_above=0.0)
     assert r.info["exact_above_whole_grid"] and r.exact[ocean].all()
     np.testing.assert_allclose(r.gamma[ocean] ** 2, exact[ocean] ** 2, rtol=CELLS_TOLERANCE)
     assert np.all(r.error_estimate[ocean] == CELLS_TOLERANCE) and not r.flags.any()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        served = estimate(f, "cnn", model=net, device="cpu", exact_above=float(np.nanmax(floor)))
+        served = estimate(
+            f,
+            "cnn",
+            exact_basins=NETWORK,
+            model=net,
+            device="cpu",
+            exact_above=float(np.nanmax(floor)),
+        )
     assert "exact_above_whole_grid" not in served.info  # nothing is surely above that τ
     for bad in ({"precision": "float64"}, {"symmetries": 99}, {"device": "nowhere"}):
         with pytest.raises(ValueError):  # refused as the network's path refuses them
-            estimate(f, "cnn", model=net, exact_above=0.0, **{"device": "cpu", **bad})
+            estimate(
+                f,
+                "cnn",
+                exact_basins=NETWORK,
+                model=net,
+                exact_above=0.0,
+                **{"device": "cpu", **bad},
+            )
 
 
 def test_the_whole_grid_shortcut_gives_what_the_network_s_first_round_would(monkeypatch):
@@ -281,9 +316,9 @@ def test_the_whole_grid_shortcut_gives_what_the_network_s_first_round_would(monk
         tau = float(np.nanquantile(net.error_floor(f)[ocean], 0.5))
         surely = surely_solved(f, net, flags, tau, 64, EXACT_FOLD_ROWS)
         assert 0 < surely.sum() < f.n_ocean and covers(f, cells_region(f, surely))
-        short = estimate(f, "cnn", model=net, device="cpu", exact_above=tau)
+        short = estimate(f, "cnn", exact_basins=NETWORK, model=net, device="cpu", exact_above=tau)
         monkeypatch.setattr("diffnorm.methods.cnn.covers", lambda *args: False)
-        full = estimate(f, "cnn", model=net, device="cpu", exact_above=tau)
+        full = estimate(f, "cnn", exact_basins=NETWORK, model=net, device="cpu", exact_above=tau)
     assert short.info["exact_above_whole_grid"] and "exact_above_whole_grid" not in full.info
     assert full.exact[ocean].all() and full.info["exact_above_rounds"] == 1
     np.testing.assert_allclose(
@@ -304,7 +339,7 @@ def test_a_small_basin_s_measured_error_stays_in_it():
     f = Fields(mask, area, ax, ay, 10, False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
+        r = estimate(f, "cnn", exact_basins=NETWORK, model="windows-smooth-m10", device="cpu")
         plain = estimate(f, "cnn", model="windows-smooth-m10", device="cpu", exact_basins=0)
     assert r.exact[8, 8] and abs(plain.gamma[8, 8] / r.gamma[8, 8] - 1) > 0.05  # a real miss
     corners = (np.array([7, 7, 9, 9]), np.array([7, 9, 7, 9]))
@@ -386,7 +421,7 @@ def test_the_error_estimate_reads_the_correction_it_was_calibrated_on(network, m
     f = folded_fields("T", ny=30, nx=40, steps=6, seed=2, kappa=0.3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny network has seen no fold
-        r = estimate(f, "cnn", model=net, device="cpu")
+        r = estimate(f, "cnn", exact_basins=NETWORK, model=net, device="cpu")
     t = network_correction(f, r.gamma, network.target)
     served = f.mask.astype(bool) & ~r.exact & np.isfinite(r.error_estimate)  # wrap: NaN
     served[-EXACT_FOLD_ROWS:] = False  # the band's T-fold copies
@@ -416,8 +451,8 @@ def test_rows_the_network_serves_under_the_fold_band_have_no_error_estimate(netw
     net = dataclasses.replace(network, error_model=calibrated)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny network has seen no fold
-        band = estimate(f, "cnn", model=net, device="cpu")
-        thin = estimate(f, "cnn", model=net, device="cpu", exact_fold_rows=2)
+        band = estimate(f, "cnn", exact_basins=NETWORK, model=net, device="cpu")
+        thin = estimate(f, "cnn", exact_basins=NETWORK, model=net, device="cpu", exact_fold_rows=2)
     ocean = f.mask.astype(bool)
     rows = np.arange(30)[:, None]
     solved = FOLD_TOLERANCE  # the band's solve, to its tolerance
@@ -499,7 +534,7 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
     write_fields(inp, sample.fields)
     for args in (
         ["predict", str(inp), "-o", str(tmp_path / "p.nc"), "--model", str(model), "-q"]
-        + ["--verify", "4"],
+        + ["--verify", "4", "--exact-basins", "64"],
         [
             "estimate",
             str(inp),
@@ -511,6 +546,8 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
             str(model),
             "--tile",
             "8",
+            "--exact-basins",
+            "64",
             "-q",
         ],
     ):
@@ -605,7 +642,7 @@ def test_cli_cnn_counts_the_cells_it_doubts_and_names_what_solves_them(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random per-cell metrics are out of range
         f = random_fields(ny=64, nx=80, steps=10, seed=2)
-        r = estimate(f, "cnn", model="windows-smooth-m10", device="cpu")
+        r = estimate(f, "cnn", exact_basins=NETWORK, model="windows-smooth-m10", device="cpu")
     # a file calibrated before models carried their τ: the package's
     tau = r.info["suggested_exact_above"]
     assert tau == SUGGESTED_EXACT_ABOVE
@@ -648,29 +685,89 @@ def test_cli_cnn_counts_the_cells_it_doubts_and_names_what_solves_them(tmp_path)
 
 
 def test_small_basins_are_exact_in_the_cnn_method(small_fields):
-    from diffnorm.methods.cnn import small_basin_variance
+    from diffnorm.methods.cnn import DENSE_ROUNDOFF, small_basin_variance
 
-    idx, var = small_basin_variance(small_fields, 4)
-    assert idx.size == 1  # the conftest grid's one-cell lake
+    idx, var, bound = small_basin_variance(small_fields, 4)
+    assert idx.size == 1 and bound.tolist() == [DENSE_ROUNDOFF]  # the one-cell lake
     brute = estimate(small_fields, "brute").variance[small_fields.mask]
     np.testing.assert_allclose(var, brute[idx], rtol=1e-12)
     assert small_basin_variance(small_fields, 0)[0].size == 0
 
 
-def test_several_small_basins_are_each_exact():
+def _basins():
     from diffnorm.grid import box_grid, fields_from_cell_length_scales
-    from diffnorm.methods.cnn import small_basin_variance
 
     mask = np.zeros((12, 14), dtype=bool)
     mask[1:3, 1:4] = True  # 6 cells
     mask[5, 1] = True  # 1 cell
     mask[8:11, 2] = True  # 3 cells, a channel
-    mask[1:11, 6:13] = True  # 70 cells: left to the network
-    f = fields_from_cell_length_scales(box_grid(*mask.shape, mask=mask), 2.0, 3.0, 6)
-    idx, var = small_basin_variance(f, 10)
-    assert idx.size == 10
+    mask[1:11, 6:13] = True  # 70 cells
+    return fields_from_cell_length_scales(box_grid(*mask.shape, mask=mask), 2.0, 3.0, 6)
+
+
+def test_several_small_basins_are_each_exact():
+    from diffnorm.methods.cnn import BASIN_TOLERANCE, DENSE_ROUNDOFF, small_basin_variance
+
+    f = _basins()
     brute = estimate(f, "brute").variance[f.mask]
+    idx, var, bound = small_basin_variance(f, 10)
+    assert idx.size == 10 and np.all(bound == DENSE_ROUNDOFF)  # the 70 cells left out
     np.testing.assert_allclose(var, brute[idx], rtol=1e-12)
+    # above 64 cells a basin is solved by selinv, the larger ones together, to its tolerance
+    idx, var, bound = small_basin_variance(f, 100)
+    assert np.array_equal(np.sort(idx), np.arange(f.n_ocean))
+    large = bound == BASIN_TOLERANCE
+    assert large.sum() == 70 and np.all(bound[~large] == DENSE_ROUNDOFF)
+    np.testing.assert_allclose(var, brute[idx], rtol=BASIN_TOLERANCE)
+
+
+def test_a_grid_of_small_basins_is_solved_without_the_network(network, small_fields):
+    """Every basin at most exact_basins cells (the default's 2 048): exact γ, no network pass,
+    no out-of-range warning (the tiny periodic grid's kernels wrap: the network's path warns),
+    every cell's estimate its solve's bound."""
+    from unittest import mock
+
+    from diffnorm.subgrid import EXACT_BASINS
+
+    exact = estimate(small_fields, "selinv").gamma
+    with mock.patch.object(GammaNetwork, "predict_target", side_effect=AssertionError("ran")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r = estimate(small_fields, "cnn", model=network, device="cpu")
+    assert r.options["exact_basins"] == EXACT_BASINS and r.info["exact_basins_only"]
+    assert r.info["exact_cells"] == small_fields.n_ocean
+    assert r.exact[small_fields.mask].all() and not r.flags.any()
+    np.testing.assert_allclose(r.gamma, exact, rtol=1e-6, equal_nan=True)
+    assert np.all(r.error_estimate[small_fields.mask] <= 1e-6)
+    with pytest.warns(OutOfRangeWarning):  # the network's own path, for comparison
+        served = estimate(small_fields, "cnn", model=network, device="cpu", exact_basins=4)
+    assert "exact_basins_only" not in served.info
+    assert np.nanmax(np.abs(served.gamma / exact - 1)) > 1e-3
+
+
+def test_a_larger_basin_beside_the_network_s_is_exact():
+    """A 70-cell basin beside a 1 512-cell one: exact when exact_basins holds it, the network's
+    otherwise; the large basin is the network's either way."""
+    from diffnorm.grid import box_grid, fields_from_cell_length_scales
+
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[1:37, 1:43] = True  # 1 512 cells
+    mask[30:37, 44:49] = True  # 35 cells, beside
+    mask[1:15, 44:49] = True  # 70 cells
+    f = fields_from_cell_length_scales(box_grid(*mask.shape, mask=mask), 2.0, 3.0, 10)
+    exact = estimate(f, "selinv").gamma
+    options = {"model": "windows-smooth-m10", "device": "cpu"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant D: no range to keep to
+        both = estimate(f, "cnn", exact_basins=100, **options)
+        net = estimate(f, "cnn", exact_basins=NETWORK, **options)
+    labels = f.basin_labels
+    big = labels == labels[5, 5]
+    eps = np.abs(both.gamma / exact - 1)
+    assert np.nanmax(eps[~big]) < 1e-6 and both.exact[f.mask & ~big].all()
+    assert not both.exact[big].any() and not net.exact[mask[:, :] & (labels == labels[5, 45])].any()
+    assert np.nanmax(np.abs(net.gamma / exact - 1)[labels == labels[5, 45]]) > 1e-4
+    np.testing.assert_array_equal(both.gamma[big], net.gamma[big])
 
 
 def test_demo_quick_runs_the_whole_pipeline(tmp_path):
@@ -743,18 +840,18 @@ def test_shipped_models_load_list_and_predict_well():
     box = random_fields(ny=64, nx=64, steps=10, seed=1)
     assert resolve_model(None, box).name == DEFAULT
     # it has no error model: --exact-above picks the closest shipped model that has one
-    hybrid = estimate(fields, "cnn", device="cpu", exact_above=0.05)
+    hybrid = estimate(fields, "cnn", exact_basins=NETWORK, device="cpu", exact_above=0.05)
     assert hybrid.info["model"] == DEFAULT and hybrid.info["exact_above_rounds"]
     m = sample_metrics(cnn.gamma, exact, fields.mask)
     # measured 1.4e-2 / 2.2e-1 on the test split: far below analytic (0.68 mean)
     assert m["mean_abs"] < 0.03 and m["max_abs"] < 0.6, m
     for fold in ("T", "F"):  # a folded grid: the general model, which has seen folds
         folded = folded_fields(fold, ny=20, nx=24, steps=10, seed=2)
-        r = estimate(folded, "cnn", device="cpu")
+        r = estimate(folded, "cnn", exact_basins=NETWORK, device="cpu")
         assert r.info["model"] == DEFAULT and r.info["outside_fold"] == 0
     # another M: the network with M as an input
     fields6 = fields_from_cell_length_scales(grid, d1, d2, 6)
-    cnn6 = estimate(fields6, "cnn", device="cpu")
+    cnn6 = estimate(fields6, "cnn", exact_basins=NETWORK, device="cpu")
     assert cnn6.info["model"] == "windows-general-m4-20"
     m6 = sample_metrics(cnn6.gamma, estimate(fields6, "brute").gamma, fields6.mask)
     # measured 2.8e-2 / 0.43: the 4° grid is all coast, and its own model knows M = 10 only
@@ -850,7 +947,7 @@ def test_cells_outside_the_training_data_are_flagged_and_written(network, tmp_pa
     out = tmp_path / "out.nc"
     model = network.save(tmp_path / "m.pt")
     args = ["estimate", str(src), "-o", str(out), "-q", "--method", "cnn", "--model", str(model)]
-    res = CliRunner().invoke(app, args)
+    res = CliRunner().invoke(app, [*args, "--exact-basins", "64"])
     assert res.exit_code == 0 and "outside the trained range" in res.output, res.output
     with xr.open_dataset(out) as ds:
         written = ds["domain_flags"].values
@@ -887,9 +984,9 @@ def test_a_periodic_grid_narrower_than_its_kernel_is_flagged(network):
             flags, report = network.check_fields(f)
             assert report["wrap"] == f.n_ocean and np.all(flags[f.mask] & FLAGS["wrap"])
             assert np.all(np.isfinite(network.predict(f, "cpu")[f.mask]))
-            r = estimate(f, "cnn", model=network)
+            r = estimate(f, "cnn", exact_basins=NETWORK, model=network)
             assert np.all(np.isnan(r.error_estimate[f.mask]))
-        wide = estimate(channel(40), "cnn", model=network).error_estimate
+        wide = estimate(channel(40), "cnn", exact_basins=NETWORK, model=network).error_estimate
         assert np.all(np.isfinite(wide[channel(40).mask]))
         # κ along y does not wrap: a long D across the channel is no reason to flag
         assert network.check_fields(channel(16, dx=1.5, dy=5.0))[1]["wrap"] == 0

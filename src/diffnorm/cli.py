@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from diffnorm import __version__
-from diffnorm.subgrid import EXACT_FOLD_ROWS, EXACT_ROUNDS
+from diffnorm.subgrid import EXACT_BASINS, EXACT_FOLD_ROWS, EXACT_ROUNDS
 
 app = typer.Typer(
     help="Normalization coefficients γ of diffusion-based correlation operators.",
@@ -130,6 +130,11 @@ def progress_bars(enabled: bool = True):
 def doubt_line(result, fields) -> str:
     """The cnn's error estimate in one line: the cells it doubts, and what solves them."""
     info = result.info
+    if info.get("exact_basins_only"):
+        return (
+            f"every basin is within --exact-basins {result.options['exact_basins']} cells: "
+            "all solved exactly, the network not run (--exact-basins 0 runs it)"
+        )
     exact_above = info.get("exact_above")  # the τ used (with "auto", the model's)
     whole = info.get("exact_above_cells") and info["exact_cells"] == fields.n_ocean
     if exact_above is not None and whole:
@@ -225,6 +230,15 @@ def estimate(
             show_default="float32",
         ),
     ] = None,
+    exact_basins: Annotated[
+        int | None,
+        typer.Option(
+            help="cnn: solve exactly every basin of at most this many cells (lakes, enclosed "
+            "seas, a small regional domain; a grid of such basins alone without the network; "
+            "0: the network everywhere)",
+            show_default=str(EXACT_BASINS),
+        ),
+    ] = None,
     exact_fold_rows: Annotated[
         int | None,
         typer.Option(
@@ -288,6 +302,7 @@ def estimate(
             ("tile", tile),
             ("symmetries", symmetries),
             ("precision", precision),
+            ("exact_basins", exact_basins),
             ("exact_fold_rows", exact_fold_rows),
             ("exact_above", exact_above),
         )
@@ -313,6 +328,8 @@ def estimate(
             f"--backend goes with the methods that solve with the operator (brute, probing, "
             f"randomization); --method {method.value} does not"
         )
+    if exact_basins is not None and exact_basins < 0:
+        usage_error(f"--exact-basins must be >= 0, got {exact_basins}")
     if exact_fold_rows is not None and exact_fold_rows < 0:
         usage_error(f"--exact-fold-rows must be >= 0, got {exact_fold_rows}")
     from diffnorm.ml.networks import PRECISIONS
@@ -833,6 +850,9 @@ def predict(
     precision: Annotated[
         str, typer.Option(help="float32, or bfloat16 (faster where the hardware has it)")
     ] = "float32",
+    exact_basins: Annotated[
+        int, typer.Option(help="basins of at most this many cells solved exactly (0: none)")
+    ] = EXACT_BASINS,
     exact_fold_rows: Annotated[
         int, typer.Option(help="rows under a north fold solved exactly (0: none)")
     ] = EXACT_FOLD_ROWS,
@@ -867,6 +887,7 @@ def predict(
         tile=tile,
         symmetries=symmetries,
         precision=precision,
+        exact_basins=exact_basins,
         exact_fold_rows=exact_fold_rows,
         exact_above=exact_above,
         verify=verify,

@@ -32,6 +32,10 @@ import numpy as np
 from diffnorm.fields import Fields
 
 EXACT_FOLD_ROWS = 6  # rows under a north fold the cnn method solves exactly by default
+# basins of at most this many cells the cnn method solves exactly by default: a cold selinv of
+# one costs ~1.5× the cnn call on a grid of it (2 019 cells: 14 ms against 9.4 ms; 4 090
+# cells: 35 ms against 13 ms), where the network's mean |ε| is 3–16e-3 (methods.cnn)
+EXACT_BASINS = 2048
 FOLD_TOLERANCE = 1e-4  # |ε| of the fold band's γ² against the whole grid's (halo and solve)
 CELLS_TOLERANCE = 1e-4  # the same for cells_variance's region
 DIFFUSIVITY_BIN = 1.25  # cells_variance: halos of diffusivities rounded up to powers of this

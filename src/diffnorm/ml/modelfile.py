@@ -130,10 +130,10 @@ class GammaNetwork:
             return str(self.steps)
         return "{}–{} (even)".format(*self.step_range)
 
-    def check_fields(self, fields: Fields) -> tuple[np.ndarray, dict]:
+    def check_fields(self, fields: Fields, warn: bool = True) -> tuple[np.ndarray, dict]:
         """Refuse fields of an M the model does not serve; flag the cells outside what the
-        model was trained on (:mod:`diffnorm.ml.domain`) and warn with the counts when more
-        than 1 % are."""
+        model was trained on (:mod:`diffnorm.ml.domain`) and, with ``warn``, warn with the
+        counts when more than 1 % are."""
         from diffnorm.ml.domain import domain_flags
 
         if not self.serves(fields.steps):
@@ -145,7 +145,7 @@ class GammaNetwork:
         flags, report = domain_flags(fields, self.data, self.encoding.halo)
         n = max(fields.n_ocean, 1)
         counted = {k: v for k, v in report.items() if isinstance(v, int) and v}
-        if sum(counted.values()) > 0.01 * n:
+        if warn and sum(counted.values()) > 0.01 * n:
             parts = ", ".join(f"{k} {v}" for k, v in counted.items())
             lo, hi = self.data.get("d_cells", (float("nan"),) * 2)
             narrow = (

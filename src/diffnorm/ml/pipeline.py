@@ -13,8 +13,9 @@ along the walk for ``log_images_walk`` (``ImagesVariance.walk``); or the analyti
 Exported to TorchScript (FTorch) or ONNX it is all a host needs.
 
 What it leaves out: the basin-area cap of the baselines and the exact solve of basins of at
-most 64 cells (``cnn``'s ``exact_basins``), which need connected components; a host with
-lakes or enclosed seas that small should mask them or solve them exactly (they are tiny).
+most 2 048 cells (``cnn``'s ``exact_basins``), which need connected components; a host with
+lakes or enclosed seas that small should mask them or solve them exactly (a sparse solve of a
+basin that size costs about what the network's pass on it does).
 Nor does it solve the rows under a north fold (``cnn``'s ``exact_fold_rows``, a sparse solve
 on a band of the grid): there the graph gives the network's γ, whose largest errors sit at
 the fold's pivots; a host that needs them exact solves that band (``diffnorm.subgrid``).
