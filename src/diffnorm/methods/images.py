@@ -397,8 +397,10 @@ class ImagesVariance(nn.Module):
         self.switch = 2.0 * IMAGE_PERIODS / (math.pi * (MODES + 1))
 
     def _lookup(self, order: torch.Tensor, column: torch.Tensor, frac: torch.Tensor):
-        """``ive(order, z)`` by the table (order ``(N, 1)``; column, frac ``(N, J)``)."""
-        rows = self.pairs[(order * self.columns + column).long()]
+        """``ive(order, z)`` by the table (order ``(N, 1)``; column (integers), frac ``(N, J)``).
+        One ``index_select`` of the rows: ~2× faster than indexing the table by a tensor."""
+        index = order.long() * self.columns + column
+        rows = self.pairs.index_select(0, index.reshape(-1)).reshape(*index.shape, 2)
         return torch.exp(rows[..., 0] + frac * rows[..., 1])
 
     def _axis(self, kappa: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -412,14 +414,16 @@ class ImagesVariance(nn.Module):
         )
         column = pos.floor()
         frac = pos - column
+        column = column.long()
         s = self._lookup(torch.zeros_like(a), column, frac)  # the cell itself (ONNX: no i0e)
         for side in (a, b):  # the nearest image across each wall
             i = torch.nonzero(side[:, 0] < self.cap)[:, 0]
-            s = s.index_put((i,), s[i] + self._lookup(2.0 * side[i] + 1.0, column[i], frac[i]))
+            near, ci, fi = (x.index_select(0, i) for x in (side, column, frac))
+            s = s.index_put((i,), s.index_select(0, i) + self._lookup(2.0 * near + 1.0, ci, fi))
         k = torch.nonzero((a[:, 0] < self.cap) & (b[:, 0] < self.cap))[:, 0]
-        ak, bk, zk, ck, fk = a[k], b[k], z[k], column[k], frac[k]
+        ak, bk, zk, ck, fk = (x.index_select(0, k) for x in (a, b, z, column, frac))
         length = ak + bk + 1.0
-        images = s[k]
+        images = s.index_select(0, k)
         for p in range(1, IMAGE_PERIODS + 1):
             images = images + 2.0 * self._lookup(2.0 * p * length, ck, fk)
             if p < IMAGE_PERIODS:
