@@ -604,6 +604,8 @@ def test_cli_predict_export_and_estimate_cnn(tiny_checkpoint, sample, tmp_path):
     for args, message in (
         (["--method", "lattice", "--exact-fold-rows", "2"], "--exact-fold-rows goes with"),
         (["--method", "cnn", "--exact-fold-rows", "-1"], "--exact-fold-rows must be >= 0"),
+        (["--method", "cnn", "--exact-basins", "-1"], "--exact-basins must be >= 0"),
+        (["--method", "selinv", "--exact-basins", "9"], "--exact-basins goes with --method cnn"),
         (["--method", "lattice", "--precision", "bfloat16"], "--precision goes with"),
         (["--method", "cnn", "--precision", "half"], "--precision must be one of float32"),
         (["--method", "lattice", "--exact-above", "0.02"], "--exact-above goes with"),
@@ -721,6 +723,36 @@ def test_several_small_basins_are_each_exact():
     np.testing.assert_allclose(var, brute[idx], rtol=BASIN_TOLERANCE)
 
 
+@pytest.mark.parametrize("topology", ["T", "F", "seam", "rows"])
+def test_larger_basins_are_exact_across_a_fold_and_the_seam(topology):
+    """small_basin_variance's selinv branch on basins along a north fold (T-fold copies with
+    their cells), across the periodic seam, and on a crop of the rows they span."""
+    from diffnorm.fields import Fields
+    from diffnorm.methods.cnn import BASIN_TOLERANCE, small_basin_variance
+
+    if topology in ("T", "F"):
+        f = folded_fields(topology, ny=20, nx=40, steps=10, seed=1)
+        mask = f.mask.astype(float)
+        mask[14, :] = 0  # the top rows: a basin along the fold, another south of it
+        fold = topology
+    else:
+        f = random_fields(ny=20, nx=30, steps=10, seed=4, islands=False)
+        mask = np.ones(f.shape)
+        mask[10, :] = 0
+        if topology == "seam":
+            mask[11:, 8:22] = 0  # a 9 × 16 block across the seam
+        else:
+            mask[:5], mask[17:] = 0, 0  # rows 5–9 and 11–16 only: solved on a crop of them
+        fold = "none"
+    g = Fields(mask, f.area, f.alpha_x, f.alpha_y, f.steps, True, north_fold=fold)
+    exact = estimate(g, "brute").gamma.ravel()[g.ocean] ** -2.0
+    idx, var, bound = small_basin_variance(g, 400)
+    assert np.unique(idx).size == idx.size > 64 and np.all(bound == BASIN_TOLERANCE)
+    if fold == "none":
+        assert idx.size == g.n_ocean  # both basins of each grid (on a fold: the top one)
+    np.testing.assert_allclose(var, exact[idx], rtol=BASIN_TOLERANCE)
+
+
 def test_a_grid_of_small_basins_is_solved_without_the_network(network, small_fields):
     """Every basin at most exact_basins cells (the default's 2 048): exact γ, no network pass,
     no out-of-range warning (the tiny periodic grid's kernels wrap: the network's path warns),
@@ -745,6 +777,19 @@ def test_a_grid_of_small_basins_is_solved_without_the_network(network, small_fie
     assert np.nanmax(np.abs(served.gamma / exact - 1)) > 1e-3
 
 
+def test_the_command_line_says_when_no_network_ran(network, small_fields, tmp_path):
+    src = write_fields(tmp_path / "in.nc", small_fields)
+    model = network.save(tmp_path / "m.pt")
+    args = ["estimate", str(src), "-o", str(tmp_path / "o.nc"), "--method", "cnn", "--model"]
+    res = CliRunner().invoke(app, [*args, str(model), "--verify", "3"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "within --exact-basins 2048 cells: all solved exactly, the network not run" in said
+    assert "outside the trained range" not in said
+    with xr.open_dataset(tmp_path / "o.nc") as ds:
+        assert ds.attrs["info_exact_basins_only"] in (1, True)
+
+
 def test_a_larger_basin_beside_the_network_s_is_exact():
     """A 70-cell basin beside a 1 512-cell one: exact when exact_basins holds it, the network's
     otherwise; the large basin is the network's either way."""
@@ -765,7 +810,7 @@ def test_a_larger_basin_beside_the_network_s_is_exact():
     big = labels == labels[5, 5]
     eps = np.abs(both.gamma / exact - 1)
     assert np.nanmax(eps[~big]) < 1e-6 and both.exact[f.mask & ~big].all()
-    assert not both.exact[big].any() and not net.exact[mask[:, :] & (labels == labels[5, 45])].any()
+    assert not both.exact[big].any() and not net.exact[mask & (labels == labels[5, 45])].any()
     assert np.nanmax(np.abs(net.gamma / exact - 1)[labels == labels[5, 45]]) > 1e-4
     np.testing.assert_array_equal(both.gamma[big], net.gamma[big])
 
@@ -1132,7 +1177,7 @@ def test_the_fields_graph_is_the_python_prediction(network, fold, target, tmp_pa
         assert '"alpha_x"' in card.read_text()
         # what the host must solve itself: small basins, and under a fold its band
         said = json.loads(card.read_text())["gamma"]
-        assert "64 cells" in said and ("rows under the north fold" in said) == (fold != "none")
+        assert "2048 cells" in said and ("rows under the north fold" in said) == (fold != "none")
         onnx, _ = export(
             network, tmp_path / "f.onnx", "onnx", f.periodic_x, north_fold=f.north_fold
         )

@@ -26,7 +26,7 @@ from diffnorm.fields import atomic_output, check_output_path
 from diffnorm.ml.features import SMOOTH_SIZE, SMOOTH_WEIGHT
 from diffnorm.ml.halo import crop_wrap, pad_halo, same_on_copies
 from diffnorm.ml.modelfile import GammaNetwork
-from diffnorm.subgrid import EXACT_FOLD_ROWS
+from diffnorm.subgrid import EXACT_BASINS, EXACT_FOLD_ROWS
 
 FORMATS = ("torchscript", "onnx")
 
@@ -208,9 +208,9 @@ def export(
         }
         info["output"] = {"name": "gamma", "shape": ["batch", "ny", "nx"], "units": "m"}
         info["gamma"] = (
-            "gamma in metres on ocean cells, NaN on land; basins of at most 64 cells are "
-            "not capped or solved exactly here (diffnorm's cnn method does both): mask or solve "
-            "them on the host"
+            f"gamma in metres on ocean cells, NaN on land; basins of at most {EXACT_BASINS} "
+            "cells are not capped or solved exactly here (diffnorm's cnn method does both): "
+            "mask or solve them on the host"
         )
         if north_fold != "none":  # the network's weakest rows, which cnn solves exactly
             info["gamma"] += (
