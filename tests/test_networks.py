@@ -94,6 +94,35 @@ def test_wrap_context_makes_a_unet_blind_to_where_the_seam_is(halo):
     assert not torch.allclose(rolled, torch.roll(plain, 8, dims=-1), atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["float64", "inference"])
+def test_a_periodic_strip_predicts_what_the_wrap_context_does(precision):
+    """UNet.forward_periodic on the grid's own columns (wrapped per block) against forward on
+    the halo and the wrap context: the same γ target, from 28 columns instead of 28 + 2·halo
+    + the context; a width that is not a multiple of the pooling is refused."""
+    from diffnorm.ml.networks import for_inference
+
+    torch.manual_seed(0)
+    net = UNet(in_channels=2, width=4, levels=2, halo=3)
+    for block in net.modules():  # batch norm statistics that are not the identity
+        if isinstance(block, torch.nn.BatchNorm2d):
+            block.running_mean.uniform_(-0.5, 0.5)
+            block.running_var.uniform_(0.5, 2.0)
+    net = net.double().eval() if precision == "float64" else for_inference(net)
+    dtype = torch.float64 if precision == "float64" else torch.float32
+    x = torch.randn(1, 2, 12, 28, dtype=dtype)
+    wrap = net.wrap_context
+    with torch.no_grad():
+        wide = net(pad_halo(x, 3, periodic_x=True, fill=-1.0, wrap=wrap))
+        wide = wide[..., wrap[0] : wrap[0] + 28]
+        rows = pad_halo(x, 3, periodic_x=True, fill=-1.0)[..., 3:-3]  # halo rows only
+        strip = net.forward_periodic(rows)
+    assert strip.shape == (1, 1, 12, 28)
+    tol = 1e-12 if precision == "float64" else 1e-5
+    torch.testing.assert_close(strip, wide, rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="multiple of 4 columns"):
+        net.forward_periodic(rows[..., :26])
+
+
 def test_halo_padding_topology():
     x = torch.arange(12.0).reshape(1, 1, 3, 4)
     p = pad_halo(x, 2, periodic_x=True, fill=-9.0)

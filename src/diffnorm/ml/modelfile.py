@@ -34,11 +34,20 @@ from diffnorm.ml.features import LOG_TARGETS, Standardizer, gamma_from_target
 from diffnorm.ml.halo import crop_wrap
 from diffnorm.ml.networks import (
     PRECISIONS,
+    UNet,
     build_network,
     count_parameters,
     cpu_has_bfloat16,
     for_inference,
 )
+
+
+def periodic_strip(net: nn.Module, fields: Fields) -> bool:
+    """Whether ``net`` predicts ``fields`` as a periodic strip
+    (:meth:`~diffnorm.ml.networks.UNet.forward_periodic`): a U-Net on a periodic grid whose
+    width is a multiple of its pooling (else the wrap context keeps the pooling lattice)."""
+    return isinstance(net, UNet) and fields.periodic_x and fields.shape[1] % 2**net.levels == 0
+
 
 FORMAT = "diffnorm-model"
 # 2: M as an input (encoding.steps_input, step_range); single-M models are still written as 1,
@@ -216,10 +225,16 @@ class GammaNetwork:
                 stacklevel=2,
             )
         net = (self._bfloat16_net if low else self.inference_net).to(dev)
-        wrap = self.wrap_context(fields.periodic_x)
-        x = self.encoding.inputs(fields, self.stats, wrap).to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
-            pred = self._forward(net, x, fields.shape, tile, dev, wrap[0])
+        if tile is None and periodic_strip(net, fields):
+            h = self.encoding.halo
+            x = self.encoding.inputs(fields, self.stats)[:, :, h:-h].to(dev)  # the grid's columns
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
+                pred = net.forward_periodic(x[None])[0, 0].float()
+        else:
+            wrap = self.wrap_context(fields.periodic_x)
+            x = self.encoding.inputs(fields, self.stats, wrap).to(dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
+                pred = self._forward(net, x, fields.shape, tile, dev, wrap[0])
         t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
         if self.target in LOG_TARGETS:
             t = t * self.encoding.correction_weight(fields)  # 1 without gate or exact cells
