@@ -94,33 +94,59 @@ def test_wrap_context_makes_a_unet_blind_to_where_the_seam_is(halo):
     assert not torch.allclose(rolled, torch.roll(plain, 8, dims=-1), atol=1e-6)
 
 
-@pytest.mark.parametrize("precision", ["float64", "inference"])
-def test_a_periodic_strip_predicts_what_the_wrap_context_does(precision):
-    """UNet.forward_periodic on the grid's own columns (wrapped per block) against forward on
-    the halo and the wrap context: the same γ target, from 28 columns instead of 28 + 2·halo
-    + the context; a width that is not a multiple of the pooling is refused."""
-    from diffnorm.ml.networks import for_inference
-
-    torch.manual_seed(0)
-    net = UNet(in_channels=2, width=4, levels=2, halo=3)
+@pytest.mark.parametrize(
+    "levels, halo, width, fold",
+    [(2, 3, 28, "none"), (3, 16, 8, "none"), (1, 5, 2, "none"), (3, 8, 40, "T"), (2, 1, 12, "F")],
+)
+def test_a_periodic_strip_predicts_what_the_wrap_context_does(levels, halo, width, fold):
+    """UNet.forward_periodic on the grid's own columns (wrapped per block, by index: a strip
+    as narrow as the pooling too) against forward on the halo and the wrap context, under a
+    north fold too: the same target from fewer columns; a width that is not a multiple of the
+    pooling is refused."""
+    torch.manual_seed(levels + halo)
+    net = UNet(in_channels=2, width=4, levels=levels, halo=halo)
     for block in net.modules():  # batch norm statistics that are not the identity
         if isinstance(block, torch.nn.BatchNorm2d):
             block.running_mean.uniform_(-0.5, 0.5)
             block.running_var.uniform_(0.5, 2.0)
-    net = net.double().eval() if precision == "float64" else for_inference(net)
-    dtype = torch.float64 if precision == "float64" else torch.float32
-    x = torch.randn(1, 2, 12, 28, dtype=dtype)
+    net = net.double().eval()
+    x = torch.randn(1, 2, 2 * halo + 6, width, dtype=torch.float64)
+    wrap = net.wrap_context
+    kinds = ["cell", "face_y"]
+    with torch.no_grad():
+        wide = net(pad_halo(x, halo, True, -1.0, fold, kinds, wrap))
+        wide = wide[..., wrap[0] : wrap[0] + width]
+        rows = pad_halo(x, halo, True, -1.0, fold, kinds)[..., halo:-halo]  # halo rows only
+        strip = net.forward_periodic(rows)
+    assert strip.shape == (1, 1, 2 * halo + 6, width)
+    torch.testing.assert_close(strip, wide, rtol=1e-12, atol=1e-12)
+    m = 2**levels
+    if width > m:
+        with pytest.raises(ValueError, match=f"multiple of {m} columns"):
+            net.forward_periodic(rows[..., : width - 1])
+
+
+def test_the_inference_copy_and_group_norms_on_a_strip():
+    """The inference copy (batch norm folded, channels-last) runs on a strip to float32
+    round-off; a group norm, whose statistics would count the wrapped columns twice, is not
+    strip-ready (GammaNetwork then keeps the wrap context)."""
+    from diffnorm.ml.networks import for_inference, strip_ready
+
+    torch.manual_seed(0)
+    net = for_inference(UNet(in_channels=2, width=4, levels=2, halo=3))
+    assert strip_ready(net)
+    x = torch.randn(1, 2, 12, 28)
     wrap = net.wrap_context
     with torch.no_grad():
-        wide = net(pad_halo(x, 3, periodic_x=True, fill=-1.0, wrap=wrap))
-        wide = wide[..., wrap[0] : wrap[0] + 28]
-        rows = pad_halo(x, 3, periodic_x=True, fill=-1.0)[..., 3:-3]  # halo rows only
-        strip = net.forward_periodic(rows)
-    assert strip.shape == (1, 1, 12, 28)
-    tol = 1e-12 if precision == "float64" else 1e-5
-    torch.testing.assert_close(strip, wide, rtol=tol, atol=tol)
-    with pytest.raises(ValueError, match="multiple of 4 columns"):
-        net.forward_periodic(rows[..., :26])
+        wide = net(pad_halo(x, 3, periodic_x=True, fill=-1.0, wrap=wrap))[
+            ..., wrap[0] : wrap[0] + 28
+        ]
+        strip = net.forward_periodic(pad_halo(x, 3, periodic_x=True, fill=-1.0)[..., 3:-3])
+    torch.testing.assert_close(strip, wide, rtol=1e-5, atol=1e-5)
+    grouped = UNet(in_channels=2, width=8, levels=2, halo=3, norm="group").eval()
+    assert not strip_ready(grouped)
+    with pytest.raises(ValueError, match="per-position layers"):
+        grouped.forward_periodic(torch.zeros(1, 2, 12, 28))
 
 
 def test_halo_padding_topology():

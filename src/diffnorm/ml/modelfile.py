@@ -39,14 +39,21 @@ from diffnorm.ml.networks import (
     count_parameters,
     cpu_has_bfloat16,
     for_inference,
+    strip_ready,
 )
 
 
 def periodic_strip(net: nn.Module, fields: Fields) -> bool:
     """Whether ``net`` predicts ``fields`` as a periodic strip
     (:meth:`~diffnorm.ml.networks.UNet.forward_periodic`): a U-Net on a periodic grid whose
-    width is a multiple of its pooling (else the wrap context keeps the pooling lattice)."""
-    return isinstance(net, UNet) and fields.periodic_x and fields.shape[1] % 2**net.levels == 0
+    width is a multiple of its pooling (else the wrap context keeps the pooling lattice), and
+    whose blocks run on a strip (:func:`~diffnorm.ml.networks.strip_ready`: not a group norm)."""
+    return (
+        isinstance(net, UNet)
+        and fields.periodic_x
+        and fields.shape[1] % 2**net.levels == 0
+        and strip_ready(net)
+    )
 
 
 FORMAT = "diffnorm-model"
@@ -225,7 +232,7 @@ class GammaNetwork:
                 stacklevel=2,
             )
         net = (self._bfloat16_net if low else self.inference_net).to(dev)
-        if tile is None and periodic_strip(net, fields):
+        if (tile is None or tile >= max(fields.shape)) and periodic_strip(net, fields):
             h = self.encoding.halo
             x = self.encoding.inputs(fields, self.stats)[:, :, h:-h].to(dev)  # the grid's columns
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):

@@ -226,9 +226,12 @@ class UNet(nn.Module):
         of ``2**levels``) and its halo rows only; each block reads its input wrapped by one
         column per convolution and pads only along y. Every cell then sees the wrapped data
         :meth:`forward` sees with :attr:`wrap_context` columns on each side, so the output is
-        the same (to the bit on ORCA1), from the grid's width instead of ~1.3× it
-        (ORCA1-like forward pass 121 → 108 ms, medians of 31 interleaved calls). Returns
-        ``(B, 1, H, W)``: the halo rows cropped."""
+        the same (to the bit on ORCA1 in float32, to the convolutions' rounding elsewhere:
+        ~5e-7 on small grids), from the grid's width instead of ~1.3× it (ORCA1-like forward
+        pass 121 → 108 ms, medians of 31 interleaved calls). Only for networks whose blocks
+        act per position but for their convolutions (:func:`strip_ready`: a group norm's
+        statistics would count the wrapped columns twice). Returns ``(B, 1, H, W)``: the halo
+        rows cropped."""
         if x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-2] <= 2 * self.halo:
             raise ValueError(
                 f"expected input (batch, {self.in_channels}, H > {2 * self.halo}, W), got "
@@ -261,16 +264,53 @@ def periodic_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(block, Float32Block):
         with torch.autocast(x.device.type, enabled=False):
             return periodic_block(block.block, x.float())
+    if not strip_ready(block):
+        raise ValueError(
+            f"periodic_block: not a block of per-position layers and 3×3 convolutions: {block}"
+        )
     k = sum(isinstance(layer, nn.Conv2d) for layer in block)
-    x = torch.cat([x[..., -k:], x, x[..., :k]], dim=-1)
+    w = x.shape[-1]
+    # by index modulo the width: at the deepest level a strip can be narrower than k
+    x = x.index_select(-1, torch.arange(-k, w + k, device=x.device) % w)
     for layer in block:
         if isinstance(layer, nn.Conv2d):
-            if layer.kernel_size != (3, 3) or layer.padding != (1, 1) or layer.stride != (1, 1):
-                raise ValueError(f"periodic_block: a same-padded 3×3 convolution, got {layer}")
             x = nn.functional.conv2d(x, layer.weight, layer.bias, padding=(1, 0))
         else:
             x = layer(x)
     return x
+
+
+# layers that act on each position alone (with the convolutions, all a strip's block may hold)
+PER_POSITION = (nn.BatchNorm2d, nn.Identity, *ACTIVATIONS.values())
+
+
+def strip_ready(module: nn.Module) -> bool:
+    """Whether every layer of ``module``'s blocks acts per position or is a plain same-padded
+    3×3 convolution (stride, dilation and groups 1, zero padding): what
+    :meth:`UNet.forward_periodic` can run on a wrapped strip."""
+
+    def plain(conv: nn.Conv2d) -> bool:
+        return (
+            conv.kernel_size == (3, 3)
+            and conv.padding == (1, 1)
+            and conv.stride == (1, 1)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+        )
+
+    blocks = [*module.down, *module.merge] if isinstance(module, UNet) else [module]
+    for block in blocks:
+        inner = block.block if isinstance(block, Float32Block) else block
+        if not isinstance(inner, nn.Sequential):
+            return False
+        for layer in inner:
+            if isinstance(layer, nn.Conv2d):
+                if not plain(layer):
+                    return False
+            elif not isinstance(layer, PER_POSITION):
+                return False
+    return True
 
 
 def unet_extent(levels: int, phase: int) -> tuple[int, int]:
