@@ -94,6 +94,7 @@ def test_estimate_cnn_verify_reports_the_error_estimate_coverage(tmp_path):
     src = write_fields(tmp_path / "in.nc", random_fields(ny=40, nx=48, seed=3))
     out = tmp_path / "out.nc"
     args = ["estimate", str(src), "-o", str(out), "-q", "--method", "cnn", "--verify", "12"]
+    args += ["--exact-basins", "64"]  # 1 920 cells: else solved whole, without the network
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "its error estimate covers" in res.output
