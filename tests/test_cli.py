@@ -179,7 +179,13 @@ def test_compare_scores_the_cnn_with_its_doubted_cells_exact(tmp_path):
         fields = random_fields(ny=46, nx=52, steps=10, seed=7)
         specs = [parse_method("cnn"), parse_method("cnn:0.0")]
         result = compare(fields, specs)
-    assert [r.label for r in result.rows] == ["cnn", "cnn, exact above 0"]
+        small = compare(random_fields(ny=20, nx=24, steps=10, seed=7), specs[:1])
+    # τ = 0 doubts every cell: the grid is solved whole, and its row says so
+    assert [r.label for r in result.rows] == [
+        "cnn",
+        "cnn, exact above 0 (every cell solved exactly)",
+    ]
+    assert [r.label for r in small.rows] == ["cnn (every cell solved exactly)"]
     assert parse_method("cnn:auto") == ("cnn", {"exact_above": "auto"})
     assert result.rows[1].metrics["max_abs"] <= 1e-4 < result.rows[0].metrics["max_abs"]
 
