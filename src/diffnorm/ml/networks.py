@@ -270,8 +270,10 @@ def periodic_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         )
     k = sum(isinstance(layer, nn.Conv2d) for layer in block)
     w = x.shape[-1]
-    # by index modulo the width: at the deepest level a strip can be narrower than k
-    x = x.index_select(-1, torch.arange(-k, w + k, device=x.device) % w)
+    if w >= k:  # two slices: an index_select along W of a channels-last tensor cost the gain
+        x = torch.cat([x[..., -k:], x, x[..., :k]], dim=-1)
+    else:  # at the deepest level a strip can be narrower than k: by index modulo the width
+        x = x.index_select(-1, torch.arange(-k, w + k, device=x.device) % w)
     for layer in block:
         if isinstance(layer, nn.Conv2d):
             x = nn.functional.conv2d(x, layer.weight, layer.bias, padding=(1, 0))
