@@ -96,13 +96,14 @@ def small_basins(fields: Fields, max_cells: int) -> list[np.ndarray]:
 
 
 def small_basin_variance(
-    fields: Fields, max_cells: int
+    fields: Fields, max_cells: int, basins: list[np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of basins of ≤ ``max_cells`` cells:
-    dense algebra per basin up to ``DENSE_BASIN_CELLS`` cells, one ``selinv`` (to
-    ``BASIN_TOLERANCE``) of the larger ones together (closed basins: no halo); returns (ocean
-    indices, variances, each cell's |ε| bound)."""
-    basins = small_basins(fields, max_cells)
+    """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of basins of ≤ ``max_cells`` cells
+    (``basins``: :func:`small_basins`' list, if the caller has it): dense algebra per basin up
+    to ``DENSE_BASIN_CELLS`` cells, one ``selinv`` (to ``BASIN_TOLERANCE``) of the larger ones
+    together (closed basins: no halo); returns (ocean indices, variances, each cell's |ε|
+    bound)."""
+    basins = small_basins(fields, max_cells) if basins is None else basins
     dense = [idx for idx in basins if idx.size <= DENSE_BASIN_CELLS]
     larger = [idx for idx in basins if idx.size > DENSE_BASIN_CELLS]
     parts = []
@@ -270,7 +271,7 @@ def cnn(
         info["suggested_exact_above"] = net.exact_above
         info["exact_above_calibrated"] = "exact_above" in net.error_model
     if alone:
-        return basins_only(fields, info, exact_basins, exact_above, flags)
+        return basins_only(fields, info, basins, exact_above, flags)
     if exact_above is not None:
         # when the cells τ solves whatever the network says already need most of the grid,
         # its first round would solve the grid whole: do that, without the network first
@@ -282,7 +283,7 @@ def cnn(
     gamma = gamma_from_target(fields, target, net.target)
     variance = gamma.ravel()[fields.ocean] ** -2.0
     network = variance.copy()  # the network's own, before any exact value replaces it
-    small, exact, bound = small_basin_variance(fields, exact_basins)
+    small, exact, bound = small_basin_variance(fields, exact_basins, basins)
     fold_idx, fold_exact = fold_band_variance(fields, exact_fold_rows)
     variance[fold_idx] = fold_exact
     variance[small] = exact
@@ -349,21 +350,26 @@ def cnn(
     )
 
 
-def basins_only(
-    fields: Fields, info: dict, exact_basins: int, exact_above: float | None, flags
-) -> MethodOutput:
-    """:func:`cnn`'s output on a grid whose every basin has at most ``exact_basins`` cells
-    (a small regional domain, a lake): all solved by :func:`small_basin_variance`, the network
-    not run."""
-    every, variance, bound = small_basin_variance(fields, exact_basins)
-    order = np.argsort(every)
-    info = {k: v for k, v in info.items() if k != "error_quantile"}  # a bound, not a quantile
-    info |= {
+def solved_info(fields: Fields, info: dict) -> dict:
+    """``info`` (cnn's) for an output whose every cell was solved, the network not run: its
+    estimate is then each solve's bound, not a quantile of the network's error."""
+    info = {k: v for k, v in info.items() if k != "error_quantile"}
+    return info | {
         "device": "none (the network did not run)",
         "exact_cells": int(fields.n_ocean),
         "exact_fold_cells": 0,
-        "exact_basins_only": True,
     }
+
+
+def basins_only(
+    fields: Fields, info: dict, basins: list[np.ndarray], exact_above: float | None, flags
+) -> MethodOutput:
+    """:func:`cnn`'s output on a grid whose every basin is one of ``basins`` (those of at most
+    ``exact_basins`` cells: a small regional domain, a lake): all solved by
+    :func:`small_basin_variance`, the network not run."""
+    every, variance, bound = small_basin_variance(fields, max(b.size for b in basins), basins)
+    order = np.argsort(every)
+    info = solved_info(fields, info) | {"exact_basins_only": True}
     if exact_above is not None:
         info |= {
             "exact_above": float(exact_above),
@@ -390,11 +396,7 @@ def whole_grid(fields: Fields, info: dict, exact_above: float, flags) -> MethodO
     their estimate is the solve's tolerance, where the network's path solves them apart,
     more tightly)."""
     every, variance = whole_variance(fields)
-    info = {k: v for k, v in info.items() if k != "error_quantile"}  # a bound, not a quantile
-    info |= {
-        "device": "none (the network did not run)",
-        "exact_cells": int(fields.n_ocean),
-        "exact_fold_cells": 0,
+    info = solved_info(fields, info) | {
         "exact_above": float(exact_above),
         "exact_above_cells": int(fields.n_ocean),
         "exact_above_rounds": 1,
