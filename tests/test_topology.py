@@ -321,6 +321,28 @@ def test_basin_labels_and_coast_distance_match_their_definitions(fold, periodic)
             assert dist[j, i] == (np.abs(jl - j) + dx).min()
 
 
+@pytest.mark.parametrize(
+    ("fold", "periodic"), [("none", False), ("none", True), ("T", True), ("F", True)]
+)
+@pytest.mark.parametrize("metric", ["manhattan", "euclidean"])
+def test_a_limited_coast_distance_is_the_full_one_clipped(fold, periodic, metric):
+    """With ``limit`` a periodic grid is padded by limit + 1 columns only: the distances are
+    the full ones clipped to ±limit, on wide grids whose coast is far across the wrap too."""
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        ny, nx = int(rng.integers(4, 16)), 2 * int(rng.integers(8, 40))
+        topo = Topology(ny, nx, periodic, fold)
+        mask = rng.random((ny, nx)) < rng.uniform(0.5, 0.99)
+        mask[:, : int(rng.integers(0, nx // 2))] = True  # long stretches with no land
+        mask = mask.ravel()[topo.representative].reshape(ny, nx)
+        if mask.all() or not mask.any():
+            continue
+        full = topo.distance_to_coast(mask, metric)
+        for limit in (1, 2.5, 6, 20):
+            clipped = topo.distance_to_coast(mask, metric, limit)
+            np.testing.assert_array_equal(clipped, np.clip(full, -limit, limit))
+
+
 @pytest.mark.parametrize("fold", ["none", "T", "F"])
 def test_stencil_of_some_cells_is_the_grid_s_there_and_zero_elsewhere(fold):
     f = folded_fields(fold, seed=4) if fold != "none" else random_fields(ny=10, nx=12, seed=4)

@@ -270,12 +270,14 @@ class Fields:
             memo[key] = _freeze(compute())
         return memo[key]
 
-    def distance_to_coast(self, metric: str = "euclidean") -> np.ndarray:
-        """Signed distance in cells to the coast (:meth:`Topology.distance_to_coast`), computed
-        once per metric (read-only)."""
-        return self.derived(
-            f"distance_{metric}", lambda: self.topology.distance_to_coast(self.mask, metric)
-        )
+    def distance_to_coast(
+        self, metric: str = "euclidean", limit: float | None = None
+    ) -> np.ndarray:
+        """Signed distance in cells to the coast (:meth:`Topology.distance_to_coast`; with
+        ``limit``, clipped to ±limit and cheaper on a periodic grid), computed once per metric
+        and limit (read-only)."""
+        key = f"distance_{metric}" + ("" if limit is None else f"_{limit:g}")
+        return self.derived(key, lambda: self.topology.distance_to_coast(self.mask, metric, limit))
 
     @functools.cached_property
     def _open_faces(self) -> tuple[np.ndarray, np.ndarray]:

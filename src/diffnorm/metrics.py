@@ -59,10 +59,13 @@ def aggregate(per_sample: Iterable[dict[str, float]]) -> dict[str, tuple[float, 
     }
 
 
-def distance_to_coast(fields: Fields, metric: str = "euclidean") -> np.ndarray:
+def distance_to_coast(
+    fields: Fields, metric: str = "euclidean", limit: float | None = None
+) -> np.ndarray:
     """Signed distance in cells to the coast (≥ 1 on ocean, ≤ −1 on land), across the wrap and
-    the fold, closed edges counting as coast: see :meth:`Topology.distance_to_coast`."""
-    return fields.distance_to_coast(metric)
+    the fold, closed edges counting as coast (``limit``: clipped to ±limit): see
+    :meth:`Topology.distance_to_coast`."""
+    return fields.distance_to_coast(metric, limit)
 
 
 def error_by_distance(

@@ -374,10 +374,15 @@ class Topology:
         offset, shift = fold_recipe(self.north_fold, kind)
         return self.ny - offset, shift
 
-    def distance_to_coast(self, mask: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+    def distance_to_coast(
+        self, mask: np.ndarray, metric: str = "euclidean", limit: float | None = None
+    ) -> np.ndarray:
         """Signed distance in cells to the nearest cell of the other kind: ≥ 1 on ocean (to
         land), ≤ −1 on land (to ocean). Closed edges count as coast; the wrap and the fold
-        do not."""
+        do not. ``limit``: only distances up to it are needed, the rest clipped to ±limit;
+        a periodic grid is then padded by ``limit + 1`` columns instead of half its width
+        (a cell within ``limit`` of the other kind has it within the pad; one farther away
+        sees no nearer cell in the padded copy than on the grid)."""
         from scipy import ndimage
 
         mask = np.asarray(mask, dtype=bool)
@@ -385,6 +390,8 @@ class Topology:
         # wide enough that no shortest path leaves the padded copy: across the wrap the
         # nearest cell of the other kind is at most nx/2 columns away
         hx = nx // 2 + 1 if self.periodic_x else 1
+        if limit is not None and self.periodic_x:
+            hx = min(hx, int(np.ceil(limit)) + 1)
         hy = self.fold_source(CELL)[0] if self.folded else 1
         padded = self.pad(mask.astype(np.int8), (hy, hx), fill=0).astype(bool)
         if metric == "euclidean":
@@ -395,8 +402,8 @@ class Topology:
             outside = ndimage.distance_transform_cdt(~padded, metric="taxicab").astype(np.float64)
         else:
             raise ValueError(f"metric must be 'euclidean' or 'manhattan', got {metric!r}")
-        signed = np.where(padded, inside, -outside)
-        return signed[hy : hy + ny, hx : hx + nx]
+        signed = np.where(padded, inside, -outside)[hy : hy + ny, hx : hx + nx]
+        return signed if limit is None else np.clip(signed, -limit, limit)
 
     def index_distance(self, j: int, i: int, j2: np.ndarray, i2: np.ndarray) -> np.ndarray:
         """Chebyshev distance in cells from ``(j, i)`` to each ``(j2, i2)``, the shorter way

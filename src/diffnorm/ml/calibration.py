@@ -87,8 +87,9 @@ def cell_classes(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
     """Distance and face class of every cell (−1 on land)."""
     from diffnorm.cells import cell_geometry
     from diffnorm.metrics import distance_to_coast
+    from diffnorm.ml.features import DISTANCE_CLIP
 
-    d = distance_to_coast(fields, METRIC)
+    d = distance_to_coast(fields, METRIC, DISTANCE_CLIP)  # the features' copy: bins end at 8
     faces = cell_geometry(fields)["open_faces"]
     di = np.full(fields.shape, -1)
     fi = np.full(fields.shape, -1)

@@ -51,7 +51,7 @@ class Encoding:
         from diffnorm.ml.features import DISTANCE_CLIP
 
         a, b = self.gate
-        d = np.clip(distance_to_coast(fields, "manhattan"), -DISTANCE_CLIP, DISTANCE_CLIP)
+        d = distance_to_coast(fields, "manhattan", DISTANCE_CLIP)
         big = cell_geometry(fields)["d_max"]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(big > 0, d / big, 0.0)
@@ -113,6 +113,7 @@ def hard_cells(fields: Fields) -> np.ndarray:
     corners)."""
     from diffnorm.cells import cell_geometry
     from diffnorm.metrics import distance_to_coast
+    from diffnorm.ml.features import DISTANCE_CLIP
 
-    near = distance_to_coast(fields, "manhattan") <= 2
+    near = distance_to_coast(fields, "manhattan", DISTANCE_CLIP) <= 2  # the features' copy
     return fields.counted & (near | (cell_geometry(fields)["open_faces"] <= 2))

@@ -101,8 +101,7 @@ def raw_features(
         ky = np.where(mask, slots[NORTH] / area, 0.0)
     channels = [kx, ky, area / mean_area if area_kind == "global" else local_area(fields)]
     if distance != "none":
-        d = distance_to_coast(fields, distance)
-        channels.append(np.clip(d, -DISTANCE_CLIP, DISTANCE_CLIP))
+        channels.append(distance_to_coast(fields, distance, DISTANCE_CLIP))
     channels.append(mask.astype(np.float64))
     if steps_input:
         channels.append(steps_channel(fields))
