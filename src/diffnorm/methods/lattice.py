@@ -69,7 +69,12 @@ def lattice_variance_unit_area(kx: np.ndarray, ky: np.ndarray, steps: int) -> np
 
 
 def cell_kappa(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
-    """Mean κ = alpha/area over each cell's open faces along x and y (0 where none)."""
+    """Mean κ = alpha/area over each cell's open faces along x and y (0 where none), once per
+    Fields (read-only: the images baseline and the range flags both ask)."""
+    return fields.derived("cell_kappa", lambda: _cell_kappa(fields))
+
+
+def _cell_kappa(fields: Fields) -> tuple[np.ndarray, np.ndarray]:
     from diffnorm.methods.analytic import cell_mean_alpha
 
     ax, ay = cell_mean_alpha(fields)

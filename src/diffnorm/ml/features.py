@@ -77,7 +77,12 @@ def steps_channel(fields: Fields) -> np.ndarray:
 
 def local_area(fields: Fields) -> np.ndarray:
     """``log(area / mean area of the ocean cells in the 3×3 block around it)`` on ocean cells
-    (neighbours across the wrap and the fold), 0 on land: the grid's local stretching."""
+    (neighbours across the wrap and the fold), 0 on land: the grid's local stretching; once
+    per Fields (read-only: the range flags and the error classes both ask)."""
+    return fields.derived("local_area", lambda: _local_area(fields))
+
+
+def _local_area(fields: Fields) -> np.ndarray:
     mask = np.asarray(fields.mask, dtype=bool)
     area = np.where(mask, fields.area, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
