@@ -303,7 +303,7 @@ def test_the_whole_grid_shortcut_gives_what_the_network_s_first_round_would(monk
     """τ in the middle of the least estimates: some cells are surely solved, not all, and
     their region already covers the grid; with the shortcut off, the first round (after the
     network) solves the grid whole as well, and γ agrees to the solves' tolerance."""
-    from diffnorm.methods.cnn import surely_solved
+    from diffnorm.methods.cnn import small_basins, surely_solved
     from diffnorm.ml.modelfile import resolve_model
     from diffnorm.subgrid import CELLS_TOLERANCE, EXACT_FOLD_ROWS, cells_region, covers
 
@@ -314,7 +314,7 @@ def test_the_whole_grid_shortcut_gives_what_the_network_s_first_round_would(monk
         warnings.simplefilter("ignore")  # random per-cell metrics are out of range
         flags, _ = net.check_fields(f)
         tau = float(np.nanquantile(net.error_floor(f)[ocean], 0.5))
-        surely = surely_solved(f, net, flags, tau, 64, EXACT_FOLD_ROWS)
+        surely = surely_solved(f, net, flags, tau, small_basins(f, 64), EXACT_FOLD_ROWS)
         assert 0 < surely.sum() < f.n_ocean and covers(f, cells_region(f, surely))
         short = estimate(f, "cnn", exact_basins=NETWORK, model=net, device="cpu", exact_above=tau)
         monkeypatch.setattr("diffnorm.methods.cnn.covers", lambda *args: False)

@@ -149,17 +149,48 @@ def fold_band(fields: Fields, rows: int, tolerance: float = FOLD_TOLERANCE) -> t
     if not 0 < rows <= ny:
         raise ValueError(f"rows must be in [1, {ny}], got {rows}")
     r0 = max(0, ny - rows - band_depth(fields, rows, tolerance))
-    band = Fields(
-        fields.mask[r0:].astype(np.int8),
-        fields.area[r0:],
-        fields.alpha_x[r0:],
-        fields.alpha_y[r0:],
+    return rows_grid(fields, fields.mask, r0, ny), ny - rows - r0
+
+
+def rows_grid(fields: Fields, mask: np.ndarray, r0: int, r1: int) -> Fields:
+    """Rows ``r0:r1`` of the grid with ``mask`` (ocean cells of ``fields``; the rest land):
+    the wrap kept, the fold kept when the rows reach the top, every other edge a wall. Only
+    those rows are built and validated (a whole 1/4° grid for one 810-cell sea: 0.26 s)."""
+    ny = fields.shape[0]
+    alpha_y = fields.alpha_y[r0:r1]
+    if r1 < ny:  # the crop's north edge is a wall
+        alpha_y = alpha_y.copy()
+        alpha_y[-1] = 0.0
+    return Fields(
+        np.asarray(mask)[r0:r1].astype(np.int8),
+        fields.area[r0:r1],
+        fields.alpha_x[r0:r1],
+        alpha_y,
         fields.steps,
         fields.periodic_x,
         attrs=dict(fields.attrs),
-        north_fold=fields.north_fold,
+        north_fold=fields.north_fold if r1 == ny else "none",
     )
-    return band, ny - rows - r0
+
+
+def region_variance(
+    fields: Fields, region: np.ndarray, cells: np.ndarray, solve_tolerance: float
+) -> np.ndarray:
+    """``v`` at ``cells`` (flat grid indices in ``region``) from one ``selinv`` (to
+    ``solve_tolerance``) of the grid with every ocean cell outside ``region`` turned to
+    land, on the rows ``region`` spans (:func:`rows_grid`; to the top, with the fold, where
+    it comes within 3 rows of a fold: the fold's pairs and a T fold's copies)."""
+    from diffnorm.methods import estimate
+
+    span = np.flatnonzero(np.asarray(region).any(axis=1))
+    ny = fields.shape[0]
+    r0, r1 = int(span[0]), int(span[-1]) + 1
+    if fields.topology.folded and r1 > ny - 3:
+        r1 = ny
+    sub = rows_grid(fields, np.asarray(region) & fields.mask.astype(bool), r0, r1)
+    gamma = estimate(sub, "selinv", tolerance=solve_tolerance).gamma
+    j, i = np.divmod(cells, fields.shape[1])
+    return gamma[j - r0, i] ** -2.0
 
 
 def fold_band_variance(
@@ -336,8 +367,6 @@ def cells_variance(
     cell the same solve determines (:func:`region_interior`). When the region holds at least
     ``whole_share`` of the ocean cells (``None``: never), the whole grid is solved instead,
     for about the same cost, and every ocean cell is returned."""
-    from diffnorm.methods import estimate
-
     cells = np.asarray(cells, dtype=bool) & fields.mask.astype(bool)
     unknowns = np.zeros(fields.shape, dtype=bool)
     unknowns.ravel()[fields.topology.representative[np.flatnonzero(cells)]] = True
@@ -347,9 +376,8 @@ def cells_variance(
     region = cells_region(fields, cells, tolerance)
     if whole_share is not None and covers(fields, region, whole_share):
         return whole_variance(fields, tolerance)
-    sub = fields.replace(mask=region.astype(np.int8))
-    gamma = estimate(sub, "selinv", tolerance=tolerance / 10).gamma
     if interior:
         cells |= region_interior(fields, region, tolerance)
     flat = np.flatnonzero(cells)
-    return np.searchsorted(fields.ocean, flat), gamma.ravel()[flat] ** -2.0
+    variance = region_variance(fields, region, flat, tolerance / 10)
+    return np.searchsorted(fields.ocean, flat), variance

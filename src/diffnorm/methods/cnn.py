@@ -50,6 +50,7 @@ from diffnorm.subgrid import (
     covers,
     fold_band_cells,
     fold_band_variance,
+    region_variance,
     whole_variance,
 )
 
@@ -96,14 +97,19 @@ def small_basins(fields: Fields, max_cells: int) -> list[np.ndarray]:
 
 
 def small_basin_variance(
-    fields: Fields, max_cells: int, basins: list[np.ndarray] | None = None
+    fields: Fields, max_cells: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of basins of ≤ ``max_cells`` cells
-    (``basins``: :func:`small_basins`' list, if the caller has it): dense algebra per basin up
-    to ``DENSE_BASIN_CELLS`` cells, one ``selinv`` (to ``BASIN_TOLERANCE``) of the larger ones
-    together (closed basins: no halo); returns (ocean indices, variances, each cell's |ε|
-    bound)."""
-    basins = small_basins(fields, max_cells) if basins is None else basins
+    """:func:`basins_variance` of the basins of at most ``max_cells`` cells."""
+    return basins_variance(fields, small_basins(fields, max_cells))
+
+
+def basins_variance(
+    fields: Fields, basins: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact ``v = diag((A⁻¹W)^M W⁻¹)`` on the ocean cells of ``basins`` (indices into
+    ``fields.ocean``, whole basins): dense algebra per basin up to ``DENSE_BASIN_CELLS``
+    cells, one ``selinv`` (to ``BASIN_TOLERANCE``) of the larger ones together (closed
+    basins: no halo); returns (ocean indices, variances, each cell's |ε| bound)."""
     dense = [idx for idx in basins if idx.size <= DENSE_BASIN_CELLS]
     larger = [idx for idx in basins if idx.size > DENSE_BASIN_CELLS]
     parts = []
@@ -116,7 +122,9 @@ def small_basin_variance(
             parts.append((idx, v, np.full(idx.size, DENSE_ROUNDOFF)))
     if larger:
         idx = np.concatenate(larger)
-        v = basins_variance(fields, fields.ocean[idx])
+        labels = fields.basin_labels  # the basins whole: their T-fold copies too
+        region = np.isin(labels, np.unique(labels.ravel()[fields.ocean[idx]])) & (labels > 0)
+        v = region_variance(fields, region, fields.ocean[idx], BASIN_TOLERANCE)
         parts.append((idx, v, np.full(idx.size, BASIN_TOLERANCE)))
     if not parts:
         return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
@@ -124,55 +132,24 @@ def small_basin_variance(
     return idx, v, bound
 
 
-def basins_variance(fields: Fields, cells: np.ndarray) -> np.ndarray:
-    """``v`` at ``cells`` (flat grid indices) by one ``selinv`` of the basins that hold them,
-    every other cell land, on the rows they span (closed basins: the rows beyond hold no
-    ocean of theirs, so no halo), all rows where they reach the top of a folded grid."""
-    from diffnorm.methods import estimate
-
-    labels = fields.basin_labels
-    keep = np.isin(labels, np.unique(labels.ravel()[cells])) & fields.mask.astype(bool)
-    span = np.flatnonzero(keep.any(axis=1))
-    r0, r1 = int(span[0]), int(span[-1]) + 1
-    ny = fields.shape[0]
-    if fields.topology.folded and r1 > ny - 3:  # across the fold: the grid's own rows
-        r0, r1 = 0, ny
-        sub = fields.replace(mask=keep.astype(np.int8))
-    else:  # a crop (1/4° global, one 810-cell sea: 0.70 s whole, validation 0.26 s of it)
-        alpha_y = fields.alpha_y[r0:r1].copy()
-        alpha_y[-1] = 0.0  # no face out of the crop (land beyond the basins anyway)
-        sub = Fields(
-            keep[r0:r1].astype(np.int8),
-            fields.area[r0:r1],
-            fields.alpha_x[r0:r1],
-            alpha_y,
-            fields.steps,
-            fields.periodic_x,
-            attrs=dict(fields.attrs),
-        )
-    gamma = estimate(sub, "selinv", tolerance=BASIN_TOLERANCE).gamma
-    j, i = np.divmod(cells, fields.shape[1])
-    return gamma[j - r0, i] ** -2.0
-
-
 def surely_solved(
     fields: Fields,
     net,
     flags: np.ndarray,
     exact_above: float,
-    exact_basins: int,
+    basins: list[np.ndarray],
     exact_fold_rows: int,
 ) -> np.ndarray:
     """The cells (a boolean grid of unknowns) that ``exact_above`` solves in its first round
     whatever the network predicts: those whose least possible estimate
     (:meth:`~diffnorm.ml.modelfile.GammaNetwork.error_floor`) is above τ, or that have none
     (``flags``: the domain flags; a grid the kernel wraps around), outside the small basins
-    and the fold band solved anyway."""
+    (``basins``: :func:`small_basins`') and the fold band solved anyway."""
     from diffnorm.ml.domain import FLAGS
 
     floor = net.error_floor(fields).ravel()[fields.ocean]
     todo = ~(floor <= exact_above) | ((flags.ravel()[fields.ocean] & FLAGS["wrap"]) > 0)
-    for apart in (*small_basins(fields, exact_basins), fold_band_cells(fields, exact_fold_rows)):
+    for apart in (*basins, fold_band_cells(fields, exact_fold_rows)):
         todo[apart] = False
     cells = np.zeros(fields.shape, dtype=bool)
     cells.ravel()[fields.ocean[todo]] = True
@@ -276,14 +253,14 @@ def cnn(
         # when the cells τ solves whatever the network says already need most of the grid,
         # its first round would solve the grid whole: do that, without the network first
         # (ORCA1-like grid at τ 0.0124: 1.07 s with the network, against selinv's 0.65 s)
-        surely = surely_solved(fields, net, flags, exact_above, exact_basins, exact_fold_rows)
+        surely = surely_solved(fields, net, flags, exact_above, basins, exact_fold_rows)
         if covers(fields, cells_region(fields, surely)):
             return whole_grid(fields, info, exact_above, flags)
     target = net.predict_target(fields, device, tile, symmetries, precision)
     gamma = gamma_from_target(fields, target, net.target)
     variance = gamma.ravel()[fields.ocean] ** -2.0
     network = variance.copy()  # the network's own, before any exact value replaces it
-    small, exact, bound = small_basin_variance(fields, exact_basins, basins)
+    small, exact, bound = basins_variance(fields, basins)
     fold_idx, fold_exact = fold_band_variance(fields, exact_fold_rows)
     variance[fold_idx] = fold_exact
     variance[small] = exact
@@ -366,8 +343,8 @@ def basins_only(
 ) -> MethodOutput:
     """:func:`cnn`'s output on a grid whose every basin is one of ``basins`` (those of at most
     ``exact_basins`` cells: a small regional domain, a lake): all solved by
-    :func:`small_basin_variance`, the network not run."""
-    every, variance, bound = small_basin_variance(fields, max(b.size for b in basins), basins)
+    :func:`basins_variance`, the network not run."""
+    every, variance, bound = basins_variance(fields, basins)
     order = np.argsort(every)
     info = solved_info(fields, info) | {"exact_basins_only": True}
     if exact_above is not None:

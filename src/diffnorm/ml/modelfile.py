@@ -232,15 +232,14 @@ class GammaNetwork:
                 stacklevel=2,
             )
         net = (self._bfloat16_net if low else self.inference_net).to(dev)
-        if (tile is None or tile >= max(fields.shape)) and periodic_strip(net, fields):
-            h = self.encoding.halo
-            x = self.encoding.inputs(fields, self.stats)[:, :, h:-h].to(dev)  # the grid's columns
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
-                pred = net.forward_periodic(x[None])[0, 0].float()
-        else:
-            wrap = self.wrap_context(fields.periodic_x)
-            x = self.encoding.inputs(fields, self.stats, wrap).to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
+        strip = (tile is None or tile >= max(fields.shape)) and periodic_strip(net, fields)
+        wrap = (0, 0) if strip else self.wrap_context(fields.periodic_x)
+        x = self.encoding.inputs(fields, self.stats, wrap).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=low):
+            if strip:  # the halo rows and the grid's own columns
+                h = self.encoding.halo
+                pred = net.forward_periodic(x[None, :, :, h:-h])[0, 0].float()
+            else:
                 pred = self._forward(net, x, fields.shape, tile, dev, wrap[0])
         t = pred.double().cpu().numpy() * self.stats.target_std + self.stats.target_mean
         if self.target in LOG_TARGETS:
